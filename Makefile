@@ -1,0 +1,53 @@
+# Every target calls a `python -m` entry point inside .venv; `make setup` builds .venv from requirements.lock.
+SHELL := /bin/bash
+PYTHON_BOOTSTRAP ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+# Point pip at PyTorch's CPU wheel index to get the small CPU-only torch build, e.g.
+#   make setup TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
+PIP_INSTALL_FLAGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
+ARGS ?=
+
+.PHONY: setup lock train-tf train-torch tensorboard demo test clean
+
+setup: $(VENV)/.installed
+
+# Rebuilt only when the lock file changes, so a second `make setup` does nothing.
+$(VENV)/.installed: requirements.lock
+	@test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(PIP_INSTALL_FLAGS) -r requirements.lock
+	@touch $@
+
+# Re-resolve requirements.in into requirements.lock in a throw-away environment.
+lock:
+	rm -rf .lock-venv && $(PYTHON_BOOTSTRAP) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet $(PIP_INSTALL_FLAGS) -r requirements.in
+	{ echo "# Exact versions of every package make setup installs. Regenerate with: make lock"; \
+	  echo "# torch is the CPU build where pip can find it (see TORCH_INDEX_URL in the README)."; \
+	  .lock-venv/bin/pip freeze | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/'; } > requirements.lock
+	rm -rf .lock-venv
+
+train-tf: setup
+	$(PYTHON) -m tf_pipeline.train $(ARGS)
+
+train-torch: setup
+	$(PYTHON) -m torch_pipeline.train $(ARGS)
+
+tensorboard: setup
+	$(PYTHON) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
+
+demo: setup
+	$(PYTHON) -m tf_pipeline.train --verbose 2 $(ARGS)
+	$(PYTHON) -m torch_pipeline.train $(ARGS)
+	@echo
+	@echo "Exports:     models/tf/digits/<version>/ (SavedModel), models/torch/digits/<version>/model.pt,"
+	@echo "             models/torch/model-store/digits.mar"
+	@echo "TensorBoard: make tensorboard, then open http://127.0.0.1:6006 (runs/tf and runs/torch overlaid)"
+
+test: setup
+	$(PYTHON) -m pytest $(ARGS)
+
+clean:
+	rm -rf models runs reports .pytest_cache

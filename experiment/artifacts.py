@@ -1,0 +1,152 @@
+"""Where artifacts live and how they are written: integer versions, atomic publication, metadata.json."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+METADATA_FILE = "metadata.json"
+TORCHSCRIPT_FILE = "model.pt"
+MODEL_STORE = "model-store"
+# Temporary export folders start with a dot, so a server scanning for integer versions never sees them.
+STAGING_PREFIX = ".staging-"
+
+
+def model_base_path(output_dir: Path, framework: str, model_name: str) -> Path:
+    """models/<framework>/<model>: the folder whose integer subfolders are versions (TF Serving's base path)."""
+    return Path(output_dir) / framework / model_name
+
+
+def model_store_path(output_dir: Path) -> Path:
+    """models/torch/model-store: where TorchServe finds <model>.mar archives."""
+    return Path(output_dir) / "torch" / MODEL_STORE
+
+
+def list_versions(base_path: Path) -> list[int]:
+    """Integer version folders under base_path, ascending; anything else there is ignored."""
+    base_path = Path(base_path)
+    if not base_path.is_dir():
+        return []
+    return sorted(int(entry.name) for entry in base_path.iterdir() if entry.is_dir() and entry.name.isdigit())
+
+
+def latest_version(base_path: Path) -> int | None:
+    """The highest version under base_path, or None when there is none."""
+    versions = list_versions(base_path)
+    return versions[-1] if versions else None
+
+
+def next_version(base_path: Path) -> int:
+    """The version a new export takes: highest existing + 1, starting at 1."""
+    return (latest_version(base_path) or 0) + 1
+
+
+def check_writable(directory: Path) -> None:
+    """Create directory if needed and prove a file can be written there; raise UsageError otherwise."""
+    from experiment.errors import UsageError
+
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=STAGING_PREFIX):
+            pass
+    except OSError as error:
+        raise UsageError(f"Cannot write to {directory}: {error.strerror or error}.") from None
+
+
+@contextlib.contextmanager
+def staging_directory(parent: Path) -> Iterator[Path]:
+    """A hidden temporary folder inside parent (same filesystem, so a rename publishes it); removed on failure."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_version(staging: Path, base_path: Path) -> tuple[int, Path]:
+    """Rename a finished staging folder to the next free integer version; retries if another run took it."""
+    base_path = Path(base_path)
+    while True:
+        version = next_version(base_path)
+        target = base_path / str(version)
+        try:
+            os.rename(staging, target)  # atomic on one filesystem: a server sees all of it or nothing
+        except OSError:
+            if target.exists():
+                continue  # a concurrent export published this number first
+            raise
+        return version, target
+
+
+def publish_file(staging_file: Path, target: Path) -> None:
+    """Atomically replace target with staging_file (both on one filesystem)."""
+    os.replace(staging_file, target)
+
+
+def git_commit() -> str | None:
+    """The current git commit of the source tree, or None outside a repository."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None
+
+
+def build_metadata(
+    *,
+    framework: str,
+    framework_version: str,
+    dataset: str,
+    network: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    test_accuracy: float,
+    test_loss: float,
+    training_seconds: float,
+    run_name: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metadata.json content every export carries (DESIGN.md, 'Names and places')."""
+    return {
+        "framework": framework,
+        "framework_version": framework_version,
+        "dataset": dataset,
+        "network": network,
+        "hyperparameters": hyperparameters,
+        "test_accuracy": round(float(test_accuracy), 6),
+        "test_loss": round(float(test_loss), 6),
+        "training_seconds": round(float(training_seconds), 3),
+        "run_name": run_name,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        **(extra or {}),
+    }
+
+
+def write_metadata(directory: Path, metadata: dict[str, Any]) -> Path:
+    """Write metadata.json into directory and return its path."""
+    path = Path(directory) / METADATA_FILE
+    path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    """Read the metadata.json beside an export."""
+    return json.loads((Path(directory) / METADATA_FILE).read_text())

@@ -1,0 +1,144 @@
+"""Training configuration: one dataclass per pipeline on a shared base, with command-line flags generated from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from experiment.errors import UsageError
+from experiment.spec import ACTIVATIONS, NetworkSpec, parse_hidden_sizes
+
+ConfigT = TypeVar("ConfigT", bound="TrainConfig")
+
+# Keras's Adam default epsilon; torch's default is 1e-8, so both sides set it explicitly.
+ADAM_EPSILON = 1e-7
+
+
+def config_field(default: Any, help: str, **metadata: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters and places shared by both pipelines; the same defaults give the same run on each side."""
+
+    epochs: int = config_field(40, "number of passes over the training split")
+    batch_size: int = config_field(32, "examples per optimizer step (the global batch in a distributed run)")
+    learning_rate: float = config_field(1e-3, "Adam learning rate")
+    seed: int = config_field(0, "seed for the data split, weight initialisation, dropout and shuffling")
+    hidden_sizes: tuple[int, ...] = config_field((64, 32), "hidden layer widths, comma-separated, e.g. 128,64", parse=parse_hidden_sizes)
+    activation: str = config_field("relu", "hidden activation", choices=ACTIVATIONS)
+    dropout: float = config_field(0.1, "dropout rate after each hidden layer")
+    data_dir: Path | None = config_field(None, "folder of MNIST-format IDX files; default: scikit-learn's bundled 8x8 digits")
+    run_name: str | None = config_field(None, "TensorBoard run name; default: a timestamp")
+    output_dir: Path = config_field(Path("models"), "where exports go: <output-dir>/<framework>/<model>/<version>/")
+    log_dir: Path = config_field(Path("runs"), "where TensorBoard logs go: <log-dir>/<framework>/<run-name>/")
+
+    framework: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise UsageError(f"--epochs must be a positive integer, got {self.epochs}.")
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size}.")
+        if not self.learning_rate > 0:
+            raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name.startswith(".")):
+            raise UsageError(f"--run-name {self.run_name!r} must be a plain folder name.")
+
+    def resolved_run_name(self) -> str:
+        """The run name, or a timestamp when none was given."""
+        return self.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    def network_spec(self, image_shape: tuple[int, int], pixel_max: float, num_classes: int) -> NetworkSpec:
+        """The network this config describes, for a dataset of the given shape."""
+        return NetworkSpec(
+            input_shape=tuple(image_shape),
+            pixel_max=pixel_max,
+            hidden_sizes=self.hidden_sizes,
+            activation=self.activation,
+            dropout=self.dropout,
+            num_classes=num_classes,
+        )
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings that shape training, JSON-ready, for metadata.json and TensorBoard hparams."""
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "seed": self.seed,
+            "optimizer": "adam",
+            "adam_epsilon": ADAM_EPSILON,
+        }
+
+    def tensorboard_hparams(self) -> dict[str, Any]:
+        """Scalar-only hyperparameters for TensorBoard's HParams dashboard, the same keys on both sides."""
+        return {
+            **self.hyperparameters(),
+            "hidden_sizes": ",".join(str(size) for size in self.hidden_sizes),
+            "activation": self.activation,
+            "dropout": self.dropout,
+            "dataset": "digits" if self.data_dir is None else str(self.data_dir),
+        }
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one sentence on stderr (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser(config_class: type[TrainConfig], prog: str, description: str) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of config_class, defaults and help taken from the dataclass."""
+    parser = _Parser(prog=prog, description=description)
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        hint = hints[field.name]
+        kwargs: dict[str, Any] = {"help": field.metadata.get("help", ""), "dest": field.name}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["default"] = field.default
+        else:
+            kwargs["default"] = argparse.SUPPRESS  # keep the dataclass default, shown in --help below
+            kwargs["type"] = field.metadata.get("parse") or _scalar_type(hint)
+            if "choices" in field.metadata:
+                kwargs["choices"] = field.metadata["choices"]
+            kwargs["help"] += f" (default: {_show_default(field.default)})"
+        parser.add_argument(_flag(field.name), **kwargs)
+    return parser
+
+
+def _scalar_type(hint: Any) -> Any:
+    arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
+    base = arguments[0] if arguments else hint
+    if base not in (int, float, str, Path):
+        raise TypeError(f"no command-line parser for {hint}")
+    return base
+
+
+def _show_default(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def parse_config(
+    config_class: type[ConfigT], argv: Sequence[str] | None, prog: str, description: str
+) -> ConfigT:
+    """Parse argv into config_class; argparse mistakes exit 2 with one line, value mistakes raise UsageError."""
+    parser = build_parser(config_class, prog, description)
+    namespace = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return config_class(**vars(namespace))
