@@ -1,0 +1,200 @@
+"""TensorFlow Serving's REST predict format, shared by every server: parse a JSON body, format the answer.
+
+Row format:      {"instances": [x, x, ...]}           → {"predictions": [{"probabilities": [...], "classes": 3}, ...]}
+Columnar format: {"inputs": {"images": [...]}} or {"inputs": [...]} → {"outputs": {"probabilities": [[...]], ...}}
+Errors:          {"error": "one sentence"} with TensorFlow Serving's HTTP status (400, 404, 413, 503).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+# gRPC status names as TensorFlow Serving uses them, and the HTTP status its REST API maps each to.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 413,
+    "UNAVAILABLE": 503,
+    "UNIMPLEMENTED": 501,
+    "DEADLINE_EXCEEDED": 504,
+    "INTERNAL": 500,
+}
+
+
+class RequestError(Exception):
+    """A request the server refuses; code is a gRPC status name, http_status the REST equivalent."""
+
+    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status TensorFlow Serving's REST API answers for this code."""
+        return HTTP_STATUS.get(self.code, 500)
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body."""
+        return {"error": self.message}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One named input: its dtype and shape, None for a free dimension (the batch)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+    def describe(self) -> str:
+        """E.g. 'float32 [N, 8, 8]'."""
+        dims = ", ".join("N" if size is None else str(size) for size in self.shape)
+        return f"{np.dtype(self.dtype).name} [{dims}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictRequest:
+    """A parsed body: named input arrays, which format was used, and the signature asked for (if any)."""
+
+    inputs: dict[str, np.ndarray]
+    row_format: bool
+    signature_name: str | None
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Decode a request body; bad JSON becomes a RequestError (400) naming what json found wrong."""
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RequestError(f"The request body is not valid JSON: {error}.") from None
+
+
+def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np.ndarray:
+    """Convert JSON values to spec's dtype, refusing strings, booleans, ragged lists and wrong shapes."""
+    try:
+        array = np.asarray(values)
+    except ValueError:
+        raise RequestError(f"Input '{spec.name}' is ragged: every list at one depth must have the same length.") from None
+    if array.dtype.kind not in "iuf":
+        if array.dtype.kind == "O":
+            raise RequestError(
+                f"Input '{spec.name}' is ragged or mixes types: expected numbers in nested lists of {spec.describe()}."
+            )
+        raise RequestError(f"Input '{spec.name}' must hold numbers, got {_kind_name(array.dtype)} values.")
+    expected_dtype = np.dtype(spec.dtype)
+    if expected_dtype.kind in "iu" and array.dtype.kind == "f":
+        raise RequestError(f"Input '{spec.name}' expects integers ({expected_dtype.name}) but got floating-point values.")
+    if len(array.shape) != len(spec.shape) or any(
+        expected is not None and actual != expected for actual, expected in zip(array.shape, spec.shape)
+    ):
+        raise RequestError(
+            f"Input '{spec.name}' has shape {list(array.shape)} but the model expects {spec.describe()}."
+        )
+    if array.shape and array.shape[0] == 0:
+        raise RequestError(f"Input '{spec.name}' is an empty batch; send at least one instance.")
+    converted = array.astype(expected_dtype, copy=False)
+    if not allow_non_finite and converted.dtype.kind == "f" and not np.isfinite(converted).all():
+        raise RequestError(f"Input '{spec.name}' contains NaN or infinity.")
+    return converted
+
+
+def _kind_name(dtype: np.dtype) -> str:
+    return {"U": "string", "S": "string", "b": "boolean"}.get(dtype.kind, dtype.name)
+
+
+def parse_predict_body(
+    body: Any, inputs: Mapping[str, TensorSpec], allow_non_finite: bool = True, max_batch_size: int | None = None
+) -> PredictRequest:
+    """Parse a decoded JSON predict body into named arrays checked against the signature's inputs."""
+    if not isinstance(body, dict):
+        raise RequestError('The request body must be a JSON object with "instances" or "inputs".')
+    has_instances, has_inputs = "instances" in body, "inputs" in body
+    if has_instances == has_inputs:
+        raise RequestError('The request body must have exactly one of "instances" (row format) or "inputs" (columnar).')
+    signature_name = body.get("signature_name")
+    if signature_name is not None and not isinstance(signature_name, str):
+        raise RequestError('"signature_name" must be a string.')
+    if has_instances:
+        named = _row_values(body["instances"], inputs)
+    else:
+        named = _columnar_values(body["inputs"], inputs)
+    arrays = {name: to_array(values, inputs[name], allow_non_finite) for name, values in named.items()}
+    batch_sizes = {len(array) for array in arrays.values() if array.ndim}
+    if len(batch_sizes) > 1:
+        raise RequestError(f"The inputs have different batch sizes: {sorted(batch_sizes)}.")
+    if max_batch_size is not None and batch_sizes and max(batch_sizes) > max_batch_size:
+        raise RequestError(f"The batch has {max(batch_sizes)} instances; this server accepts at most {max_batch_size}.")
+    return PredictRequest(arrays, row_format=has_instances, signature_name=signature_name)
+
+
+def _single_input_name(inputs: Mapping[str, TensorSpec]) -> str | None:
+    return next(iter(inputs)) if len(inputs) == 1 else None
+
+
+def _row_values(instances: Any, inputs: Mapping[str, TensorSpec]) -> dict[str, Any]:
+    if not isinstance(instances, list):
+        raise RequestError('"instances" must be a list with one entry per example.')
+    if not instances:
+        raise RequestError('"instances" is an empty batch; send at least one instance.')
+    if all(isinstance(instance, dict) for instance in instances):
+        names = set(instances[0])
+        if any(set(instance) != names for instance in instances):
+            raise RequestError("Every instance must name the same inputs.")
+        _check_names(names, inputs)
+        return {name: [instance[name] for instance in instances] for name in names}
+    single = _single_input_name(inputs)
+    if single is None:
+        raise RequestError(f"This signature has inputs {sorted(inputs)}: each instance must be an object naming them.")
+    if any(isinstance(instance, dict) for instance in instances):
+        raise RequestError("Instances must all be objects or all be values, not a mix.")
+    return {single: instances}
+
+
+def _columnar_values(values: Any, inputs: Mapping[str, TensorSpec]) -> dict[str, Any]:
+    if isinstance(values, dict):
+        _check_names(set(values), inputs)
+        return dict(values)
+    single = _single_input_name(inputs)
+    if single is None:
+        raise RequestError(f'This signature has inputs {sorted(inputs)}: "inputs" must be an object naming them.')
+    return {single: values}
+
+
+def _check_names(names: set[str], inputs: Mapping[str, TensorSpec]) -> None:
+    unknown = sorted(names - set(inputs))
+    if unknown:
+        raise RequestError(f"Unknown input {unknown[0]!r}; this signature's inputs are {sorted(inputs)}.")
+    missing = sorted(set(inputs) - names)
+    if missing:
+        raise RequestError(f"Missing input {missing[0]!r}; this signature's inputs are {sorted(inputs)}.")
+
+
+def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+    """TensorFlow Serving's answer: predictions per row, or outputs per name (a bare value if only one)."""
+    listed = {name: array.tolist() for name, array in outputs.items()}
+    if row_format:
+        if len(listed) == 1:
+            return {"predictions": next(iter(listed.values()))}
+        names = list(listed)
+        count = len(next(iter(listed.values())))
+        return {"predictions": [{name: listed[name][row] for name in names} for row in range(count)]}
+    if len(listed) == 1:
+        return {"outputs": next(iter(listed.values()))}
+    return {"outputs": listed}
+
+
+def dumps(document: Any) -> str:
+    """Compact JSON; non-finite floats (which JSON lacks) are written as TensorFlow Serving does: NaN, Infinity."""
+    return json.dumps(document, separators=(",", ":"), allow_nan=True)
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for an int or a finite float (used by tests and clients)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
