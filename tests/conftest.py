@@ -1,4 +1,8 @@
-"""Shared fixtures: small, fast training runs of each pipeline into temporary folders, made once per session."""
+"""Shared fixtures: training runs of each pipeline into temporary folders, made once per test session.
+
+`tf_smoke_run` / `torch_smoke_run`: one epoch, to check artifacts quickly.
+`tf_trained` / `torch_trained`: the default settings (reach ≥ 0.95 test accuracy), for serving and parity tests.
+"""
 
 from __future__ import annotations
 
@@ -17,25 +21,39 @@ def digits():
     return load_dataset(seed=0)
 
 
-@pytest.fixture(scope="session")
-def tf_run(tmp_path_factory, digits):
-    """One short Keras run (2 epochs) exported into a temporary models/ and runs/ folder."""
+def _tf_train(root, digits, **overrides):
     from tf_pipeline.train import TFTrainConfig, train
 
-    root = tmp_path_factory.mktemp("tf_run")
-    config = TFTrainConfig(
-        epochs=2, output_dir=root / "models", log_dir=root / "runs", run_name="smoke", verbose=0
-    )
+    config = TFTrainConfig(output_dir=root / "models", log_dir=root / "runs", verbose=0, **overrides)
+    return train(config, digits)
+
+
+def _torch_train(root, digits, **overrides):
+    from torch_pipeline.train import TorchTrainConfig, train
+
+    config = TorchTrainConfig(output_dir=root / "models", log_dir=root / "runs", progress=False, **overrides)
     return train(config, digits)
 
 
 @pytest.fixture(scope="session")
-def torch_run(tmp_path_factory, digits):
-    """One short torch run (2 epochs) exported into a temporary models/ and runs/ folder."""
-    from torch_pipeline.train import TorchTrainConfig, train
+def tf_smoke_run(tmp_path_factory, digits):
+    """One Keras epoch exported into a temporary models/ and runs/."""
+    return _tf_train(tmp_path_factory.mktemp("tf_smoke"), digits, epochs=1, run_name="smoke")
 
-    root = tmp_path_factory.mktemp("torch_run")
-    config = TorchTrainConfig(
-        epochs=2, output_dir=root / "models", log_dir=root / "runs", run_name="smoke", progress=False
-    )
-    return train(config, digits)
+
+@pytest.fixture(scope="session")
+def torch_smoke_run(tmp_path_factory, digits):
+    """One torch epoch exported into a temporary models/ and runs/."""
+    return _torch_train(tmp_path_factory.mktemp("torch_smoke"), digits, epochs=1, run_name="smoke")
+
+
+@pytest.fixture(scope="session")
+def tf_trained(tmp_path_factory, digits):
+    """A Keras model trained with the default settings, exported as models/tf/digits/1."""
+    return _tf_train(tmp_path_factory.mktemp("tf_trained"), digits, run_name="trained")
+
+
+@pytest.fixture(scope="session")
+def torch_trained(tmp_path_factory, digits):
+    """A torch model trained with the default settings, exported as models/torch/digits/1 and digits.mar."""
+    return _torch_train(tmp_path_factory.mktemp("torch_trained"), digits, run_name="trained")
