@@ -1,0 +1,60 @@
+"""Smoke run of the torch pipeline: every artifact of a one-epoch run, and the full run's accuracy."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from experiment import artifacts, metrics
+from tests.event_files import tags_by_plugin
+
+
+def test_smoke_run_writes_the_same_tensorboard_tags_as_keras(torch_smoke_run):
+    run_dir = torch_smoke_run.run_dir
+    for subdir in (metrics.TRAIN_SUBDIR, metrics.VALIDATION_SUBDIR):
+        assert set(metrics.SCALAR_TAGS) <= tags_by_plugin(run_dir / subdir)["scalars"]
+    train_tags = tags_by_plugin(run_dir / metrics.TRAIN_SUBDIR)
+    assert {"hidden_0/kernel/histogram", "logits/bias/histogram"} <= train_tags["histograms"]
+    assert train_tags["graph"], "the model graph is missing"
+    root_tags = tags_by_plugin(run_dir)
+    assert {metrics.TEST_ACCURACY, metrics.TEST_LOSS} <= root_tags["scalars"]
+    assert metrics.CONFUSION_MATRIX in root_tags["images"]
+    assert root_tags["hparams"], "hparams are missing"
+
+
+def test_smoke_run_exports_torchscript_and_metadata(torch_smoke_run):
+    assert torch_smoke_run.version == 1
+    assert (torch_smoke_run.export_path / artifacts.TORCHSCRIPT_FILE).is_file()
+    metadata = json.loads((torch_smoke_run.export_path / artifacts.METADATA_FILE).read_text())
+    assert metadata["framework"] == "torch" and metadata["dataset"] == "digits"
+    assert metadata["framework_version"].startswith("2.13")
+    assert metadata["test_accuracy"] == pytest.approx(torch_smoke_run.test_accuracy, abs=1e-6)
+    for key in ("network", "hyperparameters", "training_seconds", "created_at", "git_commit"):
+        assert key in metadata
+
+
+def test_smoke_run_builds_the_model_archive(torch_smoke_run):
+    archive = torch_smoke_run.export_path.parent.parent / artifacts.MODEL_STORE / "digits.mar"
+    with zipfile.ZipFile(archive) as mar:
+        names = set(mar.namelist())
+        manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
+    assert {"model.pt", "handler.py", "metadata.json"} <= names
+    assert manifest["model"]["modelName"] == "digits" and manifest["model"]["modelVersion"] == "1"
+    leftovers = [entry.name for entry in archive.parent.iterdir() if entry.name != "digits.mar"]
+    assert leftovers == []
+
+
+def test_torchscript_outputs_match_design(torch_smoke_run, digits):
+    import torch
+
+    module = torch.jit.load(str(torch_smoke_run.export_path / artifacts.TORCHSCRIPT_FILE))
+    outputs = module(torch.from_numpy(digits.test.images[:5]))
+    assert set(outputs) == {"probabilities", "classes"}
+    assert outputs["probabilities"].dtype == torch.float32 and tuple(outputs["probabilities"].shape) == (5, 10)
+    assert outputs["classes"].dtype == torch.int64 and tuple(outputs["classes"].shape) == (5,)
+
+
+def test_default_training_reaches_095(torch_trained):
+    assert torch_trained.test_accuracy >= 0.95
