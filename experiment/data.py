@@ -83,8 +83,11 @@ def _load_digits(seed: int, validation_fraction: float, test_fraction: float) ->
 def _split_validation(images: np.ndarray, labels: np.ndarray, seed: int, fraction: float) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
+    counts = np.bincount(labels)
+    # Stratifying needs two examples of every class present and room for one of each in the validation part.
+    can_stratify = counts[counts > 0].min() >= 2 and fraction * len(labels) >= np.count_nonzero(counts)
     train_images, validation_images, train_labels, validation_labels = train_test_split(
-        images, labels, test_size=fraction, random_state=seed, stratify=labels
+        images, labels, test_size=fraction, random_state=seed, stratify=labels if can_stratify else None
     )
     return Split(train_images, train_labels), Split(validation_images, validation_labels)
 
