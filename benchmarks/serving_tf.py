@@ -1,0 +1,293 @@
+"""`python -m benchmarks.serving_tf`: the TensorFlow Serving–compatible server's speed against its own floor.
+
+Prints, in one run: batch-1 Predict p50/p99 over gRPC on loopback; the p50 of calling the same SavedModel
+signature in-process; the p50 of Predict on a trivial SavedModel whose signature returns its input (the cost of
+gRPC and the server's plumbing alone); the ratio against the target digits p50 ≤ 1.3 × (trivial + in-process);
+and the throughput of 16 concurrent clients with dynamic batching off and on (target: on ≥ 1.3 × off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from benchmarks.stats import summarize_seconds
+from experiment.artifacts import latest_version
+from experiment.errors import UsageError
+from experiment.spec import INPUT_NAME, SIGNATURE_NAME
+
+ROOT = Path(__file__).resolve().parents[1]
+IDENTITY_MODEL = "identity"
+LATENCY_TARGET = 1.3
+THROUGHPUT_TARGET = 1.3
+# Batching tuned for many small requests: wait up to 2 ms to gather up to 32 of them into one model call.
+BATCHING_PARAMETERS = "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\nnum_batch_threads { value: 1 }\n"
+
+
+def write_identity_model(base_path: Path) -> Path:
+    """Write version 1 of a SavedModel whose serving_default returns `images` unchanged; returns its folder."""
+    import tensorflow as tf
+
+    class Identity(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 8, 8], tf.float32, name=INPUT_NAME)])
+        def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {INPUT_NAME: tf.identity(images)}
+
+    module = Identity()
+    directory = Path(base_path) / "1"
+    tf.saved_model.save(module, str(directory), signatures={SIGNATURE_NAME: module.serve})
+    return directory
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m serving.tfserving` on a free port, started for the benchmark and stopped with SIGTERM."""
+
+    def __init__(self, flags: list[str], log_path: Path, start_timeout_s: float = 180) -> None:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "serving.tfserving", f"--port={self.port}", *flags],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )  # fmt: skip
+        deadline = time.monotonic() + start_timeout_s
+        with grpc.insecure_channel(self.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the server exited while starting; see {log_path}")
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise TimeoutError(f"the server was not SERVING within {start_timeout_s:g} s; see {log_path}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _predict_request(model_name: str, images: np.ndarray):
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SIGNATURE_NAME
+    tensor = request.inputs[INPUT_NAME]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.extend([tensor.tensor_shape.Dim(size=size) for size in images.shape])
+    tensor.tensor_content = np.ascontiguousarray(images, dtype=np.float32).tobytes()
+    return request
+
+
+def measure_grpc_latency(address: str, model_name: str, image: np.ndarray, count: int = 2000, warmup: int = 200) -> dict[str, float]:
+    """Sequential batch-1 Predict calls on one channel (the request built once): p50/p99 in ms."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    request = _predict_request(model_name, image[np.newaxis])
+    with grpc.insecure_channel(address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for _ in range(warmup):
+            stub.Predict(request, timeout=10)
+        latencies = []
+        for _ in range(count):
+            started = time.perf_counter()
+            stub.Predict(request, timeout=10)
+            latencies.append(time.perf_counter() - started)
+    summary = summarize_seconds(latencies)
+    return {"p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms, "count": count}
+
+
+def measure_in_process(export_path: Path, image: np.ndarray, count: int = 2000, warmup: int = 200) -> dict[str, float]:
+    """The loaded SavedModel's signature called directly on a batch of one: p50/p99 in ms."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(export_path)).signatures[SIGNATURE_NAME]
+    batch = np.ascontiguousarray(image[np.newaxis], dtype=np.float32)
+    for _ in range(warmup):
+        signature(**{INPUT_NAME: tf.constant(batch)})
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        outputs = signature(**{INPUT_NAME: tf.constant(batch)})
+        {name: tensor.numpy() for name, tensor in outputs.items()}
+        latencies.append(time.perf_counter() - started)
+    summary = summarize_seconds(latencies)
+    return {"p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms, "count": count}
+
+
+def measure_throughput(address: str, model_name: str, image: np.ndarray, clients: int = 16, seconds: float = 5.0) -> float:
+    """Requests per second answered to `clients` threads, each looping batch-1 Predict on its own channel."""
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    request = _predict_request(model_name, image[np.newaxis])
+    counts = [0] * clients
+    errors: list[str] = []
+    start_barrier = threading.Barrier(clients + 1)
+    stop = threading.Event()
+
+    def work(index: int) -> None:
+        with grpc.insecure_channel(address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            stub.Predict(request, timeout=30)  # connect before the clock starts
+            start_barrier.wait()
+            while not stop.is_set():
+                try:
+                    stub.Predict(request, timeout=30)
+                    counts[index] += 1
+                except grpc.RpcError as error:
+                    errors.append(error.code().name)
+
+    threads = [threading.Thread(target=work, args=(index,), daemon=True) for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_barrier.wait()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed during the throughput run, e.g. {errors[0]}.")
+    return sum(counts) / elapsed
+
+
+def run_benchmark(
+    model_base_path: Path = ROOT / "models" / "tf" / "digits",
+    model_name: str = "digits",
+    count: int = 2000,
+    throughput_seconds: float = 6.0,
+    clients: int = 16,
+) -> dict[str, Any]:
+    """Start the servers it needs, measure everything, stop them; returns the numbers as a dict."""
+    model_base_path = Path(model_base_path).resolve()
+    version = latest_version(model_base_path)
+    if version is None:
+        raise UsageError(f"No SavedModel version under {model_base_path}; run `make train-tf` first.")
+    from experiment.data import load_dataset
+
+    image = load_dataset().test.images[0]  # (8, 8)
+    results: dict[str, Any] = {"model_base_path": str(model_base_path), "version": version, "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="serving_tf_benchmark-") as scratch:
+        scratch_path = Path(scratch)
+        identity_base = scratch_path / IDENTITY_MODEL
+        write_identity_model(identity_base)
+        config_path = scratch_path / "models.config"
+        config_path.write_text(
+            "model_config_list {\n"
+            f'  config {{ name: "{model_name}" base_path: "{model_base_path}" model_platform: "tensorflow" }}\n'
+            f'  config {{ name: "{IDENTITY_MODEL}" base_path: "{identity_base}" model_platform: "tensorflow" }}\n'
+            "}\n"
+        )
+        parameters_path = scratch_path / "batching.config"
+        parameters_path.write_text(BATCHING_PARAMETERS)
+        server = ServerProcess([f"--model_config_file={config_path}"], scratch_path / "plain.log")
+        batched = None
+        try:
+            batched = ServerProcess(
+                [f"--model_name={model_name}", f"--model_base_path={model_base_path}", "--enable_batching",
+                 f"--batching_parameters_file={parameters_path}"],
+                scratch_path / "batching.log",
+            )  # fmt: skip
+            results["grpc"] = measure_grpc_latency(server.address, model_name, image, count)
+            results["trivial_grpc"] = measure_grpc_latency(server.address, IDENTITY_MODEL, image, count)
+            # Off and on alternate in short runs, so a change in the machine's other load hits both alike.
+            off_runs, on_runs = [], []
+            for _ in range(3):
+                off_runs.append(measure_throughput(server.address, model_name, image, clients, throughput_seconds / 3))
+                on_runs.append(measure_throughput(batched.address, model_name, image, clients, throughput_seconds / 3))
+            results["throughput_batching_off_rps"] = float(np.median(off_runs))
+            results["throughput_batching_on_rps"] = float(np.median(on_runs))
+        finally:
+            server.stop()
+            if batched is not None:
+                batched.stop()
+        results["in_process"] = measure_in_process(model_base_path / str(version), image, count)
+    floor = results["trivial_grpc"]["p50_ms"] + results["in_process"]["p50_ms"]
+    results["latency_ratio"] = results["grpc"]["p50_ms"] / floor
+    results["latency_target_met"] = results["latency_ratio"] <= LATENCY_TARGET
+    results["throughput_ratio"] = results["throughput_batching_on_rps"] / results["throughput_batching_off_rps"]
+    results["throughput_target_met"] = results["throughput_ratio"] >= THROUGHPUT_TARGET
+    results["clients"] = clients
+    return results
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """The printed summary of run_benchmark's numbers."""
+    floor = results["trivial_grpc"]["p50_ms"] + results["in_process"]["p50_ms"]
+    verdict = {True: "meets", False: "misses"}
+    return "\n".join(
+        [
+            f"TensorFlow Serving–compatible server, model {results['model_base_path']} version {results['version']}, "
+            f"{results['cpu_count']} CPUs",
+            f"  digits Predict over gRPC, batch 1:   p50 {results['grpc']['p50_ms']:.3f} ms   p99 {results['grpc']['p99_ms']:.3f} ms",
+            f"  in-process signature call, batch 1:  p50 {results['in_process']['p50_ms']:.3f} ms   p99 {results['in_process']['p99_ms']:.3f} ms",
+            f"  trivial identity model over gRPC:    p50 {results['trivial_grpc']['p50_ms']:.3f} ms   p99 {results['trivial_grpc']['p99_ms']:.3f} ms",
+            f"  ratio digits p50 / (trivial p50 + in-process p50) = {results['grpc']['p50_ms']:.3f} / {floor:.3f} = "
+            f"{results['latency_ratio']:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[results['latency_target_met']]})",
+            f"  throughput, {results['clients']} concurrent clients: batching off {results['throughput_batching_off_rps']:.0f} req/s, "
+            f"on {results['throughput_batching_on_rps']:.0f} req/s, ratio {results['throughput_ratio']:.2f} "
+            f"(target ≥ {THROUGHPUT_TARGET}: {verdict[results['throughput_target_met']]})",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and print the report."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving_tf", description=__doc__.splitlines()[0])
+    parser.add_argument("--model-base-path", type=Path, default=ROOT / "models" / "tf" / "digits")
+    parser.add_argument("--model-name", default="digits")
+    parser.add_argument("--count", type=int, default=2000, help="latency calls per measurement")
+    parser.add_argument("--seconds", type=float, default=6.0, help="throughput seconds per setting (split into 3 alternating runs)")
+    parser.add_argument("--clients", type=int, default=16)
+    arguments = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    def body() -> int:
+        if arguments.count < 10 or arguments.seconds <= 0 or arguments.clients < 1:
+            raise UsageError("--count must be at least 10, --seconds positive and --clients at least 1.")
+        print(format_report(run_benchmark(arguments.model_base_path, arguments.model_name, arguments.count, arguments.seconds, arguments.clients)))
+        return 0
+
+    from experiment.cli import run_main
+
+    return run_main("python -m benchmarks.serving_tf", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

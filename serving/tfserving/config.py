@@ -1,0 +1,183 @@
+"""tensorflow_model_server's command-line flags, and the model list they (or a --model_config_file) describe."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from experiment.errors import UsageError
+from serving.tfserving.batching import BatchingOptions, read_batching_parameters
+from serving.tfserving.manager import ModelSource, VersionPolicy
+
+MEBIBYTE = 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerOptions:
+    """Everything main() needs, checked: ports, models, polling, batching, limits."""
+
+    bind_address: str
+    grpc_port: int
+    rest_port: int  # 0: no REST server, as in tensorflow_model_server
+    sources: list[ModelSource]
+    model_config_file: Path | None
+    model_config_file_poll_wait_seconds: float
+    poll_wait_seconds: float
+    batching: BatchingOptions | None
+    rest_timeout_s: float
+    rest_threads: int
+    grpc_threads: int
+    max_request_bytes: int
+    shutdown_grace_seconds: float
+
+
+def parse_bool(text: str) -> bool:
+    """'true'/'false' (and 1/0, yes/no) as tensorflow_model_server accepts them."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The flags: tensorflow_model_server's names, plus --bind_address, limits and a shutdown grace period."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.tfserving",
+        description="A TensorFlow Serving–compatible server (gRPC + REST) for SavedModels under a model base path.",
+    )
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
+    parser.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 turns REST off (default 0, as TF Serving)")
+    parser.add_argument("--bind_address", default="127.0.0.1", help="address both servers bind (default 127.0.0.1)")
+    parser.add_argument("--model_name", default="default", help="name of the single served model (default 'default')")
+    parser.add_argument("--model_base_path", type=Path, help="folder whose integer subfolders are SavedModel versions")
+    parser.add_argument("--model_config_file", type=Path, help="text-format ModelServerConfig listing several models")
+    parser.add_argument(
+        "--model_config_file_poll_wait_seconds", type=float, default=0.0, help="re-read --model_config_file this often (0: never)"
+    )
+    parser.add_argument(
+        "--file_system_poll_wait_seconds", type=float, default=1.0, help="scan base paths for new versions this often (0: only at start)"
+    )
+    parser.add_argument("--enable_batching", type=parse_bool, nargs="?", const=True, default=False, help="merge concurrent requests")
+    parser.add_argument("--batching_parameters_file", type=Path, help="text-format BatchingParameters (needs --enable_batching)")
+    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000)")
+    parser.add_argument("--rest_api_num_threads", type=int, default=64, help="most REST connections served at once")
+    parser.add_argument("--grpc_max_threads", type=int, default=64, help="gRPC worker threads")
+    parser.add_argument(
+        "--max_request_bytes", type=int, default=64 * MEBIBYTE, help="largest gRPC message or REST body accepted (default 64 MiB)"
+    )
+    parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0, help="time in-flight requests get after SIGTERM")
+    return parser
+
+
+def sources_from_config(config: model_server_config_pb2.ModelServerConfig) -> list[ModelSource]:
+    """ModelSources from a ModelServerConfig's model_config_list."""
+    if config.WhichOneof("config") != "model_config_list" or not config.model_config_list.config:
+        raise UsageError("The model config must have a model_config_list with at least one config entry.")
+    sources, names = [], set()
+    for entry in config.model_config_list.config:
+        if not entry.name or not entry.base_path:
+            raise UsageError("Every model config entry needs a name and a base_path.")
+        if entry.name in names:
+            raise UsageError(f"Model {entry.name!r} appears twice in the model config.")
+        if entry.model_platform and entry.model_platform != "tensorflow":
+            raise UsageError(f"Model {entry.name!r} has platform {entry.model_platform!r}; only 'tensorflow' is served.")
+        names.add(entry.name)
+        sources.append(
+            ModelSource(
+                name=entry.name,
+                base_path=_existing_directory(Path(entry.base_path), f"base_path of model {entry.name!r}"),
+                policy=_policy(entry),
+                labels=dict(entry.version_labels),
+            )
+        )
+    return sources
+
+
+def _policy(entry: model_server_config_pb2.ModelConfig) -> VersionPolicy:
+    choice = entry.model_version_policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return VersionPolicy("all")
+    if choice == "specific":
+        versions = frozenset(int(version) for version in entry.model_version_policy.specific.versions)
+        if not versions:
+            raise UsageError(f"Model {entry.name!r} has a specific version policy with no versions.")
+        return VersionPolicy("specific", versions=versions)
+    num_versions = entry.model_version_policy.latest.num_versions if choice == "latest" else 1
+    return VersionPolicy("latest", num_versions=max(int(num_versions), 1))
+
+
+def read_model_config(path: Path) -> list[ModelSource]:
+    """Parse a text-format ModelServerConfig file into ModelSources."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise UsageError(f"Cannot read --model_config_file {path}: {error.strerror or error}.") from None
+    config = model_server_config_pb2.ModelServerConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as error:
+        raise UsageError(f"--model_config_file {path} is not a valid text-format ModelServerConfig: {error}.") from None
+    return sources_from_config(config)
+
+
+def _existing_directory(path: Path, what: str) -> Path:
+    path = path.expanduser().resolve()
+    if not path.is_dir():
+        raise UsageError(f"The {what}, {path}, is not a directory; train and export a model there first.")
+    return path
+
+
+def _check_port(port: int, flag: str, allow_zero: bool) -> None:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise UsageError(f"{flag} must be between {0 if allow_zero else 1} and 65535, got {port}.")
+
+
+def parse_options(argv: list[str] | None) -> ServerOptions:
+    """Parse and check the flags; mistakes raise UsageError with one sentence."""
+    arguments = build_parser().parse_args(argv)
+    _check_port(arguments.port, "--port", allow_zero=False)
+    _check_port(arguments.rest_api_port, "--rest_api_port", allow_zero=True)
+    if arguments.rest_api_port == arguments.port:
+        raise UsageError("--port and --rest_api_port must differ.")
+    if arguments.model_config_file and arguments.model_base_path:
+        raise UsageError("Give either --model_config_file or --model_base_path, not both.")
+    if arguments.model_config_file:
+        sources = read_model_config(arguments.model_config_file)
+    elif arguments.model_base_path:
+        sources = [
+            ModelSource(arguments.model_name, _existing_directory(arguments.model_base_path, "--model_base_path"))
+        ]
+    else:
+        raise UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
+    if arguments.batching_parameters_file and not arguments.enable_batching:
+        raise UsageError("--batching_parameters_file needs --enable_batching.")
+    batching = read_batching_parameters(arguments.batching_parameters_file) if arguments.enable_batching else None
+    for flag, value in (
+        ("--rest_api_timeout_in_ms", arguments.rest_api_timeout_in_ms),
+        ("--rest_api_num_threads", arguments.rest_api_num_threads),
+        ("--grpc_max_threads", arguments.grpc_max_threads),
+        ("--max_request_bytes", arguments.max_request_bytes),
+    ):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}.")
+    return ServerOptions(
+        bind_address=arguments.bind_address,
+        grpc_port=arguments.port,
+        rest_port=arguments.rest_api_port,
+        sources=sources,
+        model_config_file=arguments.model_config_file,
+        model_config_file_poll_wait_seconds=arguments.model_config_file_poll_wait_seconds,
+        poll_wait_seconds=arguments.file_system_poll_wait_seconds,
+        batching=batching,
+        rest_timeout_s=arguments.rest_api_timeout_in_ms / 1000,
+        rest_threads=arguments.rest_api_num_threads,
+        grpc_threads=arguments.grpc_max_threads,
+        max_request_bytes=arguments.max_request_bytes,
+        shutdown_grace_seconds=arguments.shutdown_grace_seconds,
+    )

@@ -1,0 +1,601 @@
+"""python -m serving.tfserving as a real subprocess on free ports: official stubs, REST, versions, load, SIGTERM."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.client import RestClient, ServerUnavailableError, ServingError, TFServingGrpcClient
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 180  # importing TensorFlow on a busy 2-core machine
+POLL_SECONDS = 1.0
+REQUEST_LIMIT_BYTES = 1024 * 1024
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclasses.dataclass
+class Server:
+    """A running `python -m serving.tfserving` and where to reach it."""
+
+    process: subprocess.Popen
+    grpc_address: str
+    rest_url: str
+    base_path: Path
+    log_path: Path
+
+    def log(self) -> str:
+        """Everything the server wrote so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait for the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def new_base_path(root: Path, export_path: Path) -> Path:
+    """A fresh model base path holding a copy of export_path as version 1."""
+    base_path = root / "digits"
+    shutil.copytree(export_path, base_path / "1")
+    return base_path
+
+
+def publish_version(base_path: Path, source: Path, version: int) -> None:
+    """Copy a version in under a hidden name, then rename: the server sees all of it or nothing (as exports do)."""
+    staging = base_path / f".staging-{version}"
+    shutil.copytree(source, staging)
+    os.rename(staging, base_path / str(version))
+
+
+def start_server(base_path: Path, log_dir: Path, *flags: str) -> Server:
+    """Start the server on free ports and wait until its health service says SERVING."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    grpc_port, rest_port = free_port(), free_port()
+    log_path = log_dir / f"tfserving-{grpc_port}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serving.tfserving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
+             "--model_name=digits", f"--model_base_path={base_path}", f"--file_system_poll_wait_seconds={POLL_SECONDS}",
+             *flags],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )  # fmt: skip
+    server = Server(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}", base_path, log_path)
+    channel = grpc.insecure_channel(server.grpc_address)
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log()[-3000:]}")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return server
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        server.stop()
+        raise TimeoutError(f"the server was not SERVING within {START_TIMEOUT_S} s:\n{server.log()[-3000:]}")
+    finally:
+        channel.close()
+
+
+@pytest.fixture(scope="module")
+def in_process(tf_trained, digits):
+    """The exported signature called in this process over the whole test split: (probabilities, classes)."""
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(tf_trained.export_path)).signatures["serving_default"]
+    outputs = signature(images=tf.constant(digits.test.images))
+    return outputs["probabilities"].numpy(), outputs["classes"].numpy()
+
+
+@pytest.fixture(scope="module")
+def server(tf_trained, tmp_path_factory):
+    """One server for the API tests, with a 1 MiB request limit (so 413 / RESOURCE_EXHAUSTED can be provoked)."""
+    root = tmp_path_factory.mktemp("tfserving_api")
+    running = start_server(new_base_path(root, tf_trained.export_path), root, f"--max_request_bytes={REQUEST_LIMIT_BYTES}")
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def stubs(server):
+    """Official PredictionService and ModelService stubs on one channel to the server."""
+    channel = grpc.insecure_channel(server.grpc_address)
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel), model_service_pb2_grpc.ModelServiceStub(channel)
+    channel.close()
+
+
+def predict_request(images: np.ndarray, name: str = "digits", **spec) -> predict_pb2.PredictRequest:
+    """A PredictRequest with images packed into tensor_content."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    for field, value in spec.items():
+        if field == "version":
+            request.model_spec.version.value = value
+        else:
+            setattr(request.model_spec, field, value)
+    tensor = request.inputs["images"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.extend([tensor.tensor_shape.Dim(size=size) for size in images.shape])
+    tensor.tensor_content = images.astype(np.float32).tobytes()
+    return request
+
+
+def _bad_requests(images: np.ndarray) -> dict[str, tuple[predict_pb2.PredictRequest, grpc.StatusCode]]:
+    no_spec = predict_request(images)
+    no_spec.ClearField("model_spec")
+    unknown_alias = predict_request(images)
+    unknown_alias.inputs["pixels"].CopyFrom(unknown_alias.inputs.pop("images"))
+    wrong_dtype = predict_request(images)
+    wrong_dtype.inputs["images"].dtype = types_pb2.DT_DOUBLE
+    wrong_dtype.inputs["images"].tensor_content = images.astype(np.float64).tobytes()
+    short_content = predict_request(images)
+    short_content.inputs["images"].tensor_content = b"\0" * 12
+    strings = predict_request(images)
+    strings.inputs["images"].Clear()
+    strings.inputs["images"].dtype = types_pb2.DT_STRING
+    strings.inputs["images"].string_val.append(b"seven")
+    unknown_output = predict_request(images)
+    unknown_output.output_filter.append("logits")
+    return {
+        "unknown model": (predict_request(images, name="cats"), grpc.StatusCode.NOT_FOUND),
+        "unknown version": (predict_request(images, version=99), grpc.StatusCode.NOT_FOUND),
+        "unknown version label": (predict_request(images, version_label="canary"), grpc.StatusCode.NOT_FOUND),
+        "missing model spec": (no_spec, grpc.StatusCode.INVALID_ARGUMENT),
+        "unknown input alias": (unknown_alias, grpc.StatusCode.INVALID_ARGUMENT),
+        "wrong shape": (predict_request(images[:, :4, :4]), grpc.StatusCode.INVALID_ARGUMENT),
+        "wrong dtype": (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT),
+        "tensor_content of the wrong size": (short_content, grpc.StatusCode.INVALID_ARGUMENT),
+        "non-numeric values": (strings, grpc.StatusCode.INVALID_ARGUMENT),
+        "unknown output alias": (unknown_output, grpc.StatusCode.INVALID_ARGUMENT),
+        "unknown signature": (predict_request(images, signature_name="classify_x"), grpc.StatusCode.FAILED_PRECONDITION),
+    }
+
+
+BAD_GRPC_CASES = sorted(_bad_requests(np.zeros((2, 8, 8), np.float32)))
+
+
+@pytest.mark.slow
+def test_health_and_status_report_version_1_available(server, stubs):
+    _, models = stubs
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "digits"
+    (status,) = models.GetModelStatus(request, timeout=10).model_version_status
+    assert (status.version, status.state, status.status.error_code) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
+    assert requests.get(f"{server.rest_url}/v1/models/digits", timeout=10).json() == {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    }
+    assert "Loaded model digits version 1" in server.log()
+
+
+@pytest.mark.slow
+def test_predict_names_the_version_and_honours_output_filter(stubs, digits, in_process):
+    prediction, _ = stubs
+    request = predict_request(digits.test.images[:3])
+    request.output_filter.append("classes")
+    response = prediction.Predict(request, timeout=10)
+    assert (response.model_spec.name, response.model_spec.version.value) == ("digits", 1)
+    assert response.model_spec.signature_name == "serving_default"
+    assert list(response.outputs) == ["classes"]
+    classes = np.frombuffer(response.outputs["classes"].tensor_content, np.int64)
+    np.testing.assert_array_equal(classes, in_process[1][:3])
+
+
+@pytest.mark.slow
+def test_predict_accepts_typed_float_val_and_an_explicit_version(stubs, digits, in_process):
+    prediction, _ = stubs
+    request = predict_request(digits.test.images[:2], version=1, signature_name="")
+    tensor = request.inputs["images"]
+    tensor.ClearField("tensor_content")
+    tensor.float_val.extend(digits.test.images[:2].ravel().tolist())
+    response = prediction.Predict(request, timeout=10)
+    np.testing.assert_array_equal(np.frombuffer(response.outputs["classes"].tensor_content, np.int64), in_process[1][:2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", BAD_GRPC_CASES)
+def test_bad_predict_gets_tensorflow_servings_status_code(stubs, case):
+    prediction, _ = stubs
+    request, expected = _bad_requests(np.zeros((2, 8, 8), np.float32))[case]
+    with pytest.raises(grpc.RpcError) as raised:
+        prediction.Predict(request, timeout=10)
+    assert raised.value.code() == expected, raised.value.details()
+    details = raised.value.details()
+    assert details and "Traceback" not in details and "\n" not in details
+
+
+@pytest.mark.slow
+def test_other_status_codes(stubs):
+    prediction, models = stubs
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "cats"
+    version_request = get_model_status_pb2.GetModelStatusRequest()
+    version_request.model_spec.name = "digits"
+    version_request.model_spec.version.value = 7
+    no_field = get_model_metadata_pb2.GetModelMetadataRequest()
+    no_field.model_spec.name = "digits"
+    classify = classification_pb2.ClassificationRequest()
+    classify.model_spec.name = "digits"
+    huge = predict_request(np.zeros((REQUEST_LIMIT_BYTES // 256 + 10, 8, 8), np.float32))
+    calls = [
+        (models.GetModelStatus, status_request, grpc.StatusCode.NOT_FOUND),
+        (models.GetModelStatus, version_request, grpc.StatusCode.NOT_FOUND),
+        (prediction.GetModelMetadata, no_field, grpc.StatusCode.INVALID_ARGUMENT),
+        (prediction.Classify, classify, grpc.StatusCode.UNIMPLEMENTED),
+        (prediction.Predict, huge, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ]
+    for method, request, expected in calls:
+        with pytest.raises(grpc.RpcError) as raised:
+            method(request, timeout=10)
+        assert raised.value.code() == expected, (method, raised.value.details())
+
+
+@pytest.mark.slow
+def test_metadata_over_grpc_and_rest_describes_the_signature(server):
+    client = TFServingGrpcClient(server.grpc_address)
+    try:
+        metadata = client.get_metadata()
+    finally:
+        client.close()
+    signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["images"]["dtype"] == "DT_FLOAT"
+    assert [dim["size"] for dim in signature["inputs"]["images"]["tensor_shape"]["dim"]] == ["-1", "8", "8"]
+    assert set(signature["outputs"]) == {"probabilities", "classes"}
+    assert signature["outputs"]["classes"]["dtype"] == "DT_INT64"
+    rest = RestClient(server.rest_url).get_metadata()
+    assert rest["model_spec"]["version"] == "1"
+    assert rest["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["images"]["dtype"] == "DT_FLOAT"
+
+
+@pytest.mark.slow
+def test_rest_row_and_columnar_formats(server, digits, in_process):
+    images = digits.test.images[:3]
+    row = requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": images.tolist()}, timeout=10)
+    assert row.status_code == 200
+    predictions = row.json()["predictions"]
+    assert [prediction["classes"] for prediction in predictions] == in_process[1][:3].tolist()
+    np.testing.assert_allclose([prediction["probabilities"] for prediction in predictions], in_process[0][:3], atol=1e-6)
+    columnar = requests.post(
+        f"{server.rest_url}/v1/models/digits/versions/1:predict", json={"inputs": {"images": images.tolist()}}, timeout=10
+    )
+    assert columnar.json()["outputs"]["classes"] == in_process[1][:3].tolist()
+
+
+REST_CASES = {
+    "unknown model": ("POST", "/v1/models/cats:predict", {"instances": [[[0] * 8] * 8]}, 404),
+    "unknown version": ("POST", "/v1/models/digits/versions/9:predict", {"instances": [[[0] * 8] * 8]}, 404),
+    "unknown label": ("POST", "/v1/models/digits/labels/canary:predict", {"instances": [[[0] * 8] * 8]}, 404),
+    "status of unknown model": ("GET", "/v1/models/cats", None, 404),
+    "status of unknown version": ("GET", "/v1/models/digits/versions/9", None, 404),
+    "metadata of unknown model": ("GET", "/v1/models/cats/metadata", None, 404),
+    "not JSON": ("POST", "/v1/models/digits:predict", b"{not json", 400),
+    "neither instances nor inputs": ("POST", "/v1/models/digits:predict", {"images": []}, 400),
+    "wrong shape": ("POST", "/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, 400),
+    "ragged": ("POST", "/v1/models/digits:predict", {"instances": [[[0] * 8] * 8, [[0] * 7] * 8]}, 400),
+    "strings": ("POST", "/v1/models/digits:predict", {"instances": [[["a"] * 8] * 8]}, 400),
+    "unknown input name": ("POST", "/v1/models/digits:predict", {"inputs": {"pixels": [[[0] * 8] * 8]}}, 400),
+    "unknown signature": (
+        "POST", "/v1/models/digits:predict", {"signature_name": "nope", "instances": [[[0] * 8] * 8]}, 400,
+    ),
+    "body over the limit": ("POST", "/v1/models/digits:predict", b" " * (REQUEST_LIMIT_BYTES + 1), 413),
+    "classify": ("POST", "/v1/models/digits:classify", {"examples": []}, 501),
+    "malformed path": ("GET", "/v1/models/digits:predict", None, 400),
+    "outside the API": ("GET", "/index.html", None, 404),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(REST_CASES))
+def test_bad_rest_request_gets_tensorflow_servings_http_status(server, case):
+    method, path, body, expected = REST_CASES[case]
+    data = body if isinstance(body, bytes) else (json.dumps(body) if body is not None else None)
+    response = requests.request(method, server.rest_url + path, data=data, timeout=30)
+    assert response.status_code == expected, response.text
+    error = response.json()["error"]
+    assert error and "Traceback" not in error and "\n" not in error
+
+
+@pytest.mark.slow
+def test_server_accuracy_equals_in_process_accuracy(server, digits, in_process):
+    expected_probabilities, expected_classes = in_process
+    in_process_accuracy = float(np.mean(expected_classes == digits.test.labels))
+    grpc_client, rest_client = TFServingGrpcClient(server.grpc_address), RestClient(server.rest_url)
+    try:
+        probabilities, classes = grpc_client.predict(digits.test.images)
+        one_by_one = np.concatenate([grpc_client.predict(image)[1] for image in digits.test.images])
+        _, rest_classes = rest_client.predict(digits.test.images)
+    finally:
+        grpc_client.close()
+        rest_client.close()
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-6)
+    for served in (classes, one_by_one, rest_classes):
+        np.testing.assert_array_equal(served, expected_classes)
+        assert float(np.mean(served == digits.test.labels)) == in_process_accuracy
+    assert in_process_accuracy > 0.9
+
+
+def _hammer(client_count: int, request_count: int, make_client, images: np.ndarray, expected: np.ndarray) -> list[str]:
+    """client_count threads × request_count single-image predicts; returns the failures."""
+    failures: list[str] = []
+
+    def work(index: int) -> None:
+        client = make_client()
+        try:
+            for number in range(request_count):
+                row = (index * request_count + number) % len(images)
+                try:
+                    _, classes = client.predict(images[row])
+                    if classes[0] != expected[row]:
+                        failures.append(f"image {row}: got {classes[0]}, expected {expected[row]}")
+                except (ServingError, TimeoutError) as error:
+                    failures.append(str(error))
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(client_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
+
+
+@pytest.mark.slow
+def test_16_concurrent_clients_times_200_requests_without_an_error(server, digits, in_process):
+    started = time.monotonic()
+    failures = _hammer(
+        16, 200, lambda: TFServingGrpcClient(server.grpc_address, timeout_s=60), digits.test.images, in_process[1]
+    )
+    grpc_seconds = time.monotonic() - started
+    rest_failures = _hammer(8, 25, lambda: RestClient(server.rest_url, timeout_s=60), digits.test.images, in_process[1])
+    assert failures == [] and rest_failures == []
+    print(f"16 × 200 gRPC requests in {grpc_seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_no_bad_request_killed_the_server(server, digits):
+    assert server.process.poll() is None
+    client = TFServingGrpcClient(server.grpc_address)
+    try:
+        assert client.predict(digits.test.images[:1])[1].shape == (1,)
+    finally:
+        client.close()
+    assert "Traceback" not in server.log()
+
+
+# ---- versions --------------------------------------------------------------------------------------------
+
+
+class VersionRecorder:
+    """8 gRPC clients predicting in a loop, recording (time, version answered) and every failure."""
+
+    def __init__(self, address: str, images: np.ndarray, client_count: int = 8) -> None:
+        self.answers: list[tuple[float, int]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._work, args=(address, images[index : index + 1]), daemon=True)
+            for index in range(client_count)
+        ]
+
+    def _work(self, address: str, image: np.ndarray) -> None:
+        client = TFServingGrpcClient(address, timeout_s=60)
+        try:
+            while not self._stop.is_set():
+                try:
+                    response = client.predict_response(image)
+                    with self._lock:
+                        self.answers.append((time.monotonic(), response.model_spec.version.value))
+                except ServingError as error:
+                    with self._lock:
+                        self.failures.append(str(error))
+                time.sleep(0.005)
+        finally:
+            client.close()
+
+    def __enter__(self) -> "VersionRecorder":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def first_answer_from(self, version: int, since: float, timeout: float) -> float | None:
+        """Seconds from since until version first answered, waiting up to timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                times = [at for at, answered in self.answers if answered == version and at >= since]
+            if times:
+                return min(times) - since
+            time.sleep(0.05)
+        return None
+
+    def versions_since(self, since: float) -> set[int]:
+        with self._lock:
+            return {version for at, version in self.answers if at >= since}
+
+
+def _status(address: str) -> dict[int, get_model_status_pb2.ModelVersionStatus]:
+    with grpc.insecure_channel(address) as channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "digits"
+        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+    return {status.version: status for status in response.model_version_status}
+
+
+@pytest.mark.slow
+def test_new_version_is_served_under_load_and_a_broken_one_leaves_it_serving(tf_trained, digits, tmp_path):
+    base_path = new_base_path(tmp_path, tf_trained.export_path)
+    server = start_server(base_path, tmp_path)
+    try:
+        with VersionRecorder(server.grpc_address, digits.test.images) as recorder:
+            time.sleep(1.0)
+            published = time.monotonic()
+            publish_version(base_path, tf_trained.export_path, 2)
+            # Within the poll interval plus the time one load and warm-up take on a busy machine.
+            delay = recorder.first_answer_from(2, published, timeout=POLL_SECONDS + 30)
+            assert delay is not None, server.log()[-2000:]
+            print(f"version 2 answered {delay:.2f} s after it was published (poll interval {POLL_SECONDS} s)")
+            time.sleep(POLL_SECONDS + 0.5)
+            settled = time.monotonic()
+
+            broken = base_path / "3"
+            broken.mkdir()
+            (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
+            failed = time.monotonic()
+            deadline = failed + POLL_SECONDS + 30
+            while time.monotonic() < deadline and _status(server.grpc_address).get(3, None) is None:
+                time.sleep(0.1)
+            while time.monotonic() < deadline and _status(server.grpc_address)[3].state != get_model_status_pb2.ModelVersionStatus.END:
+                time.sleep(0.1)
+            time.sleep(POLL_SECONDS * 2)  # keep the clients going across more polls of the broken folder
+        assert recorder.failures == []
+        assert recorder.versions_since(settled) == {2}
+        statuses = _status(server.grpc_address)
+        assert statuses[2].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert statuses[1].state == get_model_status_pb2.ModelVersionStatus.END
+        assert statuses[3].state == get_model_status_pb2.ModelVersionStatus.END
+        assert statuses[3].status.error_code != 0 and statuses[3].status.error_message
+        log = server.log()
+        assert "Loaded model digits version 2" in log and "Unloaded model digits version 1" in log
+        assert log.count("Failed to load model digits version 3") == 1
+        rest = requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": digits.test.images[:1].tolist()}, timeout=10)
+        assert rest.status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+# ---- batching and shutdown -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_batching_answers_each_client_its_own_rows_and_sigterm_loses_no_accepted_request(
+    tf_trained, digits, in_process, tmp_path
+):
+    parameters = tmp_path / "batching.txt"
+    parameters.write_text(
+        "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\nnum_batch_threads { value: 2 }\n"
+        "allowed_batch_sizes: 8\nallowed_batch_sizes: 32\n"
+    )
+    server = start_server(
+        new_base_path(tmp_path, tf_trained.export_path), tmp_path, "--enable_batching", f"--batching_parameters_file={parameters}"
+    )
+    try:
+        # Mixed batch sizes from 16 clients: each answer must be that client's rows, in order.
+        failures: list[str] = []
+
+        def batched_work(index: int) -> None:
+            client = TFServingGrpcClient(server.grpc_address, timeout_s=60)
+            try:
+                for number in range(20):
+                    start, size = (index * 20 + number) % 300, 1 + number % 3
+                    _, classes = client.predict(digits.test.images[start : start + size])
+                    if classes.tolist() != in_process[1][start : start + size].tolist():
+                        failures.append(f"rows {start}..{start + size}: {classes.tolist()}")
+            except ServingError as error:
+                failures.append(str(error))
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=batched_work, args=(index,)) for index in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        too_big = TFServingGrpcClient(server.grpc_address)
+        with pytest.raises(ServingError, match="INVALID_ARGUMENT"):
+            too_big.predict(digits.test.images[:33])
+        too_big.close()
+
+        # SIGTERM while 8 gRPC and 4 REST clients send: every call either succeeds or is refused as UNAVAILABLE
+        # (never cancelled half-way, never a 500), and the server exits 0.
+        outcomes: list[str] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def load(make_client) -> None:
+            client = make_client()
+            refused_since = None
+            try:
+                while not stop.is_set():
+                    try:
+                        _, classes = client.predict(digits.test.images[:4])
+                        outcome = "ok" if classes.tolist() == in_process[1][:4].tolist() else "wrong answer"
+                        refused_since = None
+                    except ServerUnavailableError as error:
+                        outcome = "refused" if error.status in ("UNAVAILABLE", 503, None) else f"lost: {error}"
+                        refused_since = refused_since or time.monotonic()
+                        if time.monotonic() - refused_since > 2:
+                            break
+                    except ServingError as error:
+                        outcome = f"lost: {error}"
+                    with lock:
+                        outcomes.append(outcome)
+            finally:
+                client.close()
+
+        clients = [lambda: TFServingGrpcClient(server.grpc_address, timeout_s=60)] * 8 + [
+            lambda: RestClient(server.rest_url, timeout_s=60)
+        ] * 4
+        threads = [threading.Thread(target=load, args=(make,), daemon=True) for make in clients]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        with lock:
+            before = outcomes.count("ok")
+        server.process.send_signal(signal.SIGTERM)
+        exit_status = server.process.wait(60)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert exit_status == 0, server.log()[-2000:]
+        assert before > 0
+        assert {outcome for outcome in outcomes} <= {"ok", "refused"}, [o for o in outcomes if o not in ("ok", "refused")][:5]
+        log = server.log()
+        assert "Shutting down" in log and "Stopped." in log and "Traceback" not in log
+    finally:
+        server.stop()

@@ -1,0 +1,251 @@
+"""In-process parts of the TensorFlow Serving–compatible server and the client: no subprocess, no network."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiment.errors import UsageError
+from serving.rest_format import RequestError, TensorSpec
+from serving.tfserving import batching, config, manager, tensors
+from serving.tfserving.servable import Signature
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
+def test_tensor_round_trip_through_tensor_content(dtype):
+    array = (np.arange(24).reshape(2, 3, 4) % 5).astype(dtype)
+    proto = tensors.array_to_tensor(array)
+    assert proto.tensor_content  # raw bytes, not typed repeated fields
+    decoded = tensors.tensor_to_array(proto)
+    assert decoded.dtype == array.dtype
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_typed_values_and_tensorflows_repeat_last_value_rule():
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    proto.tensor_shape.dim.add(size=2)
+    proto.tensor_shape.dim.add(size=2)
+    proto.float_val.extend([1.0, 2.0])
+    np.testing.assert_array_equal(tensors.tensor_to_array(proto), [[1.0, 2.0], [2.0, 2.0]])
+    proto.float_val.extend([3.0, 4.0, 5.0])
+    with pytest.raises(RequestError, match="holds 5 values"):
+        tensors.tensor_to_array(proto)
+
+
+def test_wrong_tensor_content_length_is_invalid_argument():
+    proto = tensors.array_to_tensor(np.zeros((2, 8, 8), np.float32))
+    proto.tensor_content = proto.tensor_content[:-4]
+    with pytest.raises(RequestError) as raised:
+        tensors.tensor_to_array(proto, "images")
+    assert raised.value.code == "INVALID_ARGUMENT" and "images" in raised.value.message
+
+
+def test_batching_parameters_text_format():
+    options = batching.parse_batching_parameters(
+        "max_batch_size { value: 64 }\nbatch_timeout_micros { value: 500 }\nnum_batch_threads { value: 3 }\n"
+        "max_enqueued_batches { value: 10 }\nallowed_batch_sizes: 16\nallowed_batch_sizes: 64\n"
+        "pad_variable_length_inputs: true\n"
+    )
+    assert (options.max_batch_size, options.batch_timeout_micros, options.num_batch_threads) == (64, 500, 3)
+    assert options.allowed_batch_sizes == (16, 64) and options.max_enqueued_batches == 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["max_batch_size: 3", "no_such_field { value: 1 }", "max_batch_size { value: 0 }",
+     "max_batch_size { value: 8 } allowed_batch_sizes: 4"],
+)  # fmt: skip
+def test_bad_batching_parameters_are_one_sentence(text):
+    with pytest.raises(UsageError):
+        batching.parse_batching_parameters(text)
+
+
+def test_model_config_file_with_policies_and_labels(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    path = tmp_path / "models.config"
+    path.write_text(
+        f'model_config_list {{ config {{ name: "a" base_path: "{tmp_path / "a"}" model_platform: "tensorflow" '
+        f"model_version_policy {{ specific {{ versions: 1 versions: 3 }} }} version_labels {{ key: 'stable' value: 1 }} }} "
+        f'config {{ name: "b" base_path: "{tmp_path / "b"}" model_version_policy {{ latest {{ num_versions: 2 }} }} }} }}'
+    )
+    first, second = config.read_model_config(path)
+    assert first.policy.select([1, 2, 3, 4]) == {1, 3} and first.labels == {"stable": 1}
+    assert second.policy.select([1, 2, 3, 4]) == {3, 4}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "--model_base_path"),
+        (["--model_base_path=/no/such/folder"], "is not a directory"),
+        (["--model_base_path=.", "--model_config_file=x"], "not both"),
+        (["--model_base_path=.", "--batching_parameters_file=x"], "needs --enable_batching"),
+        (["--model_base_path=.", "--port=70000"], "--port"),
+        (["--model_base_path=.", "--port=9000", "--rest_api_port=9000"], "must differ"),
+    ],
+)
+def test_server_flag_mistakes_are_one_sentence(argv, message):
+    with pytest.raises(UsageError, match=message):
+        config.parse_options(argv)
+
+
+def test_server_main_exits_2_with_one_line(capsys):
+    from serving.tfserving.main import main
+
+    assert main(["--model_base_path=/no/such/folder"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "is not a directory" in error[0]
+
+
+class _FakeServable:
+    def __init__(self, version: int) -> None:
+        self.version = version
+
+
+def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails(tmp_path):
+    (tmp_path / "1").mkdir()
+    broken: set[int] = set()
+    events: list[str] = []
+
+    def loader(name: str, version: int, path: Path):
+        if version in broken:
+            raise ValueError(f"version {version} is corrupt")
+        events.append(f"load {version}")
+        return _FakeServable(version)
+
+    models = manager.ModelManager([manager.ModelSource("digits", tmp_path)], loader=loader)
+    models.poll_once()
+    assert models.servable("digits").version == 1 and models.all_models_available()
+    broken.add(2)
+    (tmp_path / "2").mkdir()
+    models.poll_once()
+    models.poll_once()  # unchanged broken folder: not retried
+    assert models.servable("digits").version == 1
+    states = {status.version: status for status in models.statuses("digits")}
+    assert states[2].state == manager.END and "corrupt" in states[2].error_message and states[1].state == manager.AVAILABLE
+    broken.clear()
+    (tmp_path / "2" / "saved_model.pb").write_bytes(b"fixed")  # the folder changed: try again
+    models.poll_once()
+    assert models.servable("digits").version == 2
+    assert {status.version: status.state for status in models.statuses("digits")} == {2: manager.AVAILABLE, 1: manager.END}
+    assert events == ["load 1", "load 2"]
+    with pytest.raises(RequestError) as raised:
+        models.servable("digits", version=1)
+    assert raised.value.code == "NOT_FOUND"
+    with pytest.raises(RequestError):
+        models.statuses("cats")
+
+
+def _doubling_signature(calls: list[int]) -> Signature:
+    def function(images):
+        calls.append(int(images.shape[0]))
+        return {"doubled": images * 2}
+
+    spec = TensorSpec("images", np.dtype(np.float32), (None, 2))
+    return Signature("serving_default", {"images": spec}, {"doubled": spec}, function)
+
+
+def test_batch_scheduler_merges_concurrent_requests_and_returns_each_its_rows():
+    calls: list[int] = []
+    signature = _doubling_signature(calls)
+    options = batching.BatchingOptions(max_batch_size=8, batch_timeout_micros=20000, num_batch_threads=1, allowed_batch_sizes=(4, 8))
+    scheduler = batching.BatchScheduler(options)
+    answers: dict[int, np.ndarray] = {}
+    servable = object()  # one model version: its requests may share a batch
+    try:
+
+        def send(index: int) -> None:
+            rows = np.full((1 + index % 2, 2), index, np.float32)
+            answers[index] = scheduler.run(servable, signature, {"images": rows}, len(rows), ("doubled",), 10)["doubled"]
+
+        threads = [threading.Thread(target=send, args=(index,)) for index in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        scheduler.stop()
+    for index, answer in answers.items():
+        np.testing.assert_array_equal(answer, np.full((1 + index % 2, 2), 2 * index, np.float32))
+    assert len(calls) < 6 and set(calls) <= {4, 8}  # merged, and padded to allowed sizes only
+
+
+def test_batch_scheduler_refuses_oversized_requests_unless_splitting():
+    calls: list[int] = []
+    signature = _doubling_signature(calls)
+    rows = np.arange(20, dtype=np.float32).reshape(10, 2)
+    scheduler = batching.BatchScheduler(batching.BatchingOptions(max_batch_size=4, num_batch_threads=1))
+    with pytest.raises(RequestError, match="max_batch_size"):
+        scheduler.run(object(), signature, {"images": rows}, 10, ("doubled",), 10)
+    scheduler.stop()
+    splitting = batching.BatchScheduler(
+        batching.BatchingOptions(max_batch_size=4, num_batch_threads=1, enable_large_batch_splitting=True)
+    )
+    try:
+        np.testing.assert_array_equal(splitting.run(object(), signature, {"images": rows}, 10, ("doubled",), 10)["doubled"], rows * 2)
+    finally:
+        splitting.stop()
+    assert max(calls) <= 4
+
+
+def test_signature_checks_names_dtypes_and_shapes():
+    signature = _doubling_signature([])
+    with pytest.raises(RequestError, match="alias not found"):
+        signature.check_inputs({"pixels": np.zeros((1, 2), np.float32)})
+    with pytest.raises(RequestError, match="float32"):
+        signature.check_inputs({"images": np.zeros((1, 2), np.float64)})
+    with pytest.raises(RequestError, match="shape"):
+        signature.check_inputs({"images": np.zeros((1, 3), np.float32)})
+    with pytest.raises(RequestError, match="alias not found"):
+        signature.check_output_filter(["logits"])
+    assert signature.check_inputs({"images": np.zeros((5, 2), np.float32)}) == 5
+
+
+# ---- client command line --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("argv_prefix", [["tf", "--grpc"], ["tf", "--rest"], ["flask", "--rest"]])
+def test_client_cli_unreachable_server_is_one_sentence_and_exit_1(argv_prefix, capsys):
+    from serving.client import main
+
+    port = _free_port()
+    target = f"127.0.0.1:{port}" if argv_prefix[-1] == "--grpc" else f"http://127.0.0.1:{port}"
+    assert main([*argv_prefix, target, "--sample", "2", "--timeout", "5"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "Cannot reach" in error[0] and "Traceback" not in error[0]
+
+
+def test_client_cli_rejects_a_bad_images_file(tmp_path, capsys):
+    from serving.client import main
+
+    path = tmp_path / "images.npy"
+    np.save(path, np.zeros((2, 3, 4, 5)))
+    assert main(["tf", "--images", str(path)]) == 2
+    assert "shape" in capsys.readouterr().err
+    assert main(["tf", "--images", str(tmp_path / "missing.npy")]) == 2
+
+
+def test_client_wait_until_available_names_the_server():
+    from serving.client import TFServingGrpcClient
+
+    address = f"127.0.0.1:{_free_port()}"
+    client = TFServingGrpcClient(address, timeout_s=0.5)
+    try:
+        with pytest.raises(TimeoutError, match=address):
+            client.wait_until_available(1.0)
+    finally:
+        client.close()
