@@ -99,7 +99,8 @@ def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np
         )
     if array.shape and array.shape[0] == 0:
         raise RequestError(f"Input '{spec.name}' is an empty batch; send at least one instance.")
-    converted = array.astype(expected_dtype, copy=False)
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf and are judged below
+        converted = array.astype(expected_dtype, copy=False)
     if not allow_non_finite and converted.dtype.kind == "f" and not np.isfinite(converted).all():
         raise RequestError(f"Input '{spec.name}' contains NaN or infinity.")
     return converted

@@ -1,0 +1,82 @@
+"""The Flask REST app serving the TorchScript export with TensorFlow Serving's REST API (application factory).
+
+Development:  FLASK_MODEL_BASE_PATH=models/torch/digits flask --app serving.flask_app run --port 5000
+Production:   gunicorn -c serving/gunicorn_conf.py 'serving.flask_app:create_app()'
+
+Settings (defaults below) can be given as FLASK_<NAME> environment variables, e.g. FLASK_MODEL_VERSION=2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+from serving.flask_app import routes
+from serving.flask_app.metrics import AppMetrics
+from serving.flask_app.models import LoadedModel, ModelManager
+from serving.rest_format import RequestError
+
+DEFAULTS: dict[str, Any] = {
+    "MODEL_BASE_PATH": "models/torch/digits",  # integer version folders with model.pt + metadata.json
+    "MODEL_NAME": "digits",
+    "MODEL_VERSION": None,  # serve this version only; None: the highest, switching when a newer one appears
+    "MODEL_POLL_SECONDS": 1.0,  # TF Serving's --file_system_poll_wait_seconds; 0 turns polling off
+    "MAX_BATCH_SIZE": 1024,  # instances per request; more is a 400
+    "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bytes per request body; more is a 413
+}
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then FLASK_* environment variables, then test_config; load the model, start polling."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env()  # FLASK_MODEL_VERSION=2 → MODEL_VERSION=2 (values are parsed as JSON)
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    _check_config(app.config)
+
+    metrics = AppMetrics()
+    model_name = str(app.config["MODEL_NAME"])
+    metrics.model_version.labels(model_name).set(0)
+
+    def on_load(model: LoadedModel) -> None:
+        metrics.model_version.labels(model.name).set(model.version)
+
+    manager = ModelManager(
+        name=model_name,
+        base_path=Path(app.config["MODEL_BASE_PATH"]),
+        pinned_version=app.config["MODEL_VERSION"],
+        poll_seconds=float(app.config["MODEL_POLL_SECONDS"]),
+        on_load=on_load,
+    )
+    app.extensions["model_manager"] = manager
+    app.extensions["app_metrics"] = metrics
+
+    app.url_map.converters["model_name"] = routes.ModelNameConverter
+    app.register_blueprint(routes.api)
+    app.before_request(routes.start_timer)
+    app.after_request(routes.record_request)
+    app.register_error_handler(RequestError, routes.handle_request_error)
+    app.register_error_handler(HTTPException, routes.handle_http_exception)
+    app.register_error_handler(Exception, routes.handle_unexpected_error)
+
+    manager.poll_once()  # load synchronously when a version is there, so the first request finds it
+    manager.start()
+    return app
+
+
+def _check_config(config: Mapping[str, Any]) -> None:
+    """Refuse settings that cannot work, in one sentence naming the environment variable."""
+    version = config["MODEL_VERSION"]
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise ValueError(f"FLASK_MODEL_VERSION must be a positive integer, got {version!r}.")
+    for name, minimum in (("MAX_BATCH_SIZE", 1), ("MODEL_POLL_SECONDS", 0)):
+        value = config[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise ValueError(f"FLASK_{name} must be a number ≥ {minimum}, got {value!r}.")
+    limit = config["MAX_CONTENT_LENGTH"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"FLASK_MAX_CONTENT_LENGTH must be a positive number of bytes, got {limit!r}.")

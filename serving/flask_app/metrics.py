@@ -1,0 +1,58 @@
+"""Prometheus metrics of the Flask app: requests by endpoint and status, latency, the model version loaded.
+
+Under gunicorn each worker is a process with its own counters. gunicorn_conf.py sets PROMETHEUS_MULTIPROC_DIR
+before any worker starts, prometheus_client then keeps the values in files there, and /metrics adds up every
+worker's (prometheus_client's multiprocess mode). Without that variable (flask run, tests) values live in memory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# A batch-1 prediction takes about a millisecond; the buckets resolve that and still catch slow outliers.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class AppMetrics:
+    """The app's metric objects, registered in a registry of their own so that several apps can coexist (tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "flask_http_requests_total",
+            "HTTP requests answered, by endpoint, method and status code.",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "flask_http_request_duration_seconds",
+            "Time from the request reaching Flask to the response leaving it, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # One sample per live worker (label pid) in multiprocess mode: during a swap, workers may briefly differ.
+        self.model_version = Gauge(
+            "flask_model_version_loaded",
+            "Version of the model this process serves (0 before one is loaded).",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="liveall",
+        )
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        self.requests.labels(endpoint, method, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text to answer /metrics with (every worker's values in multiprocess mode) and its content type."""
+        if os.environ.get(MULTIPROCESS_VARIABLE):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,240 @@
+"""Integration: gunicorn + Flask and TorchServe on free ports, serving a freshly exported model, queried for real."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from experiment import artifacts
+
+pytestmark = pytest.mark.slow
+
+BATCH = 60
+CLIENTS = 16
+REQUESTS_PER_CLIENT = 200
+
+
+def flask_predict(session: requests.Session, url: str, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-format predict against the Flask app (TensorFlow Serving's REST path)."""
+    body = json.dumps({"instances": images.tolist()})
+    response = session.post(f"{url}/v1/models/digits:predict", data=body, timeout=30)
+    response.raise_for_status()
+    rows = response.json()["predictions"]
+    return (
+        np.asarray([row["probabilities"] for row in rows], dtype=np.float32),
+        np.asarray([row["classes"] for row in rows], dtype=np.int64),
+    )
+
+
+@pytest.fixture(scope="module")
+def expected(torch_trained, digits):
+    """In-process TorchScript outputs for the whole test split."""
+    module = torch.jit.load(str(torch_trained.export_path / artifacts.TORCHSCRIPT_FILE))
+    with torch.inference_mode():
+        outputs = module(torch.from_numpy(np.ascontiguousarray(digits.test.images, dtype=np.float32)))
+    return outputs["probabilities"].numpy(), outputs["classes"].numpy()
+
+
+@pytest.fixture(scope="module")
+def predictors(flask_server, torchserve_server):
+    """name → predict(images) for each server, each thread with its own connection."""
+    handle, _ = torchserve_server
+    local = threading.local()
+
+    def flask(images):
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return flask_predict(local.session, flask_server.url, images)
+
+    def torchserve(images):
+        if not hasattr(local, "torchserve"):
+            local.torchserve = handle.client(timeout=30)
+        return local.torchserve.predict(images)
+
+    return {"flask": flask, "torchserve": torchserve}
+
+
+def test_torchserve_is_ready_only_once_its_workers_are(torchserve_server):
+    handle, observations = torchserve_server
+    assert not observations[0].available, "reported ready before TorchServe had even started"
+    assert observations[-1].available
+    with handle.client() as client:
+        description = client.describe()
+        statuses = [worker["status"] for worker in description["workers"]]
+        assert statuses and statuses.count("READY") >= description["minWorkers"]
+        # Ready means a prediction works now, with no retry.
+        probabilities, classes = client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        assert probabilities.shape == (1, 10) and classes.shape == (1,)
+
+
+@pytest.mark.parametrize("server", ["flask", "torchserve"])
+def test_whole_test_split_matches_in_process(server, predictors, expected, digits):
+    images = digits.test.images
+    parts = [predictors[server](images[start : start + BATCH]) for start in range(0, len(images), BATCH)]
+    probabilities = np.concatenate([part[0] for part in parts])
+    classes = np.concatenate([part[1] for part in parts])
+    np.testing.assert_allclose(probabilities, expected[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(classes, expected[1])
+    assert (classes == digits.test.labels).mean() >= 0.95
+
+
+@pytest.mark.parametrize("server", ["flask", "torchserve"])
+def test_concurrent_clients_get_no_errors(server, predictors, expected, digits):
+    images = digits.test.images
+
+    def client(index: int) -> list[str]:
+        problems = []
+        for request in range(REQUESTS_PER_CLIENT):
+            row = (index * REQUESTS_PER_CLIENT + request) % len(images)
+            try:
+                _, classes = predictors[server](images[row : row + 1])
+            except Exception as error:  # counted, so that one failure does not hide the others
+                problems.append(f"{type(error).__name__}: {error}")
+                continue
+            if classes[0] != expected[1][row]:
+                problems.append(f"row {row}: class {classes[0]} instead of {expected[1][row]}")
+        return problems
+
+    with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+        problems = [problem for result in pool.map(client, range(CLIENTS)) for problem in result]
+    assert problems == [], f"{len(problems)} of {CLIENTS * REQUESTS_PER_CLIENT} failed, first: {problems[:3]}"
+
+
+def test_torchserve_refuses_a_bad_body_without_failing_its_batch_neighbours(torchserve_server):
+    handle, _ = torchserve_server
+    key = json.loads(handle.key_file.read_text())["inference"]["key"]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    good = json.dumps({"instances": [[[1.0] * 8] * 8]})
+    bad = json.dumps({"instances": [[1.0, 2.0]]})
+
+    def send(body: str) -> tuple[int, dict]:
+        response = requests.post(f"{handle.inference_url}/predictions/digits", data=body, headers=headers, timeout=30)
+        return response.status_code, response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, [good, bad] * 16))
+    assert all(status == 200 and "predictions" in body for status, body in results[0::2])
+    assert all(status == 400 and "shape" in body["error"] for status, body in results[1::2])
+
+
+def test_torchserve_needs_the_inference_key(torchserve_server):
+    handle, _ = torchserve_server
+    response = requests.post(
+        f"{handle.inference_url}/predictions/digits", data=json.dumps({"instances": [[[0.0] * 8] * 8]}), timeout=30
+    )
+    assert response.status_code in (400, 401)  # TorchServe 0.12 answers InvalidKeyException with 400
+
+
+def test_client_renews_an_expired_inference_key(torchserve_server):
+    handle, _ = torchserve_server
+    with handle.client() as client:
+        client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        # Make the client's key wrong, as an expired one would be; TorchServe still holds the real one.
+        document = json.loads(handle.key_file.read_text())
+        document["inference"]["key"] = "expired"
+        handle.key_file.write_text(json.dumps(document))
+        probabilities, _ = client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        assert probabilities.shape == (1, 10)
+    assert json.loads(handle.key_file.read_text())["inference"]["key"] != "expired"
+
+
+def test_flask_swaps_in_a_new_version_without_failed_requests(flask_server, torch_trained):
+    failures: list[str] = []
+    stop = threading.Event()
+    image = np.full((1, 8, 8), 3.0, dtype=np.float32)
+
+    def hammer() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    flask_predict(session, flask_server.url, image)
+                except Exception as error:
+                    failures.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        staging = flask_server.base_path / ".staging-2"
+        shutil.copytree(torch_trained.export_path, staging)
+        os.rename(staging, flask_server.base_path / "2")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            text = requests.get(f"{flask_server.url}/metrics", timeout=10).text
+            versions = [line for line in text.splitlines() if line.startswith("flask_model_version_loaded{")]
+            if len(versions) == 2 and all(line.endswith(" 2.0") for line in versions):
+                break  # both gunicorn workers serve version 2
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the workers did not all load version 2: {versions}")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    status = requests.get(f"{flask_server.url}/v1/models/digits", timeout=10).json()
+    assert status["model_version_status"][0]["version"] == "2"
+
+
+def test_flask_metrics_add_up_every_worker(flask_server):
+    text = requests.get(f"{flask_server.url}/metrics", timeout=10).text
+    served = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('flask_http_requests_total{endpoint="api.predict",method="POST",status="200"}')
+    ]
+    # The earlier tests sent thousands of predictions across both workers; one worker alone saw about half.
+    assert served and served[0] >= CLIENTS * REQUESTS_PER_CLIENT
+    assert "flask_http_request_duration_seconds_bucket" in text
+
+
+def test_torchserve_metrics_are_prometheus_text(torchserve_server):
+    handle, _ = torchserve_server
+    response = requests.get(f"{handle.metrics_url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert "ts_inference_requests_total" in response.text
+
+
+def _port_closed(url: str) -> bool:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.socket() as probe:
+        return probe.connect_ex((host, int(port))) != 0
+
+
+def test_flask_shuts_down_cleanly(flask_server):
+    flask_server.process.send_signal(signal.SIGTERM)
+    try:
+        returncode = flask_server.process.wait(60)
+    except subprocess.TimeoutExpired:
+        flask_server.process.kill()
+        pytest.fail("gunicorn did not stop within 60 s of SIGTERM")
+    assert returncode == 0
+    assert "Shutting down: Master" in flask_server.log_path.read_text()
+    assert _port_closed(flask_server.url)
+
+
+def test_torchserve_shuts_down_cleanly(torchserve_server):
+    from serving.torchserve.launch import stop_torchserve
+
+    handle, _ = torchserve_server
+    pid = handle.pid()
+    assert pid is not None
+    assert stop_torchserve(handle) is True
+    assert handle.pid() is None
+    assert _port_closed(handle.inference_url) and _port_closed(handle.management_url)
+    assert not handle.key_file.exists()
+    leftover = subprocess.run(["pgrep", "-f", str(handle.run_dir)], capture_output=True, text=True).stdout.split()
+    assert leftover == [], "TorchServe left processes behind"
