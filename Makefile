@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 PIP_INSTALL_FLAGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 ARGS ?=
 
-.PHONY: setup lock train-tf train-torch tensorboard demo test clean
+.PHONY: setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,15 @@ train-tf: setup
 train-torch: setup
 	$(PYTHON) -m torch_pipeline.train $(ARGS)
 
+# Data-parallel training on NPROC local processes (docs/distributed.md). torch_pipeline.launch is
+# `torchrun --nproc-per-node=$(NPROC) -m torch_pipeline.train $(ARGS)` with the flags and port checked first.
+NPROC ?= 2
+train-torch-ddp: setup
+	$(PYTHON) -m torch_pipeline.launch --nproc-per-node=$(NPROC) -- $(ARGS)
+
+train-tf-multiworker: setup
+	$(PYTHON) -m tf_pipeline.launch --nproc $(NPROC) -- $(ARGS)
+
 tensorboard: setup
 	$(PYTHON) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
 
@@ -45,6 +54,27 @@ demo: setup
 	@echo "Exports:     models/tf/digits/<version>/ (SavedModel), models/torch/digits/<version>/model.pt,"
 	@echo "             models/torch/model-store/digits.mar"
 	@echo "TensorBoard: make tensorboard, then open http://127.0.0.1:6006 (runs/tf and runs/torch overlaid)"
+
+# The three servers natively on 127.0.0.1 (DESIGN.md's ports), trained first if no export exists; state in .run/.
+serve: setup
+	$(PYTHON) -m serving.stack start $(ARGS)
+
+stop: setup
+	$(PYTHON) -m serving.stack stop
+
+status: setup
+	$(PYTHON) -m serving.stack status
+
+logs: setup
+	$(PYTHON) -m serving.stack logs $(ARGS)
+
+# The measured comparison (issue 6): reports/comparison.md + PNG plots; compare-quick skips the servers.
+.PHONY: compare compare-quick
+compare: setup
+	$(PYTHON) -m benchmarks.compare $(ARGS)
+
+compare-quick: setup
+	$(PYTHON) -m benchmarks.compare --quick $(ARGS)
 
 test: setup
 	$(PYTHON) -m pytest $(ARGS)
