@@ -69,7 +69,8 @@ class TorchServeClient:
             self._key_file_stamp = stamp
         return self._keys.get(api)
 
-    def _headers(self, api: str) -> dict[str, str]:
+    def authorization_headers(self, api: str = "inference") -> dict[str, str]:
+        """The Authorization header for 'inference' or 'management' calls; empty when token auth is off."""
         key = self._key(api)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -77,7 +78,7 @@ class TorchServeClient:
         """Send with the current key; if TorchServe says it expired (60 min by default), renew it once and resend."""
         headers = arguments.pop("headers", {})
         response = self.session.request(
-            method, url, headers={**headers, **self._headers(api)}, timeout=self.timeout, **arguments
+            method, url, headers={**headers, **self.authorization_headers(api)}, timeout=self.timeout, **arguments
         )
         if response.status_code in (400, 401) and self.key_file is not None and _is_key_error(response):
             api_key = self._key("API")
@@ -90,7 +91,7 @@ class TorchServeClient:
                     timeout=self.timeout,
                 )
                 response = self.session.request(
-                    method, url, headers={**headers, **self._headers(api)}, timeout=self.timeout, **arguments
+                    method, url, headers={**headers, **self.authorization_headers(api)}, timeout=self.timeout, **arguments
                 )
         return response
 
