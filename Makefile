@@ -47,13 +47,9 @@ train-tf-multiworker: setup
 tensorboard: setup
 	$(PYTHON) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
 
+# Train both, serve all three servers, query every endpoint, print a side-by-side table, stop.
 demo: setup
-	$(PYTHON) -m tf_pipeline.train --verbose 2 $(ARGS)
-	$(PYTHON) -m torch_pipeline.train $(ARGS)
-	@echo
-	@echo "Exports:     models/tf/digits/<version>/ (SavedModel), models/torch/digits/<version>/model.pt,"
-	@echo "             models/torch/model-store/digits.mar"
-	@echo "TensorBoard: make tensorboard, then open http://127.0.0.1:6006 (runs/tf and runs/torch overlaid)"
+	$(PYTHON) -m serving.demo $(ARGS)
 
 # The three servers natively on 127.0.0.1 (DESIGN.md's ports), trained first if no export exists; state in .run/.
 serve: setup
