@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -62,8 +63,11 @@ def _grpc_server(options: config.ServerOptions, predictor: Predictor, health_ser
 def serve(options: config.ServerOptions) -> int:
     """Run until SIGTERM or SIGINT; return 0 after a clean shutdown."""
     stop_requested = threading.Event()
+    # The handler only flips a flag: calling stop_requested.set() inside it could deadlock, because the handler
+    # runs on the main thread, possibly while that thread holds the Event's own (non-reentrant) lock.
+    signal_received: list[int] = []
     for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, lambda number, frame: stop_requested.set())
+        signal.signal(signal_number, lambda number, frame: signal_received.append(number))
 
     health_servicer = health.HealthServicer()
     for service in HEALTH_SERVICES:
@@ -106,8 +110,9 @@ def serve(options: config.ServerOptions) -> int:
         os.getpid(),
     )
 
-    while not stop_requested.wait(1.0):
-        pass
+    while not signal_received:
+        time.sleep(0.2)
+    stop_requested.set()
     logger.info("Shutting down: no new requests; finishing those in flight (up to %.0f s).", options.shutdown_grace_seconds)
     health_servicer.enter_graceful_shutdown()
     grpc_stopped = grpc_server.stop(options.shutdown_grace_seconds)  # refuses new RPCs now, waits for running ones
