@@ -1,0 +1,150 @@
+"""Artifacts on disk and in-process inference: export sizes, load times, batch-1 and batch-64 latency of each path."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from benchmarks import stats
+from experiment import artifacts
+from experiment.spec import SIGNATURE_NAME, NetworkSpec
+
+BATCH_SIZES = (1, 64)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """How long to time each path (seconds of calls, bounded by a call count) and how many loads to time."""
+
+    budget_seconds: float = 2.0
+    minimum_calls: int = 30
+    maximum_calls: int = 5000
+    warmup_calls: int = 10
+    loads: int = 5
+
+
+QUICK_INFERENCE = InferenceSettings(budget_seconds=0.3, minimum_calls=8, maximum_calls=2000, warmup_calls=2, loads=2)
+
+
+def directory_bytes(path: Path) -> int:
+    """Size on disk of a file, or of every file under a folder."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
+
+
+def time_calls(call: Callable[[], Any], settings: InferenceSettings) -> stats.LatencySummary:
+    """Latency of call() after warm-up: as many calls as fit the time budget, within the call-count bounds."""
+    for _ in range(settings.warmup_calls):
+        call()
+    latencies = []
+    deadline = time.perf_counter() + settings.budget_seconds
+    while len(latencies) < settings.maximum_calls and (
+        len(latencies) < settings.minimum_calls or time.perf_counter() < deadline
+    ):
+        started = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - started)
+    return stats.summarize_seconds(latencies)
+
+
+def time_loads(load: Callable[[], Any], count: int) -> dict[str, float]:
+    """Seconds of the first load in this process and the median of the following ones."""
+    durations = []
+    for _ in range(max(2, count)):
+        started = time.perf_counter()
+        load()
+        durations.append(time.perf_counter() - started)
+    return {"first_load_seconds": durations[0], "later_load_seconds": stats.median(durations[1:])}
+
+
+def measure_artifacts(tf_export: Path, torch_export: Path, archive: Path, settings: InferenceSettings) -> dict[str, Any]:
+    """Size of each export and time to load the two that load in-process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import torch
+
+    torchscript = Path(torch_export) / artifacts.TORCHSCRIPT_FILE
+    return {
+        "tf_savedmodel": {
+            "path": str(tf_export),
+            "size_bytes": directory_bytes(tf_export),
+            **time_loads(lambda: tf.saved_model.load(str(tf_export)), settings.loads),
+        },
+        "torchscript": {
+            "path": str(torchscript),
+            "size_bytes": directory_bytes(torchscript),
+            **time_loads(lambda: torch.jit.load(str(torchscript)), settings.loads),
+        },
+        "torchserve_archive": {"path": str(archive), "size_bytes": directory_bytes(archive)} if Path(archive).exists() else {},
+    }
+
+
+def measure_inference(
+    tf_export: Path, torch_export: Path, images: np.ndarray, settings: InferenceSettings
+) -> dict[str, Any]:
+    """Batch-1 and batch-64 latency of five in-process paths, with the inputs a client would send (numpy)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import torch
+
+    from tf_pipeline.model import build_model as build_keras_model
+    from torch_pipeline.model import ServingModel
+    from torch_pipeline.model import build_model as build_torch_model
+
+    spec = NetworkSpec.from_dict(artifacts.read_metadata(Path(torch_export))["network"])
+    # The Keras model is rebuilt from the exported spec (same layers, untrained weights): latency does not depend
+    # on weight values, and the SavedModel path below is the trained artifact itself.
+    keras_model = build_keras_model(NetworkSpec.from_dict(artifacts.read_metadata(Path(tf_export))["network"]))
+    signature = tf.saved_model.load(str(tf_export)).signatures[SIGNATURE_NAME]
+    scripted = torch.jit.load(str(Path(torch_export) / artifacts.TORCHSCRIPT_FILE)).eval()
+    eager = ServingModel(build_torch_model(spec)).eval()
+    eager.load_state_dict(scripted.state_dict())  # the trained weights, so both torch paths compute the same thing
+
+    def torch_call(module: torch.nn.Module, batch: np.ndarray) -> Callable[[], Any]:
+        def call() -> Any:
+            with torch.inference_mode():
+                return module(torch.from_numpy(batch))
+
+        return call
+
+    results: dict[str, Any] = {}
+    for batch_size in BATCH_SIZES:
+        batch = np.ascontiguousarray(images[:batch_size], dtype=np.float32)  # (B, H, W)
+        paths: dict[str, Callable[[], Any]] = {
+            "keras_direct_call": lambda batch=batch: keras_model(batch, training=False),
+            "keras_model_predict": lambda batch=batch: keras_model.predict(batch, verbose=0),
+            "savedmodel_signature": lambda batch=batch: signature(images=tf.constant(batch)),
+            "torch_eager_module": torch_call(eager, batch),
+            "torchscript_module": torch_call(scripted, batch),
+        }
+        for name, call in paths.items():
+            results.setdefault(name, {})[f"batch_{batch_size}"] = time_calls(call, settings).to_dict()
+
+    with torch.inference_mode():
+        sample = torch.from_numpy(np.ascontiguousarray(images[:64], dtype=np.float32))
+        difference = (eager(sample)["probabilities"] - scripted(sample)["probabilities"]).abs().max().item()
+    results["torch_eager_vs_torchscript_max_difference"] = difference
+    return results
+
+
+def serving_uses_fast_path(serving_dir: Path) -> dict[str, Any]:
+    """Whether the TF server's code loads the SavedModel and calls its signature, never Keras's model.predict."""
+    package = Path(serving_dir) / "tfserving"
+    files = sorted(package.rglob("*.py")) if package.is_dir() else sorted(Path(serving_dir).glob("tfserving*.py"))
+    text = "\n".join(path.read_text(errors="replace") for path in files)
+    imports_keras = re.search(r"^\s*(import keras|from keras)", text, re.MULTILINE) is not None
+    loads_saved_model = "saved_model.load" in text
+    return {
+        "files_checked": len(files),
+        "loads_saved_model": loads_saved_model,
+        "imports_keras": imports_keras,
+        "fast_path": bool(files) and loads_saved_model and not imports_keras,
+    }
