@@ -142,3 +142,13 @@ def parse_config(
     parser = build_parser(config_class, prog, description)
     namespace = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     return config_class(**vars(namespace))
+
+
+def per_replica_batch_size(global_batch_size: int, replicas: int) -> int:
+    """Split a global batch evenly over data-parallel replicas; an uneven split is refused in one sentence."""
+    if global_batch_size % replicas != 0:
+        raise UsageError(
+            f"--batch-size {global_batch_size} is the global batch and must be divisible by the {replicas} "
+            f"data-parallel replicas; use a multiple of {replicas}."
+        )
+    return global_batch_size // replicas

@@ -1,98 +1,285 @@
 """Train the Keras model, log to TensorBoard under runs/tf/<run>, export models/tf/<model>/<version>/.
 
+One training loop for every process layout: a compiled step run through a tf.distribute strategy, the default
+strategy in a single process, MirroredStrategy when one process sees several GPUs, MultiWorkerMirroredStrategy
+when TF_CONFIG lists several workers (start them with `python -m tf_pipeline.launch`). Keras 3's model.fit cannot
+run under MultiWorkerMirroredStrategy, so the loop is written out here with Keras's optimizer, loss and progress bar.
+
 Run with `python -m tf_pipeline.train --help`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
 
 from experiment import artifacts, metrics
 from experiment.cli import run_main
-from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config
-from experiment.data import Dataset, load_dataset
+from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
+from experiment.data import Dataset, Split, load_dataset
+from experiment.errors import UsageError
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 FRAMEWORK = "tf"
 PROG = "python -m tf_pipeline.train"
+EVALUATION_BATCH_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
 class TFTrainConfig(TrainConfig):
-    """The shared settings plus what only Keras has."""
+    """The shared settings plus what only the Keras side has."""
 
-    steps_per_execution: int = config_field(1, "training steps Keras runs per call into the compiled graph")
+    # 64 covers a whole epoch of the digits (37 steps) in one call: Python's per-call overhead is most of this
+    # small network's step time. The progress bar updates once per call.
+    steps_per_execution: int = config_field(
+        64, "training steps run per call into the compiled graph; the progress bar updates once per call"
+    )
     verbose: int = config_field(1, "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch")
+    weight_checksums: Path | None = config_field(
+        None,
+        "folder where each worker writes a checksum of its weights after every step (worker-<index>.txt), "
+        "to check that replicas stay identical; runs one step per call",
+    )
 
     framework = FRAMEWORK
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from experiment.errors import UsageError
-
         if self.steps_per_execution <= 0:
             raise UsageError(f"--steps-per-execution must be a positive integer, got {self.steps_per_execution}.")
+        if self.verbose not in (0, 1, 2):
+            raise UsageError(f"--verbose must be 0, 1 or 2, got {self.verbose}.")
+
+
+class WorkerLost(RuntimeError):
+    """A collective with the other workers failed (one of them died or became unreachable); nothing is exported."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingResult:
-    """What a finished run produced."""
+    """What a finished run produced; a non-chief worker of a multi-worker run exports nothing (None fields)."""
 
-    version: int
-    export_path: Path
+    version: int | None
+    export_path: Path | None
     run_dir: Path
     test_accuracy: float
     test_loss: float
     training_seconds: float
 
 
+def training_dataset(split: Split, batch_size: int, seed: int) -> "tf.data.Dataset":
+    """Endless (images, labels, weights) global batches, reshuffled each epoch from the seed.
+
+    weights (B,) are 1 / B for the batch each example is in, so summing weighted losses over every replica gives the
+    mean over the global batch, also for an epoch's short last batch (tf.nn.compute_average_loss with a fixed global
+    batch size would under-weight it). repeat() after batch keeps every epoch's last short batch, and an endless
+    dataset lets the distributed iterator skip its per-step "does any worker still have data" collective.
+    """
+    import tensorflow as tf
+
+    def with_weights(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        size = tf.shape(labels)[0]
+        return images, labels, tf.fill([size], 1.0 / tf.cast(size, tf.float32))
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((split.images, split.labels))  # (H, W) float32, () int64
+        .shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(with_weights)
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    options = tf.data.Options()
+    # Every worker builds the same shuffled stream and keeps its own slice of each global batch.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+def evaluate(
+    model: "keras.Model", split: Split, logits_of: Callable[["tf.Tensor"], "tf.Tensor"] | None = None
+) -> tuple[float, float, np.ndarray]:
+    """Mean loss, accuracy and predicted classes over a split, in inference mode (logits_of: a compiled forward)."""
+    import keras
+    import tensorflow as tf
+
+    logits_of = logits_of or inference_function(model)
+    losses, predictions = [], []
+    for start in range(0, len(split), EVALUATION_BATCH_SIZE):
+        images = split.images[start : start + EVALUATION_BATCH_SIZE]
+        labels = split.labels[start : start + EVALUATION_BATCH_SIZE]
+        logits = logits_of(tf.constant(images))  # (B, C)
+        losses.append(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).numpy())
+        predictions.append(np.argmax(logits.numpy(), axis=-1))
+    predicted = np.concatenate(predictions)
+    return float(np.concatenate(losses).mean()), float((predicted == split.labels).mean()), predicted
+
+
+def inference_function(model: "keras.Model") -> Callable[["tf.Tensor"], "tf.Tensor"]:
+    """model(images, training=False) compiled once: images (N, H, W) → logits (N, C), any N without retracing."""
+    import tensorflow as tf
+
+    return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+
+
+def _weights_checksum(model: "keras.Model", strategy: "tf.distribute.Strategy") -> list[str]:
+    """A SHA-256 of every weight's bytes, one per replica held by this process (its local copies)."""
+    copies = [strategy.experimental_local_results(weight.value) for weight in model.weights]
+    replicas = len(copies[0])
+    return [
+        hashlib.sha256(b"".join(np.asarray(copy[replica]).tobytes() for copy in copies)).hexdigest()
+        for replica in range(replicas)
+    ]
+
+
 def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResult:
-    """Train, evaluate, log and export; returns where everything went."""
+    """Train (data-parallel when TF_CONFIG lists several workers), evaluate, log and export on the chief."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
+    from tf_pipeline import distributed
+
+    # User mistakes first, before TensorFlow is imported and prints its start-up messages.
+    role = distributed.worker_role()
+    per_replica_batch_size(config.batch_size, role.num_workers)  # one replica per worker on CPU
+    dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
+    base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
+    run_name = config.resolved_run_name()
+    run_dir = Path(config.log_dir) / FRAMEWORK / run_name
+    if role.is_chief:
+        artifacts.check_writable(base_path)
+        artifacts.check_writable(run_dir)
+    if config.weight_checksums is not None:
+        artifacts.check_writable(config.weight_checksums)
+
+    strategy = distributed.strategy_for(role)  # before any TensorFlow op: the multi-worker strategy sets up the runtime
     import keras
     import tensorflow as tf
 
     from tf_pipeline import export, summaries
     from tf_pipeline.model import build_model
 
-    dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
-    base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
-    artifacts.check_writable(base_path)
-    run_name = config.resolved_run_name()
-    run_dir = Path(config.log_dir) / FRAMEWORK / run_name
-    artifacts.check_writable(run_dir)
+    per_replica_batch_size(config.batch_size, strategy.num_replicas_in_sync)  # several GPUs per worker
+    checksum_file = None
+    if config.weight_checksums is not None:
+        checksum_file = open(Path(config.weight_checksums) / f"worker-{role.index}.txt", "w")  # noqa: SIM115
 
     keras.utils.set_random_seed(config.seed)
     spec = config.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
-    model = build_model(spec, seed=config.seed)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=ADAM_EPSILON),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],  # logged as epoch_accuracy
-        steps_per_execution=config.steps_per_execution,
-    )
+    with strategy.scope():
+        # Mirrored variables: one copy per replica, kept equal because every replica applies the same summed gradient.
+        model = build_model(spec, seed=config.seed)
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=ADAM_EPSILON)
+        optimizer.build(model.trainable_variables)
+        # [loss sum, correct, examples] of the epoch so far; each replica adds its own, a read sums them all.
+        totals = tf.Variable(
+            tf.zeros([3]),
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+        )
+    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    def replica_step(images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
+        # One replica's share of a global batch: images (b, H, W), labels (b,), weights (b,) = 1 / global batch.
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)  # (b, C)
+            per_example_loss = loss_function(labels, logits)  # (b,)
+            loss = tf.reduce_sum(per_example_loss * weights)  # this replica's part of the global-batch mean
+        gradients = tape.gradient(loss, model.trainable_variables)
+        # Under a distribution strategy Keras's optimizer all-reduces (sums) the gradients across replicas.
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32))
+        totals.assign_add(tf.stack([tf.reduce_sum(per_example_loss), correct, tf.cast(tf.size(labels), tf.float32)]))
+
+    @tf.function
+    def train_steps(iterator: tf.distribute.DistributedIterator, num_steps: tf.Tensor) -> tf.Tensor:
+        # Several steps per call keep Python out of the inner loop; one collective read of the totals per call.
+        for _ in tf.range(num_steps):
+            strategy.run(replica_step, args=next(iterator))
+        return totals.read_value()
+
+    batches = training_dataset(dataset.train, config.batch_size, config.seed)
+    iterator = iter(strategy.experimental_distribute_dataset(batches))  # each replica's slice of every global batch
+    steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
+    steps_per_call = 1 if checksum_file else config.steps_per_execution
+    writers = summaries.RunWriters(run_dir) if role.is_chief else None
+    if writers:
+        writers.add_graph(model)
+    verbose = config.verbose if role.is_chief else 0
+    validation_logits = inference_function(model)  # traced once, reused every epoch
+    metric_names = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
     started = time.perf_counter()
-    model.fit(
-        dataset.train.images,
-        dataset.train.labels,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=(dataset.validation.images, dataset.validation.labels),
-        shuffle=True,
-        callbacks=[keras.callbacks.TensorBoard(log_dir=str(run_dir), histogram_freq=1, write_graph=True)],
-        verbose=config.verbose,
-    )
+    try:
+        for epoch in range(config.epochs):
+            if verbose:
+                print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+            progress = keras.utils.Progbar(
+                steps_per_epoch, verbose=verbose, stateful_metrics=metric_names, unit_name="step"
+            )
+            totals.assign(tf.zeros([3]))
+            step = 0
+            while step < steps_per_epoch:
+                num_steps = min(steps_per_call, steps_per_epoch - step)
+                loss_sum, correct, examples = train_steps(iterator, tf.constant(num_steps)).numpy()
+                step += num_steps
+                if checksum_file:
+                    for replica, checksum in enumerate(_weights_checksum(model, strategy)):
+                        checksum_file.write(f"{epoch * steps_per_epoch + step} {replica} {checksum}\n")
+                if verbose == 1 and step < steps_per_epoch:
+                    progress.update(step, [("accuracy", correct / examples), ("loss", loss_sum / examples)])
+            train_loss, train_accuracy = float(loss_sum / examples), float(correct / examples)
+            if writers:
+                validation_loss, validation_accuracy, _ = evaluate(model, dataset.validation, validation_logits)
+                writers.log_epoch(
+                    epoch,
+                    train_loss,
+                    train_accuracy,
+                    validation_loss,
+                    validation_accuracy,
+                    learning_rate=float(optimizer.learning_rate.numpy()),
+                    iterations=int(optimizer.iterations.numpy()),
+                    model=model,
+                )
+                logs = [
+                    ("accuracy", train_accuracy),
+                    ("loss", train_loss),
+                    ("val_accuracy", validation_accuracy),
+                    ("val_loss", validation_loss),
+                ]
+                progress.update(steps_per_epoch, logs, finalize=True)
+    except tf.errors.OpError as error:
+        if role.num_workers == 1:
+            raise
+        # A peer that died (or became unreachable) aborts the collectives of everyone still waiting on it.
+        raise WorkerLost(
+            f"worker {role.index} stopped: a collective with the other workers failed ({type(error).__name__}); "
+            "nothing was exported."
+        ) from None
+    finally:
+        if checksum_file:
+            checksum_file.close()
     training_seconds = time.perf_counter() - started
+    if writers:
+        writers.close()
+    if not role.is_chief:
+        return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
 
-    test_loss, test_accuracy = model.evaluate(
-        dataset.test.images, dataset.test.labels, batch_size=256, verbose=0, return_dict=False
-    )
-    logits = model.predict_on_batch(dataset.test.images)  # (N, C)
-    predictions = tf.argmax(logits, axis=-1).numpy()
+    # The chief exports a plain copy built outside the strategy: the SavedModel then holds ordinary variables,
+    # the same artifact a single-process run writes.
+    serving_model = build_model(spec, seed=config.seed)
+    serving_model.set_weights(model.get_weights())
+    test_loss, test_accuracy, predictions = evaluate(serving_model, dataset.test)
     summaries.write_final_summaries(
         run_dir,
         hparams=config.tensorboard_hparams(),
@@ -113,13 +300,20 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
         test_loss=test_loss,
         training_seconds=training_seconds,
         run_name=run_name,
-        extra={"keras_version": keras.__version__},
+        extra={
+            "keras_version": keras.__version__,
+            "distribution": {
+                "strategy": distributed.strategy_name(strategy),
+                "workers": role.num_workers,
+                "replicas": strategy.num_replicas_in_sync,
+            },
+        },
     )
     with artifacts.staging_directory(base_path) as staging:
-        export.write_saved_model(model, spec, staging)
+        export.write_saved_model(serving_model, spec, staging)
         artifacts.write_metadata(staging, metadata)
         version, export_path = artifacts.publish_version(staging, base_path)
-    return TrainingResult(version, export_path, run_dir, float(test_accuracy), float(test_loss), training_seconds)
+    return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,7 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         config = parse_config(TFTrainConfig, argv, PROG, "Train the Keras model and export a SavedModel.")
-        result = train(config)
+        try:
+            result = train(config)
+        except WorkerLost as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
+        if result.export_path is None:
+            print(f"worker finished after {result.training_seconds:.1f} s of training; worker 0 logs and exports")
+            return 0
         print(
             f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training\n"
             f"TensorBoard run: {result.run_dir}\n"

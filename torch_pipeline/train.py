@@ -1,11 +1,19 @@
 """Train the torch model, log to TensorBoard under runs/torch/<run>, export models/torch/<model>/<version>/.
 
+One loop for one process and for many: under torchrun (`python -m torch_pipeline.launch`, or torchrun itself) each
+process joins the group torchrun describes, wraps the model in DistributedDataParallel and trains on its share of
+every global batch; rank 0 alone logs and exports.
+
 Run with `python -m torch_pipeline.train --help`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +22,7 @@ import numpy as np
 
 from experiment import artifacts, metrics
 from experiment.cli import run_main
-from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config
+from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
 
 FRAMEWORK = "torch"
@@ -26,16 +34,25 @@ class TorchTrainConfig(TrainConfig):
     """The shared settings plus what only the torch loop has."""
 
     progress: bool = config_field(True, "show a tqdm progress bar per epoch")
+    weight_checksums: Path | None = config_field(
+        None,
+        "folder where each rank writes a checksum of its weights after every step (rank-<rank>.txt), "
+        "to check that replicas stay identical",
+    )
 
     framework = FRAMEWORK
 
 
+class WorkerLost(RuntimeError):
+    """A collective with the other ranks failed (one of them died or became unreachable); nothing is exported."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingResult:
-    """What a finished run produced."""
+    """What a finished run produced; ranks other than 0 of a distributed run export nothing (None fields)."""
 
-    version: int
-    export_path: Path
+    version: int | None
+    export_path: Path | None
     run_dir: Path
     test_accuracy: float
     test_loss: float
@@ -53,7 +70,8 @@ def evaluate(model: "torch.nn.Module", split: Split, batch_size: int = 256) -> t
     import torch
     from torch.nn import functional
 
-    images, labels = _tensors(split)
+    device = next(model.parameters()).device
+    images, labels = (tensor.to(device) for tensor in _tensors(split))
     model.eval()
     losses, predictions = [], []
     with torch.inference_mode():
@@ -61,70 +79,123 @@ def evaluate(model: "torch.nn.Module", split: Split, batch_size: int = 256) -> t
             logits = model(images[start : start + batch_size])  # (B, C)
             losses.append(functional.cross_entropy(logits, labels[start : start + batch_size], reduction="sum"))
             predictions.append(logits.argmax(dim=-1))
-    predicted = torch.cat(predictions).numpy()
+    predicted = torch.cat(predictions).cpu().numpy()
     return float(torch.stack(losses).sum()) / len(labels), float((predicted == split.labels).mean()), predicted
 
 
+def _weights_checksum(model: "torch.nn.Module") -> str:
+    """A SHA-256 of every parameter's bytes, in order."""
+    content = b"".join(parameter.detach().cpu().numpy().tobytes() for parameter in model.parameters())
+    return hashlib.sha256(content).hexdigest()
+
+
 def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingResult:
-    """Train, evaluate, log and export; returns where everything went."""
+    """Train (data-parallel under torchrun), evaluate, log and export on rank 0; returns where everything went."""
     import torch
     from torch.nn import functional
+    from torch.nn.parallel import DistributedDataParallel
     from torch.utils import data as torch_data
     from tqdm import tqdm
 
-    from torch_pipeline import export, summaries
+    from torch_pipeline import distributed
     from torch_pipeline.model import build_model
 
-    dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
-    base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
-    model_store = artifacts.model_store_path(config.output_dir)
-    for directory in (base_path, model_store):
-        artifacts.check_writable(directory)
-    run_name = config.resolved_run_name()
-    run_dir = Path(config.log_dir) / FRAMEWORK / run_name
-    artifacts.check_writable(run_dir)
+    group = distributed.join_process_group()
+    checksum_file = None
+    try:
+        batch_size = per_replica_batch_size(config.batch_size, group.world_size)  # this rank's share
+        dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
+        base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
+        model_store = artifacts.model_store_path(config.output_dir)
+        run_name = config.resolved_run_name()
+        run_dir = Path(config.log_dir) / FRAMEWORK / run_name
+        if group.is_main:
+            for directory in (base_path, model_store, run_dir):
+                artifacts.check_writable(directory)
+        if config.weight_checksums is not None:
+            artifacts.check_writable(config.weight_checksums)
+            checksum_file = open(Path(config.weight_checksums) / f"rank-{group.rank}.txt", "w")  # noqa: SIM115
+        # Imported after the user-mistake checks: torch.utils.tensorboard loads TensorFlow when it is installed,
+        # whose start-up messages would bury a one-sentence error.
+        from torch_pipeline import export, summaries
 
-    torch.manual_seed(config.seed)
-    spec = config.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
-    model = build_model(spec, seed=config.seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=ADAM_EPSILON)
+        # Each rank draws its own dropout masks, as one process would for different parts of a global batch.
+        torch.manual_seed(config.seed + group.rank)
+        spec = config.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
+        network = build_model(spec, seed=config.seed).to(group.device)  # the same initial weights on every rank
+        # DDP averages gradients over ranks during backward(); the constant rescaling buffer needs no per-step sync.
+        model = DistributedDataParallel(network, forward_sync_buffers=False) if group.is_distributed else network
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=ADAM_EPSILON)
 
-    train_images, train_labels = _tensors(dataset.train)
-    # Whole batches are sliced out of the tensors at once (batch_size=None + a BatchSampler) rather than
-    # gathered item by item and collated: the per-item path costs more than this small model's step.
-    shuffle = torch_data.RandomSampler(train_images, generator=torch.Generator().manual_seed(config.seed))
-    loader = torch_data.DataLoader(
-        torch_data.TensorDataset(train_images, train_labels),
-        sampler=torch_data.BatchSampler(shuffle, config.batch_size, drop_last=False),
-        batch_size=None,
-    )
+        train_images, train_labels = _tensors(dataset.train)
+        # A DistributedSampler in every run (one replica when alone): rank r takes every world_size-th index of one
+        # seeded permutation, so each step's global batch holds the same examples however many processes share it.
+        # Whole batches are sliced out of the tensors at once (batch_size=None + a BatchSampler) rather than
+        # gathered item by item and collated: the per-item path costs more than this small model's step.
+        shard = torch_data.DistributedSampler(
+            train_images, num_replicas=group.world_size, rank=group.rank, shuffle=True, seed=config.seed
+        )
+        loader = torch_data.DataLoader(
+            torch_data.TensorDataset(train_images, train_labels),
+            sampler=torch_data.BatchSampler(shard, batch_size, drop_last=False),
+            batch_size=None,
+        )
 
-    writers = summaries.RunWriters(run_dir)
-    writers.add_graph(model, train_images[:1])
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
-        model.train()
-        loss_sum, correct = 0.0, 0
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not config.progress)
-        for images, labels in batches:  # (B, H, W), (B,)
-            logits = model(images)  # (B, C)
-            loss = functional.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(labels)
-            correct += int((logits.argmax(dim=-1) == labels).sum())
-        train_loss, train_accuracy = loss_sum / len(train_labels), correct / len(train_labels)
-        validation_loss, validation_accuracy, _ = evaluate(model, dataset.validation)
-        writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, model)
-        if config.progress:
-            tqdm.write(
-                f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.4f} accuracy {train_accuracy:.4f} "
-                f"val_loss {validation_loss:.4f} val_accuracy {validation_accuracy:.4f}"
-            )
-    training_seconds = time.perf_counter() - started
+        writers = summaries.RunWriters(run_dir) if group.is_main else None
+        if writers:
+            writers.add_graph(network, train_images[:1].to(group.device))
+        show_progress = config.progress and group.is_main
+        step = 0
+        started = time.perf_counter()
+        for epoch in range(config.epochs):
+            shard.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
+            model.train()
+            loss_sum, correct, examples = 0.0, 0, 0
+            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress)
+            for images, labels in batches:  # (b, H, W), (b,) with b = global batch / world size
+                images, labels = images.to(group.device), labels.to(group.device)
+                logits = model(images)  # (b, C)
+                loss = functional.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item() * len(labels)
+                correct += int((logits.argmax(dim=-1) == labels).sum())
+                examples += len(labels)
+                step += 1
+                if checksum_file:
+                    checksum_file.write(f"{step} {_weights_checksum(network)}\n")
+            # One all-reduce per epoch for the logged training metrics of the whole global batch stream.
+            loss_sum, correct, examples = distributed.sum_over_ranks([loss_sum, correct, examples], group)
+            train_loss, train_accuracy = loss_sum / examples, correct / examples
+            if writers:
+                validation_loss, validation_accuracy, _ = evaluate(network, dataset.validation)
+                writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, network)
+                if show_progress:
+                    tqdm.write(
+                        f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.4f} accuracy {train_accuracy:.4f} "
+                        f"val_loss {validation_loss:.4f} val_accuracy {validation_accuracy:.4f}"
+                    )
+        training_seconds = time.perf_counter() - started
+        if not writers:
+            return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
+    except RuntimeError as error:
+        if not group.is_distributed:
+            raise
+        # A peer that died (or became unreachable) breaks the collectives of every rank still waiting on it.
+        # gloo's message starts with "[source.cc:line] "; keep its first sentence.
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip().splitlines() or [""])[0]).split(". ")[0]
+        raise WorkerLost(
+            f"rank {group.rank} stopped: a collective with the other ranks failed ({detail or type(error).__name__}); "
+            "nothing was exported."
+        ) from None
+    finally:
+        if checksum_file:
+            checksum_file.close()
+        distributed.leave_process_group(group)
 
-    test_loss, test_accuracy, predictions = evaluate(model, dataset.test)
+    network = network.cpu()  # the exported TorchScript must load on a CPU-only server
+    test_loss, test_accuracy, predictions = evaluate(network, dataset.test)
     writers.write_final_summaries(
         hparams=config.tensorboard_hparams(),
         test_accuracy=test_accuracy,
@@ -144,11 +215,14 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         test_loss=test_loss,
         training_seconds=training_seconds,
         run_name=run_name,
-        extra={"outputs": "dict: probabilities float32 (N, C), classes int64 (N,)"},
+        extra={
+            "outputs": "dict: probabilities float32 (N, C), classes int64 (N,)",
+            "distribution": {"backend": "ddp" if group.is_distributed else "none", "world_size": group.world_size},
+        },
     )
     # Both artifacts are finished in hidden staging folders before either is published.
     with artifacts.staging_directory(base_path) as staging, artifacts.staging_directory(model_store) as archive_dir:
-        export.write_torchscript(model, staging)
+        export.write_torchscript(network, staging)
         artifacts.write_metadata(staging, metadata)
         archive = export.write_model_archive(staging, dataset.name, artifacts.next_version(base_path), archive_dir)
         version, export_path = artifacts.publish_version(staging, base_path)
@@ -161,7 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export TorchScript and a .mar.")
-        result = train(config)
+        try:
+            result = train(config)
+        except WorkerLost as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            return 1
+        if result.export_path is None:
+            return 0  # a rank other than 0: rank 0 reports and exports
         print(
             f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training\n"
             f"TensorBoard run: {result.run_dir}\n"

@@ -1,0 +1,142 @@
+"""Training samples/s of one process against N data-parallel processes, for each framework (issue 7, item 6).
+
+Each run is the command a user types (`python -m <framework>_pipeline.train`, or the framework's launcher for
+several processes) in a fresh temporary folder, with the same seed and global batch. The rate is the steady state
+over epochs 2..E, read from the wall times of the chief's `train/epoch_loss` events, so start-up, tracing and the
+export do not count. On a machine with few cores the processes compete for the same cores (and, for this small
+network, communication outweighs the arithmetic it splits), so the speed-up is bounded by the core count.
+
+    python -m benchmarks.distributed --epochs 8 --processes 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from benchmarks.training import epoch_rate_from_events
+from experiment import artifacts
+from experiment.data import load_dataset
+
+FRAMEWORKS = ("tf", "torch")
+RUN_TIMEOUT_SECONDS = 900
+NOTE = (
+    "Processes share this machine's {cores} cores: on a 2-core machine two processes can at best double the rate, "
+    "and for this small network the per-step gradient all-reduce costs more than the halved arithmetic saves."
+)
+
+
+def training_command(framework: str, processes: int, train_flags: list[str]) -> list[str]:
+    """The command line for one run: the plain pipeline for one process, its launcher for several."""
+    if processes == 1:
+        return [sys.executable, "-m", f"{framework}_pipeline.train", *train_flags]
+    if framework == "tf":
+        return [sys.executable, "-m", "tf_pipeline.launch", "--nproc", str(processes), "--", *train_flags]
+    return [sys.executable, "-m", "torch_pipeline.launch", "--nproc-per-node", str(processes), "--", *train_flags]
+
+
+def measure_run(framework: str, processes: int, epochs: int, work_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Train once with `processes` processes into work_dir; samples/s, accuracy and times of that run."""
+    run_name = f"{framework}-{processes}-processes"
+    quiet = ["--verbose", "0"] if framework == "tf" else ["--no-progress"]
+    flags = [
+        "--epochs", str(epochs), "--seed", str(seed), "--run-name", run_name,
+        "--output-dir", str(work_dir / "models"), "--log-dir", str(work_dir / "runs"), *quiet,
+    ]  # fmt: skip
+    started = time.perf_counter()
+    completed = subprocess.run(
+        training_command(framework, processes, flags),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    wall_seconds = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"{framework} with {processes} processes failed: {completed.stderr.strip()[-2000:]}")
+    base_path = artifacts.model_base_path(work_dir / "models", framework, "digits")
+    metadata = artifacts.read_metadata(base_path / str(artifacts.latest_version(base_path)))
+    train_examples = len(load_dataset(seed=seed).train)
+    run_dir = work_dir / "runs" / framework / run_name
+    rate = epoch_rate_from_events(run_dir, train_examples, metadata["training_seconds"])
+    return {
+        "framework": framework,
+        "processes": processes,
+        "samples_per_second": rate.get("steady_samples_per_second"),
+        "training_seconds": metadata["training_seconds"],
+        "wall_seconds": round(wall_seconds, 2),  # the whole command, start-up and export included
+        "test_accuracy": metadata["test_accuracy"],
+        "epochs": epochs,
+    }
+
+
+def compare_processes(
+    epochs: int = 8,
+    process_counts: Sequence[int] = (1, 2),
+    frameworks: Sequence[str] = FRAMEWORKS,
+    work_dir: Path | None = None,
+) -> dict[str, Any]:
+    """{'runs': {framework: {processes: run}}, 'speedup': {framework: rate(N) / rate(1)}, 'cpu_count', 'note'}."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {framework: {} for framework in frameworks}
+    with tempfile.TemporaryDirectory(prefix="distributed-benchmark-") as temporary:
+        root = Path(work_dir or temporary)
+        for processes in process_counts:
+            for framework in frameworks:  # interleaved, so drifting machine load hits both frameworks alike
+                folder = root / f"{framework}-{processes}"
+                runs[framework][processes] = measure_run(framework, processes, epochs, folder)
+    speedup = {}
+    for framework, by_processes in runs.items():
+        base = by_processes.get(1, {}).get("samples_per_second")
+        speedup[framework] = {
+            processes: round(run["samples_per_second"] / base, 3)
+            for processes, run in by_processes.items()
+            if base and run["samples_per_second"]
+        }
+    cores = os.cpu_count() or 1
+    return {"cpu_count": cores, "runs": runs, "speedup": speedup, "note": NOTE.format(cores=cores)}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of the comparison, one row per framework and process count."""
+    lines = [f"{'framework':<10}{'processes':>10}{'samples/s':>12}{'speed-up':>10}{'test acc':>10}"]
+    for framework, by_processes in result["runs"].items():
+        for processes, run in sorted(by_processes.items()):
+            rate = run["samples_per_second"]
+            lines.append(
+                f"{framework:<10}{processes:>10}{(rate or float('nan')):>12.0f}"
+                f"{result['speedup'][framework].get(processes, float('nan')):>10.2f}{run['test_accuracy']:>10.4f}"
+            )
+    return "\n".join(lines + [result["note"]])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: print the table, optionally write the JSON."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run; the first is excluded (default: 8)")
+    parser.add_argument("--processes", default="1,2", help="comma-separated process counts (default: 1,2)")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated (default: tf,torch)")
+    parser.add_argument("--output", type=Path, default=None, help="also write the result as JSON here")
+    arguments = parser.parse_args(argv)
+    if arguments.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch is left out of the rate")
+    result = compare_processes(
+        epochs=arguments.epochs,
+        process_counts=[int(count) for count in arguments.processes.split(",")],
+        frameworks=arguments.frameworks.split(","),
+    )
+    print(format_table(result))
+    if arguments.output:
+        arguments.output.parent.mkdir(parents=True, exist_ok=True)
+        arguments.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
