@@ -116,7 +116,8 @@ def build_parser(config_class: type[TrainConfig], prog: str, description: str) -
             kwargs["type"] = field.metadata.get("parse") or _scalar_type(hint)
             if "choices" in field.metadata:
                 kwargs["choices"] = field.metadata["choices"]
-            kwargs["help"] += f" (default: {_show_default(field.default)})"
+            if field.default is not None:  # a None default is described in the help text itself
+                kwargs["help"] += f" (default: {_show_default(field.default)})"
         parser.add_argument(_flag(field.name), **kwargs)
     return parser
 

@@ -88,7 +88,10 @@ def write_final_summaries(
     """Write into the run's root folder, beside the train/ and validation/ sub-runs."""
     writer = tf.summary.create_file_writer(str(run_dir))
     with writer.as_default():
-        hparams_api.hparams(hparams, trial_id=run_name)
+        # hparams_pb builds the protocol buffer alone; TensorFlow's own op writes it. (hparams_api.hparams would go
+        # through tensorboard.compat, which a torch-only import in the same process may have pointed at a stub.)
+        summary = hparams_api.hparams_pb(hparams, trial_id=run_name)
+        tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=0)
         tf.summary.scalar(metrics.TEST_ACCURACY, test_accuracy, step=step)
         tf.summary.scalar(metrics.TEST_LOSS, test_loss, step=step)
         image = metrics.confusion_matrix_image(confusion, f"TensorFlow: test accuracy {test_accuracy:.3f}")

@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import sys
+import types
+
 import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
+
+if "tensorflow" not in sys.modules:
+    # torch.utils.tensorboard asks tensorboard.compat for a TensorFlow API at import time, and tensorboard imports
+    # the real TensorFlow when it is installed (seconds of start-up and hundreds of MiB for nothing). This marker
+    # module is TensorBoard's own no-TensorFlow switch: it makes tensorboard use its bundled stub instead.
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402  (after the switch above)
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from experiment import metrics
