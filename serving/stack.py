@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import psutil
 
+from experiment import processes
 from experiment.artifacts import MODEL_STORE, TORCHSCRIPT_FILE, list_versions
 from experiment.errors import UsageError
 
@@ -252,14 +253,7 @@ def port_holder(port: int) -> psutil.Process | None:
 
 def port_is_free(port: int) -> bool:
     """True when nothing listens on 127.0.0.1:port (a socket in TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # SO_REUSEADDR lets the bind succeed over TIME_WAIT leftovers but still fails on a live listener.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+    return processes.port_is_free(port, HOST, reuse_address=True)
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

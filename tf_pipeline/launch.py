@@ -26,6 +26,7 @@ from experiment import artifacts
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
 from experiment.errors import UsageError
+from experiment.processes import port_is_free, split_arguments
 
 PROG = "python -m tf_pipeline.launch"
 HOST = "127.0.0.1"
@@ -52,25 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker i listens on base-port + i on 127.0.0.1 (default: free ports picked by the system)",
     )
     return parser
-
-
-def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split argv at the first `--` into (launcher flags, training flags)."""
-    argv = list(argv)
-    if "--" in argv:
-        index = argv.index("--")
-        return argv[:index], argv[index + 1 :]
-    return argv, []
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a TCP server could listen on port right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("", port))
-        except OSError:
-            return False
-    return True
 
 
 def choose_ports(count: int, base_port: int | None) -> list[int]:

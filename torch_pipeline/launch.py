@@ -21,6 +21,7 @@ from experiment import artifacts
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
 from experiment.errors import UsageError
+from experiment.processes import port_is_free, split_arguments
 
 PROG = "python -m torch_pipeline.launch"
 TRAIN_MODULE = "torch_pipeline.train"
@@ -29,26 +30,6 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1")
 
 class WorkerFailed(Exception):
     """A training process died or exited non-zero; the message is one sentence naming its rank."""
-
-
-def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Split argv at the first `--` into (torchrun options, training flags)."""
-    argv = list(argv)
-    if "--" in argv:
-        index = argv.index("--")
-        return argv[:index], argv[index + 1 :]
-    return argv, []
-
-
-def port_is_free(port: int) -> bool:
-    """Whether a TCP server could listen on port right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TCPStore binds: TIME_WAIT is no conflict
-        try:
-            probe.bind(("", port))
-        except OSError:
-            return False
-    return True
 
 
 def check_rendezvous_port(torchrun_arguments: "object") -> None:
@@ -63,7 +44,7 @@ def check_rendezvous_port(torchrun_arguments: "object") -> None:
     if not port_text.isdigit() or host not in LOCAL_HOSTS and host != socket.gethostname():
         return
     port = int(port_text)
-    if not port_is_free(port):
+    if not port_is_free(port, reuse_address=True):
         raise UsageError(
             f"Rendezvous port {port} is already in use on this machine; pass --master-port with a free port "
             f"(or leave it out on one machine and torchrun picks one)."

@@ -16,7 +16,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from experiment import artifacts, metrics
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
+
+if TYPE_CHECKING:  # torch itself is imported inside the functions, after the flags have been checked
+    import torch
 
 FRAMEWORK = "torch"
 PROG = "python -m torch_pipeline.train"
@@ -59,13 +62,13 @@ class TrainingResult:
     training_seconds: float
 
 
-def _tensors(split: Split) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     return torch.from_numpy(split.images), torch.from_numpy(split.labels)
 
 
-def evaluate(model: "torch.nn.Module", split: Split, batch_size: int = 256) -> tuple[float, float, np.ndarray]:
+def evaluate(model: torch.nn.Module, split: Split, batch_size: int = 256) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and predicted classes over a split, in eval mode without autograd."""
     import torch
     from torch.nn import functional
@@ -83,7 +86,7 @@ def evaluate(model: "torch.nn.Module", split: Split, batch_size: int = 256) -> t
     return float(torch.stack(losses).sum()) / len(labels), float((predicted == split.labels).mean()), predicted
 
 
-def _weights_checksum(model: "torch.nn.Module") -> str:
+def _weights_checksum(model: torch.nn.Module) -> str:
     """A SHA-256 of every parameter's bytes, in order."""
     content = b"".join(parameter.detach().cpu().numpy().tobytes() for parameter in model.parameters())
     return hashlib.sha256(content).hexdigest()
