@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks import article, endpoints, inference, load, plots, ratios, report, system, training
+from benchmarks import article, endpoints, inference, load, plots, ratios, system, training
 from benchmarks.report import cell, code_block, key_value_table, number, table
 
 PROG = "python -m benchmarks.compare"
@@ -320,6 +320,48 @@ def _load_rows(prefix: str, points: list[tuple[tuple[str, ...], dict[str, Any]]]
     ]  # fmt: skip
 
 
+def _torchserve_batching_lines(results: dict[str, Any]) -> list[str]:
+    """The TorchServe batching on/off table, from benchmarks.serving_torch's torchserve_batching numbers."""
+    outcome = results["external"].get("serving_torch", {})
+    batching = outcome.get("data", {}).get("torchserve_batching") if outcome.get("measured") else None
+    lines = ["### Batching on vs off for TorchServe", ""]
+    if not batching:
+        reason = outcome.get("reason") or "benchmarks.serving_torch returned no torchserve_batching numbers"
+        return lines + [f"not measured: {reason}", ""]
+    rows = []
+    for setting in ("batching_off", "batching_on"):
+        values = batching[setting]
+        point = values["load"]
+        rows.append((
+            setting.replace("_", " "), number(values["batch_size"]), number(values["max_batch_delay_ms"], "ms"),
+            number(values["workers"]), number(point["concurrency"]), number(point["throughput_per_second"], "/s"),
+            number(point["p50_ms"], "ms"), number(point["p90_ms"], "ms"), number(point["p99_ms"], "ms"),
+            str(point["errors"]), cell(point["stable"]), number(point["generator_cores"]), cell(point["generator_bound"]),
+        ))  # fmt: skip
+    headers = ("setting", "batch size", "max batch delay", "workers", "clients", "throughput", "p50", "p90", "p99",
+               "errors", "stable", "generator cores", "generator-bound")  # fmt: skip
+    growth = batching["p99_growth_ms"]
+    return lines + [
+        (
+            "Two TorchServe instances started by `serving.torchserve.launch`, identical but for the model's batch size "
+            "(1, against config.properties' batch size and delay, as TorchServe registered them), each driven over "
+            f"REST by {batching['clients']} closed-loop clients; off and on alternate in {batching['rounds']} rounds "
+            "and each setting's rounds are pooled. The servers share this machine's cores with the load generator."
+        ),
+        "",
+        table(headers, rows),
+        "",
+        f"Throughput on / off: {number(batching['throughput_ratio'])}; p99 {'grew' if growth >= 0 else 'shrank'} by "
+        f"{number(abs(growth), 'ms')} with batching on."
+        + ("" if batching["throughput_ratio"] > 1 else
+           " Batching lost here: TorchServe's Python workers run the model with torch's default intra-op pool (one "
+           "thread per core, per worker), and a batch is large enough for torch to use it, so the workers' pools "
+           "oversubscribe the cores that the front end and the clients also need; batch 1 stays single-threaded. "
+           "Giving each worker one thread (OMP_NUM_THREADS=1, as gunicorn_conf.py does for Flask) is what to try."),
+        "",
+    ]  # fmt: skip
+
+
 def _serving_section(results: dict[str, Any], plot_files: dict[str, str]) -> list[str]:
     lines = ["## Serving", ""]
     sweep = results.get("sweep")
@@ -357,8 +399,7 @@ def _serving_section(results: dict[str, Any], plot_files: dict[str, str]) -> lis
             lines += [f"Zero or negative values returned: {', '.join(zero)}.", ""]
         notes = [value for value in outcome["data"].values() if isinstance(value, str) and len(value) > 40]
         lines += [f"> {note}" for note in notes] + ([""] if notes else [])
-    lines += ["Batching on vs off for TorchServe: not measured (TorchServe's batch size is fixed per model in its "
-              "registration; `benchmarks.serving_torch` reports the configured values above).", ""]  # fmt: skip
+    lines += _torchserve_batching_lines(results)
     ceiling = results.get("generator_ceiling")
     if ceiling:
         rows = [(key.replace("concurrency_", ""), number(point["throughput_per_second"], "/s"), number(point["generator_cores"])) for key, point in ceiling.items()]

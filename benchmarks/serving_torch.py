@@ -6,7 +6,9 @@ One run measures, one request at a time over a kept-alive connection: Flask's pr
 does nothing (same server, same body, so it prices HTTP + WSGI + Flask; the two alternate request by request so both
 see the same machine load), TorchServe's predict, and the TorchScript call in-process with one thread (as each
 gunicorn worker runs it). The target is
-Flask predict p50 ≤ 1.5 × (no-op p50 + in-process p50). `measure()` returns the numbers for `make compare`.
+Flask predict p50 ≤ 1.5 × (no-op p50 + in-process p50). It also drives TorchServe with 16 concurrent clients with
+server-side batching off (batch size 1) and on (config.properties' batch size and delay), two instances alternating
+(`measure_torchserve_batching()`). `measure()` returns the numbers for `make compare`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import requests
 
-from benchmarks import stats
+from benchmarks import load, stats
 from experiment import artifacts
 from experiment.cli import run_main
 from experiment.errors import UsageError
@@ -35,6 +37,11 @@ PROG = "python -m benchmarks.serving_torch"
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_FACTOR = 1.5
 NOOP_PATH = "/v1/noop"
+BATCHING_CLIENTS = 16
+# Off and on alternate in this many rounds, so a change in the machine's other load hits both settings alike.
+BATCHING_ROUNDS = 2
+# Short windows keep the whole on/off comparison near 20 s of load (plus two TorchServe starts).
+BATCHING_LOAD_SETTINGS = load.LoadSettings(warmup_seconds=0.5, window_seconds=1.0, max_windows=4)
 
 
 def create_benchmark_app():
@@ -128,12 +135,101 @@ def _start_gunicorn(base_path: Path, log_path: Path) -> tuple[subprocess.Popen, 
     raise RuntimeError(f"gunicorn was not ready within 180 s; see {log_path}.")
 
 
+def merge_load_results(label: str, runs: Sequence[load.LoadResult]) -> load.LoadResult:
+    """One LoadResult from several runs of the same setting: latencies pooled, throughput over their total wall time."""
+    if not runs:
+        raise ValueError("merge_load_results needs at least one run.")
+    wall_seconds = sum(run.wall_seconds for run in runs)
+    successes = sum(run.throughput_per_second * run.wall_seconds for run in runs)
+    first_errors = [run.first_error for run in runs if run.first_error]
+    return load.LoadResult(
+        label=label,
+        concurrency=runs[0].concurrency,
+        latencies_seconds=[latency for run in runs for latency in run.latencies_seconds],
+        errors=sum(run.errors for run in runs),
+        throughput_per_second=successes / wall_seconds,
+        windows=[window for run in runs for window in run.windows],
+        stable=all(run.stable for run in runs),
+        wall_seconds=wall_seconds,
+        generator_cpu_seconds=sum(run.generator_cpu_seconds for run in runs),
+        first_error=first_errors[0] if first_errors else None,
+    )
+
+
+def measure_torchserve_batching(
+    model_store: Path = Path("models/torch/model-store"),
+    work_dir: Path | None = None,
+    clients: int = BATCHING_CLIENTS,
+    rounds: int = BATCHING_ROUNDS,
+    settings: load.LoadSettings = BATCHING_LOAD_SETTINGS,
+) -> dict[str, Any]:
+    """TorchServe REST throughput and p50/p99 at `clients` concurrent clients, batching off (batch size 1) vs on."""
+    from serving.torchserve.launch import TorchServePorts, start_torchserve, stop_torchserve
+
+    if not (Path(model_store) / "digits.mar").is_file():
+        raise UsageError(f"No digits.mar in {model_store}; run `make train-torch` first.")
+    if clients < 1 or rounds < 1:
+        raise UsageError("clients and rounds must be at least 1.")
+    work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="torchserve-batching-"))
+    image = np.random.default_rng(0).integers(0, 17, size=(1, 8, 8)).astype(np.float32)  # (1, H, W)
+    # Off is batch size 1; on keeps config.properties' batch size and delay (None = the template's values), the
+    # setting the project serves with. Workers stay the template's in both, so batching is the only difference.
+    batch_sizes = {"batching_off": 1, "batching_on": None}
+    started = time.perf_counter()
+    handles: dict[str, Any] = {}
+    try:
+        # Both instances run for the whole comparison so that off and on can alternate; the idle one only waits.
+        for setting, batch_size in batch_sizes.items():
+            ports = TorchServePorts(*(_free_port() for _ in range(5)))
+            handles[setting] = start_torchserve(model_store, ports, work_dir / setting, batch_size=batch_size)
+        configured: dict[str, dict[str, Any]] = {}
+        for setting, handle in handles.items():
+            with handle.client() as client:
+                metadata = client.get_metadata()  # what TorchServe registered, not what we asked for
+            configured[setting] = {
+                "batch_size": metadata.get("batch_size"),
+                "max_batch_delay_ms": metadata.get("max_batch_delay_ms"),
+                "workers": len(metadata.get("workers", [])),
+            }
+        runs: dict[str, list[load.LoadResult]] = {setting: [] for setting in handles}
+        for _ in range(rounds):
+            for setting, handle in handles.items():
+                opened: list[Any] = []
+
+                def sender_factory(handle: Any = handle, opened: list[Any] = opened) -> Callable[[], Any]:
+                    client = handle.client()  # one client (one kept-alive connection) per load thread
+                    opened.append(client)
+                    return lambda: client.predict(image)
+
+                try:
+                    runs[setting].append(
+                        load.run_closed_loop(None, clients, settings, f"torchserve_{setting}", sender_factory=sender_factory)
+                    )
+                finally:
+                    for client in opened:
+                        client.close()
+    finally:
+        for handle in handles.values():
+            stop_torchserve(handle)
+    results: dict[str, Any] = {"clients": clients, "rounds": rounds}
+    for setting, setting_runs in runs.items():
+        point = merge_load_results(f"torchserve_{setting}", setting_runs).to_dict()
+        point.pop("latencies_ms")  # the raw latencies are for distribution plots, which this comparison does not draw
+        results[setting] = {**configured[setting], "load": point}
+    off, on = results["batching_off"]["load"], results["batching_on"]["load"]
+    results["throughput_ratio"] = on["throughput_per_second"] / off["throughput_per_second"]
+    results["p99_growth_ms"] = on["p99_ms"] - off["p99_ms"]
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
 def measure(
     model_base_path: Path = Path("models/torch/digits"),
     model_store: Path = Path("models/torch/model-store"),
     requests_per_endpoint: int = 2000,
     warmup: int = 200,
     include_torchserve: bool = True,
+    include_batching: bool = True,
 ) -> dict[str, Any]:
     """Run the whole benchmark and return its numbers (milliseconds) as a JSON-ready dict."""
     from serving.torchserve.launch import TorchServePorts, start_torchserve, stop_torchserve
@@ -189,6 +285,8 @@ def measure(
                 }
         finally:
             stop_torchserve(handle)
+        if include_batching:
+            results["torchserve_batching"] = measure_torchserve_batching(model_store, work_dir / "torchserve-batching")
 
     budget = results["flask_noop"]["p50_ms"] + results["in_process"]["p50_ms"]
     results["target"] = {
@@ -220,11 +318,34 @@ def format_report(results: dict[str, Any]) -> str:
             f"(TorchServe batch size {settings.get('batch_size')}, "
             f"max batch delay {settings.get('max_batch_delay_ms')} ms)"
         )
+    if "torchserve_batching" in results:
+        lines.append(format_batching(results["torchserve_batching"]))
     target = results["target"]
     verdict = "met" if target["met"] else "NOT met"
     lines.append(
         f"Flask predict p50 / (no-op p50 + in-process p50) = {target['ratio']:.2f} "
         f"(target ≤ {target['factor']}: {verdict}; limit {target['limit_ms']:.3f} ms)"
+    )
+    return "\n".join(lines)
+
+
+def format_batching(batching: dict[str, Any]) -> str:
+    """measure_torchserve_batching's numbers as a small table with the on/off ratio."""
+    lines = [
+        f"TorchServe REST, {batching['clients']} concurrent clients ({batching['rounds']} alternating rounds each):",
+        f"{'setting':14} {'batch':>5} {'delay ms':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'gen. cores':>10}",
+    ]
+    for setting in ("batching_off", "batching_on"):
+        values = batching[setting]
+        point = values["load"]
+        lines.append(
+            f"{setting:14} {values['batch_size']!s:>5} {values['max_batch_delay_ms']!s:>8} "
+            f"{point['throughput_per_second']:8.0f} {point['p50_ms']:8.3f} {point['p99_ms']:8.3f} "
+            f"{point['errors']:6d} {point['generator_cores']:10.2f}"
+        )
+    lines.append(
+        f"throughput on / off = {batching['throughput_ratio']:.2f}, p99 growth {batching['p99_growth_ms']:+.3f} ms "
+        f"({batching['seconds']:.0f} s including both starts)"
     )
     return "\n".join(lines)
 
@@ -237,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per endpoint")
     parser.add_argument("--warmup", type=int, default=200, help="untimed requests first")
     parser.add_argument("--no-torchserve", action="store_true", help="skip TorchServe (no Java)")
+    parser.add_argument("--no-batching", action="store_true", help="skip TorchServe's batching on/off comparison")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     arguments = parser.parse_args(argv)
 
@@ -245,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--requests must be at least 10 and --warmup not negative.")
         results = measure(
             arguments.model_base_path, arguments.model_store, arguments.requests, arguments.warmup,
-            include_torchserve=not arguments.no_torchserve,
+            include_torchserve=not arguments.no_torchserve, include_batching=not arguments.no_batching,
         )  # fmt: skip
         print(format_report(results))
         if arguments.json:

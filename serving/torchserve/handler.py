@@ -31,6 +31,9 @@ class DigitsHandler(BaseHandler):
 
     def initialize(self, context: Any) -> None:
         """Load the TorchScript file named in the manifest and the input shape from metadata.json."""
+        # One intra-op thread per worker, as the Flask workers have: TorchServe runs several worker processes, and
+        # torch's default of one thread per core in each oversubscribes the cores (measured by make compare).
+        torch.set_num_threads(1)
         super().initialize(context)
         model_dir = context.system_properties.get("model_dir")
         with open(os.path.join(model_dir, "metadata.json")) as stream:
