@@ -18,6 +18,7 @@ from experiment.cli import run_main
 from experiment.errors import UsageError
 from serving.tfserving import config
 from serving.tfserving.batching import BatchScheduler
+from serving.tfserving.draining import DrainGate, DrainingInterceptor
 from serving.tfserving.grpc_service import ModelServicer, PredictionServicer
 from serving.tfserving.manager import ModelManager
 from serving.tfserving.predictor import Predictor
@@ -27,6 +28,10 @@ PROG = "python -m serving.tfserving"
 logger = logging.getLogger("serving.tfserving")
 # Health is reported for the whole server ("") and for each service by its full name, as grpc health expects.
 HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+# After the drain, grpc's stop() cancels calls still arriving, so it waits until none arrived for QUIET_SECONDS
+# (clients have seen UNAVAILABLE and backed off or moved on), but never longer than SETTLE_LIMIT_SECONDS.
+QUIET_SECONDS = 0.5
+SETTLE_LIMIT_SECONDS = 5.0
 
 
 def _configure_logging() -> None:
@@ -36,9 +41,12 @@ def _configure_logging() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-def _grpc_server(options: config.ServerOptions, predictor: Predictor, health_servicer: health.HealthServicer) -> grpc.Server:
+def _grpc_server(
+    options: config.ServerOptions, predictor: Predictor, health_servicer: health.HealthServicer, drain_gate: DrainGate
+) -> grpc.Server:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=options.grpc_threads, thread_name_prefix="grpc"),
+        interceptors=[DrainingInterceptor(drain_gate)],
         options=[
             ("grpc.max_receive_message_length", options.max_request_bytes),
             ("grpc.max_send_message_length", -1),
@@ -86,7 +94,8 @@ def serve(options: config.ServerOptions) -> int:
     # Like tensorflow_model_server, load what is on disk before opening the ports.
     manager.poll_once()
     update_health()
-    grpc_server = _grpc_server(options, predictor, health_servicer)
+    drain_gate = DrainGate()
+    grpc_server = _grpc_server(options, predictor, health_servicer, drain_gate)
     rest_server = None
     if options.rest_port:
         app = RestApp(predictor, options.max_request_bytes, options.rest_timeout_s, options.rest_threads)
@@ -114,11 +123,7 @@ def serve(options: config.ServerOptions) -> int:
         time.sleep(0.2)
     stop_requested.set()
     logger.info("Shutting down: no new requests; finishing those in flight (up to %.0f s).", options.shutdown_grace_seconds)
-    health_servicer.enter_graceful_shutdown()
-    grpc_stopped = grpc_server.stop(options.shutdown_grace_seconds)  # refuses new RPCs now, waits for running ones
-    if rest_server is not None and not rest_server.stop(options.shutdown_grace_seconds):
-        logger.warning("Some REST requests were still running after the grace period.")
-    grpc_stopped.wait()
+    _drain_and_stop(options.shutdown_grace_seconds, health_servicer, drain_gate, grpc_server, rest_server)
     manager.stop()
     if config_watcher is not None:
         config_watcher.join(timeout=5)
@@ -126,6 +131,32 @@ def serve(options: config.ServerOptions) -> int:
         scheduler.stop()
     logger.info("Stopped.")
     return 0
+
+
+def _drain_and_stop(
+    grace_seconds: float,
+    health_servicer: health.HealthServicer,
+    drain_gate: DrainGate,
+    grpc_server: grpc.Server,
+    rest_server: RestServer | None,
+) -> None:
+    """Refuse new requests (UNAVAILABLE / 503), finish running ones within grace_seconds, then stop both servers."""
+    deadline = time.monotonic() + grace_seconds
+
+    def remaining() -> float:
+        return max(deadline - time.monotonic(), 0.0)
+
+    health_servicer.enter_graceful_shutdown()
+    # The gate, not grpc_server.stop(), refuses new gRPC calls: stop() would cancel those its core already holds.
+    drain_gate.start_draining()
+    if rest_server is not None and not rest_server.stop(remaining()):
+        logger.warning("Some REST requests were still running after the grace period.")
+    if not drain_gate.wait_until_idle(remaining()):
+        logger.warning("Some gRPC requests were still running after the grace period.")
+    if not drain_gate.wait_until_quiet(QUIET_SECONDS, min(SETTLE_LIMIT_SECONDS, remaining())):
+        logger.warning("gRPC clients were still sending when the server stopped; calls arriving now may be cancelled.")
+    # Nothing admitted is running any more; the remaining grace covers calls grpc matched but had not started yet.
+    grpc_server.stop(remaining()).wait()
 
 
 def _watch_config_file(
