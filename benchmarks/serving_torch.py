@@ -271,20 +271,23 @@ def measure(
         process.wait(60)
 
     if include_torchserve:
-        ports = TorchServePorts(*(_free_port() for _ in range(5)))
-        handle = start_torchserve(model_store, ports, work_dir / "torchserve")
-        try:
-            with handle.client() as client:
-                results["torchserve_predict"] = _summary(
-                    _time_calls(lambda: client.predict(image), requests_per_endpoint, warmup)
-                )
-                results["torchserve_settings"] = {
-                    key: value
-                    for key, value in client.get_metadata().items()
-                    if key in ("batch_size", "max_batch_delay_ms", "model_version")
-                }
-        finally:
-            stop_torchserve(handle)
+        # As configured (server-side batching on) and with batching off: a lone request waits up to the batch
+        # delay for company that never comes, so batching off is the tuning for single-request latency.
+        for label, batch_size in (("torchserve", None), ("torchserve_unbatched", 1)):
+            ports = TorchServePorts(*(_free_port() for _ in range(5)))
+            handle = start_torchserve(model_store, ports, work_dir / label, batch_size=batch_size)
+            try:
+                with handle.client() as client:
+                    results[f"{label}_predict"] = _summary(
+                        _time_calls(lambda: client.predict(image), requests_per_endpoint, warmup)
+                    )
+                    results[f"{label}_settings"] = {
+                        key: value
+                        for key, value in client.get_metadata().items()
+                        if key in ("batch_size", "max_batch_delay_ms", "model_version")
+                    }
+            finally:
+                stop_torchserve(handle)
         if include_batching:
             results["torchserve_batching"] = measure_torchserve_batching(model_store, work_dir / "torchserve-batching")
 
@@ -306,7 +309,8 @@ def format_report(results: dict[str, Any]) -> str:
         ("in-process TorchScript (1 thread)", "in_process"),
         ("Flask no-op route (gunicorn)", "flask_noop"),
         ("Flask predict (gunicorn)", "flask_predict"),
-        ("TorchServe predict", "torchserve_predict"),
+        ("TorchServe predict (as configured)", "torchserve_predict"),
+        ("TorchServe predict (batching off)", "torchserve_unbatched_predict"),
     ]
     lines = [f"{'batch-1 latency':38} {'p50 ms':>8} {'p99 ms':>8}"]
     for label, key in rows:
@@ -315,7 +319,7 @@ def format_report(results: dict[str, Any]) -> str:
     if "torchserve_settings" in results:
         settings = results["torchserve_settings"]
         lines.append(
-            f"(TorchServe batch size {settings.get('batch_size')}, "
+            f"(TorchServe as configured: batch size {settings.get('batch_size')}, "
             f"max batch delay {settings.get('max_batch_delay_ms')} ms)"
         )
     if "torchserve_batching" in results:
