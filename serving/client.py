@@ -58,6 +58,25 @@ def _as_batch(images: np.ndarray) -> np.ndarray:
     return images[np.newaxis] if images.ndim == 2 else np.ascontiguousarray(images)
 
 
+def _poll_until_available(client: "TFServingGrpcClient | RestClient", timeout: float) -> None:
+    """Poll client.get_status() until a version is AVAILABLE; TimeoutError naming the server otherwise."""
+    deadline = time.monotonic() + timeout
+    last_problem = "no answer yet"
+    while True:
+        try:
+            if any(status.get("state") == "AVAILABLE" for status in client.get_status()):
+                return
+            last_problem = "no version is AVAILABLE yet"
+        except ServingError as error:
+            last_problem = str(error)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"{client.description} did not have model '{client.model_name}' available within {timeout:g} s "
+                f"({last_problem})."
+            )
+        time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+
+
 class TFServingGrpcClient:
     """tensorflow.serving.PredictionService / ModelService over gRPC with the official stubs."""
 
@@ -143,20 +162,7 @@ class TFServingGrpcClient:
 
     def wait_until_available(self, timeout: float) -> None:
         """Poll GetModelStatus until a version is AVAILABLE."""
-        deadline = time.monotonic() + timeout
-        last_problem = "no answer yet"
-        while True:
-            try:
-                if any(status.get("state") == "AVAILABLE" for status in self.get_status()):
-                    return
-                last_problem = "no version is AVAILABLE yet"
-            except ServingError as error:
-                last_problem = str(error)
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{self.description} did not have model '{self.model_name}' available within {timeout:g} s ({last_problem})."
-                )
-            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+        _poll_until_available(self, timeout)
 
     def _call(self, method, request):
         import grpc
@@ -233,21 +239,7 @@ class RestClient:
 
     def wait_until_available(self, timeout: float) -> None:
         """Poll GET /v1/models/{name} until a version is AVAILABLE."""
-        deadline = time.monotonic() + timeout
-        last_problem = "no answer yet"
-        while True:
-            try:
-                statuses = self.get_status()
-                if any(status.get("state") == "AVAILABLE" for status in statuses):
-                    return
-                last_problem = "no version is AVAILABLE yet"
-            except ServingError as error:
-                last_problem = str(error)
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{self.description} did not have model '{self.model_name}' available within {timeout:g} s ({last_problem})."
-                )
-            time.sleep(min(0.2, max(deadline - time.monotonic(), 0.0)))
+        _poll_until_available(self, timeout)
 
     def close(self) -> None:
         """Close the HTTP session."""
