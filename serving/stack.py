@@ -34,6 +34,7 @@ import psutil
 from experiment import processes
 from experiment.artifacts import MODEL_STORE, TORCHSCRIPT_FILE, list_versions
 from experiment.errors import UsageError
+from serving.torchserve.launch import TorchServePorts
 
 PROG = "python -m serving.stack"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -77,11 +78,12 @@ class Ports:
     tf_grpc: int = 8500
     tf_rest: int = 8501
     flask: int = 5000
-    torchserve_inference: int = 8080
-    torchserve_management: int = 8081
-    torchserve_metrics: int = 8082
-    torchserve_grpc_inference: int = 7070
-    torchserve_grpc_management: int = 7071
+    # TorchServe's five come from its launcher, the one place that knows them.
+    torchserve_inference: int = TorchServePorts.inference
+    torchserve_management: int = TorchServePorts.management
+    torchserve_metrics: int = TorchServePorts.metrics
+    torchserve_grpc_inference: int = TorchServePorts.grpc_inference
+    torchserve_grpc_management: int = TorchServePorts.grpc_management
 
     def as_dict(self) -> dict[str, int]:
         """Field name → port."""
