@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 PIP_INSTALL_FLAGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 ARGS ?=
 
-.PHONY: setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs
+.PHONY: setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs playground
 
 setup: $(VENV)/.installed
 
@@ -63,6 +63,10 @@ status: setup
 
 logs: setup
 	$(PYTHON) -m serving.stack logs $(ARGS)
+
+# A page on 127.0.0.1:8000 (or the next free port) that sends a drawn digit to every endpoint of `make serve`.
+playground: setup
+	$(PYTHON) -m serving.playground $(ARGS)
 
 # The measured comparison (issue 6): reports/comparison.md + PNG plots; compare-quick skips the servers.
 .PHONY: compare compare-quick

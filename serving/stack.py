@@ -838,6 +838,7 @@ class Stack:
         if any(definition.name == "torchserve" for definition in self.definitions()):
             lines.append(f"TorchServe token authorization is on; its keys are in "
                          f"{self._display_path(self.torchserve_key_file)}.")
+        lines.append("Try it in a browser: make playground (draw a digit, see every endpoint answer)")
         lines.append("Logs: make logs    Stop: make stop")
         return "\n".join(lines)
 
