@@ -130,7 +130,7 @@ class TFServingGrpcClient:
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """images (N, H, W) → probabilities (N, C) float32, classes (N,) int64."""
-        from serving.tfserving.tensors import tensor_to_array
+        from serving.protocol.tensors import tensor_to_array
 
         response = self.predict_response(images)
         try:

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from serving.flask_app import routes
 from serving.flask_app.metrics import AppMetrics
 from serving.flask_app.models import LoadedModel, ModelManager
-from serving.rest_format import RequestError
+from serving.protocol.errors import RequestError
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_BASE_PATH": "models/torch/digits",  # integer version folders with model.pt + metadata.json

@@ -15,7 +15,7 @@ import torch
 
 from experiment import artifacts
 from experiment.spec import CLASSES, INPUT_NAME, OUTPUT_NAMES, PROBABILITIES
-from serving.rest_format import TensorSpec
+from serving.protocol.signatures import TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class LoadedModel:
 
     @functools.cached_property
     def input_specs(self) -> dict[str, TensorSpec]:
-        """The signature's inputs, for serving.rest_format's checks (built once: it is read on every request)."""
+        """The signature's inputs, for serving.protocol.rest's checks (built once: it is read on every request)."""
         return {INPUT_NAME: TensorSpec(INPUT_NAME, np.dtype(np.float32), (None, *self.input_shape))}
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:

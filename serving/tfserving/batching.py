@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 from experiment.errors import UsageError
-from serving.rest_format import RequestError
+from serving.protocol.errors import RequestError
 from serving.tfserving.servable import Servable, Signature
 
 

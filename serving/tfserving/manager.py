@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiment.artifacts import list_versions
-from serving.rest_format import RequestError
+from serving.protocol.errors import RequestError
 from serving.tfserving.servable import Servable
 
 logger = logging.getLogger("serving.tfserving")

@@ -6,7 +6,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from serving.rest_format import RequestError
+from serving.protocol.errors import RequestError
 from serving.tfserving.batching import BatchScheduler
 from serving.tfserving.manager import ModelManager
 from serving.tfserving.servable import Servable, Signature

@@ -20,7 +20,8 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import ClosingIterator
 
-from serving.rest_format import RequestError, dumps, format_predict_response, load_json, parse_predict_body
+from serving.protocol.errors import RequestError
+from serving.protocol.rest import dumps, format_predict_response, load_json, parse_predict_body
 from serving.tfserving.grpc_service import SIGNATURE_DEF_FIELD, build_metadata_response, build_status_response
 from serving.tfserving.predictor import Predictor
 

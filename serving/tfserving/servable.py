@@ -12,7 +12,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from experiment.spec import SIGNATURE_NAME
-from serving.rest_format import RequestError, TensorSpec
+from serving.protocol.errors import RequestError
+from serving.protocol.signatures import TensorSpec
 
 SERVE_TAG = "serve"
 logger = logging.getLogger("serving.tfserving")

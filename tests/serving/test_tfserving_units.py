@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from experiment.errors import UsageError
-from serving.rest_format import RequestError, TensorSpec
-from serving.tfserving import batching, config, manager, tensors
+from serving.protocol.errors import RequestError
+from serving.protocol.signatures import TensorSpec
+from serving.protocol import tensors
+from serving.tfserving import batching, config, manager
 from serving.tfserving.servable import Signature
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving.rest_format import RequestError
+from .errors import RequestError
 
 # The dtypes whose TensorProto can carry raw little-endian bytes in tensor_content.
 NUMPY_BY_DTYPE: dict[int, np.dtype] = {

@@ -14,49 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# gRPC status names as TensorFlow Serving uses them, and the HTTP status its REST API maps each to.
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 413,
-    "UNAVAILABLE": 503,
-    "UNIMPLEMENTED": 501,
-    "DEADLINE_EXCEEDED": 504,
-    "INTERNAL": 500,
-}
-
-
-class RequestError(Exception):
-    """A request the server refuses; code is a gRPC status name, http_status the REST equivalent."""
-
-    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status TensorFlow Serving's REST API answers for this code."""
-        return HTTP_STATUS.get(self.code, 500)
-
-    def body(self) -> dict[str, str]:
-        """The JSON error body."""
-        return {"error": self.message}
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One named input: its dtype and shape, None for a free dimension (the batch)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...]
-
-    def describe(self) -> str:
-        """E.g. 'float32 [N, 8, 8]'."""
-        dims = ", ".join("N" if size is None else str(size) for size in self.shape)
-        return f"{np.dtype(self.dtype).name} [{dims}]"
+from .errors import RequestError
+from .signatures import TensorSpec
 
 
 @dataclasses.dataclass(frozen=True)
