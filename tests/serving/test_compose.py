@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.stack import Ports, Stack
-from serving.torchserve import launch
+from serving.runtime import Ports, Stack
+from serving.torchserve import config
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "digits"
@@ -130,7 +130,7 @@ def test_torchserve_mounts_store_and_config_and_turns_token_auth_off(compose):
 
 
 def test_torchserve_config_agrees_with_compose_stack_and_design(compose):
-    properties = launch.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
+    properties = config.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
     configured = {
         int(properties["inference_address"].rsplit(":", 1)[1]),
         int(properties["management_address"].rsplit(":", 1)[1]),
@@ -184,7 +184,7 @@ def test_flask_settings_agree_with_compose_dockerfile_and_stack(compose):
     dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
     assert '"-b", "0.0.0.0:5000"' in dockerfile and "serving/gunicorn_conf.py" in dockerfile
     assert f"FLASK_MODEL_BASE_PATH={mount_target}" in dockerfile
-    flask = {definition.name: definition for definition in Stack(models_dir="models").definitions()}["flask"]
+    flask = {spec.name: spec for spec in Stack(models_dir="models").specs()}["flask"]
     assert flask.environment["FLASK_MODEL_BASE_PATH"] == str(ROOT / defaults["MODEL_BASE_PATH"])
     assert "serving/gunicorn_conf.py" in " ".join(flask.command)
 

@@ -7,9 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,45 +25,31 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.client import RestClient, ServerUnavailableError, ServingError, TFServingGrpcClient
+from serving import runtime
+from serving.clients import RestClient, ServerUnavailableError, ServingError, TFServingGrpcClient
+from serving.runtime import ServerProcess, tfserving
 
-ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180  # importing TensorFlow on a busy 2-core machine
 POLL_SECONDS = 1.0
 REQUEST_LIMIT_BYTES = 1024 * 1024
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclasses.dataclass
 class Server:
-    """A running `python -m serving.tfserving` and where to reach it."""
+    """A running `python -m serving.tfserving`, started by the runtime, and where to reach it."""
 
-    process: subprocess.Popen
+    process: ServerProcess
     grpc_address: str
     rest_url: str
     base_path: Path
-    log_path: Path
 
     def log(self) -> str:
         """Everything the server wrote so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.process.log()
 
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM and wait for the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def stop(self) -> int | None:
+        """SIGTERM (SIGKILL if it does not exit) and its exit status."""
+        return self.process.stop()
 
 
 def new_base_path(root: Path, export_path: Path) -> Path:
@@ -84,36 +67,11 @@ def publish_version(base_path: Path, source: Path, version: int) -> None:
 
 
 def start_server(base_path: Path, log_dir: Path, *flags: str) -> Server:
-    """Start the server on free ports and wait until its health service says SERVING."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    grpc_port, rest_port = free_port(), free_port()
-    log_path = log_dir / f"tfserving-{grpc_port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.tfserving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             "--model_name=digits", f"--model_base_path={base_path}", f"--file_system_poll_wait_seconds={POLL_SECONDS}",
-             *flags],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )  # fmt: skip
-    server = Server(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}", base_path, log_path)
-    channel = grpc.insecure_channel(server.grpc_address)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log()[-3000:]}")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return server
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        server.stop()
-        raise TimeoutError(f"the server was not SERVING within {START_TIMEOUT_S} s:\n{server.log()[-3000:]}")
-    finally:
-        channel.close()
+    """Start the server on free ports and wait until it is ready (its health service says SERVING)."""
+    ports = tfserving.TFServingPorts.free()
+    spec = tfserving.spec(ports, "digits", base_path, [f"--file_system_poll_wait_seconds={POLL_SECONDS}", *flags])
+    process = runtime.start(spec, log_dir / f"tfserving-{ports.grpc}.log", START_TIMEOUT_S)
+    return Server(process, spec.endpoint("tf-grpc").address, spec.endpoint("tf-rest").address, base_path)
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +350,7 @@ def test_16_concurrent_clients_times_200_requests_without_an_error(server, digit
 
 @pytest.mark.slow
 def test_no_bad_request_killed_the_server(server, digits):
-    assert server.process.poll() is None
+    assert server.process.is_running()
     client = TFServingGrpcClient(server.grpc_address)
     try:
         assert client.predict(digits.test.images[:1])[1].shape == (1,)

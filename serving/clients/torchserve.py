@@ -1,4 +1,4 @@
-"""A REST client for TorchServe's inference and management APIs, with the project's common client interface.
+"""TorchServe's inference and management REST APIs behind the common client interface.
 
 Token authorization (TorchServe's default) is handled by reading the keys from the key_file.json TorchServe writes
 into its working directory; the file is read again whenever it changes, since TorchServe rewrites it when keys are
@@ -8,7 +8,6 @@ regenerated or expire.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,10 @@ import numpy as np
 import requests
 
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
+from serving.clients.base import as_batch, poll_until
+from serving.clients.errors import ServerUnavailableError, TorchServeError
 
 READY = "READY"
-
-
-class TorchServeError(RuntimeError):
-    """TorchServe refused or failed a request; status is the HTTP status, message the server's sentence."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 class TorchServeClient:
@@ -45,6 +37,7 @@ class TorchServeClient:
         self.key_file = Path(key_file) if key_file is not None else None
         self.management_url = management_url.rstrip("/")
         self.timeout = timeout
+        self.description = f"torchserve at {self.base_url}"
         self.session = requests.Session()
         self._keys: dict[str, str] = {}
         self._key_file_stamp: tuple[float, int] | None = None
@@ -74,35 +67,36 @@ class TorchServeClient:
         key = self._key(api)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
+    def _send(self, method: str, url: str, **arguments: Any) -> requests.Response:
+        """One HTTP call; a server that cannot be reached becomes ServerUnavailableError naming its base URL."""
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **arguments)
+        except requests.RequestException as error:
+            base = self.management_url if url.startswith(self.management_url) else self.base_url
+            raise ServerUnavailableError(f"Cannot reach {base}: {type(error).__name__}.") from None
+
     def _request(self, method: str, url: str, api: str, **arguments: Any) -> requests.Response:
         """Send with the current key; if TorchServe says it expired (60 min by default), renew it once and resend."""
         headers = arguments.pop("headers", {})
-        response = self.session.request(
-            method, url, headers={**headers, **self.authorization_headers(api)}, timeout=self.timeout, **arguments
-        )
+        response = self._send(method, url, headers={**headers, **self.authorization_headers(api)}, **arguments)
         if response.status_code in (400, 401) and self.key_file is not None and _is_key_error(response):
             api_key = self._key("API")
             if api_key:
                 # TorchServe's token API issues a new key and rewrites key_file.json, which _key then re-reads.
-                self.session.post(
+                self._send(
+                    "POST",
                     f"{self.management_url}/token",
                     params={"type": api},
                     headers={"Authorization": f"Bearer {api_key}"},
-                    timeout=self.timeout,
                 )
-                response = self.session.request(
-                    method, url, headers={**headers, **self.authorization_headers(api)}, timeout=self.timeout, **arguments
-                )
+                response = self._send(method, url, headers={**headers, **self.authorization_headers(api)}, **arguments)
         return response
 
     # The common client interface ---------------------------------------------------------------------------
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (N, C) float32 and classes (N,) int64 for images (N, H, W) of raw pixel values."""
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 2:
-            images = images[np.newaxis]  # one image → a batch of one
-        body = json.dumps({"instances": images.tolist()}, separators=(",", ":"))
+        body = json.dumps({"instances": as_batch(images).tolist()}, separators=(",", ":"))
         response = self._request(
             "POST",
             f"{self.base_url}/predictions/{self.model_name}",
@@ -116,22 +110,21 @@ class TorchServeClient:
         classes = np.asarray([row[CLASSES] for row in rows], dtype=np.int64)
         return probabilities, classes
 
-    def describe(self) -> dict[str, Any]:
-        """The management API's description of the model (versions, workers and their states, batching)."""
-        response = self._request("GET", f"{self.management_url}/models/{self.model_name}", "management")
+    def describe(self, customized: bool = False) -> dict[str, Any]:
+        """The management API's description of the model (versions, workers and their states, batching).
+
+        customized=True also asks the handler's describe_handle, whose signature arrives as customizedMetadata.
+        """
+        parameters = {"customized": "true"} if customized else None
+        response = self._request(
+            "GET", f"{self.management_url}/models/{self.model_name}", "management", params=parameters
+        )
         document = _json_or_error(response)
         return document[0] if isinstance(document, list) and document else document
 
     def get_metadata(self) -> dict[str, Any]:
         """Model name, version, input and output signature (from the handler), batching and worker states."""
-        response = self._request(
-            "GET",
-            f"{self.management_url}/models/{self.model_name}",
-            "management",
-            params={"customized": "true"},  # asks the handler's describe_handle for the signature
-        )
-        document = _json_or_error(response)
-        description = document[0] if isinstance(document, list) and document else document
+        description = self.describe(customized=True)
         signature: dict[str, Any] = {}
         customized = description.get("customizedMetadata")
         if isinstance(customized, str):
@@ -159,7 +152,7 @@ class TorchServeClient:
         """True when the model's workers are READY: at least minWorkers of them (and at least one)."""
         try:
             description = self.describe()
-        except (requests.RequestException, TorchServeError, ValueError):
+        except (TorchServeError, ServerUnavailableError, ValueError):
             return False
         workers = description.get("workers", [])
         ready = sum(1 for worker in workers if worker.get("status") == READY)
@@ -167,14 +160,12 @@ class TorchServeClient:
 
     def wait_until_available(self, timeout: float = 60.0) -> None:
         """Block until is_available(); TimeoutError after timeout seconds. (/ping says only that the JVM is up.)"""
-        deadline = time.monotonic() + timeout
-        while not self.is_available():
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"TorchServe's {self.model_name!r} workers were not READY at {self.management_url} "
-                    f"within {timeout:g} s."
-                )
-            time.sleep(0.25)
+        poll_until(
+            lambda: None if self.is_available() else "workers not READY",
+            timeout,
+            lambda problem: f"TorchServe's {self.model_name!r} workers were not READY at {self.management_url} "
+            f"within {timeout:g} s.",
+        )
 
     def close(self) -> None:
         """Close the HTTP connections."""
