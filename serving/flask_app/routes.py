@@ -9,10 +9,11 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from experiment.spec import INPUT_NAME, SIGNATURE_NAME
-from serving.protocol import rest
+from experiment.spec import INPUT_NAME
 from serving.flask_app.models import LoadedModel, ModelManager
+from serving.protocol import rest
 from serving.protocol.errors import RequestError
+from serving.protocol.signatures import require_signature
 
 api = Blueprint("api", __name__)
 
@@ -57,13 +58,9 @@ def predict(name: str, version: int | None = None) -> Response:
     model = _served_model(name, version)
     body = rest.load_json(request.get_data(cache=False))  # 413 here if over MAX_CONTENT_LENGTH
     parsed = rest.parse_predict_body(
-        body, model.input_specs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
+        body, model.signature.inputs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
     )
-    if parsed.signature_name not in (None, SIGNATURE_NAME):
-        raise RequestError(
-            f"Unknown signature {parsed.signature_name!r}; this model has only {SIGNATURE_NAME!r}.",
-            "FAILED_PRECONDITION",
-        )
+    require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
     return json_response(rest.format_predict_response(outputs, parsed.row_format))
 
@@ -88,7 +85,7 @@ def model_metadata(name: str, version: int | None = None) -> Response:
     return json_response(
         {
             "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: model.signature_def()}}},
+            "metadata": {"signature_def": {"signature_def": {model.signature.name: model.signature.to_json()}}},
         }
     )
 

@@ -17,6 +17,9 @@ import numpy as np
 from .errors import RequestError
 from .signatures import TensorSpec
 
+# Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
+MAX_BATCH_SIZE = 1024
+
 
 @dataclasses.dataclass(frozen=True)
 class PredictRequest:
@@ -50,9 +53,7 @@ def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np
     expected_dtype = np.dtype(spec.dtype)
     if expected_dtype.kind in "iu" and array.dtype.kind == "f":
         raise RequestError(f"Input '{spec.name}' expects integers ({expected_dtype.name}) but got floating-point values.")
-    if len(array.shape) != len(spec.shape) or any(
-        expected is not None and actual != expected for actual, expected in zip(array.shape, spec.shape)
-    ):
+    if not spec.accepts_shape(array.shape):
         raise RequestError(
             f"Input '{spec.name}' has shape {list(array.shape)} but the model expects {spec.describe()}."
         )

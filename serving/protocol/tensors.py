@@ -1,28 +1,22 @@
-"""TensorProto ⇄ numpy without per-element Python work: tensor_content is read with np.frombuffer, written from array bytes."""
+"""TensorProto ⇄ NumPy without per-element work: tensor_content is read with np.frombuffer, written from array bytes.
+
+Only TensorFlow's generated protobuf modules are used (never the TensorFlow API), so decoding is the same in every
+process that speaks the gRPC API, with or without a model loaded.
+"""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from .errors import RequestError
+from .signatures import DATA_TYPE_NAMES
 
 # The dtypes whose TensorProto can carry raw little-endian bytes in tensor_content.
 NUMPY_BY_DTYPE: dict[int, np.dtype] = {
-    types_pb2.DT_FLOAT: np.dtype(np.float32),
-    types_pb2.DT_DOUBLE: np.dtype(np.float64),
-    types_pb2.DT_HALF: np.dtype(np.float16),
-    types_pb2.DT_INT8: np.dtype(np.int8),
-    types_pb2.DT_INT16: np.dtype(np.int16),
-    types_pb2.DT_INT32: np.dtype(np.int32),
-    types_pb2.DT_INT64: np.dtype(np.int64),
-    types_pb2.DT_UINT8: np.dtype(np.uint8),
-    types_pb2.DT_UINT16: np.dtype(np.uint16),
-    types_pb2.DT_UINT32: np.dtype(np.uint32),
-    types_pb2.DT_UINT64: np.dtype(np.uint64),
-    types_pb2.DT_BOOL: np.dtype(np.bool_),
+    types_pb2.DataType.Value(name): numpy_dtype for numpy_dtype, name in DATA_TYPE_NAMES.items()
 }
 DTYPE_BY_NUMPY: dict[np.dtype, int] = {numpy_dtype: enum for enum, numpy_dtype in NUMPY_BY_DTYPE.items()}
 
@@ -39,6 +33,8 @@ _VALUE_FIELD: dict[int, str] = {
     types_pb2.DT_UINT32: "uint32_val",
     types_pb2.DT_UINT64: "uint64_val",
     types_pb2.DT_BOOL: "bool_val",
+    types_pb2.DT_COMPLEX64: "scomplex_val",  # real and imaginary parts interleaved
+    types_pb2.DT_COMPLEX128: "dcomplex_val",
 }
 
 
@@ -58,9 +54,11 @@ def tensor_to_array(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.n
     if any(size < 0 for size in shape):
         raise RequestError(f"Tensor '{name}' has a negative dimension in shape {list(shape)}.")
     count = math.prod(shape)
+    if proto.dtype == types_pb2.DT_STRING:
+        return _fill_to_shape(np.array(list(proto.string_val), dtype=object), shape, name)
     numpy_dtype = NUMPY_BY_DTYPE.get(proto.dtype)
     if numpy_dtype is None:
-        return _decode_with_tensorflow(proto, name)
+        raise RequestError(f"Tensor '{name}' has dtype {dtype_name(proto.dtype)}, which this server cannot decode.")
     if proto.tensor_content:
         if len(proto.tensor_content) != count * numpy_dtype.itemsize:
             raise RequestError(
@@ -71,40 +69,37 @@ def tensor_to_array(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.n
         return np.frombuffer(proto.tensor_content, dtype=numpy_dtype).reshape(shape)
     if proto.dtype == types_pb2.DT_HALF:
         values = np.asarray(proto.half_val, dtype=np.uint16).view(np.float16)
+    elif numpy_dtype.kind == "c":
+        parts = np.asarray(getattr(proto, _VALUE_FIELD[proto.dtype]), dtype=numpy_dtype.type(0).real.dtype)
+        values = parts[: parts.size - parts.size % 2].view(numpy_dtype)  # (real, imaginary) pairs
     else:
         values = np.asarray(getattr(proto, _VALUE_FIELD[proto.dtype]), dtype=numpy_dtype)
+    return _fill_to_shape(values, shape, name)
+
+
+def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """values (count,) reshaped to shape; TensorFlow's rule: fewer values than elements repeats the last one."""
+    count = math.prod(shape)
     if values.size == count:
         return values.reshape(shape)
-    # TensorFlow's rule: fewer values than elements repeats the last one (a single value fills the tensor).
     if 0 < values.size < count:
-        return np.concatenate([values, np.full(count - values.size, values[-1], dtype=numpy_dtype)]).reshape(shape)
-    if values.size == 0 and count == 0:
-        return values.reshape(shape)
+        return np.concatenate([values, np.full(count - values.size, values[-1], dtype=values.dtype)]).reshape(shape)
     raise RequestError(f"Tensor '{name}' holds {values.size} values but its shape {list(shape)} needs {count}.")
 
 
-def _decode_with_tensorflow(proto: tensor_pb2.TensorProto, name: str) -> np.ndarray:
-    """Rare dtypes (strings, complex, bfloat16): let TensorFlow's own decoder handle them."""
-    import tensorflow as tf  # only on this slow path; clients importing this module stay light
-
-    try:
-        return tf.make_ndarray(proto)
-    except Exception as error:  # TensorFlow raises several types for malformed protos
-        raise RequestError(f"Tensor '{name}' cannot be decoded: {error}.") from None
-
-
 def fill_tensor(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
-    """Write array into proto (dtype, shape, raw bytes); strings and other rare dtypes go through TensorFlow."""
-    dtype_enum = DTYPE_BY_NUMPY.get(array.dtype)
-    if dtype_enum is None:
-        import tensorflow as tf
-
-        proto.CopyFrom(tf.make_tensor_proto(array))
-        return
-    proto.dtype = dtype_enum
+    """Write array into proto: dtype, shape, and raw bytes (or string_val for strings and bytes)."""
     dimensions = proto.tensor_shape.dim
     for size in array.shape:
         dimensions.add(size=size)
+    if array.dtype.kind in "OSU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(value.encode() if isinstance(value, str) else bytes(value) for value in array.flat)
+        return
+    dtype_enum = DTYPE_BY_NUMPY.get(array.dtype)
+    if dtype_enum is None:
+        raise ValueError(f"arrays of {array.dtype} have no TensorProto encoding here")
+    proto.dtype = dtype_enum
     # tobytes() of a C-contiguous little-endian array is exactly TensorFlow's tensor_content layout.
     proto.tensor_content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
@@ -115,11 +110,3 @@ def array_to_tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
     fill_tensor(proto, np.asarray(array))
     return proto
 
-
-def shape_proto(shape: tuple[int | None, ...] | None) -> tensor_shape_pb2.TensorShapeProto:
-    """A TensorShapeProto with -1 for unknown dimensions (or unknown rank for None)."""
-    if shape is None:
-        return tensor_shape_pb2.TensorShapeProto(unknown_rank=True)
-    return tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=-1 if size is None else size) for size in shape]
-    )

@@ -11,7 +11,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from experiment.errors import UsageError
 from serving.tfserving.batching import BatchingOptions, read_batching_parameters
-from serving.tfserving.manager import ModelSource, VersionPolicy
+from serving.versions import ModelSource, VersionPolicy
 
 MEBIBYTE = 1024 * 1024
 

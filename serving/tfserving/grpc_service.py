@@ -19,9 +19,10 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.protocol.errors import RequestError
-from serving.tfserving.manager import ModelManager, ModelSource
-from serving.tfserving.predictor import Predictor
 from serving.protocol.tensors import fill_tensor, tensor_to_array
+from serving.tfserving.manager import ModelManager
+from serving.tfserving.predictor import Predictor
+from serving.versions import ModelSource
 
 logger = logging.getLogger("serving.tfserving")
 SIGNATURE_DEF_FIELD = "signature_def"

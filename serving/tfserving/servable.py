@@ -13,59 +13,17 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from experiment.spec import SIGNATURE_NAME
 from serving.protocol.errors import RequestError
-from serving.protocol.signatures import TensorSpec
+from serving.protocol.signatures import SignatureSpec, TensorSpec
 
 SERVE_TAG = "serve"
 logger = logging.getLogger("serving.tfserving")
 
 
 @dataclasses.dataclass(frozen=True)
-class Signature:
-    """A callable signature: input and output specs by alias, and the loaded concrete function."""
+class Signature(SignatureSpec):
+    """A callable signature: its specs (and TensorFlow Serving's checks) plus the loaded concrete function."""
 
-    name: str
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    function: Callable[..., Mapping[str, tf.Tensor]]
-
-    def check_inputs(self, arrays: Mapping[str, np.ndarray]) -> int:
-        """Check aliases, dtypes and shapes as TensorFlow Serving does; return the batch size."""
-        unknown = sorted(set(arrays) - set(self.inputs))
-        if unknown:
-            raise RequestError(
-                f"Input tensor alias not found in signature: {unknown[0]}; "
-                f"inputs expected to be in the set {{{', '.join(sorted(self.inputs))}}}."
-            )
-        missing = sorted(set(self.inputs) - set(arrays))
-        if missing:
-            raise RequestError(f"Missing input '{missing[0]}'; signature '{self.name}' needs {sorted(self.inputs)}.")
-        batch_sizes = set()
-        for alias, array in arrays.items():
-            spec = self.inputs[alias]
-            if array.dtype != spec.dtype:
-                raise RequestError(
-                    f"Input '{alias}' must be {np.dtype(spec.dtype).name} but the request sent {array.dtype.name}."
-                )
-            if len(array.shape) != len(spec.shape) or any(
-                expected is not None and actual != expected for actual, expected in zip(array.shape, spec.shape)
-            ):
-                raise RequestError(f"Input '{alias}' has shape {list(array.shape)} but the model expects {spec.describe()}.")
-            if array.ndim:
-                batch_sizes.add(array.shape[0])
-        if len(batch_sizes) > 1:
-            raise RequestError(f"The inputs have different batch sizes: {sorted(batch_sizes)}.")
-        return batch_sizes.pop() if batch_sizes else 1
-
-    def check_output_filter(self, output_filter: Iterable[str]) -> tuple[str, ...]:
-        """The output aliases to return (all when the filter is empty); unknown ones raise INVALID_ARGUMENT."""
-        chosen = tuple(output_filter)
-        for alias in chosen:
-            if alias not in self.outputs:
-                raise RequestError(
-                    f"Output tensor alias not found in signature: {alias}; "
-                    f"outputs expected to be in the set {{{', '.join(sorted(self.outputs))}}}."
-                )
-        return chosen or tuple(self.outputs)
+    function: Callable[..., Mapping[str, tf.Tensor]] = dataclasses.field(kw_only=True)
 
     def run(self, arrays: Mapping[str, np.ndarray], output_aliases: Iterable[str]) -> dict[str, np.ndarray]:
         """Call the concrete function on checked inputs; return the chosen outputs as numpy arrays."""

@@ -9,42 +9,11 @@ import numpy as np
 import pytest
 
 from experiment.errors import UsageError
+from serving import versions
 from serving.protocol.errors import RequestError
 from serving.protocol.signatures import TensorSpec
-from serving.protocol import tensors
 from serving.tfserving import batching, config, manager
 from serving.tfserving.servable import Signature
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
-def test_tensor_round_trip_through_tensor_content(dtype):
-    array = (np.arange(24).reshape(2, 3, 4) % 5).astype(dtype)
-    proto = tensors.array_to_tensor(array)
-    assert proto.tensor_content  # raw bytes, not typed repeated fields
-    decoded = tensors.tensor_to_array(proto)
-    assert decoded.dtype == array.dtype
-    np.testing.assert_array_equal(decoded, array)
-
-
-def test_typed_values_and_tensorflows_repeat_last_value_rule():
-    from tensorflow.core.framework import tensor_pb2, types_pb2
-
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
-    proto.tensor_shape.dim.add(size=2)
-    proto.tensor_shape.dim.add(size=2)
-    proto.float_val.extend([1.0, 2.0])
-    np.testing.assert_array_equal(tensors.tensor_to_array(proto), [[1.0, 2.0], [2.0, 2.0]])
-    proto.float_val.extend([3.0, 4.0, 5.0])
-    with pytest.raises(RequestError, match="holds 5 values"):
-        tensors.tensor_to_array(proto)
-
-
-def test_wrong_tensor_content_length_is_invalid_argument():
-    proto = tensors.array_to_tensor(np.zeros((2, 8, 8), np.float32))
-    proto.tensor_content = proto.tensor_content[:-4]
-    with pytest.raises(RequestError) as raised:
-        tensors.tensor_to_array(proto, "images")
-    assert raised.value.code == "INVALID_ARGUMENT" and "images" in raised.value.message
 
 
 def test_batching_parameters_text_format():
@@ -121,7 +90,7 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
         events.append(f"load {version}")
         return _FakeServable(version)
 
-    models = manager.ModelManager([manager.ModelSource("digits", tmp_path)], loader=loader)
+    models = manager.ModelManager([versions.ModelSource("digits", tmp_path)], loader=loader)
     models.poll_once()
     assert models.servable("digits").version == 1 and models.all_models_available()
     broken.add(2)
@@ -130,12 +99,12 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
     models.poll_once()  # unchanged broken folder: not retried
     assert models.servable("digits").version == 1
     states = {status.version: status for status in models.statuses("digits")}
-    assert states[2].state == manager.END and "corrupt" in states[2].error_message and states[1].state == manager.AVAILABLE
+    assert states[2].state == versions.END and "corrupt" in states[2].error_message and states[1].state == versions.AVAILABLE
     broken.clear()
     (tmp_path / "2" / "saved_model.pb").write_bytes(b"fixed")  # the folder changed: try again
     models.poll_once()
     assert models.servable("digits").version == 2
-    assert {status.version: status.state for status in models.statuses("digits")} == {2: manager.AVAILABLE, 1: manager.END}
+    assert {status.version: status.state for status in models.statuses("digits")} == {2: versions.AVAILABLE, 1: versions.END}
     assert events == ["load 1", "load 2"]
     with pytest.raises(RequestError) as raised:
         models.servable("digits", version=1)
@@ -150,7 +119,7 @@ def _doubling_signature(calls: list[int]) -> Signature:
         return {"doubled": images * 2}
 
     spec = TensorSpec("images", np.dtype(np.float32), (None, 2))
-    return Signature("serving_default", {"images": spec}, {"doubled": spec}, function)
+    return Signature("serving_default", {"images": spec}, {"doubled": spec}, function=function)
 
 
 def test_batch_scheduler_merges_concurrent_requests_and_returns_each_its_rows():
