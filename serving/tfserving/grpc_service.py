@@ -6,6 +6,7 @@ import logging
 from typing import Callable
 
 import grpc
+from google.protobuf.message import Message
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -36,6 +37,16 @@ def _abort_internal(context: grpc.ServicerContext, method: str) -> None:
     # Anything unexpected is logged with its traceback here and answered INTERNAL; the server keeps running.
     logger.exception("%s failed unexpectedly.", method)
     context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the server; see the server log.")
+
+
+def _answer(context: grpc.ServicerContext, method: str, build: Callable[[], Message]) -> Message:
+    """build()'s response; a RequestError aborts with its status, anything else with INTERNAL."""
+    try:
+        return build()
+    except RequestError as error:
+        _abort(context, error)
+    except Exception:
+        _abort_internal(context, method)
 
 
 def _version_of(model_spec) -> tuple[int | None, str | None]:
@@ -120,12 +131,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def GetModelMetadata(self, request, context: grpc.ServicerContext):
         """The signature_def map of the version asked for (the latest by default)."""
-        try:
-            return build_metadata_response(self.predictor, request)
-        except RequestError as error:
-            _abort(context, error)
-        except Exception:
-            _abort_internal(context, "GetModelMetadata")
+        return _answer(context, "GetModelMetadata", lambda: build_metadata_response(self.predictor, request))
 
     def _unimplemented(self, method: str, context: grpc.ServicerContext) -> None:
         context.abort(
@@ -149,18 +155,17 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus, and HandleReloadConfigRequest to replace the served model list."""
 
-    def __init__(self, manager: ModelManager, sources_from_config: Callable[[model_server_config_pb2.ModelServerConfig], list[ModelSource]]) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        sources_from_config: Callable[[model_server_config_pb2.ModelServerConfig], list[ModelSource]],
+    ) -> None:
         self.manager = manager
         self.sources_from_config = sources_from_config
 
     def GetModelStatus(self, request, context: grpc.ServicerContext):
         """States of one model's versions (START, LOADING, AVAILABLE, UNLOADING, END) with load errors."""
-        try:
-            return build_status_response(self.manager, request)
-        except RequestError as error:
-            _abort(context, error)
-        except Exception:
-            _abort_internal(context, "GetModelStatus")
+        return _answer(context, "GetModelStatus", lambda: build_status_response(self.manager, request))
 
     def HandleReloadConfigRequest(self, request, context: grpc.ServicerContext):
         """Serve the models of request.config from now on (as tensorflow_model_server does)."""
