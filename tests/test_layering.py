@@ -117,3 +117,42 @@ def test_servers_import_no_client():
         or name == "requests"
     ]
     assert not violations, "\n".join(violations)
+
+
+# Only serving/runtime starts server processes; everything else (the stack's and the TorchServe launcher's command
+# lines, the demo, the tests) asks it. A call counts as starting a server when it names one of these commands.
+SERVER_COMMANDS = ("serving.tfserving", "gunicorn", "torchserve")
+SPAWNERS = ("Popen", "run", "call", "check_call", "check_output", "spawnv", "spawnl", "execv", "execl", "fork")
+# Modules of serving/ outside the runtime that start a process that is not a server, and why.
+OTHER_PROCESSES = {"serving/demo.py": "runs the two training entry points"}
+
+
+def _process_calls(path: Path) -> list[ast.Call]:
+    """Calls of subprocess's and os's process starters in path."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name.split(".")[-1] in SPAWNERS and name.split(".")[0] in ("subprocess", "os", "Popen"):
+                calls.append(node)
+    return calls
+
+
+def test_only_the_runtime_starts_processes_in_serving():
+    violations = [
+        f"{path.relative_to(ROOT)}:{call.lineno} starts a process: {ast.unparse(call.func)}"
+        for path in _python_files("serving")
+        if "serving/runtime/" not in path.as_posix() and path.relative_to(ROOT).as_posix() not in OTHER_PROCESSES
+        for call in _process_calls(path)
+    ]
+    assert not violations, "\n".join(violations)
+
+
+def test_tests_start_servers_through_the_runtime():
+    violations = [
+        f"{path.relative_to(ROOT)}:{call.lineno} starts a server itself: {ast.unparse(call)[:120]}"
+        for path in _python_files("tests")
+        for call in _process_calls(path)
+        if any(command in ast.unparse(call) for command in SERVER_COMMANDS)
+    ]
+    assert not violations, "\n".join(violations)

@@ -38,6 +38,7 @@ from serving.torchserve.config import TorchServePorts
 
 DEFAULT_RUN_DIR = Path(".run")
 DEFAULT_MODELS_DIR = Path("models")
+STATE_FILE = "stack.json"  # in the run folder: lets stop, status and logs find a stack started by another command
 # TorchServe's JVM and workers take the longest: about half a minute on two cores, longer on a busy machine.
 DEFAULT_START_TIMEOUT_SECONDS = 180.0
 
@@ -109,11 +110,6 @@ class Stack:
     def logs_dir(self) -> Path:
         """Where each server's log goes."""
         return self.run_dir / "logs"
-
-    @property
-    def state_file(self) -> Path:
-        """The JSON file that lets stop, status and logs find a stack started by another command."""
-        return self.run_dir / "stack.json"
 
     @property
     def torchserve_instance(self) -> torchserve.TorchServeInstance:
@@ -247,13 +243,13 @@ class Stack:
             "model_name": self.model_name,
             "servers": [spec.name for spec in self.specs()],
         }
-        self.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     @classmethod
     def from_run_dir(cls, run_dir: Path | str = DEFAULT_RUN_DIR, python: str = sys.executable) -> "Stack":
         """The stack a previous `start` left in run_dir (default ports and folders when it left no state)."""
         try:
-            state = json.loads((Path(run_dir) / "stack.json").read_text())
+            state = json.loads((Path(run_dir) / STATE_FILE).read_text())
             return cls(Ports(**state["ports"]), run_dir, state["models_dir"], state["model_name"], python,
                        only=state.get("servers"))  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
