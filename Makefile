@@ -64,7 +64,8 @@ status: setup
 logs: setup
 	$(PYTHON) -m serving.stack logs $(ARGS)
 
-# The measured comparison (issue 6): reports/comparison.md + PNG plots; compare-quick skips the servers.
+# The measured comparison: reports/comparison.md, comparison.html (self-contained) and PNG plots; compare-quick
+# skips the servers and the distributed runs. Addresses in TFSERVING_GRPC etc. measure a running stack instead.
 .PHONY: compare compare-quick
 compare: setup
 	$(PYTHON) -m benchmarks.compare $(ARGS)

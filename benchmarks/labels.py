@@ -9,13 +9,15 @@ FRAMEWORK_NAMES = {"tf": "TensorFlow/Keras", "torch": "PyTorch"}
 TF_SERVER = "TF-Serving-compatible server (this project)"
 FLASK_SERVER = "Flask app (gunicorn)"
 TORCHSERVE = "TorchServe"
+# The runtime's server names (its specs' `name`, the keys of a stack's cold starts) as a reader knows the servers.
+SERVER_NAMES = {"tfserving": TF_SERVER, "flask": FLASK_SERVER, "torchserve": TORCHSERVE}
 
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
     """One endpoint of the serving stack: whose model it serves and which server answers."""
 
-    key: str  # "tf_grpc", ...
+    key: str  # the runtime's endpoint name: "tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"
     framework: str  # "tf" or "torch": whose export it serves
     server: str
     protocol: str  # "gRPC" or "REST"
@@ -34,9 +36,9 @@ class Endpoint:
 ENDPOINTS = {
     endpoint.key: endpoint
     for endpoint in (
-        Endpoint("tf_grpc", "tf", TF_SERVER, "gRPC", "TFSERVING_GRPC"),
-        Endpoint("tf_rest", "tf", TF_SERVER, "REST", "TFSERVING_REST"),
-        Endpoint("flask_rest", "torch", FLASK_SERVER, "REST", "FLASK_URL"),
-        Endpoint("torchserve_rest", "torch", TORCHSERVE, "REST", "TORCHSERVE_URL"),
+        Endpoint("tf-grpc", "tf", TF_SERVER, "gRPC", "TFSERVING_GRPC"),
+        Endpoint("tf-rest", "tf", TF_SERVER, "REST", "TFSERVING_REST"),
+        Endpoint("flask-rest", "torch", FLASK_SERVER, "REST", "FLASK_URL"),
+        Endpoint("torchserve-rest", "torch", TORCHSERVE, "REST", "TORCHSERVE_URL"),
     )
 }

@@ -145,7 +145,7 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
     """The endpoint sweep, then the TF server's and the torch servers' own benchmarks."""
     from benchmarks import sweep
 
-    given = bool(sweep.given_endpoints())
+    given = sweep.given_endpoints() is not None
     if not _skip(comparison, settings.serving or given, trained, ("sweep", "tf serving", "torch serving"), "serving"):
         return
     models = settings.work_dir / "models"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 FRAMEWORK_COLORS = {"tf": "#E69F00", "torch": "#0072B2"}
 # Endpoints of one framework share its colour and differ in marker and line style.
-ENDPOINT_STYLES = {"tf_grpc": ("o", "-"), "tf_rest": ("s", "--"), "flask_rest": ("^", "-"), "torchserve_rest": ("D", "--")}
+ENDPOINT_STYLES = {"tf-grpc": ("o", "-"), "tf-rest": ("s", "--"), "flask-rest": ("^", "-"), "torchserve-rest": ("D", "--")}
 DPI = 100
 
 
@@ -33,10 +33,10 @@ def _pyplot() -> Any:
     return pyplot
 
 
-def _finish(figure: Any, title: str, path: Path) -> Path:
-    """Title, tight layout, save, close."""
+def _finish(figure: Any, title: str, path: Path, bottom: float = 0.0) -> Path:
+    """Title, tight layout (leaving `bottom` of the height for a figure legend), save, close."""
     figure.suptitle(title, fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, bottom, 1, 1))
     figure.savefig(path, dpi=DPI)
     _pyplot().close(figure)
     return path
@@ -44,10 +44,12 @@ def _finish(figure: Any, title: str, path: Path) -> Path:
 
 def _log_scale(axes: Any) -> None:
     """A logarithmic y axis labelled with plain numbers (0.1, 1, 10), not powers of ten."""
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _framework_legend(axes: Any, **options: Any) -> None:
@@ -162,7 +164,7 @@ def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
     from matplotlib.lines import Line2D
 
     pyplot = _pyplot()
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 4.8))
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 5.4))
     concurrencies: set[int] = set()
     for item in sweep.endpoints:
         points = sorted((point for point in item.points if point.latencies_seconds), key=lambda point: point.concurrency)
@@ -194,8 +196,8 @@ def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
     handles, names = left.get_legend_handles_labels()
     handles.append(Line2D([], [], marker="o", linestyle="none", color="black", markerfacecolor="white"))
     names.append("hollow: generator-bound point")
-    left.legend(handles, names, fontsize=7)
-    return _finish(figure, "Served throughput and p99 against concurrency, every endpoint named by its server", path)
+    figure.legend(handles, names, loc="lower center", ncol=3, fontsize=8)
+    return _finish(figure, "Served throughput and p99 against concurrency, every endpoint named by its server", path, 0.14)
 
 
 def draw_all(comparison: Comparison, output_dir: Path) -> dict[str, str]:

@@ -82,8 +82,8 @@ def torchserve_vs_flask(comparison: Comparison) -> Ratio:
     measured = comparison.torch_serving
     configured = measured.torchserve_predict.p50_ms if measured and measured.torchserve_predict else None
     unbatched = measured.torchserve_unbatched_predict.p50_ms if measured and measured.torchserve_unbatched_predict else None
-    flask = measured.flask_predict.p50_ms if measured else _sweep_p50(comparison, "flask_rest")
-    torchserve = unbatched or configured or _sweep_p50(comparison, "torchserve_rest")
+    flask = measured.flask_predict.p50_ms if measured else _sweep_p50(comparison, "flask-rest")
+    torchserve = unbatched or configured or _sweep_p50(comparison, "torchserve-rest")
     if torchserve is None or flask is None:
         return _missing(name, target, "neither benchmarks.serving_torch nor the endpoint sweep measured both servers",
                         comparison.reason("torch serving"))  # fmt: skip

@@ -12,10 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +26,7 @@ from experiment.errors import UsageError
 from experiment.spec import INPUT_NAME, SIGNATURE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_SECONDS = 180.0
 IDENTITY_MODEL = "identity"
 LATENCY_TARGET = 1.3
 THROUGHPUT_TARGET = 1.3
@@ -101,52 +98,17 @@ def write_identity_model(base_path: Path) -> Path:
     return directory
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _start_server(model_name: str, model_base_path: Path | None, flags: list[str], log_path: Path) -> Any:
+    """`python -m serving.tfserving` on free ports through serving.runtime, ready; returns the managed process."""
+    from serving import runtime
+    from serving.runtime import tfserving
+
+    spec = tfserving.spec(tfserving.TFServingPorts.free(rest=False), model_name, model_base_path, flags)
+    return runtime.start(spec, log_path, timeout=START_TIMEOUT_SECONDS)
 
 
-class ServerProcess:
-    """`python -m serving.tfserving` on a free port, started for the benchmark and stopped with SIGTERM."""
-
-    def __init__(self, flags: list[str], log_path: Path, start_timeout_s: float = 180) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "serving.tfserving", f"--port={self.port}", *flags],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            )  # fmt: skip
-        deadline = time.monotonic() + start_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited while starting; see {log_path}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"the server was not SERVING within {start_timeout_s:g} s; see {log_path}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def _grpc_address(server: Any) -> str:
+    return server.spec.endpoint("tf-grpc").address
 
 
 def _predict_request(model_name: str, images: np.ndarray):
@@ -270,21 +232,19 @@ def run_benchmark(
         )
         parameters_path = scratch_path / "batching.config"
         parameters_path.write_text(BATCHING_PARAMETERS)
-        server = ServerProcess([f"--model_config_file={config_path}"], scratch_path / "plain.log")
+        server = _start_server(model_name, None, [f"--model_config_file={config_path}"], scratch_path / "plain.log")
         batched = None
         try:
-            batched = ServerProcess(
-                [f"--model_name={model_name}", f"--model_base_path={model_base_path}", "--enable_batching",
-                 f"--batching_parameters_file={parameters_path}"],
-                scratch_path / "batching.log",
-            )  # fmt: skip
-            grpc_latency = measure_grpc_latency(server.address, model_name, image, count)
-            trivial = measure_grpc_latency(server.address, IDENTITY_MODEL, image, count)
+            batching_flags = ["--enable_batching", f"--batching_parameters_file={parameters_path}"]
+            batched = _start_server(model_name, model_base_path, batching_flags, scratch_path / "batching.log")
+            plain_address, batched_address = _grpc_address(server), _grpc_address(batched)
+            grpc_latency = measure_grpc_latency(plain_address, model_name, image, count)
+            trivial = measure_grpc_latency(plain_address, IDENTITY_MODEL, image, count)
             # Off and on alternate in short runs, so a change in the machine's other load hits both alike.
             runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             for _ in range(3):
-                runs["off"].append(measure_throughput(server.address, model_name, image, clients, throughput_seconds / 3))
-                runs["on"].append(measure_throughput(batched.address, model_name, image, clients, throughput_seconds / 3))
+                runs["off"].append(measure_throughput(plain_address, model_name, image, clients, throughput_seconds / 3))
+                runs["on"].append(measure_throughput(batched_address, model_name, image, clients, throughput_seconds / 3))
         finally:
             server.stop()
             if batched is not None:

@@ -16,10 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,9 +31,10 @@ from experiment.cli import run_main
 from experiment.errors import UsageError
 
 PROG = "python -m benchmarks.serving_torch"
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_FACTOR = 1.5
 NOOP_PATH = "/v1/noop"
+BENCHMARK_APPLICATION = "benchmarks.serving_torch:create_benchmark_app()"
+START_TIMEOUT_SECONDS = 180.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +72,6 @@ def create_benchmark_app():
         return app.response_class("{}", mimetype="application/json")
 
     return app
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _time_calls(call: Callable[[], Any], count: int, warmup: int) -> list[float]:
@@ -125,29 +116,14 @@ def _in_process(model_path: Path, image: np.ndarray, count: int, warmup: int) ->
         torch.set_num_threads(previous_threads)
 
 
-def _start_gunicorn(base_path: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    environment = {**os.environ, "FLASK_MODEL_BASE_PATH": str(base_path.resolve()), "FLASK_MODEL_POLL_SECONDS": "0"}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-             "benchmarks.serving_torch:create_benchmark_app()"],
-            cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited early; see {log_path}.")
-        try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError(f"gunicorn was not ready within 180 s; see {log_path}.")
+def _start_gunicorn(base_path: Path, log_path: Path) -> Any:
+    """The benchmark app (production app + no-op route) under gunicorn on a free port, through serving.runtime."""
+    from serving import runtime
+    from serving.runtime import flask_app
+
+    spec = flask_app.spec(runtime.free_port(), base_path=Path(base_path).resolve(),
+                          environment={"FLASK_MODEL_POLL_SECONDS": "0"}, application=BENCHMARK_APPLICATION)  # fmt: skip
+    return runtime.start(spec, log_path, timeout=START_TIMEOUT_SECONDS)
 
 
 def measure(
@@ -159,8 +135,6 @@ def measure(
     include_batching: bool = True,
 ) -> TorchServingResult:
     """Run the whole benchmark and return its numbers."""
-    from serving.torchserve.launch import TorchServePorts, start_torchserve, stop_torchserve
-
     version = artifacts.latest_version(model_base_path)
     if version is None:
         raise UsageError(f"No TorchScript export in {model_base_path}; run `make train-torch` first.")
@@ -172,8 +146,8 @@ def measure(
     in_process = _in_process(model_base_path / str(version) / artifacts.TORCHSCRIPT_FILE, image, 5000, 500)
 
     work_dir = Path(tempfile.mkdtemp(prefix="serving-torch-benchmark-"))
-    process, url = _start_gunicorn(Path(model_base_path), work_dir / "gunicorn.log")
-    try:
+    with _start_gunicorn(Path(model_base_path), work_dir / "gunicorn.log") as server:
+        url = server.spec.endpoint("flask-rest").address
         with requests.Session() as session:
 
             def caller(path: str) -> Callable[[], None]:
@@ -191,9 +165,6 @@ def measure(
                 warmup,
             )
             flask = {name: stats.summarize_seconds(latencies) for name, latencies in timed.items()}
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
 
     torchserve: dict[str, stats.LatencySummary] = {}
     settings: dict[str, Any] = {}
@@ -201,18 +172,17 @@ def measure(
         # As configured (server-side batching on) and with batching off: a lone request waits up to the batch
         # delay for company that never comes, so batching off is the tuning for single-request latency.
         for label, batch_size in (("configured", None), ("unbatched", 1)):
-            ports = TorchServePorts(*(_free_port() for _ in range(5)))
-            handle = start_torchserve(model_store, ports, work_dir / label, batch_size=batch_size)
-            try:
-                with handle.client() as client:
+            with torchserve_batching.start_torchserve(model_store, work_dir / label, batch_size) as server:
+                client = server.spec.endpoint("torchserve-rest").client()
+                try:
                     torchserve[label] = stats.summarize_seconds(
                         _time_calls(lambda: client.predict(image), requests_per_endpoint, warmup)
                     )
                     if label == "configured":
                         metadata = client.get_metadata()
                         settings = {key: metadata[key] for key in ("batch_size", "max_batch_delay_ms") if key in metadata}
-            finally:
-                stop_torchserve(handle)
+                finally:
+                    client.close()
     batching = None
     if include_torchserve and include_batching:
         batching = torchserve_batching.measure_torchserve_batching(model_store, work_dir / "torchserve-batching")

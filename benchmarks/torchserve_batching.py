@@ -8,7 +8,6 @@ setting's rounds are pooled.
 from __future__ import annotations
 
 import dataclasses
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +24,17 @@ BATCHING_ROUNDS = 2
 # Short windows keep the whole on/off comparison near 20 s of load (plus two TorchServe starts).
 BATCHING_LOAD_SETTINGS = load.LoadSettings(warmup_seconds=0.5, window_seconds=1.0, max_windows=4)
 SETTINGS = ("batching_off", "batching_on")
+START_TIMEOUT_SECONDS = 180.0
 
 
 @dataclasses.dataclass(frozen=True)
 class BatchingSetting:
     """One TorchServe instance as it registered the model, and the pooled load it answered."""
 
+    load: load.LoadResult
     batch_size: int
     max_batch_delay_ms: int
     workers: int
-    load: load.LoadResult
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +58,13 @@ class TorchServeBatching:
         return self.batching_on.load.latency.p99_ms - self.batching_off.load.latency.p99_ms
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def start_torchserve(model_store: Path, run_dir: Path, batch_size: int | None = None) -> Any:
+    """TorchServe on free ports through serving.runtime, ready; batch_size None keeps config.properties' batching."""
+    from serving import runtime
+    from serving.runtime import torchserve
+
+    spec = torchserve.spec(torchserve.TorchServeInstance.on_free_ports(run_dir), model_store, batch_size=batch_size)
+    return runtime.start(spec, Path(run_dir) / "torchserve.log", timeout=START_TIMEOUT_SECONDS)
 
 
 def measure_torchserve_batching(
@@ -72,8 +75,6 @@ def measure_torchserve_batching(
     settings: load.LoadSettings = BATCHING_LOAD_SETTINGS,
 ) -> TorchServeBatching:
     """TorchServe REST throughput and latency at `clients` concurrent clients, batching off (batch size 1) vs on."""
-    from serving.torchserve.launch import TorchServePorts, start_torchserve, stop_torchserve
-
     if not (Path(model_store) / "digits.mar").is_file():
         raise UsageError(f"No digits.mar in {model_store}; run `make train-torch` first.")
     if clients < 1 or rounds < 1:
@@ -84,30 +85,31 @@ def measure_torchserve_batching(
     # setting the project serves with. Workers stay the template's in both, so batching is the only difference.
     batch_sizes = {"batching_off": 1, "batching_on": None}
     started = time.perf_counter()
-    handles: dict[str, Any] = {}
+    servers: dict[str, Any] = {}
     try:
         # Both instances run for the whole comparison so that off and on can alternate; the idle one only waits.
         for setting, batch_size in batch_sizes.items():
-            ports = TorchServePorts(*(_free_port() for _ in range(5)))
-            handles[setting] = start_torchserve(model_store, ports, work_dir / setting, batch_size=batch_size)
+            servers[setting] = start_torchserve(model_store, work_dir / setting, batch_size)
+        endpoints = {setting: server.spec.endpoint("torchserve-rest") for setting, server in servers.items()}
         registered: dict[str, dict[str, Any]] = {}
-        for setting, handle in handles.items():
-            with handle.client() as client:
-                registered[setting] = client.get_metadata()  # what TorchServe registered, not what we asked for
-        runs: dict[str, list[load.LoadResult]] = {setting: [] for setting in handles}
+        for setting, endpoint in endpoints.items():
+            client = endpoint.client()
+            registered[setting] = client.get_metadata()  # what TorchServe registered, not what we asked for
+            client.close()
+        runs: dict[str, list[load.LoadResult]] = {setting: [] for setting in servers}
         for _ in range(rounds):
-            for setting, handle in handles.items():
-                with load.client_per_thread(handle.client, lambda client: client.predict(image)) as sender_factory:
+            for setting, endpoint in endpoints.items():
+                with load.client_per_thread(endpoint.client, lambda client: client.predict(image)) as sender_factory:
                     runs[setting].append(load.run_closed_loop(None, clients, settings, f"torchserve_{setting}", sender_factory))
     finally:
-        for handle in handles.values():
-            stop_torchserve(handle)
+        for server in servers.values():
+            server.stop()
     measured = {
         setting: BatchingSetting(
+            load=load.merge(f"torchserve_{setting}", setting_runs),
             batch_size=registered[setting].get("batch_size"),
             max_batch_delay_ms=registered[setting].get("max_batch_delay_ms"),
             workers=len(registered[setting].get("workers", [])),
-            load=load.merge(f"torchserve_{setting}", setting_runs),
         )
         for setting, setting_runs in runs.items()
     }

@@ -87,8 +87,8 @@ def _tensorboard(inventories: dict[str, event_files.RunInventory]) -> list[str]:
 
 def _deployment(comparison: Comparison) -> list[str]:
     lines = ["### Deployment", ""]
-    grpc = comparison.sweep.at("tf_grpc", 1) if comparison.sweep else None
-    rest = comparison.sweep.at("tf_rest", 1) if comparison.sweep else None
+    grpc = comparison.sweep.at("tf-grpc", 1) if comparison.sweep else None
+    rest = comparison.sweep.at("tf-rest", 1) if comparison.sweep else None
     if not (grpc and rest and grpc.latencies_seconds and rest.latencies_seconds):
         return lines + paragraph(f"gRPC against REST: not measured ({comparison.reason('sweep')}).")
     return lines + paragraph(
@@ -119,7 +119,12 @@ def _data_parallelism(comparison: Comparison) -> list[str]:
              number(distributed.speedup(run)), number(run.test_accuracy)) for run in distributed.runs]  # fmt: skip
     lines += paragraph("The same training command with one process and with the framework's launcher for two "
                        "(steady-state samples/s over epochs 2..E, same global batch):")  # fmt: skip
-    return lines + [table(("framework", "processes", "samples/s", "speed-up", "test accuracy"), rows), ""] + paragraph(distributed.note)
+    beyond = [run for run in distributed.runs if (distributed.speedup(run) or 0) > run.processes]
+    oddity = (f"A speed-up above the process count ({labels.FRAMEWORK_NAMES[beyond[0].framework]}) means the "
+              "one-process run was slowed by something else, most likely its default thread pool competing for "
+              "cores that other work was using; `--threads 1` compares them fairly." if beyond else "")  # fmt: skip
+    return lines + [table(("framework", "processes", "samples/s", "speed-up", "test accuracy"), rows), ""] + paragraph(
+        distributed.note, oddity)
 
 
 def questions(comparison: Comparison) -> list[str]:
@@ -161,9 +166,9 @@ def claims(comparison: Comparison) -> list[str]:
                      "torch.utils.tensorboard wrote scalars, histograms, images, a graph and hparams that TensorBoard "
                      "reads like Keras's (see \"TensorBoard for both\")" + ("" if same else "; some scalars only torch has"),
                      "does not hold"))  # fmt: skip
-    grpc = comparison.sweep.at("tf_grpc", 1) if comparison.sweep else None
-    flask = comparison.sweep.at("flask_rest", 1) if comparison.sweep else None
-    torchserve = comparison.sweep.at("torchserve_rest", 1) if comparison.sweep else None
+    grpc = comparison.sweep.at("tf-grpc", 1) if comparison.sweep else None
+    flask = comparison.sweep.at("flask-rest", 1) if comparison.sweep else None
+    torchserve = comparison.sweep.at("torchserve-rest", 1) if comparison.sweep else None
     if all(point is not None and point.latencies_seconds for point in (grpc, flask, torchserve)):
         p50 = {name: point.latency.p50_ms for name, point in (("grpc", grpc), ("flask", flask), ("torchserve", torchserve))}
         rows.append(("TensorFlow wins deployment (TF Serving, gRPC); PyTorch needs Flask or another REST API.",

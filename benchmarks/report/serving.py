@@ -44,11 +44,12 @@ def sweep_section(sweep: SweepResult, figures: dict[str, str]) -> list[str]:
     rows = [(sweep_item.endpoint.title, labels.FRAMEWORK_NAMES[sweep_item.endpoint.framework], *load_cells(point))
             for sweep_item in sweep.endpoints for point in sweep_item.points]  # fmt: skip
     lines += [table(("endpoint (server, protocol)", "serves", *LOAD_HEADERS), rows), ""]
-    lines += [f"- {item.endpoint.title}: not measured: {item.error}" for item in sweep.endpoints if item.error]
+    failed = [f"- {item.endpoint.title}: not measured: {item.error}" for item in sweep.endpoints if item.error]
+    lines += failed + ([""] if failed else [])
     single = {item.endpoint.title: item.at(1) for item in sweep.endpoints if item.at(1) and item.at(1).latencies_seconds}
     if single:
         fastest = min(single, key=lambda name: single[name].latency.p50_ms)
-        lines += ["", *paragraph(f"With one client, {fastest} answers fastest "
+        lines += [*paragraph(f"With one client, {fastest} answers fastest "
                                  f"(p50 {number(single[fastest].latency.p50_ms, 'ms')}).")]  # fmt: skip
     return lines + figures_block(figures, "latency_distribution", "throughput_vs_concurrency")
 

@@ -40,7 +40,7 @@ def _best_served(comparison: Comparison, framework: str, concurrency: int, faste
         if sweep.endpoint.framework == framework and point is not None and point.latencies_seconds:
             value = point.latency.p50_ms if fastest else point.throughput_per_second
             bound = " (generator-bound)" if point.generator_bound else ""
-            candidates.append((value, sweep.endpoint.title + bound))
+            candidates.append((value, f"{sweep.endpoint.server} over {sweep.endpoint.protocol}{bound}"))
     if not candidates:
         return None
     return min(candidates) if fastest else max(candidates)
@@ -57,8 +57,8 @@ def _row(question: str, values: dict[str, float | None], unit: str, higher_is_be
     else:
         better, worse = ("tf", "torch") if (tf_value > torch_value) == higher_is_better else ("torch", "tf")
         high, low = max(tf_value, torch_value), min(tf_value, torch_value)
-        margin = f"{number(high - low)} more" if difference else ratio(high, low)
-        verdict = f"{labels.FRAMEWORK_NAMES[better]}, by {margin}" if low > 0 else labels.FRAMEWORK_NAMES[better]
+        margin = f"{number(high - low)} higher" if difference else f"by {ratio(high, low)}"
+        verdict = f"{labels.FRAMEWORK_NAMES[better]}, {margin}" if low > 0 else labels.FRAMEWORK_NAMES[better]
     return (question, *cells, verdict)
 
 
@@ -83,7 +83,7 @@ def summary(comparison: Comparison) -> list[str]:
     ):
         best = {name: _best_served(comparison, name, concurrency, fastest) for name in ("tf", "torch")}
         values = {name: found[0] if found else None for name, found in best.items()}
-        where = {name: f" ({found[1]})" for name, found in best.items() if found}
+        where = {name: f", via {found[1]}" for name, found in best.items() if found}
         rows.append(_row(question, values, unit, not fastest, where))
     lines = ["## Summary: which stack, for what", ""]
     lines += paragraph(

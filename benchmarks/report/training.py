@@ -127,9 +127,10 @@ def _artifacts(sizes_measured: list[ArtifactSize], comparison: Comparison) -> li
     if sweep and sweep.cold_start_seconds:
         lines += paragraph("Cold start of each server started by this run, from process start until its model answers "
                            "the ready check:")  # fmt: skip
-        lines += [table(("server", "seconds until ready"), [(name, number(value, "s")) for name, value in sweep.cold_start_seconds.items()]), ""]
-        slowest = max(sweep.cold_start_seconds, key=sweep.cold_start_seconds.get)
-        lines += paragraph(f"{slowest} takes longest to become ready.")
+        cold = {labels.SERVER_NAMES.get(name, name): seconds for name, seconds in sweep.cold_start_seconds.items()}
+        lines += [table(("server", "seconds until ready"), [(name, number(value, "s")) for name, value in cold.items()]), ""]
+        lines += paragraph(f"{max(cold, key=cold.get)} takes longest to become ready; all three start at the same "
+                           "time and share the machine's cores while they load.")  # fmt: skip
     else:
         lines += paragraph(f"Server cold start: not measured ({comparison.reason('sweep')}).")
     return lines

@@ -47,8 +47,8 @@ def _training() -> training.TrainingResult:
 
 def _sweep() -> SweepResult:
     sweeps = []
-    for key, (rate, p50) in {"tf_grpc": (900.0, 1.0), "tf_rest": (500.0, 2.0), "flask_rest": (400.0, 2.5),
-                             "torchserve_rest": (200.0, 5.0)}.items():  # fmt: skip
+    for key, (rate, p50) in {"tf-grpc": (900.0, 1.0), "tf-rest": (500.0, 2.0), "flask-rest": (400.0, 2.5),
+                             "torchserve-rest": (200.0, 5.0)}.items():  # fmt: skip
         points = [load_point(clients, rate * clients ** 0.5, p50 * clients ** 0.5, 0.9 if clients == 16 else 0.3)
                   for clients in (1, 4, 16)]  # fmt: skip
         sweeps.append(EndpointSweep(ENDPOINTS[key], points))

@@ -32,8 +32,8 @@ def test_tf_batching_needs_both_throughput_and_p99_growth(comparison):
 def test_report_shows_torchserve_batching_table_or_why_not():
     batching = TorchServeBatching(
         clients=16, rounds=2, seconds=30.0,
-        batching_off=BatchingSetting(1, 2, 2, load_point(16, 300.0, 10.0)),
-        batching_on=BatchingSetting(8, 2, 2, load_point(16, 150.0, 25.0)),
+        batching_off=BatchingSetting(load_point(16, 300.0, 10.0), 1, 2, 2),
+        batching_on=BatchingSetting(load_point(16, 150.0, 25.0), 8, 2, 2),
     )  # fmt: skip
     text = "\n".join(serving.torchserve_batching_section(batching))
     assert f"Two {labels.TORCHSERVE} instances" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from benchmarks import load
@@ -93,3 +94,15 @@ def test_throughput_range_spans_the_reported_windows():
     low, high = result.throughput_range
     reported = [window.throughput_per_second for window in result.windows[-2:]]
     assert (low, high) == (min(reported), max(reported)) and low <= high
+
+
+def test_a_stack_given_by_environment_is_swept_and_labelled_not_started(tmp_path):
+    from benchmarks import sweep
+    from experiment.processes import free_port
+
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request fails, none is lost
+    result = sweep.measure_endpoints(tmp_path, tmp_path, np.zeros((8, 8), np.float32), (1,), FAST, {"FLASK_URL": address})
+    assert result.given_by_environment and result.cold_start_seconds == {}
+    [endpoint] = result.endpoints
+    assert endpoint.endpoint.server == f"server at {address} (given by FLASK_URL)"
+    assert endpoint.at(1).errors > 0 and not endpoint.at(1).latencies_seconds

@@ -42,7 +42,7 @@ def test_summary_answers_with_five_numbers_on_both_sides(comparison, tmp_path):
     rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| ---")][1:]
     assert len(rows) == 5
     assert "PyTorch, by 3×" in rows[0]  # 9000/s against 3000/s
-    assert f"({labels.TF_SERVER}, gRPC)" in rows[3]  # the fastest TF endpoint names its server
+    assert f"via {labels.TF_SERVER} over gRPC" in rows[3]  # the fastest TF endpoint names its server
     assert "generator-bound" in rows[4]  # every 16-client point of the fixture used 0.9 cores
     assert "not measured" not in summary
 
