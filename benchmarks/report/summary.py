@@ -177,7 +177,9 @@ def ratios_section(ratios: list[Ratio]) -> list[str]:
 def section_times(comparison: Comparison) -> list[str]:
     """How long each section took."""
     rows = [(name, number(value, "s")) for name, value in comparison.section_seconds.items()]
-    return ["## Time each section took", "", table(("section", "seconds"), rows), ""]
+    lines = ["## Time each section took", ""]
+    lines += paragraph("Wall time of each part of this run, server and training-process start-ups included.")
+    return lines + [table(("section", "seconds"), rows), ""]
 
 
 def generator_bound_note() -> str:
