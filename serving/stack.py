@@ -71,11 +71,16 @@ def _command_start(arguments: argparse.Namespace) -> int:
                   model_name=arguments.model_name, only=only)  # fmt: skip
     began = time.monotonic()
     seconds = stack.start(timeout=arguments.timeout, train=not arguments.no_train)
-    print(f"All {len(seconds)} servers ready in {time.monotonic() - began:.1f} s.")
-    print(stack.describe_endpoints())
-    if not arguments.foreground:
-        return 0
-    return stack.run_in_foreground()
+    try:
+        print(f"All {len(seconds)} servers ready in {time.monotonic() - began:.1f} s.")
+        print(stack.describe_endpoints())
+        if not arguments.foreground:
+            return 0
+        return stack.run_in_foreground()
+    except KeyboardInterrupt:
+        if arguments.foreground:  # Ctrl-C before the foreground loop took over: stop what it would have stopped
+            stack.stop(report=lambda line: None)
+        raise
 
 
 def _command_stop(arguments: argparse.Namespace) -> int:

@@ -300,9 +300,9 @@ class Stack:
 
         # SIGINT too: a shell that starts us in the background leaves SIGINT ignored, so Python would not raise.
         previous = {number: signal.signal(number, raise_interrupt) for number in (signal.SIGINT, signal.SIGTERM)}
-        report("Serving in the foreground; press Ctrl-C to stop every server.")
         exit_code = 0
         try:
+            report("Serving in the foreground; press Ctrl-C to stop every server.")
             while True:
                 for name, code in self.exited_servers().items():
                     report(f"{name} exited on its own with status {code}; stopping the others. "
