@@ -120,7 +120,7 @@ def test_servers_import_no_client():
 
 
 # Only serving/runtime starts server processes; everything else (the stack's and the TorchServe launcher's command
-# lines, the demo, the tests) asks it. A call counts as starting a server when it names one of these commands.
+# lines, the demo, the tests, the benchmarks) asks it. A call starts a server when it names one of these commands.
 SERVER_COMMANDS = ("serving.tfserving", "gunicorn", "torchserve")
 SPAWNERS = ("Popen", "run", "call", "check_call", "check_output", "spawnv", "spawnl", "execv", "execl", "fork")
 # Modules of serving/ outside the runtime that start a process that is not a server, and why.
@@ -148,10 +148,10 @@ def test_only_the_runtime_starts_processes_in_serving():
     assert not violations, "\n".join(violations)
 
 
-def test_tests_start_servers_through_the_runtime():
+def test_tests_and_benchmarks_start_servers_through_the_runtime():
     violations = [
         f"{path.relative_to(ROOT)}:{call.lineno} starts a server itself: {ast.unparse(call)[:120]}"
-        for path in _python_files("tests")
+        for path in _python_files("tests", "benchmarks")
         for call in _process_calls(path)
         if any(command in ast.unparse(call) for command in SERVER_COMMANDS)
     ]
