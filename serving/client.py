@@ -43,12 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per call (default 10)")
     common.add_argument("--wait", type=float, default=0.0, help="first wait up to this many seconds for the model")
     commands = parser.add_subparsers(dest="server", required=True)
-    tf_parser = commands.add_parser("tf", parents=[common], help="TensorFlow Serving (real or python -m serving.tfserving)")
+    tf_help = "TensorFlow Serving (real or python -m serving.tfserving)"
+    tf_parser = commands.add_parser("tf", parents=[common], help=tf_help)
     endpoint = tf_parser.add_mutually_exclusive_group()
     endpoint.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address (the default: 127.0.0.1:8500)")
     endpoint.add_argument("--rest", metavar="URL", help="REST base URL, e.g. http://127.0.0.1:8501")
     flask_parser = commands.add_parser("flask", parents=[common], help="the Flask app (REST)")
-    flask_parser.add_argument("--rest", metavar="URL", default=DEFAULT_ADDRESSES["flask"], help="base URL (default %(default)s)")
+    flask_parser.add_argument(
+        "--rest", metavar="URL", default=DEFAULT_ADDRESSES["flask"], help="base URL (default %(default)s)"
+    )
     torchserve_parser = commands.add_parser("torchserve", parents=[common], help="TorchServe's inference API")
     torchserve_parser.add_argument(
         "--rest", metavar="URL", default=DEFAULT_ADDRESSES["torchserve"], help="base URL (default %(default)s)"
@@ -83,7 +86,9 @@ def load_images(arguments: argparse.Namespace) -> tuple[np.ndarray, np.ndarray |
         if images.ndim == 2:
             images = images[np.newaxis]
         if images.ndim != 3 or len(images) == 0:
-            raise UsageError(f"--images {arguments.images} has shape {list(images.shape)}; expected (N, 8, 8) or (8, 8).")
+            raise UsageError(
+                f"--images {arguments.images} has shape {list(images.shape)}; expected (N, 8, 8) or (8, 8)."
+            )
         return images.astype(np.float32), None
     if arguments.sample < 1:
         raise UsageError(f"--sample must be at least 1, got {arguments.sample}.")
@@ -118,7 +123,8 @@ def run(arguments: argparse.Namespace) -> int:
                 index = start + offset
                 true = "-" if labels is None else str(labels[index])
                 correct += labels is not None and int(labels[index]) == int(predicted)
-                print(f"{index:>5}  {int(predicted):>9}  {true:>4}  {probabilities[offset, predicted]:>11.4f}  {latency_ms:>8.2f}")
+                probability = probabilities[offset, predicted]
+                print(f"{index:>5}  {int(predicted):>9}  {true:>4}  {probability:>11.4f}  {latency_ms:>8.2f}")
         summary = f"{len(latencies)} calls, median {np.median(latencies):.2f} ms, max {np.max(latencies):.2f} ms"
         if labels is not None:
             summary += f"; {correct}/{len(images)} correct"

@@ -67,16 +67,19 @@ def query_endpoints(stack: Stack, images: np.ndarray, requests: int) -> list[dic
 
 def format_table(rows: list[dict[str, object]], labels: np.ndarray, requests: int) -> str:
     """The side-by-side table: endpoint, protocol, predicted classes, true labels, p50 latency."""
-    header = f"{'endpoint':<24} {'protocol':<8} {'predicted':<{2 * len(labels)}} {'true':<{2 * len(labels)}} p50 (batch 1)"
+    width = 2 * len(labels)  # one digit and a space per image
+    header = f"{'endpoint':<24} {'protocol':<8} {'predicted':<{width}} {'true':<{width}} p50 (batch 1)"
     lines = [header, "-" * len(header)]
     truth = " ".join(str(label) for label in labels)
     for row in rows:
         predicted = " ".join(str(value) for value in row["classes"])
         lines.append(
-            f"{row['server']:<24} {row['protocol']:<8} {predicted:<{2 * len(labels)}} {truth:<{2 * len(labels)}} "
+            f"{row['server']:<24} {row['protocol']:<8} {predicted:<{width}} {truth:<{width}} "
             f"{row['p50_ms']:6.2f} ms"
         )
-    lines.append(f"p50 over {requests} sequential single-image requests per endpoint, after {WARM_UP_REQUESTS} warm-up calls.")
+    lines.append(
+        f"p50 over {requests} sequential single-image requests per endpoint, after {WARM_UP_REQUESTS} warm-up calls."
+    )
     return "\n".join(lines)
 
 

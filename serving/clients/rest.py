@@ -43,7 +43,8 @@ class RestClient:
             message = document.get("error") if isinstance(document, dict) else None
             message = message or (response.text.strip()[:200] or response.reason)
             error_type = ServerUnavailableError if response.status_code == 503 else ServingError
-            raise error_type(f"{self.description} answered HTTP {response.status_code}: {message}", response.status_code)
+            status = response.status_code
+            raise error_type(f"{self.description} answered HTTP {status}: {message}", status)
         if document is None:
             raise ServingError(f"{self.description} answered with a body that is not JSON.", response.status_code)
         return document

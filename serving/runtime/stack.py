@@ -160,7 +160,7 @@ class Stack:
     def _default_specs(self) -> list[ServerSpec]:
         ports, name, python = self.ports, self.model_name, self.python
         return [
-            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path, python=python),
+            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path, (), python),
             flask_app.spec(ports.flask, name, self.torch_base_path, python=python),
             torchserve.spec(self.torchserve_instance, self.model_store, name, python=python),
         ]
@@ -196,7 +196,9 @@ class Stack:
         leaders = [read_pid_file(self.pid_path(spec.name)) for spec in self.specs()]
         return {member.pid for leader in leaders if leader is not None for member in process_tree(leader)}
 
-    def start(self, timeout: float = DEFAULT_START_TIMEOUT_SECONDS, report: Report = print, train: bool = True) -> dict[str, float]:
+    def start(
+        self, timeout: float = DEFAULT_START_TIMEOUT_SECONDS, report: Report = print, train: bool = True
+    ) -> dict[str, float]:
         """Start every server, wait until each has its model ready, and return the seconds each one took.
 
         On any failure everything this call started is stopped again before the error is raised.

@@ -91,9 +91,8 @@ def spec(
         command += [f"--model_name={model_name}", f"--model_base_path={base_path}"]
     grpc_address = f"{HOST}:{ports.grpc}"
     rest_url = f"http://{HOST}:{ports.rest}" if ports.rest is not None else None
-    examples = [
-        Example("TF Serving gRPC", "gRPC", grpc_address, f"{client_command(python)} tf --grpc {grpc_address} --sample 10")
-    ]
+    try_grpc = f"{client_command(python)} tf --grpc {grpc_address} --sample 10"
+    examples = [Example("TF Serving gRPC", "gRPC", grpc_address, try_grpc)]
     if rest_url is not None:
         predict_url = f"{rest_url}/v1/models/{model_name}:predict"
         examples.append(Example("TF Serving REST", "REST", predict_url, curl_command(predict_url)))
