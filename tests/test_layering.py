@@ -123,8 +123,11 @@ def test_servers_import_no_client():
 # lines, the demo, the tests, the benchmarks) asks it. A call starts a server when it names one of these commands.
 SERVER_COMMANDS = ("serving.tfserving", "gunicorn", "torchserve")
 SPAWNERS = ("Popen", "run", "call", "check_call", "check_output", "spawnv", "spawnl", "execv", "execl", "fork")
-# Modules of serving/ outside the runtime that start a process that is not a server, and why.
-OTHER_PROCESSES = {"serving/demo.py": "runs the two training entry points"}
+# Modules of serving/ outside the runtime that start a process that is not a server of its own, and why.
+OTHER_PROCESSES = {
+    "serving/demo.py": "runs the two training entry points",
+    "serving/tfserving/workers.py": "the server's own worker processes, as gunicorn's master starts its workers",
+}
 
 
 def _process_calls(path: Path) -> list[ast.Call]:
