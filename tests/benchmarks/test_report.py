@@ -35,6 +35,8 @@ def test_every_section_and_plot_is_there_and_nothing_failed(comparison, tmp_path
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
         assert f"]({name}.png)" in text
     assert comparison.failures == {}
+    # Pipelines at 3,000 and 9,000 /s against bare loops at 5,000 and 20,000 /s.
+    assert "The pipelines run at 60% (TensorFlow) and 45% (PyTorch) of their framework's fastest bare loop" in text
 
 
 def test_summary_answers_with_five_numbers_on_both_sides(comparison, tmp_path):
