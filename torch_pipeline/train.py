@@ -229,7 +229,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         artifacts.write_metadata(staging, metadata)
         archive = export.write_model_archive(staging, dataset.name, artifacts.next_version(base_path), archive_dir)
         version, export_path = artifacts.publish_version(staging, base_path)
-        artifacts.publish_file(archive, model_store / archive.name)
+        export.publish_model_archive(archive, model_store, dataset.name)
     return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
 
 

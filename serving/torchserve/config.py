@@ -1,7 +1,8 @@
 """TorchServe's configuration for one instance: its five ports and a config.properties written from the template.
 
 The template, `config.properties` beside this file, holds DESIGN.md's defaults; `write_config` copies it with other
-ports, the model store as an absolute path and the per-model settings keyed by the archive's own version.
+ports and the model store as an absolute path. Workers and batching are not in it: they travel inside each archive
+(`model-config.yaml`, packed by torch_pipeline.export), so they hold for every version, however TorchServe starts.
 """
 
 from __future__ import annotations
@@ -59,8 +60,14 @@ def write_config(
     batch_size: int | None = None,
     max_batch_delay_ms: int | None = None,
     workers: int | None = None,
+    model_api: bool = False,
 ) -> Path:
-    """Write a config.properties from the template, with these ports, store and the archive's own version."""
+    """Write a config.properties from the template with these ports and store.
+
+    model_api turns TorchServe's model registration API on (the live roll-out registers and unregisters versions).
+    Batch size, delay and workers, when given, override the archive's own settings for the version loaded at start
+    (TorchServe matches config.properties' per-model settings by exact version, hence the archive's version as key).
+    """
     properties = read_properties(TEMPLATE)
     properties.update(
         {
@@ -75,18 +82,19 @@ def write_config(
     )
     if not token_auth:
         properties["disable_token_authorization"] = "true"
-    # TorchServe matches per-model settings by exact version, so re-key the template's settings to this archive's.
-    template_models = json.loads(properties.get("models", "{}"))
-    settings = next(iter(template_models.get("digits", {}).values()), {})
-    settings = {**settings, "marName": f"{model_name}.mar"}
+    if model_api:
+        properties["enable_model_api"] = "true"
+    overrides: dict[str, int] = {}
     if batch_size is not None:
-        settings["batchSize"] = batch_size
+        overrides["batchSize"] = batch_size
     if max_batch_delay_ms is not None:
-        settings["maxBatchDelay"] = max_batch_delay_ms
+        overrides["maxBatchDelay"] = max_batch_delay_ms
     if workers is not None:
-        settings["minWorkers"] = settings["maxWorkers"] = workers
-    version = archive_version(Path(model_store) / f"{model_name}.mar")
-    properties["models"] = json.dumps({model_name: {version: settings}}, separators=(",", ":"))
+        overrides["minWorkers"] = overrides["maxWorkers"] = workers
+    if overrides:
+        version = archive_version(Path(model_store) / f"{model_name}.mar")
+        settings = {"marName": f"{model_name}.mar", **overrides}
+        properties["models"] = json.dumps({model_name: {version: settings}}, separators=(",", ":"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))

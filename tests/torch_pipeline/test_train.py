@@ -41,9 +41,11 @@ def test_smoke_run_builds_the_model_archive(torch_smoke_run):
     with zipfile.ZipFile(archive) as mar:
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-    assert {"model.pt", "handler.py", "metadata.json"} <= names
+    assert {"model.pt", "handler.py", "metadata.json", "model-config.yaml"} <= names
     assert manifest["model"]["modelName"] == "digits" and manifest["model"]["modelVersion"] == "1"
-    leftovers = [entry.name for entry in archive.parent.iterdir() if entry.name != "digits.mar"]
+    # One archive per version for the live roll-out, and the latest under the name TorchServe loads at start.
+    assert (archive.parent / "digits-1.mar").read_bytes() == archive.read_bytes()
+    leftovers = [entry.name for entry in archive.parent.iterdir() if entry.name not in ("digits.mar", "digits-1.mar")]
     assert leftovers == []
 
 
