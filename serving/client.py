@@ -24,6 +24,7 @@ from serving.clients import (  # noqa: F401 (re-exported for scripts that import
     TFServingGrpcClient,
     TorchServeClient,
     TorchServeError,
+    TorchServeGrpcClient,
 )
 from serving.clients.base import DEFAULT_TIMEOUT_S
 
@@ -53,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rest", metavar="URL", default=DEFAULT_ADDRESSES["flask"], help="base URL (default %(default)s)"
     )
     torchserve_parser = commands.add_parser("torchserve", parents=[common], help="TorchServe's inference API")
-    torchserve_parser.add_argument(
-        "--rest", metavar="URL", default=DEFAULT_ADDRESSES["torchserve"], help="base URL (default %(default)s)"
+    torchserve_endpoint = torchserve_parser.add_mutually_exclusive_group()
+    torchserve_endpoint.add_argument(
+        "--rest", metavar="URL", help=f"inference API base URL (the default: {DEFAULT_ADDRESSES['torchserve']})"
+    )
+    torchserve_endpoint.add_argument(
+        "--grpc", metavar="HOST:PORT", help="TorchServe's own gRPC inference API, e.g. 127.0.0.1:7070"
     )
     torchserve_parser.add_argument("--key-file", type=Path, help="TorchServe's key file, when token auth is on")
     return parser
@@ -70,7 +75,9 @@ def make_client(arguments: argparse.Namespace) -> PredictionClient:
     elif arguments.server == "flask":
         [endpoint] = flask_app.endpoints(arguments.rest, arguments.model_name)
     else:
-        [endpoint] = torchserve.endpoints(arguments.rest, key_file=arguments.key_file, model_name=arguments.model_name)
+        rest_url = None if arguments.grpc else arguments.rest or DEFAULT_ADDRESSES["torchserve"]
+        [endpoint] = torchserve.endpoints(rest_url, key_file=arguments.key_file, model_name=arguments.model_name,
+                                          grpc_address=arguments.grpc)  # fmt: skip
     return endpoint.client(timeout=arguments.timeout)
 
 

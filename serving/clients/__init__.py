@@ -7,6 +7,7 @@ or cannot be reached:
     TFServingGrpcClient   tensorflow.serving's gRPC API through the official stubs (real TF Serving or ours)
     RestClient            TensorFlow Serving's REST API (TF Serving and the Flask app)
     TorchServeClient      TorchServe's inference and management REST APIs, token authorization included
+    TorchServeGrpcClient  TorchServe's own gRPC APIs (stubs generated from the protos torchserve ships), the same keys
 
 Which client talks to which running endpoint is not decided here: each server's spec in `serving.runtime` says so.
 """
@@ -16,6 +17,7 @@ from serving.clients.errors import ServerUnavailableError, ServingError, TorchSe
 from serving.clients.rest import RestClient
 from serving.clients.tfserving_grpc import TFServingGrpcClient
 from serving.clients.torchserve import TorchServeClient
+from serving.clients.torchserve_grpc import TorchServeGrpcClient
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -26,4 +28,5 @@ __all__ = [
     "TFServingGrpcClient",
     "TorchServeClient",
     "TorchServeError",
+    "TorchServeGrpcClient",
 ]

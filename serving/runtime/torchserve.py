@@ -1,8 +1,12 @@
-"""The spec of TorchServe (`torchserve --foreground`, Java 17): inference 8080, management 8081, metrics 8082.
+"""The spec of TorchServe (`torchserve --foreground`, Java 17): REST 8080-8082 and gRPC 7070-7071, with live roll-out.
 
 Each instance has its own folder: the config.properties written for it, its logs, the key_file.json TorchServe
 writes into its working folder, and its temporary folder, where TorchServe keeps its pid file (so several
 instances run side by side and `torchserve --stop` run with one folder stops that instance and no other).
+
+With roll-out on (the default), the spec's command is `serving.runtime.torchserve_rollout`: it runs TorchServe as
+its child and, while it runs, rolls each new `<model>-<version>.mar` of the model store out through the management
+API (`serving.torchserve.rollout`), so a training run reaches a running TorchServe as it reaches the other servers.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from serving.runtime.spec import (
     display_path,
 )
 from serving.torchserve import config
+from serving.torchserve import rollout as rollout_module
 from serving.torchserve.config import TorchServePorts
 
 NAME = "torchserve"
@@ -55,6 +60,16 @@ class TorchServeInstance:
     def management_url(self) -> str:
         """Base URL of the management API."""
         return self._url(self.ports.management)
+
+    @property
+    def grpc_address(self) -> str:
+        """host:port of the gRPC inference API."""
+        return f"{config.HOST}:{self.ports.grpc_inference}"
+
+    @property
+    def grpc_management_address(self) -> str:
+        """host:port of the gRPC management API."""
+        return f"{config.HOST}:{self.ports.grpc_management}"
 
     @property
     def metrics_url(self) -> str:
@@ -102,18 +117,32 @@ def endpoints(
     management_url: str | None = None,
     key_file: Path | None = None,
     model_name: str = DEFAULT_MODEL_NAME,
+    grpc_address: str | None = None,
+    grpc_management_address: str | None = None,
 ) -> list[Endpoint]:
-    """TorchServe's endpoints at these URLs; key_file when token authorization is on."""
-    from serving.clients import TorchServeClient
+    """TorchServe's endpoints at these addresses (REST, gRPC, or both); key_file when token authorization is on.
 
-    if not inference_url:
-        return []
-    # TorchServe's own default layout: management on the port after inference's default.
-    management_url = management_url or inference_url.rsplit(":", 1)[0] + f":{TorchServePorts.management}"
-    return [
-        Endpoint("torchserve-rest", NAME, "TorchServe", "torch", "REST", inference_url, model_name,
-                 lambda model, timeout: TorchServeClient(inference_url, model, key_file, management_url, timeout))
-    ]  # fmt: skip
+    The management addresses default to TorchServe's own layout: REST management on 8081 of the inference URL's
+    host (the gRPC client renews expired keys through it), gRPC management on the gRPC inference port + 1.
+    """
+    from serving.clients import TorchServeClient, TorchServeGrpcClient
+
+    if management_url is None and (inference_url or grpc_address):
+        host = inference_url.rsplit(":", 1)[0] if inference_url else f"http://{grpc_address.rsplit(':', 1)[0]}"
+        management_url = f"{host}:{TorchServePorts.management}"
+    found = []
+    if inference_url:
+        found.append(
+            Endpoint("torchserve-rest", NAME, "TorchServe", "torch", "REST", inference_url, model_name,
+                     lambda model, timeout: TorchServeClient(inference_url, model, key_file, management_url, timeout))
+        )  # fmt: skip
+    if grpc_address:
+        found.append(
+            Endpoint("torchserve-grpc", NAME, "TorchServe", "torch", "gRPC", grpc_address, model_name,
+                     lambda model, timeout: TorchServeGrpcClient(grpc_address, model, key_file, grpc_management_address,
+                                                                 timeout, token_url=management_url))
+        )  # fmt: skip
+    return found
 
 
 def spec(
@@ -124,21 +153,30 @@ def spec(
     max_batch_delay_ms: int | None = None,
     workers: int | None = None,
     python: str = sys.executable,
+    rollout: bool = True,
+    poll_seconds: float = rollout_module.DEFAULT_POLL_SECONDS,
 ) -> ServerSpec:
-    """TorchServe serving model_store/<model_name>.mar from instance's folder and ports; batching as given."""
+    """TorchServe serving model_store/<model_name>.mar from instance's folder and ports, REST and gRPC.
+
+    rollout: also roll out each newer <model>-<version>.mar of the store while TorchServe runs (polling every
+    poll_seconds). batch_size, max_batch_delay_ms and workers override the archives' own settings, for the version
+    loaded at start and for every version rolled out.
+    """
     model_store = Path(model_store).resolve()
     run_dir = Path(instance.run_dir).resolve()
     instance = dataclasses.replace(instance, run_dir=run_dir)  # TorchServe runs in its own working folder
     executable = torchserve_executable(python)
     config_path = run_dir / "config.properties"
     ports = instance.ports
-    [endpoint] = endpoints(instance.inference_url, instance.management_url, instance.key_file, model_name)
+    found = endpoints(instance.inference_url, instance.management_url, instance.key_file, model_name,
+                      instance.grpc_address, instance.grpc_management_address)  # fmt: skip
+    rest = found[0]
     probe = None
 
     def is_ready() -> bool:
         nonlocal probe
         if probe is None:
-            probe = endpoint.client(timeout=2.0)
+            probe = rest.client(timeout=2.0)
         return probe.is_available()
 
     def prepare() -> None:
@@ -150,15 +188,24 @@ def spec(
         instance.temp_dir.mkdir(parents=True, exist_ok=True)
         instance.log_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / config.KEY_FILE).unlink(missing_ok=True)  # a stale key file would hand clients expired keys
-        config.write_config(
-            config_path, model_store, ports, model_name, instance.token_auth, batch_size, max_batch_delay_ms, workers
-        )
+        config.write_config(config_path, model_store, ports, model_name, instance.token_auth, batch_size,
+                            max_batch_delay_ms, workers, model_api=rollout)  # fmt: skip
 
     # --foreground keeps the launcher alive as the JVM's parent: its exit tells that TorchServe died.
     command = [executable, "--start", "--foreground", "--ncs", "--ts-config", str(config_path),
                "--model-store", str(model_store)]  # fmt: skip
     if not instance.token_auth:
         command.append("--disable-token-auth")
+    if rollout:
+        watcher = [python, "-m", "serving.runtime.torchserve_rollout", "--model-store", str(model_store), "--model-name", model_name,
+                   "--management-url", instance.management_url, "--poll-seconds", f"{poll_seconds:g}"]  # fmt: skip
+        if instance.key_file is not None:
+            watcher += ["--key-file", str(instance.key_file)]
+        for flag, value in (("--batch-size", batch_size), ("--max-batch-delay-ms", max_batch_delay_ms),
+                            ("--workers", workers)):  # fmt: skip
+            if value is not None:
+                watcher += [flag, str(value)]
+        command = [*watcher, "--", *command]
     return ServerSpec(
         name=NAME,
         title="TorchServe",
@@ -171,8 +218,8 @@ def spec(
             "gRPC management": ports.grpc_management,
         },
         is_ready=is_ready,
-        endpoints=[endpoint],
-        examples=_examples(instance, endpoint, model_name, python),
+        endpoints=found,
+        examples=_examples(instance, rest, model_name, python),
         notes=[f"TorchServe token authorization is on; its keys are in {display_path(instance.key_file)}."]
         if instance.key_file is not None
         else [],
@@ -213,4 +260,7 @@ def _examples(instance: TorchServeInstance, endpoint: Endpoint, model_name: str,
         Example("TorchServe management", "REST", models_url, f"curl -s {authorization}{models_url}"),
         Example("TorchServe client", "REST", predict_url,
                 f"{client_command(python)} torchserve --rest {endpoint.address}{key_flag} --sample 10"),
+        Example("TorchServe gRPC", "gRPC", instance.grpc_address,
+                f"{client_command(python)} torchserve --grpc {instance.grpc_address}{key_flag} --sample 10"),
     ]  # fmt: skip
+

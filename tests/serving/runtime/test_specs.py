@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from serving.clients import RestClient, TFServingGrpcClient, TorchServeClient
+from serving.clients import RestClient, TFServingGrpcClient, TorchServeClient, TorchServeGrpcClient
 from serving.runtime import ServerError, flask_app, free_port, tfserving, torchserve
 from serving.torchserve.config import TorchServePorts, read_properties
 
@@ -58,6 +59,32 @@ def test_torchserve_management_url_defaults_to_the_next_port_of_its_host():
     assert endpoint.client().management_url == "http://example.test:8081"
 
 
+def test_torchserve_grpc_endpoint_defaults_follow_torchserves_layout():
+    [endpoint] = torchserve.endpoints(None, grpc_address="example.test:7070", key_file=Path("keys.json"))
+    assert (endpoint.name, endpoint.protocol, endpoint.address) == ("torchserve-grpc", "gRPC", "example.test:7070")
+    client = endpoint.client()
+    try:
+        assert isinstance(client, TorchServeGrpcClient) and client.key_file == Path("keys.json")
+        assert client.management_address == "example.test:7071"
+        assert client.keys.management_url == "http://example.test:8081"  # TorchServe's token API is REST only
+    finally:
+        client.close()
+
+
+def test_torchserve_spec_runs_the_rollout_beside_torchserve_unless_told_not_to(tmp_path):
+    instance = torchserve.TorchServeInstance(tmp_path / "ts", TorchServePorts(9080, 9081, 9082, 9070, 9071))
+    command = torchserve.spec(instance, tmp_path / "store", batch_size=1).command
+    separator = command.index("--")
+    assert command[1:3] == ["-m", "serving.runtime.torchserve_rollout"]
+    watcher = command[:separator]
+    assert watcher[watcher.index("--management-url") + 1] == "http://127.0.0.1:9081"
+    assert watcher[watcher.index("--key-file") + 1] == str(instance.key_file.resolve())
+    assert watcher[watcher.index("--batch-size") + 1] == "1"  # new versions get the same override
+    assert command[separator + 1 :][1:3] == ["--start", "--foreground"]
+    plain = torchserve.spec(instance, tmp_path / "store", rollout=False).command
+    assert plain == command[separator + 1 :]
+
+
 def test_torchserve_without_an_archive_is_one_sentence(tmp_path):
     spec = torchserve.spec(torchserve.TorchServeInstance(tmp_path / "ts"), tmp_path / "store")
     with pytest.raises(ServerError) as raised:
@@ -84,5 +111,6 @@ def test_torchserve_prepare_writes_its_config_and_removes_a_stale_key_file(tmp_p
     assert properties["inference_address"] == instance.inference_url
     assert int(properties["grpc_management_port"]) == instance.ports.grpc_management
     assert json.loads(properties["models"])["digits"]["7"]["batchSize"] == 16
+    assert properties["enable_model_api"] == "true"  # the roll-out registers versions
     assert not instance.key_file.exists()
     assert instance.temp_dir.is_dir() and instance.log_dir.is_dir()

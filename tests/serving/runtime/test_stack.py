@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from experiment.processes import port_is_free
-from serving.clients import RestClient, TFServingGrpcClient, TorchServeClient
+from serving.clients import RestClient, TFServingGrpcClient, TorchServeClient, TorchServeGrpcClient
 from serving.runtime import Ports, ServerError, Stack
 from serving.runtime.external import client_environment, endpoints_from_environment
 from tests.serving.stubs import gone, leftovers, tree
@@ -132,6 +132,7 @@ def test_endpoints_and_client_environment_follow_the_ports(tmp_path):
         "tf-rest": "http://127.0.0.1:2",
         "flask-rest": "http://127.0.0.1:3",
         "torchserve-rest": "http://127.0.0.1:4",
+        "torchserve-grpc": "127.0.0.1:7",
     }
     environment = client_environment(stack)
     assert environment["TFSERVING_GRPC"] == "127.0.0.1:1" and environment["TORCHSERVE_URL"] == "http://127.0.0.1:4"
@@ -148,12 +149,13 @@ def test_endpoints_and_client_environment_follow_the_ports(tmp_path):
     assert "http://127.0.0.1:3/v1/models/digits:predict" in text
     assert "Authorization: Bearer" in text and "http://127.0.0.1:4/predictions/digits" in text
     assert "serving.client tf --grpc 127.0.0.1:1" in text
+    assert "serving.client torchserve --grpc 127.0.0.1:7 --key-file" in text
 
 
 def test_each_endpoint_gets_the_client_of_its_protocol(tmp_path):
     stack = Stack(ports=Ports.free(), run_dir=tmp_path / "run", models_dir=tmp_path / "models")
     expected = {"tf-grpc": TFServingGrpcClient, "tf-rest": RestClient, "flask-rest": RestClient,
-                "torchserve-rest": TorchServeClient}  # fmt: skip
+                "torchserve-rest": TorchServeClient, "torchserve-grpc": TorchServeGrpcClient}  # fmt: skip
     for endpoint in stack.endpoints():
         client = endpoint.client("other-model", timeout=3.0)
         try:
@@ -161,10 +163,15 @@ def test_each_endpoint_gets_the_client_of_its_protocol(tmp_path):
             assert client.model_name == "other-model"
         finally:
             client.close()
-    [torchserve] = [endpoint for endpoint in stack.endpoints() if endpoint.server == "torchserve"]
-    client = torchserve.client()
+    rest, grpc = [endpoint for endpoint in stack.endpoints() if endpoint.server == "torchserve"]
+    client = rest.client()
     assert client.key_file == stack.torchserve_key_file
     assert client.management_url == f"http://127.0.0.1:{stack.ports.torchserve_management}"
+    client.close()
+    client = grpc.client()
+    assert client.key_file == stack.torchserve_key_file
+    assert client.management_address == f"127.0.0.1:{stack.ports.torchserve_grpc_management}"
+    assert client.keys.management_url == f"http://127.0.0.1:{stack.ports.torchserve_management}"  # renews keys
     client.close()
 
 
