@@ -120,7 +120,10 @@ class TorchServeGrpcClient:
 
     def predict_answer(self, images: np.ndarray) -> Any:
         """The handler's decoded JSON answer for images (N, H, W); ServingError for a refused request."""
-        body = json.dumps({"instances": as_batch(images).tolist()}, separators=(",", ":")).encode()
+        return self.send_body(json.dumps({"instances": as_batch(images).tolist()}, separators=(",", ":")).encode())
+
+    def send_body(self, body: bytes) -> Any:
+        """Send a request body as it is (TensorFlow Serving's JSON, as over REST); the decoded answer."""
         request = self._stubs.inference_pb2.PredictionsRequest(model_name=self.model_name, input={BODY_INPUT: body})
         if self.version is not None:
             request.model_version = self.version

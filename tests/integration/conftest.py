@@ -2,8 +2,9 @@
 
 To test a running stack (for instance `docker compose up`), set any of
     TFSERVING_GRPC=127.0.0.1:8500  TFSERVING_REST=http://127.0.0.1:8501
-    FLASK_URL=http://127.0.0.1:5000  TORCHSERVE_URL=http://127.0.0.1:8080
-    [TORCHSERVE_MANAGEMENT_URL=http://127.0.0.1:8081]  [TORCHSERVE_KEY_FILE=path/to/key_file.json]
+    FLASK_URL=http://127.0.0.1:5000  TORCHSERVE_URL=http://127.0.0.1:8080  TORCHSERVE_GRPC=127.0.0.1:7070
+    [TORCHSERVE_MANAGEMENT_URL=http://127.0.0.1:8081]  [TORCHSERVE_GRPC_MANAGEMENT=127.0.0.1:7071]
+    [TORCHSERVE_KEY_FILE=path/to/key_file.json]
 and MODELS_DIR (default: models) to the folder the servers load, for the in-process comparison.
 Endpoints whose variable is unset are then skipped.
 """

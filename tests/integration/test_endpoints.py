@@ -1,4 +1,4 @@
-"""One suite, every endpoint: the same requests to TF Serving (gRPC, REST), Flask and TorchServe."""
+"""One suite, every endpoint: the same requests to TF Serving (gRPC, REST), Flask and TorchServe (REST, gRPC)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import requests
 
 from tests.integration.conftest import endpoint_for
 
-ENDPOINTS = ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"]
+ENDPOINTS = ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"]
 BATCH = 60  # the test split (360 images) in six requests
 
 
@@ -124,6 +124,19 @@ def _rest_predict_url(endpoint) -> str:
 
 def test_non_numeric_values_are_refused(endpoint, stack):
     body = {"instances": [[["a"] * 8] * 8]}
+    if endpoint.name == "torchserve-grpc":
+        # TorchServe's gRPC API carries the same JSON body as its REST API; the handler refuses it the same way.
+        from serving.clients import ServingError
+
+        client = endpoint.client("digits")
+        try:
+            with pytest.raises(ServingError) as raised:
+                client.send_body(json.dumps(body).encode())
+        finally:
+            client.close()
+        assert raised.value.status == "INVALID_ARGUMENT"
+        assert "Traceback" not in raised.value.message and "images" in raised.value.message
+        return
     if endpoint.protocol == "gRPC":
         import grpc
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -148,6 +161,14 @@ def test_non_numeric_values_are_refused(endpoint, stack):
     assert response.status_code == 400
     message = response.json().get("error") or response.json().get("message")
     assert message and "Traceback" not in message
+
+
+def test_torchserve_answers_the_same_over_grpc_and_rest(served_predictions):
+    if not {"torchserve-rest", "torchserve-grpc"} <= set(served_predictions):
+        pytest.skip("the stack under test lacks one of TorchServe's two endpoints")
+    rest, grpc = served_predictions["torchserve-rest"], served_predictions["torchserve-grpc"]
+    assert np.array_equal(rest[1], grpc[1])
+    np.testing.assert_array_equal(rest[0], grpc[0])  # the same handler, the same JSON: bit for bit
 
 
 def test_the_two_frameworks_agree(stack, served_predictions, in_process_predictions):
