@@ -1,8 +1,8 @@
 """`python -m benchmarks.compare [--quick]`: measure both stacks and write reports/comparison.md and .html with plots.
 
 Every number in the report is measured by this run; nothing is carried over from an earlier one. When the
-environment names a running stack (TFSERVING_GRPC, TFSERVING_REST, FLASK_URL, TORCHSERVE_URL, as the integration
-tests accept), its endpoints are measured and labelled as given, instead of servers started here.
+environment names a running stack (TFSERVING_GRPC, TFSERVING_REST, FLASK_URL, TORCHSERVE_URL, TORCHSERVE_GRPC, as
+the integration tests accept), its endpoints are measured and labelled as given, instead of servers started here.
 """
 
 from __future__ import annotations

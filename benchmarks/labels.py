@@ -17,7 +17,7 @@ SERVER_NAMES = {"tfserving": TF_SERVER, "flask": FLASK_SERVER, "torchserve": TOR
 class Endpoint:
     """One endpoint of the serving stack: whose model it serves and which server answers."""
 
-    key: str  # the runtime's endpoint name: "tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"
+    key: str  # the runtime's endpoint name: "tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"
     framework: str  # "tf" or "torch": whose export it serves
     server: str
     protocol: str  # "gRPC" or "REST"
@@ -40,5 +40,6 @@ ENDPOINTS = {
         Endpoint("tf-rest", "tf", TF_SERVER, "REST", "TFSERVING_REST"),
         Endpoint("flask-rest", "torch", FLASK_SERVER, "REST", "FLASK_URL"),
         Endpoint("torchserve-rest", "torch", TORCHSERVE, "REST", "TORCHSERVE_URL"),
+        Endpoint("torchserve-grpc", "torch", TORCHSERVE, "gRPC", "TORCHSERVE_GRPC"),
     )
 }

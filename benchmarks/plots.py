@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 FRAMEWORK_COLORS = {"tf": "#E69F00", "torch": "#0072B2"}
 # Endpoints of one framework share its colour and differ in marker and line style.
-ENDPOINT_STYLES = {"tf-grpc": ("o", "-"), "tf-rest": ("s", "--"), "flask-rest": ("^", "-"), "torchserve-rest": ("D", "--")}
+ENDPOINT_STYLES = {"tf-grpc": ("o", "-"), "tf-rest": ("s", "--"), "flask-rest": ("^", "-"), "torchserve-rest": ("D", "--"),
+                   "torchserve-grpc": ("v", ":")}
 DPI = 100
 
 

@@ -92,7 +92,9 @@ def metadata_from_description(description: dict[str, Any], model_name: str) -> d
         "outputs": signature.get("outputs", {PROBABILITIES: {}, CLASSES: {}}),
         "batch_size": description.get("batchSize"),
         "max_batch_delay_ms": description.get("maxBatchDelay"),
-        "workers": [{"id": worker.get("id"), "status": worker.get("status")} for worker in description.get("workers", [])],
+        "workers": [
+            {"id": worker.get("id"), "status": worker.get("status")} for worker in description.get("workers", [])
+        ],
     }
 
 

@@ -197,8 +197,9 @@ def spec(
     if not instance.token_auth:
         command.append("--disable-token-auth")
     if rollout:
-        watcher = [python, "-m", "serving.runtime.torchserve_rollout", "--model-store", str(model_store), "--model-name", model_name,
-                   "--management-url", instance.management_url, "--poll-seconds", f"{poll_seconds:g}"]  # fmt: skip
+        watcher = [python, "-m", "serving.runtime.torchserve_rollout", "--model-store", str(model_store),
+                   "--model-name", model_name, "--management-url", instance.management_url,
+                   "--poll-seconds", f"{poll_seconds:g}"]  # fmt: skip
         if instance.key_file is not None:
             watcher += ["--key-file", str(instance.key_file)]
         for flag, value in (("--batch-size", batch_size), ("--max-batch-delay-ms", max_batch_delay_ms),

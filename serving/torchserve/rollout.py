@@ -112,7 +112,7 @@ class Rollout:
         try:
             return int(version)
         except (TypeError, ValueError):
-            self._note(f"TorchServe serves {self.model_name} version {version!r}, which is no integer; not rolling out.")
+            self._note(f"TorchServe serves {self.model_name} version {version!r}, not an integer; not rolling out.")
             return None
 
     def _note(self, problem: str) -> None:

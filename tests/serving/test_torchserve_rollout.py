@@ -112,7 +112,7 @@ def test_overrides_of_the_archives_settings_reach_each_new_version(tmp_path):
         ("workers never READY", FakeManagement(workers_become_ready=False)),
     ],
 )
-def test_a_broken_archive_leaves_the_old_version_default_and_is_not_retried_until_it_changes(tmp_path, case, management, caplog):
+def test_a_broken_archive_leaves_the_old_version_and_is_not_retried_until_changed(tmp_path, case, management, caplog):
     if case == "unreadable":
         path = tmp_path / "digits-2.mar"
         path.write_bytes(b"not a zip")
@@ -219,7 +219,7 @@ def _wait_for(condition, timeout: float, what: str) -> float:
 
 
 @pytest.mark.slow
-def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_leaves_it_serving(torch_trained, digits, tmp_path):
+def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_is_refused(torch_trained, digits, tmp_path):
     from serving import runtime
     from serving.runtime import torchserve
     from torch_pipeline.train import TorchTrainConfig, train
@@ -262,7 +262,8 @@ def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_leaves_it
                 _wait_for(lambda: len(recorder.since(refused)) >= 40, 30, "40 answers after the refusal")
             assert recorder.failures == [], recorder.failures[:3]
             for at, description, probabilities in recorder.since(settled):
-                np.testing.assert_allclose(probabilities, new, atol=1e-5, err_msg=f"{description} at {at - published:.1f} s")
+                message = f"{description} at {at - published:.1f} s"
+                np.testing.assert_allclose(probabilities, new, atol=1e-5, err_msg=message)
             answered_by = {description for _, description, _ in recorder.since(settled)}
             assert len(answered_by) == 2  # REST and gRPC both answered after the roll-out
             assert manager.describe()["modelVersion"] == "2" and len(manager.list_versions()) == 1
