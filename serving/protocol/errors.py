@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-# gRPC status names as TensorFlow Serving uses them, and the HTTP status its REST API maps each to.
+# gRPC status names and the HTTP status TensorFlow Serving's REST API answers for each (its http_server.cc), except
+# RESOURCE_EXHAUSTED: the real server says 429 (too many requests); here it only means a body over the size limit, 413.
 HTTP_STATUS = {
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
     "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 413,
-    "UNAVAILABLE": 503,
-    "UNIMPLEMENTED": 501,
     "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 413,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
     "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
 
 

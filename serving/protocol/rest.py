@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import RequestError
+from .json_values import float_tokens
 from .signatures import TensorSpec
 
 # Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
@@ -139,7 +140,7 @@ def _check_names(names: set[str], inputs: Mapping[str, TensorSpec]) -> None:
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[str, Any]:
     """TensorFlow Serving's answer: predictions per row, or outputs per name (a bare value if only one)."""
-    listed = {name: array.tolist() for name, array in outputs.items()}
+    listed = {name: _listed(array) for name, array in outputs.items()}
     if row_format:
         if len(listed) == 1:
             return {"predictions": next(iter(listed.values()))}
@@ -149,6 +150,14 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
     if len(listed) == 1:
         return {"outputs": next(iter(listed.values()))}
     return {"outputs": listed}
+
+
+def _listed(array: np.ndarray) -> Any:
+    """array as nested lists; float32 values become the float64 of their shortest decimal, so JSON shows 2.05, not
+    2.049999952316284 (the digits TensorFlow Serving writes)."""
+    if array.dtype != np.float32:
+        return array.tolist()
+    return np.array([float(token) for token in float_tokens(array)], np.float64).reshape(array.shape).tolist()
 
 
 def dumps(document: Any) -> str:

@@ -81,8 +81,8 @@ class SignatureSpec:
         unknown = sorted(set(arrays) - set(self.inputs))
         if unknown:
             raise RequestError(
-                f"Input tensor alias not found in signature: {unknown[0]}; "
-                f"inputs expected to be in the set {{{', '.join(sorted(self.inputs))}}}."
+                f"input tensor alias not found in signature: {unknown[0]}. "
+                f"Inputs expected to be in the set {{{','.join(sorted(self.inputs))}}}."
             )
         missing = sorted(set(self.inputs) - set(arrays))
         if missing:
@@ -105,14 +105,16 @@ class SignatureSpec:
         return batch_sizes.pop() if batch_sizes else 1
 
     def check_output_filter(self, output_filter: Iterable[str]) -> tuple[str, ...]:
-        """The output aliases to return (all when the filter is empty); unknown ones raise INVALID_ARGUMENT."""
+        """The output aliases to return (all when the filter is empty); unknown or repeated ones raise INVALID_ARGUMENT."""
         chosen = tuple(output_filter)
-        for alias in chosen:
+        for position, alias in enumerate(chosen):
             if alias not in self.outputs:
                 raise RequestError(
-                    f"Output tensor alias not found in signature: {alias}; "
-                    f"outputs expected to be in the set {{{', '.join(sorted(self.outputs))}}}."
+                    f"output tensor alias not found in signature: {alias} "
+                    f"Outputs expected to be in the set {{{','.join(sorted(self.outputs))}}}."
                 )
+            if alias in chosen[:position]:
+                raise RequestError(f"duplicate output tensor alias: {alias}")
         return chosen or tuple(self.outputs)
 
     def to_json(self) -> dict[str, Any]:

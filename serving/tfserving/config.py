@@ -17,6 +17,14 @@ MEBIBYTE = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
+class TFModelSource(ModelSource):
+    """A model of tensorflow_model_server's config, with the two server-wide flags that shape how it is served."""
+
+    warmup: bool = True  # --enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before serving
+    allow_unavailable_labels: bool = False  # --allow_version_labels_for_unavailable_models
+
+
+@dataclasses.dataclass(frozen=True)
 class ServerOptions:
     """Everything main() needs, checked: ports, models, polling, batching, limits."""
 
@@ -72,24 +80,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_request_bytes", type=int, default=64 * MEBIBYTE, help="largest gRPC message or REST body accepted (default 64 MiB)"
     )
     parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0, help="time in-flight requests get after SIGTERM")
+    parser.add_argument(
+        "--enable_model_warmup", type=parse_bool, nargs="?", const=True, default=True,
+        help="replay each version's assets.extra/tf_serving_warmup_requests before serving it (default true)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False,
+        help="let the model config's version_labels name versions that are not loaded yet (default false)",
+    )  # fmt: skip
     return parser
 
 
 def sources_from_config(config: model_server_config_pb2.ModelServerConfig) -> list[ModelSource]:
     """ModelSources from a ModelServerConfig's model_config_list."""
     if config.WhichOneof("config") != "model_config_list" or not config.model_config_list.config:
-        raise UsageError("The model config must have a model_config_list with at least one config entry.")
+        raise UsageError(
+            "The model config must have a model_config_list with at least one config entry "
+            "(only ModelConfigList is currently supported)."
+        )
     sources, names = [], set()
     for entry in config.model_config_list.config:
         if not entry.name or not entry.base_path:
             raise UsageError("Every model config entry needs a name and a base_path.")
         if entry.name in names:
-            raise UsageError(f"Model {entry.name!r} appears twice in the model config.")
+            raise UsageError(f"Illegal to list model {entry.name} multiple times in config list.")
         if entry.model_platform and entry.model_platform != "tensorflow":
             raise UsageError(f"Model {entry.name!r} has platform {entry.model_platform!r}; only 'tensorflow' is served.")
         names.add(entry.name)
         sources.append(
-            ModelSource(
+            TFModelSource(
                 name=entry.name,
                 base_path=_existing_directory(Path(entry.base_path), f"base_path of model {entry.name!r}"),
                 policy=_policy(entry),
@@ -112,6 +131,22 @@ def _policy(entry: model_server_config_pb2.ModelConfig) -> VersionPolicy:
     return VersionPolicy("latest", num_versions=max(int(num_versions), 1))
 
 
+def with_server_flags(sources: list[ModelSource], warmup: bool, allow_unavailable_labels: bool) -> list[TFModelSource]:
+    """The sources carrying the two flags; at start-up no version is loaded yet, so a label needs the allow flag."""
+    flagged = []
+    for source in sources:
+        if source.labels and not allow_unavailable_labels:
+            label, version = next(iter(sorted(source.labels.items())))
+            raise UsageError(
+                f"Request to assign label to version {version} of model {source.name}, which is not currently available "
+                f"for inference (label {label!r}): labels at start-up need --allow_version_labels_for_unavailable_models; "
+                "without it, add them once the version is loaded (HandleReloadConfigRequest or a reloaded config file)."
+            )
+        fields = {field.name: getattr(source, field.name) for field in dataclasses.fields(ModelSource)}
+        flagged.append(TFModelSource(**fields, warmup=warmup, allow_unavailable_labels=allow_unavailable_labels))
+    return flagged
+
+
 def read_model_config(path: Path) -> list[ModelSource]:
     """Parse a text-format ModelServerConfig file into ModelSources."""
     try:
@@ -122,7 +157,9 @@ def read_model_config(path: Path) -> list[ModelSource]:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise UsageError(f"--model_config_file {path} is not a valid text-format ModelServerConfig: {error}.") from None
+        raise UsageError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig in --model_config_file {path}: {error}."
+        ) from None
     return sources_from_config(config)
 
 
@@ -151,10 +188,11 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         sources = read_model_config(arguments.model_config_file)
     elif arguments.model_base_path:
         sources = [
-            ModelSource(arguments.model_name, _existing_directory(arguments.model_base_path, "--model_base_path"))
+            TFModelSource(arguments.model_name, _existing_directory(arguments.model_base_path, "--model_base_path"))
         ]
     else:
         raise UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
+    sources = with_server_flags(sources, arguments.enable_model_warmup, arguments.allow_version_labels_for_unavailable_models)
     if arguments.batching_parameters_file and not arguments.enable_batching:
         raise UsageError("--batching_parameters_file needs --enable_batching.")
     batching = read_batching_parameters(arguments.batching_parameters_file) if arguments.enable_batching else None

@@ -1,26 +1,42 @@
 """The served SavedModel versions: serving.versions' watcher with TensorFlow loading and TF Serving's lookups.
 
-Which version answers a request (by number, label or the highest), what GetModelStatus reports, and the health
-check's "every model has a version" live here; polling, policies and load-before-unload live in serving.versions.
+Which version answers a request (by number, label or the highest), with the real server's messages
+("Servable not found for request: Specific(x, 3)"); its rules for version labels (a label may only name a version
+that is AVAILABLE when the config arrives, unless --allow_version_labels_for_unavailable_models lets a new label
+name one still to come); what GetModelStatus reports; and the health check's "every model has a version". Polling,
+policies and load-before-unload live in serving.versions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 from typing import Callable
 
 import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2
 
+from experiment.errors import UsageError
 from serving.protocol.errors import RequestError
+from serving.tfserving import warmup
+from serving.tfserving.config import TFModelSource
 from serving.tfserving.servable import Servable
-from serving.versions import Loader, ModelSource, VersionStatus, VersionWatcher, default_error_code
+from serving.versions import AVAILABLE, Loader, ModelSource, VersionStatus, VersionWatcher, default_error_code
+
+logger = logging.getLogger("serving.tfserving")
 
 
-def _load_and_warm_up(model_name: str, version: int, path: Path) -> Servable:
-    servable = Servable.load(model_name, version, path)
-    servable.warm_up()
-    return servable
+class LabelError(UsageError):
+    """A config whose version labels break the real server's rules; gRPC answers it FAILED_PRECONDITION."""
+
+
+def unavailable_label_message(version: int, model_name: str) -> str:
+    """The real server's refusal of a label for a version that is not loaded."""
+    return (
+        f"Request to assign label to version {version} of model {model_name}, which is not currently available for "
+        "inference"
+    )
 
 
 class ModelManager(VersionWatcher[Servable]):
@@ -30,43 +46,81 @@ class ModelManager(VersionWatcher[Servable]):
         self,
         sources: list[ModelSource],
         poll_wait_seconds: float = 1.0,
-        loader: Loader = _load_and_warm_up,
+        loader: Loader | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(sources, loader, poll_wait_seconds, on_change, error_code=_error_code)
+        # The flags ride on the sources the command line produced; configs reloaded later get the same flags.
+        first = sources[0] if sources else None
+        self.warmup = getattr(first, "warmup", TFModelSource.warmup)
+        self.allow_unavailable_labels = getattr(first, "allow_unavailable_labels", False)
+        super().__init__(sources, loader or self._load_servable, poll_wait_seconds, on_change, error_code=_error_code)
+
+    def _load_servable(self, model_name: str, version: int, path: Path) -> Servable:
+        servable = Servable.load(model_name, version, version_folder(path, version))
+        if self.warmup:
+            try:
+                warmup.run_warmup(servable)
+            except BaseException:
+                servable.close()
+                raise
+        return servable
+
+    def reconfigure(self, sources: list[ModelSource]) -> None:
+        """Serve these models from now on (a reloaded config); LabelError, and no change, if its labels break the rules."""
+        sources = [self._with_flags(source) for source in sources]
+        self.check_labels(sources)
+        super().reconfigure(sources)
+
+    def _with_flags(self, source: ModelSource) -> TFModelSource:
+        fields = {field.name: getattr(source, field.name) for field in dataclasses.fields(ModelSource)}
+        return TFModelSource(**fields, warmup=self.warmup, allow_unavailable_labels=self.allow_unavailable_labels)
+
+    def check_labels(self, sources: list[ModelSource]) -> None:
+        """Every label must name an AVAILABLE version; with the allow flag a label that is new may name any version."""
+        for source in sources:
+            current = self.versions(source.name)
+            available = {number for number, status in current.statuses.items() if status.state == AVAILABLE} if current else set()
+            existing = current.source.labels if current else {}
+            for label, version in source.labels.items():
+                moved = label in existing and existing[label] != version
+                if version in available or (self.allow_unavailable_labels and not moved):
+                    continue
+                raise LabelError(unavailable_label_message(version, source.name))
 
     def servable(self, model_name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The version to serve: the one asked for (by number or label), else the highest available."""
+        if not model_name:
+            raise RequestError("ModelSpec has no name specified.")
         model = self.versions(model_name)
-        if model is None:
-            raise RequestError(f"Servable not found for request: model '{model_name}' is not served here.", "NOT_FOUND")
         if label is not None:
-            if label not in model.source.labels:
-                raise RequestError(f"Unrecognized servable version label: {label}.", "NOT_FOUND")
-            version = model.source.labels[label]
-        if version is not None:
-            servable = model.loaded.get(version)
-            if servable is None:
-                raise RequestError(
-                    f"Servable not found for request: version {version} of model '{model_name}' is not loaded.",
-                    "NOT_FOUND",
-                )
-            return servable
-        latest = model.latest()
-        if latest is None:
-            raise RequestError(
-                f"Servable not found for request: model '{model_name}' has no version loaded yet.", "NOT_FOUND"
-            )
-        return latest
+            labels = model.source.labels if model is not None else {}
+            if label not in labels:
+                raise RequestError(f"Unrecognized servable version label: {label}")
+            version = labels[label]
+        request = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
+        if model is None:
+            raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
+        servable = model.latest() if version is None else model.loaded.get(version)
+        if servable is None:
+            raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
+        return servable
+
+    def version_for_label(self, model_name: str, label: str) -> int:
+        """The version a label names (INVALID_ARGUMENT, as the real server answers, for an unknown label)."""
+        model = self.versions(model_name)
+        labels = model.source.labels if model is not None else {}
+        if label not in labels:
+            raise RequestError(f"Unrecognized servable version label: {label}")
+        return labels[label]
 
     def statuses(self, model_name: str, version: int | None = None) -> list[VersionStatus]:
         """Version states, newest first; NOT_FOUND for an unknown model or version."""
         model = self.versions(model_name)
         if model is None or not model.statuses:
-            raise RequestError(f"Could not find any versions of model {model_name}.", "NOT_FOUND")
+            raise RequestError(f"Could not find any versions of model {model_name}", "NOT_FOUND")
         if version is not None:
             if version not in model.statuses:
-                raise RequestError(f"Could not find version {version} of model {model_name}.", "NOT_FOUND")
+                raise RequestError(f"Could not find version {version} of model {model_name}", "NOT_FOUND")
             return [model.statuses[version]]
         return [model.statuses[number] for number in sorted(model.statuses, reverse=True)]
 
@@ -76,8 +130,21 @@ class ModelManager(VersionWatcher[Servable]):
         return bool(models) and all(model is not None and model.loaded for model in models)
 
 
+def version_folder(path: Path, version: int) -> Path:
+    """The folder of version: path itself, or its sibling with leading zeros ('00000123'), as TF Serving accepts."""
+    path = Path(path)
+    if path.is_dir() or not path.parent.is_dir():
+        return path
+    for entry in path.parent.iterdir():
+        if entry.is_dir() and entry.name.isdigit() and int(entry.name) == version:
+            return entry
+    return path
+
+
 def _error_code(error: BaseException) -> str:
-    """The tensorflow.error.Code name for a load failure (TensorFlow's own code when it raised one)."""
+    """The tensorflow.error.Code name for a load failure (TensorFlow's own code, or the refused warm-up record's)."""
     if isinstance(error, tf.errors.OpError):
         return error_codes_pb2.Code.Name(error.error_code)
+    if isinstance(error, RequestError):
+        return error.code
     return default_error_code(error)

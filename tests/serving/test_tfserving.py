@@ -136,10 +136,10 @@ def _bad_requests(images: np.ndarray) -> dict[str, tuple[predict_pb2.PredictRequ
     return {
         "unknown model": (predict_request(images, name="cats"), grpc.StatusCode.NOT_FOUND),
         "unknown version": (predict_request(images, version=99), grpc.StatusCode.NOT_FOUND),
-        "unknown version label": (predict_request(images, version_label="canary"), grpc.StatusCode.NOT_FOUND),
+        "unknown version label": (predict_request(images, version_label="canary"), grpc.StatusCode.INVALID_ARGUMENT),
         "missing model spec": (no_spec, grpc.StatusCode.INVALID_ARGUMENT),
         "unknown input alias": (unknown_alias, grpc.StatusCode.INVALID_ARGUMENT),
-        "wrong shape": (predict_request(images[:, :4, :4]), grpc.StatusCode.INVALID_ARGUMENT),
+        "wrong shape (the graph refuses it)": (predict_request(images[:, :4, :4]), grpc.StatusCode.INVALID_ARGUMENT),
         "wrong dtype": (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT),
         "tensor_content of the wrong size": (short_content, grpc.StatusCode.INVALID_ARGUMENT),
         "non-numeric values": (strings, grpc.StatusCode.INVALID_ARGUMENT),
@@ -162,6 +162,8 @@ def test_health_and_status_report_version_1_available(server, stubs):
         "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
     }
     assert "Loaded model digits version 1" in server.log()
+    # The export's own warm-up record (assets.extra/tf_serving_warmup_requests) was replayed before serving.
+    assert "Number of warmup records read: 1." in server.log()
 
 
 @pytest.mark.slow
@@ -173,8 +175,9 @@ def test_predict_names_the_version_and_honours_output_filter(stubs, digits, in_p
     assert (response.model_spec.name, response.model_spec.version.value) == ("digits", 1)
     assert response.model_spec.signature_name == "serving_default"
     assert list(response.outputs) == ["classes"]
-    classes = np.frombuffer(response.outputs["classes"].tensor_content, np.int64)
-    np.testing.assert_array_equal(classes, in_process[1][:3])
+    classes = response.outputs["classes"]
+    assert not classes.tensor_content  # the typed field, as TensorFlow Serving answers
+    np.testing.assert_array_equal(classes.int64_val, in_process[1][:3])
 
 
 @pytest.mark.slow
@@ -185,7 +188,8 @@ def test_predict_accepts_typed_float_val_and_an_explicit_version(stubs, digits, 
     tensor.ClearField("tensor_content")
     tensor.float_val.extend(digits.test.images[:2].ravel().tolist())
     response = prediction.Predict(request, timeout=10)
-    np.testing.assert_array_equal(np.frombuffer(response.outputs["classes"].tensor_content, np.int64), in_process[1][:2])
+    np.testing.assert_array_equal(response.outputs["classes"].int64_val, in_process[1][:2])
+    np.testing.assert_allclose(np.reshape(response.outputs["probabilities"].float_val, (2, 10)), in_process[0][:2], atol=1e-6)
 
 
 @pytest.mark.slow
@@ -217,7 +221,7 @@ def test_other_status_codes(stubs):
         (models.GetModelStatus, status_request, grpc.StatusCode.NOT_FOUND),
         (models.GetModelStatus, version_request, grpc.StatusCode.NOT_FOUND),
         (prediction.GetModelMetadata, no_field, grpc.StatusCode.INVALID_ARGUMENT),
-        (prediction.Classify, classify, grpc.StatusCode.UNIMPLEMENTED),
+        (prediction.Classify, classify, grpc.StatusCode.INVALID_ARGUMENT),  # serving_default is no classify signature
         (prediction.Predict, huge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ]
     for method, request, expected in calls:
@@ -260,13 +264,13 @@ def test_rest_row_and_columnar_formats(server, digits, in_process):
 REST_CASES = {
     "unknown model": ("POST", "/v1/models/cats:predict", {"instances": [[[0] * 8] * 8]}, 404),
     "unknown version": ("POST", "/v1/models/digits/versions/9:predict", {"instances": [[[0] * 8] * 8]}, 404),
-    "unknown label": ("POST", "/v1/models/digits/labels/canary:predict", {"instances": [[[0] * 8] * 8]}, 404),
+    "unknown label": ("POST", "/v1/models/digits/labels/canary:predict", {"instances": [[[0] * 8] * 8]}, 400),
     "status of unknown model": ("GET", "/v1/models/cats", None, 404),
     "status of unknown version": ("GET", "/v1/models/digits/versions/9", None, 404),
     "metadata of unknown model": ("GET", "/v1/models/cats/metadata", None, 404),
     "not JSON": ("POST", "/v1/models/digits:predict", b"{not json", 400),
     "neither instances nor inputs": ("POST", "/v1/models/digits:predict", {"images": []}, 400),
-    "wrong shape": ("POST", "/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, 400),
+    "wrong shape (the graph refuses it)": ("POST", "/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, 400),
     "ragged": ("POST", "/v1/models/digits:predict", {"instances": [[[0] * 8] * 8, [[0] * 7] * 8]}, 400),
     "strings": ("POST", "/v1/models/digits:predict", {"instances": [[["a"] * 8] * 8]}, 400),
     "unknown input name": ("POST", "/v1/models/digits:predict", {"inputs": {"pixels": [[[0] * 8] * 8]}}, 400),
@@ -274,7 +278,8 @@ REST_CASES = {
         "POST", "/v1/models/digits:predict", {"signature_name": "nope", "instances": [[[0] * 8] * 8]}, 400,
     ),
     "body over the limit": ("POST", "/v1/models/digits:predict", b" " * (REQUEST_LIMIT_BYTES + 1), 413),
-    "classify": ("POST", "/v1/models/digits:classify", {"examples": []}, 501),
+    "classify without examples": ("POST", "/v1/models/digits:classify", {"examples": []}, 400),
+    "classify on a predict signature": ("POST", "/v1/models/digits:classify", {"examples": [{"x": 1.0}]}, 400),
     "malformed path": ("GET", "/v1/models/digits:predict", None, 400),
     "outside the API": ("GET", "/index.html", None, 404),
 }  # fmt: skip

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorflow.core.protobuf import meta_graph_pb2
 
 from experiment.errors import UsageError
 from serving import versions
 from serving.protocol.errors import RequestError
-from serving.protocol.signatures import TensorSpec
-from serving.tfserving import batching, config, manager
+from serving.tfserving import batching, config, manager, predictor
 from serving.tfserving.servable import Signature
 
 
@@ -113,13 +113,22 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
         models.statuses("cats")
 
 
-def _doubling_signature(calls: list[int]) -> Signature:
-    def function(images):
-        calls.append(int(images.shape[0]))
-        return {"doubled": images * 2}
+class _DoublingSignature:
+    """What the batch scheduler needs of a signature: a name, output aliases, and run()."""
 
-    spec = TensorSpec("images", np.dtype(np.float32), (None, 2))
-    return Signature("serving_default", {"images": spec}, {"doubled": spec}, function=function)
+    name = "serving_default"
+    outputs = ("doubled",)
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def run(self, arrays, output_aliases):
+        self.calls.append(int(arrays["images"].shape[0]))
+        return {"doubled": arrays["images"] * 2}
+
+
+def _doubling_signature(calls: list[int]) -> _DoublingSignature:
+    return _DoublingSignature(calls)
 
 
 def test_batch_scheduler_merges_concurrent_requests_and_returns_each_its_rows():
@@ -152,7 +161,7 @@ def test_batch_scheduler_refuses_oversized_requests_unless_splitting():
     signature = _doubling_signature(calls)
     rows = np.arange(20, dtype=np.float32).reshape(10, 2)
     scheduler = batching.BatchScheduler(batching.BatchingOptions(max_batch_size=4, num_batch_threads=1))
-    with pytest.raises(RequestError, match="max_batch_size"):
+    with pytest.raises(RequestError, match="Task size 10 is larger than maximum input batch size 4"):
         scheduler.run(object(), signature, {"images": rows}, 10, ("doubled",), 10)
     scheduler.stop()
     splitting = batching.BatchScheduler(
@@ -165,17 +174,44 @@ def test_batch_scheduler_refuses_oversized_requests_unless_splitting():
     assert max(calls) <= 4
 
 
-def test_signature_checks_names_dtypes_and_shapes():
-    signature = _doubling_signature([])
-    with pytest.raises(RequestError, match="alias not found"):
-        signature.check_inputs({"pixels": np.zeros((1, 2), np.float32)})
-    with pytest.raises(RequestError, match="float32"):
-        signature.check_inputs({"images": np.zeros((1, 2), np.float64)})
-    with pytest.raises(RequestError, match="shape"):
-        signature.check_inputs({"images": np.zeros((1, 3), np.float32)})
-    with pytest.raises(RequestError, match="alias not found"):
-        signature.check_output_filter(["logits"])
-    assert signature.check_inputs({"images": np.zeros((5, 2), np.float32)}) == 5
+def _signature(**input_names: str) -> Signature:
+    definition = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for alias, tensor_name in input_names.items():
+        definition.inputs[alias].name = tensor_name
+    definition.outputs["doubled"].name = "doubled:0"
+    return Signature("serving_default", definition, servable=None)
+
+
+@pytest.mark.parametrize(
+    "inputs, output_filter, words",
+    [({}, (), "input size does not match signature: 0!=1 len({}) != len({images}). Sent extra: {}. Missing but required: {images}."),
+     ({"pixels": np.zeros(1)}, (), "input tensor alias not found in signature: pixels. Inputs expected to be in the set {images}."),
+     ({"images": np.zeros(1)}, ("logits",), "output tensor alias not found in signature: logits Outputs expected to be in the set {doubled}."),
+     ({"images": np.zeros(1)}, ("doubled", "doubled"), "duplicate output tensor alias: doubled")],
+)  # fmt: skip
+def test_predict_checks_names_and_output_filters_as_tensorflow_serving_does(inputs, output_filter, words):
+    with pytest.raises(RequestError) as raised:
+        predictor.check_predict(_signature(images="images:0"), inputs, output_filter)
+    assert raised.value.code == "INVALID_ARGUMENT" and raised.value.message == words
+
+
+def test_predict_leaves_shapes_and_dtypes_to_the_graph():
+    signature = _signature(images="images:0")
+    assert predictor.check_predict(signature, {"images": np.zeros((), np.float64)}, ()) == ("doubled",)
+    unknown = Signature("init", meta_graph_pb2.SignatureDef(method_name=""), servable=None)
+    with pytest.raises(RequestError, match="Expected prediction signature method_name to be one of") as raised:
+        predictor.check_predict(unknown, {}, ())
+    assert raised.value.code == "INTERNAL"
+
+
+@pytest.mark.parametrize(
+    "inputs, words",
+    [({"a": np.zeros(())}, "must have at least one dimension"), ({"a": np.zeros(2), "b": np.zeros(3)}, "equal 0th-dimension size")],
+)
+def test_batching_needs_a_shared_batch_dimension(inputs, words):
+    with pytest.raises(RequestError, match=words):
+        predictor.batch_size(inputs)
+    assert predictor.batch_size({"a": np.zeros((4, 2)), "b": np.zeros(4)}) == 4
 
 
 # ---- client command line --------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def _arrays(**arrays):
 
 @pytest.mark.parametrize(
     "arrays, message",
-    [(_arrays(pixels=np.zeros((1, 8, 8), np.float32)), "Input tensor alias not found in signature: pixels"),
+    [(_arrays(pixels=np.zeros((1, 8, 8), np.float32)), "input tensor alias not found in signature: pixels"),
      ({}, "Missing input 'images'"),
      (_arrays(images=np.zeros((1, 8, 8), np.float64)), "must be float32 but the request sent float64"),
      (_arrays(images=np.zeros((1, 4, 4), np.float32)), "has shape [1, 4, 4] but the model expects float32 [N, 8, 8]")],
@@ -67,8 +67,10 @@ def test_check_inputs_returns_the_batch_size_and_refuses_different_ones():
 def test_output_filter():
     assert DIGITS.check_output_filter([]) == ("probabilities", "classes")
     assert DIGITS.check_output_filter(["classes"]) == ("classes",)
-    with pytest.raises(RequestError, match="Output tensor alias not found in signature: logits"):
+    with pytest.raises(RequestError, match="output tensor alias not found in signature: logits"):
         DIGITS.check_output_filter(["logits"])
+    with pytest.raises(RequestError, match="duplicate output tensor alias: classes"):
+        DIGITS.check_output_filter(["classes", "classes"])
 
 
 def test_a_single_signature_server_refuses_other_names_with_failed_precondition():
