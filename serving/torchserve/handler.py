@@ -26,6 +26,7 @@ PROBABILITIES = "probabilities"
 CLASSES = "classes"
 SIGNATURE_NAME = "serving_default"
 JSON_CONTENT_TYPE = "application/json"
+LOADED_VERSION_METRIC = "ModelVersionLoaded"
 
 
 class DigitsHandler(BaseHandler):
@@ -50,6 +51,23 @@ class DigitsHandler(BaseHandler):
         )
         # Per call: (row_format, instance count) for a valid request, or the error message for a refused one.
         self.request_plans: list[tuple[bool, int] | str] = []
+        self._report_loaded_version(context)
+
+    @staticmethod
+    def _report_loaded_version(context: Any) -> None:
+        """Set the ModelVersionLoaded gauge to this archive's version (TorchServe has no such series of its own).
+
+        Each worker sets it when it loads its model; a roll-out starts the new version's workers last, so once it
+        is done the gauge names the version that answers. TorchServe exposes it on its metrics port when
+        model_metrics_auto_detect is on (serving/torchserve/config.properties).
+        """
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        try:
+            version = float(context.manifest["model"]["modelVersion"])
+        except (KeyError, TypeError, ValueError):
+            return  # a version that is not a number has no gauge value
+        context.metrics.add_metric(LOADED_VERSION_METRIC, version, "version", metric_type=MetricTypes.GAUGE)
 
     def parse_request(self, body: Any) -> tuple[np.ndarray, bool]:
         """One body → (images float32 (N, H, W), row_format); a client mistake raises PredictionException 400."""

@@ -84,7 +84,7 @@ def torchserve_server(torch_trained, tmp_path_factory):
     spec = torchserve.spec(instance, torch_trained.export_path.parent.parent / "model-store")
     spec.prepare()
     server = ServerProcess.launch(spec, run_dir / "torchserve.out")
-    [endpoint] = spec.endpoints
+    endpoint = spec.endpoint("torchserve-rest")
     client = endpoint.client()
     observations = []
     deadline = time.monotonic() + 240

@@ -18,6 +18,7 @@ import torch
 
 from experiment import artifacts
 from experiment.processes import port_accepts
+from serving.clients import ServingError, TorchServeGrpcClient
 from serving.runtime import stop_all
 
 pytestmark = pytest.mark.slow
@@ -63,7 +64,17 @@ def predictors(flask_server, torchserve_server):
             local.torchserve = torchserve_server.endpoint.client(timeout=30)
         return local.torchserve.predict(images)
 
-    return {"flask": flask, "torchserve": torchserve}
+    def torchserve_grpc(images):
+        if not hasattr(local, "torchserve_grpc"):
+            local.torchserve_grpc = _grpc_endpoint(torchserve_server).client(timeout=30)
+        return local.torchserve_grpc.predict(images)
+
+    return {"flask": flask, "torchserve": torchserve, "torchserve-grpc": torchserve_grpc}
+
+
+def _grpc_endpoint(torchserve_server):
+    """The TorchServe under test's gRPC endpoint, with its client, as its spec names it."""
+    return torchserve_server.server.spec.endpoint("torchserve-grpc")
 
 
 def test_torchserve_is_ready_only_once_its_workers_are(torchserve_server):
@@ -80,7 +91,7 @@ def test_torchserve_is_ready_only_once_its_workers_are(torchserve_server):
         assert probabilities.shape == (1, 10) and classes.shape == (1,)
 
 
-@pytest.mark.parametrize("server", ["flask", "torchserve"])
+@pytest.mark.parametrize("server", ["flask", "torchserve", "torchserve-grpc"])
 def test_whole_test_split_matches_in_process(server, predictors, expected, digits):
     images = digits.test.images
     parts = [predictors[server](images[start : start + BATCH]) for start in range(0, len(images), BATCH)]
@@ -151,6 +162,24 @@ def test_client_renews_an_expired_inference_key(torchserve_server):
     assert json.loads(handle.key_file.read_text())["inference"]["key"] != "expired"
 
 
+def test_torchserve_grpc_needs_the_inference_key_and_renews_an_expired_one(torchserve_server):
+    handle = torchserve_server.instance
+    with TorchServeGrpcClient(handle.grpc_address, management_address=handle.grpc_management_address) as keyless:
+        with pytest.raises(ServingError) as raised:
+            keyless.predict(np.zeros((1, 8, 8), dtype=np.float32))
+    assert raised.value.status == "PERMISSION_DENIED"
+    with _grpc_endpoint(torchserve_server).client() as client:
+        client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        document = json.loads(handle.key_file.read_text())
+        document["inference"]["key"] = "expired"  # as an expired key would be; TorchServe still holds the real one
+        handle.key_file.write_text(json.dumps(document))
+        probabilities, _ = client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        assert probabilities.shape == (1, 10)
+        assert client.ping() == "Healthy"
+        assert client.is_available() and client.get_metadata()["inputs"]["images"]["shape"] == [-1, 8, 8]
+    assert json.loads(handle.key_file.read_text())["inference"]["key"] != "expired"
+
+
 def test_flask_swaps_in_a_new_version_without_failed_requests(flask_server, torch_trained):
     failures: list[str] = []
     stop = threading.Event()
@@ -207,6 +236,8 @@ def test_torchserve_metrics_are_prometheus_text(torchserve_server):
     response = requests.get(f"{handle.metrics_url}/metrics", timeout=10)
     assert response.status_code == 200
     assert "ts_inference_requests_total" in response.text
+    # The version the workers loaded, a gauge the handler adds (TorchServe has no such series of its own).
+    assert 'ModelVersionLoaded{ModelName="digits",Level="Model"' in response.text
 
 
 def _port_closed(url: str) -> bool:

@@ -20,8 +20,14 @@ IMAGE = [[float((row + column) % 17) for column in range(8)] for row in range(8)
 
 
 class FakeMetrics:
+    def __init__(self) -> None:
+        self.added: list[tuple] = []
+
     def add_time(self, *args, **kwargs) -> None:
         pass
+
+    def add_metric(self, name, value, unit, idx=None, dimensions=(), metric_type=None) -> None:
+        self.added.append((name, value, unit, metric_type))
 
 
 class FakeContext:
@@ -51,6 +57,15 @@ def handler_and_context(torch_smoke_run):
     handler = handler_module.DigitsHandler()
     handler.initialize(context)
     return handler, context
+
+
+def test_each_worker_reports_the_version_it_loaded_as_a_gauge(torch_smoke_run):
+    from ts.metrics.metric_type_enum import MetricTypes
+
+    context = FakeContext(torch_smoke_run.export_path)
+    context.manifest["model"]["modelVersion"] = "3"
+    handler_module.DigitsHandler().initialize(context)
+    assert context.metrics.added == [("ModelVersionLoaded", 3.0, "version", MetricTypes.GAUGE)]
 
 
 def handle(handler, context, bodies):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import yaml
 
 from serving.clients import ServingError, TorchServeClient, TorchServeError
@@ -268,6 +269,9 @@ def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_is_refuse
             assert len(answered_by) == 2  # REST and gRPC both answered after the roll-out
             assert manager.describe()["modelVersion"] == "2" and len(manager.list_versions()) == 1
             assert server.log().count("Refused digits-3.mar") == 1  # not retried at every poll
+            metrics = requests.get(f"{instance.metrics_url}/metrics", timeout=10).text
+            loaded = [line for line in metrics.splitlines() if line.startswith('ModelVersionLoaded{ModelName="digits"')]
+            assert len(loaded) == 1 and loaded[0].endswith(" 2.0"), loaded
 
             # The archive's own settings hold for the rolled-out version, with no per-version config line.
             settings = yaml.safe_load(MODEL_CONFIG.read_text())
