@@ -47,26 +47,36 @@ def _one_line(definition: meta_graph_pb2.SignatureDef) -> str:
     return text_format.MessageToString(definition, as_one_line=True)
 
 
-def _signature(servable: Servable, name: str, method: str, what: str) -> Signature:
+_WHAT = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}
+
+
+def _signature(servable: Servable, name: str, method: str) -> Signature:
     name = name or DEFAULT_SIGNATURE
     signature = servable.signatures.get(name)
     if signature is None:
         raise RequestError(f"No signature was found with the name: {name}")
     if signature.method_name != method:
-        raise RequestError(f"Expected {what} signature method_name to be {method}. Was: {signature.method_name}")
+        raise RequestError(f"Expected {_WHAT[method]} signature method_name to be {method}. Was: {signature.method_name}")
     return signature
+
+
+def _check_layout(definition: meta_graph_pb2.SignatureDef, method: str, output_counts: tuple[int, ...]) -> None:
+    """What classify and regress signatures must both be, checked in the real server's order."""
+    what = _WHAT[method]
+    if definition.method_name != method:
+        raise RequestError(f"Expected {what} signature method_name to be {method}. Was: {definition.method_name}")
+    if len(definition.inputs) != 1:
+        raise RequestError("Expected one input Tensor.")
+    if len(definition.outputs) not in output_counts:
+        count = len(definition.outputs)
+        raise RequestError(f"Expected one or two output Tensors, found {count}" if 2 in output_counts else "Expected one output Tensor.")
+    if INPUTS not in definition.inputs:
+        raise RequestError(f"No {what} inputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
 
 
 def classification_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str, ...]:
     """The output aliases a classify signature is run for ("classes" and/or "scores"); refuses other layouts."""
-    if definition.method_name != CLASSIFY_METHOD:
-        raise RequestError(f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: {definition.method_name}")
-    if len(definition.inputs) != 1:
-        raise RequestError("Expected one input Tensor.")
-    if len(definition.outputs) not in (1, 2):
-        raise RequestError(f"Expected one or two output Tensors, found {len(definition.outputs)}")
-    if INPUTS not in definition.inputs:
-        raise RequestError(f"No classification inputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
+    _check_layout(definition, CLASSIFY_METHOD, (1, 2))
     chosen = tuple(alias for alias in (CLASSES, SCORES) if alias in definition.outputs)
     if not chosen:
         raise RequestError(
@@ -79,14 +89,7 @@ def classification_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str
 
 def regression_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str, ...]:
     """("outputs",) for a well-formed regress signature; refuses other layouts."""
-    if definition.method_name != REGRESS_METHOD:
-        raise RequestError(f"Expected regression signature method_name to be {REGRESS_METHOD}. Was: {definition.method_name}")
-    if len(definition.inputs) != 1:
-        raise RequestError("Expected one input Tensor.")
-    if len(definition.outputs) != 1:
-        raise RequestError("Expected one output Tensor.")
-    if INPUTS not in definition.inputs:
-        raise RequestError(f"No regression inputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
+    _check_layout(definition, REGRESS_METHOD, (1,))
     if OUTPUTS not in definition.outputs:
         raise RequestError(f"No regression outputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
     return (OUTPUTS,)
@@ -153,7 +156,7 @@ def fill_model_spec(spec: model_pb2.ModelSpec, name: str, signature_name: str, v
 
 def classify(servable: Servable, request: classification_pb2.ClassificationRequest, run: Runner):
     """A ClassificationResponse for request on servable."""
-    signature = _signature(servable, request.model_spec.signature_name, CLASSIFY_METHOD, "classification")
+    signature = _signature(servable, request.model_spec.signature_name, CLASSIFY_METHOD)
     aliases = classification_outputs(signature.definition)
     examples = serialized_examples(request.input)
     response = classification_pb2.ClassificationResponse()
@@ -164,7 +167,7 @@ def classify(servable: Servable, request: classification_pb2.ClassificationReque
 
 def regress(servable: Servable, request: regression_pb2.RegressionRequest, run: Runner):
     """A RegressionResponse for request on servable."""
-    signature = _signature(servable, request.model_spec.signature_name, REGRESS_METHOD, "regression")
+    signature = _signature(servable, request.model_spec.signature_name, REGRESS_METHOD)
     aliases = regression_outputs(signature.definition)
     examples = serialized_examples(request.input)
     response = regression_pb2.RegressionResponse()
