@@ -1,7 +1,8 @@
 """`python -m serving.torchserve.launch start|stop|status`: one TorchServe natively, on any ports, outside the stack.
 
 The run folder holds the config.properties written for this instance, TorchServe's logs, the key_file.json it writes
-into its working folder, its temporary folder (with its pid file), and the launcher's own output and pid file:
+into its working folder, its temporary folder (with its pid file), and the launcher's own output and pid file. While
+it runs, each newer <model>-<version>.mar of the model store is rolled out (serving.torchserve.rollout):
 
     python -m serving.torchserve.launch start [--run-dir .run/torchserve] [--inference-port 8080 ...]
     python -m serving.torchserve.launch stop  [--run-dir .run/torchserve]
