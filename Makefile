@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.lock
 	@test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(PIP_INSTALL_FLAGS) -r requirements.lock
-	# TorchServe's gRPC stubs, from the protos inside the installed torchserve, into the git-ignored build/
+# TorchServe's gRPC stubs, from the protos inside the installed torchserve, into the git-ignored build/
 	$(PYTHON) -m serving.clients.torchserve_protos > /dev/null
 	@touch $@
 
