@@ -1,9 +1,7 @@
-"""TensorFlow Serving's REST API (/v1/models/...) as a WSGI app, served by werkzeug's threaded server.
+"""TensorFlow Serving's REST API (/v1/models/...) as a WSGI app; serving.tfserving.http_server serves it.
 
-Why werkzeug: the REST server must share one process (and the loaded models) with the gRPC server, so a
-pre-forking server such as gunicorn does not fit. werkzeug is well kept (Flask's own HTTP layer), parses
-HTTP/1.1 with keep-alive and chunked bodies for us, and its ThreadedWSGIServer gives every connection its own
-thread, so a slow or idle client never blocks others; model calls release the GIL, so threads suffice.
+The app sees complete requests (the front end reads each body, up to the size limit, before calling it) and runs
+on the front end's thread pool; model calls release the GIL, so those threads overlap with the HTTP work.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import threading
 from typing import Any, Callable, Iterable
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import ClosingIterator
 
@@ -120,38 +117,3 @@ class RestApp:
             raise too_large from None
         except ClientDisconnected:
             raise RequestError("The client closed the connection before sending the whole body.") from None
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's handler without a log line per request (the load/unload lines stay readable)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        logger.debug("REST " + message, *args)
-
-
-class RestServer:
-    """The threaded HTTP server running RestApp in a background thread."""
-
-    def __init__(self, app: RestApp, host: str, port: int, idle_timeout_s: float) -> None:
-        handler = type("Handler", (_QuietHandler,), {"timeout": idle_timeout_s})  # closes idle keep-alive sockets
-        self.app = app
-        self.server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=handler)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="rest-server", daemon=True)
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return self.server.server_port
-
-    def start(self) -> None:
-        """Serve in the background."""
-        self._thread.start()
-
-    def stop(self, grace_s: float) -> bool:
-        """Stop accepting connections, answer 503 on kept-alive ones, wait for in-flight requests."""
-        self.server.shutdown()  # ends the accept loop
-        self.server.server_close()  # closes the listening socket: new connections are refused
-        return self.app.drain(grace_s)

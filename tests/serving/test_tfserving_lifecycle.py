@@ -107,7 +107,8 @@ def test_new_version_is_served_under_load_and_a_broken_one_leaves_it_serving(tf_
             deadline = failed + POLL_SECONDS + 30
             while time.monotonic() < deadline and _status(server.grpc_address).get(3, None) is None:
                 time.sleep(0.1)
-            while time.monotonic() < deadline and _status(server.grpc_address)[3].state != get_model_status_pb2.ModelVersionStatus.END:
+            # Every worker (--workers) scans the folder at the same instants; a status may come from any of them.
+            while time.monotonic() < deadline and getattr(_status(server.grpc_address).get(3), "state", None) != get_model_status_pb2.ModelVersionStatus.END:
                 time.sleep(0.1)
             time.sleep(POLL_SECONDS * 2)  # keep the clients going across more polls of the broken folder
         assert recorder.failures == []
@@ -119,7 +120,8 @@ def test_new_version_is_served_under_load_and_a_broken_one_leaves_it_serving(tf_
         assert statuses[3].status.error_code != 0 and statuses[3].status.error_message
         log = server.log()
         assert "Loaded model digits version 2" in log and "Unloaded model digits version 1" in log
-        assert log.count("Failed to load model digits version 3") == 1
+        # Once per worker (each loads for itself), never once per poll.
+        assert log.count("Failed to load model digits version 3") == log.count("Serving digits:")
         rest = requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": digits.test.images[:1].tolist()}, timeout=10)
         assert rest.status_code == 200
     finally:
