@@ -161,7 +161,10 @@ class Rollout:
                 self.client.scale_workers(version, self.settings.workers)
             self._wait_until_ready(version)
         except (UsageError, ServingError, RolloutError, TimeoutError) as error:
-            logger.error("Refused %s: %s; version %d keeps serving.", archive.name, _sentence(error), current)
+            reason = _sentence(error)
+            if getattr(error, "status", None) == 405:  # TorchServe 0.12 refuses registration unless told otherwise
+                reason = "TorchServe's model API is off (start it with --enable-model-api or enable_model_api=true)"
+            logger.error("Refused %s: %s; version %d keeps serving.", archive.name, reason, current)
             if registered_here or isinstance(error, TimeoutError):
                 self._unregister(version)
             return False

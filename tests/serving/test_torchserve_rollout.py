@@ -135,6 +135,19 @@ def test_a_broken_archive_leaves_the_old_version_and_is_not_retried_until_change
     assert watcher.poll_once() == 2 and management.default == "2"
 
 
+def test_a_torchserve_without_the_model_api_is_named_as_the_reason(tmp_path, caplog):
+    write_archive(tmp_path, 2)
+
+    class NoModelApi(FakeManagement):
+        def register(self, archive, batch_size=None, max_batch_delay_ms=None):
+            raise TorchServeError("Requested method is not allowed, please refer to API document.", 405)
+
+    management = NoModelApi()
+    assert Rollout(management, tmp_path, FAST).poll_once() is None
+    assert "Refused digits-2.mar: TorchServe's model API is off (start it with --enable-model-api" in caplog.text
+    assert management.default == "1"
+
+
 def test_while_torchserve_is_not_up_the_watcher_waits(tmp_path):
     write_archive(tmp_path, 2)
 
