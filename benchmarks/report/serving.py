@@ -10,6 +10,7 @@ from benchmarks.report.summary import generator_bound_note
 
 if TYPE_CHECKING:
     from benchmarks.measure import Comparison
+    from benchmarks.http_load import ExternalSweep
     from benchmarks.serving_tf import TFServingResult
     from benchmarks.serving_torch import TorchServingResult
     from benchmarks.sweep import SweepResult
@@ -51,7 +52,31 @@ def sweep_section(sweep: SweepResult, figures: dict[str, str]) -> list[str]:
         fastest = min(single, key=lambda name: single[name].latency.p50_ms)
         lines += [*paragraph(f"With one client, {fastest} answers fastest "
                                  f"(p50 {number(single[fastest].latency.p50_ms, 'ms')}).")]  # fmt: skip
-    return lines + figures_block(figures, "latency_distribution", "throughput_vs_concurrency")
+    return lines + figures_block(figures, "latency_distribution", "throughput_vs_concurrency") + external_section(sweep.external)
+
+
+def external_section(external: ExternalSweep | None) -> list[str]:
+    """The REST endpoints again, under hey or wrk."""
+    if external is None:
+        return paragraph(
+            "No external load generator was installed, so the REST endpoints were measured by the Python generator "
+            "alone; `apt-get install hey` (or `wrk`) adds a second measurement that costs the servers less CPU."
+        )
+    lines = paragraph(
+        f"The same REST endpoints under `{external.generator}`, a compiled load generator that is not part of this "
+        f"project (`benchmarks.http_load`): after a discarded warm-up, each point is {number(external.seconds_per_point, 's')} "
+        "of that many kept-alive connections sending the same batch-1 body back to back."
+        + (" hey reports latencies to 0.1 ms." if external.generator == "hey" else "")
+    )
+    rows = [(item.endpoint.title, labels.FRAMEWORK_NAMES[item.endpoint.framework], number(point.concurrency),
+             number(point.p50_ms, "ms"), number(point.p90_ms, "ms"), number(point.p99_ms, "ms"),
+             number(point.throughput_per_second, "/s"), str(point.errors), number(point.generator_cores))
+            for item in external.endpoints for point in item.points]  # fmt: skip
+    lines += [table(("endpoint (server, protocol)", "serves", "connections", "p50", "p90", "p99", "throughput", "errors",
+                     "generator cores"), rows), ""]  # fmt: skip
+    failed = [f"- {item.endpoint.title}: not measured by {external.generator}: {item.error}"
+              for item in external.endpoints if item.error]  # fmt: skip
+    return lines + failed + ([""] if failed else [])
 
 
 def tf_server_section(measured: TFServingResult) -> list[str]:
