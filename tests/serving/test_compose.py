@@ -1,8 +1,9 @@
 """The container side: docker-compose.yml is valid, and it, the Makefile, TorchServe's config.properties, the Flask
 settings, serving/Dockerfile and serving.stack agree on ports, model names and paths (DESIGN.md).
 
-No image is pulled or built here; CI has no Docker engine. `docker-compose config` validates the file against the
-Compose schema (.ci/run installs Debian's docker-compose); PyYAML reads it for the cross-checks.
+No image is pulled or built here (`make test-containers` builds and runs the stack: tests/containers/).
+`docker-compose config` validates the file against the Compose schema (.ci/run installs Debian's docker-compose);
+PyYAML reads it for the cross-checks.
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+# "127.0.0.1:${FLASK_HOST_PORT:-5000}:5000": a host port that a variable can move, with its default.
+PORT_ENTRY = re.compile(r"(?P<host>[^:]+):(?:\$\{\w+:-(?P<default>\d+)\}|(?P<port>\d+)):(?P<container>\d+)")
+
+
 def published(service: dict) -> dict[int, int]:
-    """Host port → container port, checking that every published port is bound to the host's 127.0.0.1."""
+    """Default host port → container port, checking that every published port is bound to the host's 127.0.0.1."""
     mapping = {}
     for entry in service.get("ports", []):
-        host, host_port, container_port = str(entry).split(":")
-        assert host == "127.0.0.1", f"{entry} must be published on 127.0.0.1 only"
-        mapping[int(host_port)] = int(container_port)
+        match = PORT_ENTRY.fullmatch(str(entry))
+        assert match, f"{entry} is not host:port:container_port"
+        assert match["host"] == "127.0.0.1", f"{entry} must be published on 127.0.0.1 only"
+        mapping[int(match["default"] or match["port"])] = int(match["container"])
     return mapping
 
 
@@ -113,6 +119,11 @@ def test_tf_serving_mounts_the_tf_export_read_only(compose):
     # The image serves $MODEL_BASE_PATH/$MODEL_NAME with MODEL_BASE_PATH=/models.
     assert volumes(service) == {f"/models/{MODEL_NAME}": (f"models/tf/{MODEL_NAME}", "ro")}
     assert Stack(models_dir="models").tf_base_path == ROOT / "models" / "tf" / MODEL_NAME
+    # The image's own command line, exec'd under tini so that `docker compose stop`'s SIGTERM reaches the server.
+    assert service["init"] is True
+    script = service["entrypoint"][2]
+    assert script.startswith("exec tensorflow_model_server --port=8500 --rest_api_port=8501")
+    assert '--model_name="$$MODEL_NAME" --model_base_path="$$MODEL_BASE_PATH/$$MODEL_NAME" "$$@"' in script
 
 
 def test_torchserve_mounts_store_and_config_and_turns_token_auth_off(compose):
@@ -126,6 +137,7 @@ def test_torchserve_mounts_store_and_config_and_turns_token_auth_off(compose):
     assert "/home/model-server/config/config.properties" in script
     assert "--model-store /home/model-server/model-store" in script
     assert "--disable-token-auth" in script
+    assert "--enable-model-api" in script  # a new archive is rolled out through the management API
     assert "trap 'torchserve --stop" in script
 
 
@@ -206,7 +218,10 @@ def test_makefile_serves_stops_and_shows_logs_through_the_stack():
 
 def test_flask_image_installs_only_what_serving_needs_at_the_locked_versions():
     dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+    # python:3.11-slim unless the build names another base (make test-containers builds on a local Debian one).
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*/readyz", dockerfile, re.MULTILINE | re.DOTALL)
     assert "https://download.pytorch.org/whl/cpu" in dockerfile
     user = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert user and user[-1] not in {"root", "0"}
