@@ -79,7 +79,7 @@ test: setup
 	$(PYTHON) -m pytest $(ARGS)
 
 # docker-compose.yml built and run here end to end, with local stand-ins for the two official images (root; a few
-# minutes; docs/containers.md). Installs docker.io, docker-compose and mmdebstrap if missing, starts dockerd if none
+# minutes; docs/docker.md). Installs docker.io, docker-compose and mmdebstrap if missing, starts dockerd if none
 # runs (and stops it again). TORCH_INDEX_URL, as for setup, where pip cannot find torch's CPU build otherwise.
 .PHONY: test-containers
 test-containers: setup

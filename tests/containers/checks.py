@@ -14,7 +14,6 @@ import collections
 import dataclasses
 import http.client
 import json
-import socket
 import threading
 import time
 import zipfile
@@ -55,13 +54,15 @@ def send_rest(host: str, port: int, path: str, body: bytes, expected_classes: li
         except OSError as error:
             return Outcome(REFUSED, f"connect: {(error.strerror or str(error) or error.__class__.__name__).lower()}")
         try:
-            connection.request("POST", path, body=body, headers={"Content-Type": "application/json", "Connection": "close"})
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json", "Connection": "close"}
+            )
             response = connection.getresponse()
         except http.client.RemoteDisconnected:  # a ConnectionResetError subclass: it must be caught first
             return Outcome(LOST, "the server closed the connection without answering")
         except (ConnectionResetError, BrokenPipeError):
             return Outcome(REFUSED, "reset with the request unread")
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:  # socket.timeout is TimeoutError
             return Outcome(LOST, f"no answer within {timeout:g} s")
         try:
             data = response.read()
@@ -77,7 +78,7 @@ def send_rest(host: str, port: int, path: str, body: bytes, expected_classes: li
 
 
 def _classes_from_rest(data: bytes) -> list[int] | None:
-    """The classes of a TF Serving row-format answer ({"predictions": [{"classes": 3, ...}, ...]}), None if malformed."""
+    """The classes of a TF Serving row-format answer ({"predictions": [{"classes": 3, ...}]}), None if malformed."""
     try:
         return [int(row["classes"]) for row in json.loads(data)["predictions"]]
     except (ValueError, KeyError, TypeError):
@@ -150,7 +151,10 @@ class LoadResult:
 
     def lost(self) -> dict[str, int]:
         """Lost requests per endpoint (the figure that must be 0)."""
-        return {name: counter[f"{LOST} before stop"] + counter[f"{LOST} after stop"] for name, counter in self.counts.items()}
+        return {
+            name: counter[f"{LOST} before stop"] + counter[f"{LOST} after stop"]
+            for name, counter in self.counts.items()
+        }
 
     def table(self) -> str:
         """One line per endpoint: answered before the stop began, answered after, refused, lost; kinds of refusal."""
@@ -158,13 +162,19 @@ class LoadResult:
         for name, counter in self.counts.items():
             kinds = ", ".join(f"{detail} ×{count}" for detail, count in self.refusals[name].most_common())
             refused = counter[f"{REFUSED} before stop"] + counter[f"{REFUSED} after stop"]
-            lines.append(f"{name:16} {counter[f'{OK} before stop']:9d} {counter[f'{OK} after stop']:8d} "
-                         f"{refused:7d} {self.lost()[name]:4d}  {kinds}")
+            lines.append(
+                f"{name:16} {counter[f'{OK} before stop']:9d} {counter[f'{OK} after stop']:8d} "
+                f"{refused:7d} {self.lost()[name]:4d}  {kinds}"
+            )
         return "\n".join(lines)
 
 
-def load_during(targets: list[tuple[LoadTarget, int]], action: Callable[[], None], warm_up_seconds: float = 2.0,
-                give_up_after_refused_seconds: float = 3.0) -> LoadResult:
+def load_during(
+    targets: list[tuple[LoadTarget, int]],
+    action: Callable[[], None],
+    warm_up_seconds: float = 2.0,
+    give_up_after_refused_seconds: float = 3.0,
+) -> LoadResult:
     """Send requests from `threads` threads per target; run action() once every target has answered; count outcomes.
 
     A thread stops when action() has returned, or once its endpoint has refused everything for a few seconds.
@@ -195,7 +205,9 @@ def load_during(targets: list[tuple[LoadTarget, int]], action: Callable[[], None
             else:
                 refused_since = None
 
-    threads = [threading.Thread(target=work, args=(target,), daemon=True) for target, count in targets for _ in range(count)]
+    threads = [
+        threading.Thread(target=work, args=(target,), daemon=True) for target, count in targets for _ in range(count)
+    ]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 60
@@ -217,7 +229,7 @@ def load_during(targets: list[tuple[LoadTarget, int]], action: Callable[[], None
     return LoadResult(counts, refusals, examples)
 
 
-# ---- a new version ----------------------------------------------------------------------------------------------------
+# ---- a new version --------------------------------------------------------------------------------------------
 
 
 def rest_probabilities(url: str, images: np.ndarray, timeout: float = 10.0) -> np.ndarray:
@@ -229,7 +241,9 @@ def rest_probabilities(url: str, images: np.ndarray, timeout: float = 10.0) -> n
     return np.asarray([row["probabilities"] for row in response.json()["predictions"]], dtype=np.float32)
 
 
-def wait_until_serving(name: str, probabilities: Callable[[], np.ndarray], expected: np.ndarray, timeout: float) -> float:
+def wait_until_serving(
+    name: str, probabilities: Callable[[], np.ndarray], expected: np.ndarray, timeout: float
+) -> float:
     """Seconds until probabilities() equals expected (within 1e-5); AssertionError naming the server otherwise."""
     started = time.monotonic()
     last: object = None
@@ -254,10 +268,12 @@ def archive_for_version(model_store: Path, version: int) -> Path:
     raise AssertionError(f"no archive of {MODEL_NAME} version {version} in {model_store}")
 
 
-def roll_out_torchserve(management_url: str, archive_name: str, new_version: int, report: Callable[[str], None]) -> None:
+def roll_out_torchserve(
+    management_url: str, archive_name: str, new_version: int, report: Callable[[str], None]
+) -> None:
     """Register the archive with the serving version's settings, make it the default, retire the old version.
 
-    This is what a user of the compose stack does (docs/containers.md): TorchServe never watches its model store.
+    This is what a user of the compose stack does (docs/docker.md): TorchServe never watches its model store.
     The old version's workers are scaled to 0 before it is unregistered: TorchServe 0.12 answers an unregister
     that has running workers to stop with 500 ("Interrupted while cleaning resources") and sometimes keeps the version.
     """
@@ -265,7 +281,9 @@ def roll_out_torchserve(management_url: str, archive_name: str, new_version: int
 
     def call(method: str, path: str, timeout: float = 60, **params) -> requests.Response:
         response = requests.request(method, f"{management_url}{path}", params=params, timeout=timeout)
-        assert response.status_code in (200, 202), f"{method} {path} {params}: HTTP {response.status_code} {response.text}"
+        assert response.status_code in (200, 202), (
+            f"{method} {path} {params}: HTTP {response.status_code} {response.text}"
+        )
         return response
 
     current = call("GET", f"/models/{MODEL_NAME}").json()[0]
@@ -286,5 +304,7 @@ def roll_out_torchserve(management_url: str, archive_name: str, new_version: int
     call("DELETE", f"/models/{MODEL_NAME}/{old_version}")
     versions = [entry["modelVersion"] for entry in call("GET", f"/models/{MODEL_NAME}/all").json()]
     assert versions == [str(new_version)], f"TorchServe still lists versions {versions} after the roll-out"
-    report(f"TorchServe: registered {archive_name} as version {new_version} with version {old_version}'s settings "
-           f"{settings}, made it the default, scaled version {old_version} to 0 workers and unregistered it")
+    report(
+        f"TorchServe: registered {archive_name} as version {new_version} with version {old_version}'s settings "
+        f"{settings}, made it the default, scaled version {old_version} to 0 workers and unregistered it"
+    )

@@ -48,9 +48,11 @@ REQUIREMENT_FILES = (
 Report = Callable[[str], None]
 
 
-def run(command: Sequence[str], *, check: bool = True, timeout: float = 600, **arguments) -> subprocess.CompletedProcess:
+def run(
+    command: Sequence[str], *, check: bool = True, timeout: float = 600, **arguments
+) -> subprocess.CompletedProcess:
     """Run a command, capturing its output as text; a failure raises CommandFailed with the output's tail."""
-    result = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, **arguments)
+    result = subprocess.run(list(command), check=False, capture_output=True, text=True, timeout=timeout, **arguments)
     if check and result.returncode != 0:
         raise CommandFailed(command, result)
     return result
@@ -69,7 +71,10 @@ class CommandFailed(RuntimeError):
 
 def compose_command() -> list[str] | None:
     """`docker compose` where the plugin is installed, else Debian's `docker-compose`, else None."""
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], check=False, capture_output=True).returncode == 0
+    ):
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
@@ -100,7 +105,7 @@ def ensure_host_packages(report: Report) -> list[str]:
 
 def docker_is_up() -> bool:
     """Whether `docker info` reaches a daemon."""
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+    return subprocess.run(["docker", "info"], check=False, capture_output=True, timeout=60).returncode == 0
 
 
 @contextlib.contextmanager
@@ -114,7 +119,9 @@ def docker_daemon(log_path: Path, report: Report, flags: str | None = None) -> I
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         # Its own session: a Ctrl-C meant for this test must not reach dockerd before the stack is taken down.
-        daemon = subprocess.Popen(["dockerd", *shlex.split(flags)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        daemon = subprocess.Popen(
+            ["dockerd", *shlex.split(flags)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     report(f"started dockerd {flags} (pid {daemon.pid}, log {log_path})")
     try:
         deadline = time.monotonic() + 60
@@ -136,8 +143,14 @@ def docker_daemon(log_path: Path, report: Report, flags: str | None = None) -> I
                 daemon.wait(30)
         time.sleep(1)
         left = [pid for pid in children if _alive(pid)]
-        report(f"stopped dockerd (exit status {daemon.returncode}); "
-               + (f"processes it started still run: {left}" if left else f"none of its {len(children)} child processes is left"))
+        report(
+            f"stopped dockerd (exit status {daemon.returncode}); "
+            + (
+                f"processes it started still run: {left}"
+                if left
+                else f"none of its {len(children)} child processes is left"
+            )
+        )
 
 
 def _children(pid: int) -> list[int]:
@@ -181,7 +194,9 @@ def ensure_base_image(work_dir: Path, report: Report, rebuild: bool = False) -> 
     """The Debian base the images build on: mmdebstrap + docker import, reused while its recipe is unchanged."""
     recipe = " ".join(mmdebstrap_arguments(Path("rootfs.tar"))[:-1])
     if not rebuild and image_exists(BASE_IMAGE):
-        labels = json.loads(run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", BASE_IMAGE]).stdout)
+        labels = json.loads(
+            run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}", BASE_IMAGE]).stdout
+        )
         if (labels or {}).get(BASE_LABEL) == recipe:
             report(f"reusing the cached base image {BASE_IMAGE}")
             return BASE_IMAGE
@@ -198,7 +213,15 @@ def ensure_base_image(work_dir: Path, report: Report, rebuild: bool = False) -> 
             'CMD ["python3"]',
             f"LABEL {BASE_LABEL}={json.dumps(recipe)}",
         ]
-        run(["docker", "import", *[part for change in changes for part in ("--change", change)], str(tarball), BASE_IMAGE])
+        run(
+            [
+                "docker",
+                "import",
+                *[part for change in changes for part in ("--change", change)],
+                str(tarball),
+                BASE_IMAGE,
+            ]
+        )
     report(f"imported {BASE_IMAGE}")
     return BASE_IMAGE
 
@@ -223,7 +246,7 @@ def fill_wheelhouse(wheelhouse: Path, report: Report) -> None:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args) -> None:
         """One line per wheel fetched would drown the report."""
 
 

@@ -1,4 +1,4 @@
-"""make test-containers: docker-compose.yml built and run here, end to end, with local stand-ins for the official images.
+"""make test-containers: docker-compose.yml built and run here end to end, with stand-ins for the official images.
 
     python -m tests.containers.run [--rebuild-base] [--work-dir DIR]      (root; a few minutes)
 
@@ -6,7 +6,7 @@ Steps: install the host packages that are missing and start dockerd if none runs
 mmdebstrap (cached); fill a wheelhouse with pip download; train version 1 of both models; build the Flask image
 from serving/Dockerfile and the two stand-ins (tests/containers/images/); `up` on free host ports and wait for every
 healthcheck; run tests/integration against the containers; train version 2 and check that each server serves it;
-`stop` under load and count the requests; `down` and check that nothing is left. docs/containers.md explains what
+`stop` under load and count the requests; `down` and check that nothing is left. docs/docker.md explains what
 this proves and what it cannot.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -91,8 +92,13 @@ class Stack:
     def command(self, *arguments: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
         """Run compose with docker-compose.yml and the stand-ins' override."""
         files = ["-f", str(ROOT / "docker-compose.yml"), "-f", str(OVERRIDE)]
-        return run([*self.compose, "-p", PROJECT, *files, *arguments], env=self.environment, cwd=ROOT,
-                   timeout=timeout, check=check)
+        return run(
+            [*self.compose, "-p", PROJECT, *files, *arguments],
+            env=self.environment,
+            cwd=ROOT,
+            timeout=timeout,
+            check=check,
+        )
 
     def container(self, service: str) -> str:
         """The id of the service's container."""
@@ -115,13 +121,34 @@ class Stack:
         return f"http://127.0.0.1:{self.ports[variable]}"
 
 
-def train(models_dir: Path, runs_dir: Path, version: int, seed: int, log: Log,
-          pipelines: Sequence[str] = ("tf_pipeline", "torch_pipeline")) -> None:
+def train(
+    models_dir: Path,
+    runs_dir: Path,
+    version: int,
+    seed: int,
+    log: Log,
+    pipelines: Sequence[str] = ("tf_pipeline", "torch_pipeline"),
+) -> None:
     """Train with the default settings (the integration suite's accuracy floor holds), exporting the next version."""
     for pipeline in pipelines:
         started = time.monotonic()
-        run([sys.executable, "-m", f"{pipeline}.train", "--output-dir", str(models_dir), "--log-dir", str(runs_dir),
-             "--run-name", f"containers-v{version}", "--seed", str(seed)], cwd=ROOT, timeout=900)
+        run(
+            [
+                sys.executable,
+                "-m",
+                f"{pipeline}.train",
+                "--output-dir",
+                str(models_dir),
+                "--log-dir",
+                str(runs_dir),
+                "--run-name",
+                f"containers-v{version}",
+                "--seed",
+                str(seed),
+            ],
+            cwd=ROOT,
+            timeout=900,
+        )
         log(f"{pipeline}: version {version} exported in {time.monotonic() - started:.0f} s")
 
 
@@ -151,7 +178,9 @@ def wait_until_healthy(stack: Stack, log: Log) -> dict[str, float]:
                 seconds[service] = time.monotonic() - started
                 log.finding(f"{service} healthy after {seconds[service]:.1f} s")
             elif stack.inspect(service, "{{.State.Status}}") != "running":
-                raise AssertionError(f"{service} stopped while starting: {stack.command('logs', '--tail', '40', service).stdout}")
+                raise AssertionError(
+                    f"{service} stopped while starting: {stack.command('logs', '--tail', '40', service).stdout}"
+                )
         if time.monotonic() - started > HEALTH_TIMEOUT_S:
             missing = sorted(set(SERVERS) - set(seconds))
             raise AssertionError(f"{', '.join(missing)} not healthy within {HEALTH_TIMEOUT_S} s")
@@ -168,8 +197,10 @@ def check_new_version(stack: Stack, models_dir: Path, runs_dir: Path, log: Log) 
     tf_rest = stack.url("TF_SERVING_REST_HOST_PORT") + "/v1/models/digits:predict"
     flask = stack.url("FLASK_HOST_PORT") + "/v1/models/digits:predict"
     readers = {
-        "tf_pipeline": [("TF Serving REST", lambda: checks.rest_probabilities(tf_rest, images)),
-                        ("TF Serving gRPC", grpc_client.probabilities)],
+        "tf_pipeline": [
+            ("TF Serving REST", lambda: checks.rest_probabilities(tf_rest, images)),
+            ("TF Serving gRPC", grpc_client.probabilities),
+        ],
         "torch_pipeline": [("Flask", lambda: checks.rest_probabilities(flask, images))],
     }
     try:
@@ -187,7 +218,9 @@ def check_new_version(stack: Stack, models_dir: Path, runs_dir: Path, log: Log) 
     checks.roll_out_torchserve(stack.url("TORCHSERVE_MANAGEMENT_HOST_PORT"), archive.name, 2, log)
     torchserve = stack.url("TORCHSERVE_INFERENCE_HOST_PORT") + "/predictions/digits"
     expected = in_process(models_dir, "torch", 2, images)
-    seconds = checks.wait_until_serving("TorchServe", lambda: checks.rest_probabilities(torchserve, images), expected, 30)
+    seconds = checks.wait_until_serving(
+        "TorchServe", lambda: checks.rest_probabilities(torchserve, images), expected, 30
+    )
     log.finding(f"TorchServe serves version 2 {seconds:.1f} s after the roll-out through its management API")
 
 
@@ -201,18 +234,23 @@ def stop_under_load(stack: Stack, log: Log) -> None:
     expected = checks.rest_probabilities(flask, images).argmax(axis=1).tolist()
     # The containers' own addresses on the compose network, not the published ports: docker-proxy accepts every
     # connection itself, which would hide whether the server behind it accepted or refused a request.
-    address = {service: stack.inspect(service, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}") for service in SERVERS}
+    address = {
+        service: stack.inspect(service, "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}")
+        for service in SERVERS
+    }
     targets = []
     for name, service, port, path in (
         ("TF Serving REST", "tf-serving", 8501, "/v1/models/digits:predict"),
         ("Flask", "flask", 5000, "/v1/models/digits:predict"),
         ("TorchServe REST", "torchserve", 8080, "/predictions/digits"),
     ):
-        send = lambda host=address[service], port=port, path=path: checks.send_rest(host, port, path, body, expected, 30)
+        send = functools.partial(checks.send_rest, address[service], port, path, body, expected, 30)
         targets.append((checks.LoadTarget(name, send), 2))
     for _ in range(2):
         predictor = checks.GrpcPredictor(f"{address['tf-serving']}:8500", images, timeout=30)
-        targets.append((checks.LoadTarget("TF Serving gRPC", lambda p=predictor: p.outcome(expected), predictor.close), 1))
+        targets.append(
+            (checks.LoadTarget("TF Serving gRPC", lambda p=predictor: p.outcome(expected), predictor.close), 1)
+        )
 
     def stop() -> None:
         started = time.monotonic()
@@ -232,8 +270,11 @@ def check_nothing_left(stack: Stack, log: Log) -> None:
     """After `down`: no container, network or volume of the project, and every published host port free again."""
     label = f"label=com.docker.compose.project={PROJECT}"
     leftovers = {
-        kind: run(["docker", kind, "ls", "--all", "--quiet", "--filter", label] if kind == "container"
-                  else ["docker", kind, "ls", "--quiet", "--filter", label]).stdout.split()
+        kind: run(
+            ["docker", kind, "ls", "--all", "--quiet", "--filter", label]
+            if kind == "container"
+            else ["docker", kind, "ls", "--quiet", "--filter", label]
+        ).stdout.split()
         for kind in ("container", "network", "volume")
     }
     # SO_REUSEADDR: the test's own closed connections may linger in TIME_WAIT on these ports; nothing may listen.
@@ -253,10 +294,15 @@ def check_stack(compose: list[str], work_dir: Path, log: Log, rebuild_base: bool
         for folder in (models_dir, runs_dir):
             shutil.rmtree(folder, ignore_errors=True)
         train(models_dir, runs_dir, version=1, seed=0, log=log)
-    ports = dict(zip(HOST_PORT_VARIABLES, docker_host.free_ports(len(HOST_PORT_VARIABLES))))
-    environment = {**os.environ, **{name: str(port) for name, port in ports.items()},
-                   "STAND_IN_BASE_IMAGE": base, "STAND_IN_MODELS_DIR": str(models_dir.resolve()),
-                   "DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "0"}
+    ports = dict(zip(HOST_PORT_VARIABLES, docker_host.free_ports(len(HOST_PORT_VARIABLES)), strict=True))
+    environment = {
+        **os.environ,
+        **{name: str(port) for name, port in ports.items()},
+        "STAND_IN_BASE_IMAGE": base,
+        "STAND_IN_MODELS_DIR": str(models_dir.resolve()),
+        "DOCKER_BUILDKIT": "0",
+        "COMPOSE_DOCKER_CLI_BUILD": "0",
+    }
     stack = Stack(compose, environment, ports)
     with log.step("build the Flask image and the two stand-ins"):
         with docker_host.serve_wheelhouse(work_dir / "wheelhouse") as pip_options:
@@ -279,8 +325,13 @@ def check_stack(compose: list[str], work_dir: Path, log: Log, rebuild_base: bool
                 "TORCHSERVE_MANAGEMENT_URL": stack.url("TORCHSERVE_MANAGEMENT_HOST_PORT"),
                 "MODELS_DIR": str(models_dir.resolve()),
             }
-            result = run([sys.executable, "-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider"],
-                         cwd=ROOT, env={**os.environ, **suite}, check=False, timeout=900)
+            result = run(
+                [sys.executable, "-m", "pytest", "tests/integration", "-q", "-p", "no:cacheprovider"],
+                cwd=ROOT,
+                env={**os.environ, **suite},
+                check=False,
+                timeout=900,
+            )
             log.finding("integration suite: " + (result.stdout.strip().splitlines() or ["(no output)"])[-1])
             assert result.returncode == 0, f"the integration suite failed:\n{result.stdout[-4000:]}"
         with log.step("train version 2 while serving; every server picks it up"):
@@ -302,7 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
     """--rebuild-base, --work-dir."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--rebuild-base", action="store_true", help="build the Debian base image again with mmdebstrap")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help=f"wheelhouse, models and logs (default {WORK_DIR.relative_to(ROOT)})")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=WORK_DIR,
+        help=f"wheelhouse, models and logs (default {WORK_DIR.relative_to(ROOT)})",
+    )
     return parser
 
 
@@ -314,14 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = Log()
         compose = docker_host.ensure_host_packages(log)
         failure = None
-        with docker_host.docker_daemon(arguments.work_dir / "dockerd.log", log):
-            log.finding(f"Docker {run(['docker', 'version', '--format', '{{.Server.Version}}']).stdout.strip()}, storage driver "
-                f"{run(['docker', 'info', '--format', '{{.Driver}}']).stdout.strip()}, compose: {' '.join(compose)}")
+        with docker_host.docker_daemon(arguments.work_dir / "dockerd.log", log.finding):
+            version = run(["docker", "version", "--format", "{{.Server.Version}}"]).stdout.strip()
+            driver = run(["docker", "info", "--format", "{{.Driver}}"]).stdout.strip()
+            log.finding(f"Docker {version}, storage driver {driver}, compose: {' '.join(compose)}")
             try:
                 check_stack(compose, arguments.work_dir, log, arguments.rebuild_base)
             except (AssertionError, docker_host.CommandFailed) as error:
                 failure = error
-        print("\nmake test-containers " + ("FAILED" if failure else "passed") + f" in {time.monotonic() - log.started:.0f} s:")
+        print(
+            "\nmake test-containers "
+            + ("FAILED" if failure else "passed")
+            + f" in {time.monotonic() - log.started:.0f} s:"
+        )
         print("\n".join(log.summary))
         print("\n".join(["", *log.findings]))
         if failure:

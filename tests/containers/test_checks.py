@@ -157,16 +157,20 @@ def test_a_lost_request_is_counted_with_its_reason():
     assert result.examples["stub"] == ["the server closed the connection"]
 
 
-# ---- the override file ------------------------------------------------------------------------------------------------
+# ---- the override file ----------------------------------------------------------------------------------------
 
 
 def _merged_config() -> dict:
     if not shutil.which("docker-compose"):
         pytest.skip("docker-compose is not installed (.ci/run and make test-containers install it)")
-    environment = {"STAND_IN_BASE_IMAGE": "base", "STAND_IN_PIP_INSTALL_OPTIONS": "--no-index", "STAND_IN_MODELS_DIR": "/m",
-                   "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    environment = {
+        "STAND_IN_BASE_IMAGE": "base",
+        "STAND_IN_PIP_INSTALL_OPTIONS": "--no-index",
+        "STAND_IN_MODELS_DIR": "/m",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+    }
     command = ["docker-compose", "-f", "docker-compose.yml", "-f", str(run.OVERRIDE), "config"]
-    result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(command, check=False, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)["services"]
 
@@ -181,8 +185,11 @@ def test_stand_ins_never_take_an_official_image_name():
 
 def test_stand_ins_serve_the_test_models_and_build_from_the_wheelhouse():
     services = _merged_config()
-    for name, target in (("tf-serving", "/models/digits"), ("flask", "/models/digits"),
-                         ("torchserve", "/home/model-server/model-store")):
+    for name, target in (
+        ("tf-serving", "/models/digits"),
+        ("flask", "/models/digits"),
+        ("torchserve", "/home/model-server/model-store"),
+    ):
         sources = {entry.split(":")[1]: entry.split(":")[0] for entry in services[name]["volumes"]}
         assert sources[target].startswith("/m/"), f"{name} still mounts {sources[target]}"
         assert services[name]["build"]["args"] == {"BASE_IMAGE": "base", "PIP_INSTALL_OPTIONS": "--no-index"}
@@ -193,9 +200,7 @@ def test_every_published_port_is_a_variable_the_test_sets():
     # The test must be able to move every port off DESIGN.md's defaults, which other servers here may hold.
     compose = (ROOT / "docker-compose.yml").read_text()
     published = [
-        entry
-        for service in yaml.safe_load(compose)["services"].values()
-        for entry in service.get("ports", [])
+        entry for service in yaml.safe_load(compose)["services"].values() for entry in service.get("ports", [])
     ]
-    expected = {f'127.0.0.1:${{{name}:-{port}}}:{port}' for name, port in run.HOST_PORT_VARIABLES.items()}
+    expected = {f"127.0.0.1:${{{name}:-{port}}}:{port}" for name, port in run.HOST_PORT_VARIABLES.items()}
     assert set(published) == expected
