@@ -1,8 +1,9 @@
 # A stand-in for the official tensorflow/serving image, for make test-containers only (never what a user runs).
 # It keeps the official image's contract: tensorflow_model_server on the PATH with the real server's flags, the
-# same entry point script (MODEL_NAME, MODEL_BASE_PATH, GRPC_PORT and PORT variables), ports 8500 and 8501, bash
-# for the compose healthcheck, and no Python on the PATH. Behind it runs this project's compatible server,
-# `python -m serving.tfserving`, since the real image cannot be pulled where this test runs.
+# same entry point script (MODEL_NAME, MODEL_BASE_PATH, GRPC_PORT and PORT variables), ports 8500 and 8501, and bash
+# for the compose healthcheck. Behind it runs this project's compatible server, `python -m serving.tfserving`, since
+# the real image cannot be pulled where this test runs. Unlike the real image it has Python (the base's python3):
+# tests/serving/test_compose.py checks that nothing in the tf-serving service relies on it.
 #
 # Build context: the repository root (.dockerignore admits experiment/, serving/ and this folder).
 ARG BASE_IMAGE
