@@ -1,6 +1,6 @@
 """What make test-containers checks against the running stack, besides the integration suite.
 
-- a new version trained while the containers run reaches every server (TorchServe through its management API);
+- a new version trained while the containers run reaches every server;
 - stopping the stack under load loses no request a server accepted;
 - after `down`, nothing of the stack is left.
 
@@ -16,8 +16,6 @@ import http.client
 import json
 import threading
 import time
-import zipfile
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -232,6 +230,15 @@ def load_during(
 # ---- a new version --------------------------------------------------------------------------------------------
 
 
+def get_json(url: str, timeout: float = 10.0) -> object:
+    """GET url and return its JSON document; raises for an HTTP error."""
+    import requests
+
+    response = requests.get(url, timeout=timeout)
+    response.raise_for_status()
+    return response.json()
+
+
 def rest_probabilities(url: str, images: np.ndarray, timeout: float = 10.0) -> np.ndarray:
     """POST the row-format body to url and return the answer's probabilities (N, 10)."""
     import requests
@@ -256,55 +263,3 @@ def wait_until_serving(
             last = error
         time.sleep(0.5)
     raise AssertionError(f"{name} did not serve the new version within {timeout:g} s; last answer: {last!r:.300}")
-
-
-def archive_for_version(model_store: Path, version: int) -> Path:
-    """The archive in model_store whose MANIFEST.json says it is this version of the model."""
-    for archive in sorted(model_store.glob("*.mar")):
-        with zipfile.ZipFile(archive) as bundle:
-            manifest = json.loads(bundle.read("MAR-INF/MANIFEST.json"))
-        if manifest["model"]["modelName"] == MODEL_NAME and str(manifest["model"]["modelVersion"]) == str(version):
-            return archive
-    raise AssertionError(f"no archive of {MODEL_NAME} version {version} in {model_store}")
-
-
-def roll_out_torchserve(
-    management_url: str, archive_name: str, new_version: int, report: Callable[[str], None]
-) -> None:
-    """Register the archive with the serving version's settings, make it the default, retire the old version.
-
-    This is what a user of the compose stack does (docs/docker.md): TorchServe never watches its model store.
-    The old version's workers are scaled to 0 before it is unregistered: TorchServe 0.12 answers an unregister
-    that has running workers to stop with 500 ("Interrupted while cleaning resources") and sometimes keeps the version.
-    """
-    import requests
-
-    def call(method: str, path: str, timeout: float = 60, **params) -> requests.Response:
-        response = requests.request(method, f"{management_url}{path}", params=params, timeout=timeout)
-        assert response.status_code in (200, 202), (
-            f"{method} {path} {params}: HTTP {response.status_code} {response.text}"
-        )
-        return response
-
-    current = call("GET", f"/models/{MODEL_NAME}").json()[0]
-    old_version = current["modelVersion"]
-    settings = {
-        "initial_workers": current["minWorkers"],
-        "batch_size": current["batchSize"],
-        "max_batch_delay": current["maxBatchDelay"],
-        "response_timeout": current["responseTimeout"],
-    }
-    call("POST", "/models", timeout=180, url=archive_name, synchronous="true", **settings)
-    call("PUT", f"/models/{MODEL_NAME}/{new_version}/set-default")
-    call("PUT", f"/models/{MODEL_NAME}/{old_version}", min_worker=0, max_worker=0, synchronous="false")
-    deadline = time.monotonic() + 60
-    while call("GET", f"/models/{MODEL_NAME}/{old_version}").json()[0]["workers"]:
-        assert time.monotonic() < deadline, f"TorchServe did not stop version {old_version}'s workers within 60 s"
-        time.sleep(0.5)
-    call("DELETE", f"/models/{MODEL_NAME}/{old_version}")
-    versions = [entry["modelVersion"] for entry in call("GET", f"/models/{MODEL_NAME}/all").json()]
-    assert versions == [str(new_version)], f"TorchServe still lists versions {versions} after the roll-out"
-    report(
-        f"TorchServe: registered {archive_name} as version {new_version} with version {old_version}'s settings "
-        f"{settings}, made it the default, scaled version {old_version} to 0 workers and unregistered it"
-    )

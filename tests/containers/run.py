@@ -36,7 +36,8 @@ PROG = "python -m tests.containers.run"
 PROJECT = "tf-vs-torch-containers-test"  # its own compose project: a user's `docker compose up` is never touched
 OVERRIDE = Path(__file__).resolve().parent / "compose.stand-ins.yml"
 WORK_DIR = Path(__file__).resolve().parent / ".work"
-SERVERS = ("tf-serving", "torchserve", "flask")
+SERVERS = ("tf-serving", "torchserve", "flask")  # the services with a healthcheck
+SERVICES = (*SERVERS, "torchserve-rollout")  # ... and TorchServe's roll-out watcher, which runs from the Flask image
 # docker-compose.yml's host-port variables → the container port each one publishes.
 HOST_PORT_VARIABLES = {
     "TF_SERVING_GRPC_HOST_PORT": 8500,
@@ -49,7 +50,7 @@ HOST_PORT_VARIABLES = {
     "TORCHSERVE_GRPC_MANAGEMENT_HOST_PORT": 7071,
 }
 HEALTH_TIMEOUT_S = 600  # from `up`, which creates the containers: minutes on vfs
-PICK_UP_TIMEOUT_S = 60
+PICK_UP_TIMEOUT_S = 120  # TorchServe's roll-out waits for the new version's workers to start
 SAMPLE = 32  # test images compared against the in-process model
 
 
@@ -189,19 +190,23 @@ def wait_until_healthy(stack: Stack, log: Log, started: float) -> dict[str, floa
 
 
 def check_new_version(stack: Stack, models_dir: Path, runs_dir: Path, log: Log) -> None:
-    """Train version 2 while the servers run; each must then answer with version 2's probabilities."""
+    """Train version 2 while the servers run; each must then answer with version 2's probabilities, unrestarted."""
     from experiment.data import load_dataset
 
     images = load_dataset(seed=0).test.images[:SAMPLE]
     grpc_client = checks.GrpcPredictor(f"127.0.0.1:{stack.ports['TF_SERVING_GRPC_HOST_PORT']}", images, timeout=10)
     tf_rest = stack.url("TF_SERVING_REST_HOST_PORT") + "/v1/models/digits:predict"
     flask = stack.url("FLASK_HOST_PORT") + "/v1/models/digits:predict"
+    torchserve = stack.url("TORCHSERVE_INFERENCE_HOST_PORT") + "/predictions/digits"
     readers = {
         "tf_pipeline": [
             ("TF Serving REST", lambda: checks.rest_probabilities(tf_rest, images)),
             ("TF Serving gRPC", grpc_client.probabilities),
         ],
-        "torch_pipeline": [("Flask", lambda: checks.rest_probabilities(flask, images))],
+        "torch_pipeline": [
+            ("Flask", lambda: checks.rest_probabilities(flask, images)),
+            ("TorchServe", lambda: checks.rest_probabilities(torchserve, images)),
+        ],
     }
     try:
         for pipeline, framework in (("tf_pipeline", "tf"), ("torch_pipeline", "torch")):
@@ -214,14 +219,24 @@ def check_new_version(stack: Stack, models_dir: Path, runs_dir: Path, log: Log) 
                 log.finding(f"{name} serves version 2 {seconds:.1f} s after the training command returned, no restart")
     finally:
         grpc_client.close()
-    archive = checks.archive_for_version(models_dir / "torch" / "model-store", 2)
-    checks.roll_out_torchserve(stack.url("TORCHSERVE_MANAGEMENT_HOST_PORT"), archive.name, 2, log)
-    torchserve = stack.url("TORCHSERVE_INFERENCE_HOST_PORT") + "/predictions/digits"
-    expected = in_process(models_dir, "torch", 2, images)
-    seconds = checks.wait_until_serving(
-        "TorchServe", lambda: checks.rest_probabilities(torchserve, images), expected, 30
-    )
-    log.finding(f"TorchServe serves version 2 {seconds:.1f} s after the roll-out through its management API")
+    # TorchServe answers with version 2 once it is the default; the watcher unregisters version 1 a moment later.
+    deadline, lines = time.monotonic() + 60, []
+    while not any("Rolled out" in line or "Refused" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(1)
+        lines = rollout_log_lines(stack)
+    for line in lines or ["(nothing logged within 60 s)"]:
+        log.finding("roll-out watcher: " + line)
+    management = stack.url("TORCHSERVE_MANAGEMENT_HOST_PORT")
+    versions = [entry["modelVersion"] for entry in checks.get_json(f"{management}/models/digits/all")]
+    left = "" if versions == ["2"] else " (the watcher did not unregister the old version: see its lines above)"
+    log.finding(f"TorchServe lists versions {versions} of digits{left}")
+
+
+def rollout_log_lines(stack: Stack) -> list[str]:
+    """The roll-out watcher's log lines that end a roll-out or say what went wrong, without compose's prefix."""
+    lines = stack.command("logs", "--no-color", "torchserve-rollout").stdout.splitlines()
+    markers = ("Rolled out", "Refused", "Could not")
+    return [line.split("|", 1)[-1].strip() for line in lines if any(marker in line for marker in markers)]
 
 
 def stop_under_load(stack: Stack, log: Log) -> None:
@@ -260,7 +275,7 @@ def stop_under_load(stack: Stack, log: Log) -> None:
     result = checks.load_during(targets, stop)
     for line in result.table().splitlines():
         log.finding(line)
-    exit_codes = {service: stack.inspect(service, "{{.State.ExitCode}}") for service in SERVERS}
+    exit_codes = {service: stack.inspect(service, "{{.State.ExitCode}}") for service in SERVICES}
     log.finding(f"exit status after stop: {exit_codes}")
     assert not any(result.lost().values()), f"requests lost while stopping: {result.lost()} {result.examples}"
     assert all(code == "0" for code in exit_codes.values()), f"a server did not stop cleanly: {exit_codes}"
@@ -314,7 +329,7 @@ def check_stack(compose: list[str], work_dir: Path, log: Log, rebuild_base: bool
     try:
         with log.step("up, and wait for every healthcheck"):
             started = time.monotonic()
-            stack.command("up", "--detach", "--no-build", *SERVERS)
+            stack.command("up", "--detach", "--no-build", *SERVICES)
             wait_until_healthy(stack, log, started)
             log(stack.command("run", "--rm", "ready").stdout.strip())
         with log.step("integration suite against the containers"):
@@ -324,6 +339,8 @@ def check_stack(compose: list[str], work_dir: Path, log: Log, rebuild_base: bool
                 "FLASK_URL": stack.url("FLASK_HOST_PORT"),
                 "TORCHSERVE_URL": stack.url("TORCHSERVE_INFERENCE_HOST_PORT"),
                 "TORCHSERVE_MANAGEMENT_URL": stack.url("TORCHSERVE_MANAGEMENT_HOST_PORT"),
+                "TORCHSERVE_GRPC": f"127.0.0.1:{ports['TORCHSERVE_GRPC_INFERENCE_HOST_PORT']}",
+                "TORCHSERVE_GRPC_MANAGEMENT": f"127.0.0.1:{ports['TORCHSERVE_GRPC_MANAGEMENT_HOST_PORT']}",
                 "MODELS_DIR": str(models_dir.resolve()),
             }
             result = run(

@@ -178,7 +178,7 @@ def _merged_config() -> dict:
 def test_stand_ins_never_take_an_official_image_name():
     services = _merged_config()
     official = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    for name in ("tf-serving", "torchserve", "flask", "ready"):
+    for name in ("tf-serving", "torchserve", "flask", "torchserve-rollout", "ready"):
         assert services[name]["image"].startswith("tf-vs-torch-stand-in/")
         assert services[name]["image"] != official[name].get("image")
 
@@ -189,6 +189,7 @@ def test_stand_ins_serve_the_test_models_and_build_from_the_wheelhouse():
         ("tf-serving", "/models/digits"),
         ("flask", "/models/digits"),
         ("torchserve", "/home/model-server/model-store"),
+        ("torchserve-rollout", "/models/model-store"),
     ):
         sources = {entry.split(":")[1]: entry.split(":")[0] for entry in services[name]["volumes"]}
         assert sources[target].startswith("/m/"), f"{name} still mounts {sources[target]}"

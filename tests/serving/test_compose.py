@@ -167,6 +167,22 @@ def test_torchserve_config_agrees_with_compose_stack_and_design(compose):
     assert Stack(models_dir="models").model_store == ROOT / "models" / "torch" / "model-store"
 
 
+def test_torchserve_rollout_watches_the_store_torchserve_serves(compose):
+    services = compose["services"]
+    rollout, torchserve = services["torchserve-rollout"], services["torchserve"]
+    # The Flask image holds the serving package; its own healthcheck (the Flask app's /readyz) must not apply.
+    assert rollout["image"] == services["flask"]["image"] and rollout["build"] == services["flask"]["build"]
+    assert rollout["healthcheck"] == {"disable": True}
+    command = rollout["command"]
+    assert command[:3] == ["python", "-m", "serving.torchserve.rollout"]
+    store = volumes(torchserve)["/home/model-server/model-store"]
+    mounted_at = [target for target, source in volumes(rollout).items() if source == store]
+    assert mounted_at and f"--model-store={mounted_at[0]}" in command
+    assert "--management-url=http://torchserve:8081" in command
+    assert rollout["depends_on"] == {"torchserve": {"condition": "service_healthy"}}
+    assert rollout["restart"] == "unless-stopped"
+
+
 def _literal_assignments(path: Path, name: str) -> ast.expr:
     for node in ast.parse(path.read_text()).body:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
