@@ -351,7 +351,9 @@ def check_stack(compose: list[str], work_dir: Path, log: Log, rebuild_base: bool
                 timeout=900,
             )
             log.finding("integration suite: " + (result.stdout.strip().splitlines() or ["(no output)"])[-1])
-            assert result.returncode == 0, f"the integration suite failed:\n{result.stdout[-4000:]}"
+            assert result.returncode == 0, (
+                f"the integration suite exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+            )
         with log.step("train version 2 while serving; every server picks it up"):
             check_new_version(stack, models_dir, runs_dir, log)
         with log.step("stop under load"):
