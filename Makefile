@@ -18,6 +18,8 @@ $(VENV)/.installed: requirements.lock
 	@test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(PIP_INSTALL_FLAGS) -r requirements.lock
+# TorchServe's gRPC stubs, from the protos inside the installed torchserve, into the git-ignored build/
+	$(PYTHON) -m serving.clients.torchserve_protos > /dev/null
 	@touch $@
 
 # Re-resolve requirements.in into requirements.lock in a throw-away environment.
@@ -68,7 +70,8 @@ logs: setup
 playground: setup
 	$(PYTHON) -m serving.playground $(ARGS)
 
-# The measured comparison (issue 6): reports/comparison.md + PNG plots; compare-quick skips the servers.
+# The measured comparison: reports/comparison.md, comparison.html (self-contained) and PNG plots; compare-quick
+# skips the servers and the distributed runs. Addresses in TFSERVING_GRPC etc. measure a running stack instead.
 .PHONY: compare compare-quick
 compare: setup
 	$(PYTHON) -m benchmarks.compare $(ARGS)
@@ -78,6 +81,13 @@ compare-quick: setup
 
 test: setup
 	$(PYTHON) -m pytest $(ARGS)
+
+# docker-compose.yml built and run here end to end, with local stand-ins for the two official images (root; a few
+# minutes; docs/docker.md). Installs docker.io, docker-compose and mmdebstrap if missing, starts dockerd if none
+# runs (and stops it again). TORCH_INDEX_URL, as for setup, where pip cannot find torch's CPU build otherwise.
+.PHONY: test-containers
+test-containers: setup
+	TORCH_INDEX_URL=$(TORCH_INDEX_URL) $(PYTHON) -m tests.containers.run $(ARGS)
 
 clean:
 	rm -rf models runs reports .pytest_cache

@@ -153,7 +153,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     per_replica_batch_size(config.batch_size, role.num_workers)  # one replica per worker on CPU
     dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
     base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
-    run_name = config.resolved_run_name()
+    run_name = config.resolved_run_name(dataset.name)
     run_dir = Path(config.log_dir) / FRAMEWORK / run_name
     if role.is_chief:
         artifacts.check_writable(base_path)
@@ -212,7 +212,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     iterator = iter(strategy.experimental_distribute_dataset(batches))  # each replica's slice of every global batch
     steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
     steps_per_call = 1 if checksum_file else config.steps_per_execution
-    writers = summaries.RunWriters(run_dir) if role.is_chief else None
+    writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if role.is_chief else None
     if writers:
         writers.add_graph(model)
     verbose = config.verbose if role.is_chief else 0
@@ -241,16 +241,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             train_loss, train_accuracy = float(loss_sum / examples), float(correct / examples)
             if writers:
                 validation_loss, validation_accuracy, _ = evaluate(model, dataset.validation, validation_logits)
-                writers.log_epoch(
-                    epoch,
-                    train_loss,
-                    train_accuracy,
-                    validation_loss,
-                    validation_accuracy,
-                    learning_rate=float(optimizer.learning_rate.numpy()),
-                    iterations=int(optimizer.iterations.numpy()),
-                    model=model,
-                )
+                writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, model)
                 logs = [
                     ("accuracy", train_accuracy),
                     ("loss", train_loss),
@@ -270,9 +261,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
         if checksum_file:
             checksum_file.close()
     training_seconds = time.perf_counter() - started
-    if writers:
-        writers.close()
-    if not role.is_chief:
+    if not writers:  # a worker other than the chief
         return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
 
     # The chief exports a plain copy built outside the strategy: the SavedModel then holds ordinary variables,
@@ -280,15 +269,14 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     serving_model = build_model(spec, seed=config.seed)
     serving_model.set_weights(model.get_weights())
     test_loss, test_accuracy, predictions = evaluate(serving_model, dataset.test)
-    summaries.write_final_summaries(
-        run_dir,
+    writers.write_final_summaries(
         hparams=config.tensorboard_hparams(),
-        run_name=run_name,
         test_accuracy=test_accuracy,
         test_loss=test_loss,
         confusion=metrics.confusion_matrix(dataset.test.labels, predictions, dataset.num_classes),
         step=config.epochs,
     )
+    writers.close()
 
     metadata = artifacts.build_metadata(
         framework="tensorflow",

@@ -19,8 +19,15 @@ import numpy as np
 import requests
 
 from experiment.spec import CLASSES, PROBABILITIES
-from serving.client import RestClient, ServerUnavailableError, ServingError, TFServingGrpcClient
-from serving.torchserve.client import TorchServeClient, TorchServeError
+from serving.clients import (
+    RestClient,
+    ServerUnavailableError,
+    ServingError,
+    TFServingGrpcClient,
+    TorchServeClient,
+    TorchServeError,
+    TorchServeGrpcClient,
+)
 
 logger = logging.getLogger("serving.playground")
 # A page waits for every card; a server that hangs should not hold it for long.
@@ -74,22 +81,26 @@ class StackAddresses:
     flask: str
     torchserve: str
     torchserve_management: str
+    torchserve_grpc: str
     torchserve_key_file: Path | None
+    torchserve_grpc_management: str | None = None  # None: TorchServe's layout, the gRPC port + 1
 
 
 def addresses_from_run_dir(run_dir: Path | str) -> StackAddresses:
     """The addresses of the stack `make serve` started in run_dir (DESIGN.md's default ports when none did)."""
-    from serving.stack import Stack
+    from serving.runtime import Stack
 
     stack = Stack.from_run_dir(run_dir)
-    addresses = stack.endpoints()
+    addresses = {endpoint.name: endpoint.address for endpoint in stack.endpoints()}
     return StackAddresses(
         model_name=stack.model_name,
-        tf_grpc=addresses["tf_grpc"],
-        tf_rest=addresses["tf_rest"],
-        flask=addresses["flask"],
-        torchserve=addresses["torchserve"],
-        torchserve_management=addresses["torchserve_management"],
+        tf_grpc=addresses["tf-grpc"],
+        tf_rest=addresses["tf-rest"],
+        flask=addresses["flask-rest"],
+        torchserve=addresses["torchserve-rest"],
+        torchserve_management=stack.torchserve_instance.management_url,
+        torchserve_grpc=addresses["torchserve-grpc"],
+        torchserve_grpc_management=stack.torchserve_instance.grpc_management_address,
         # Absent under `docker compose up` (token authorization off): the client then sends no key.
         torchserve_key_file=stack.torchserve_key_file,
     )
@@ -97,7 +108,7 @@ def addresses_from_run_dir(run_dir: Path | str) -> StackAddresses:
 
 def stack_is_running(run_dir: Path | str) -> bool:
     """True when run_dir holds a stack with at least one server process alive."""
-    from serving.stack import Stack
+    from serving.runtime import Stack
 
     return any(status.running for status in Stack.from_run_dir(run_dir).status())
 
@@ -109,7 +120,7 @@ def _grpc_endpoint(client: TFServingGrpcClient) -> Caller:
     """TensorFlow Serving's PredictResponse names the version that answered in its model_spec."""
 
     def predict(images: np.ndarray) -> Answer:
-        from serving.tfserving.tensors import tensor_to_array
+        from serving.protocol.tensors import tensor_to_array
 
         response, latency_ms = _timed(client.description, lambda: client.predict_response(images))
         try:
@@ -142,15 +153,15 @@ def _rest_endpoint(client: RestClient) -> Caller:
     return Caller(predict, client.close)
 
 
-def _torchserve_endpoint(client: TorchServeClient) -> Caller:
+def _torchserve_endpoint(client: TorchServeClient | TorchServeGrpcClient) -> Caller:
     """TorchServe's answer carries no version: its management API names the default version, which answered."""
 
     def predict(images: np.ndarray) -> Answer:
-        description = f"TorchServe at {client.base_url}"
+        description = getattr(client, "description", None) or f"TorchServe at {client.base_url}"
         (probabilities, classes), latency_ms = _timed(description, lambda: client.predict(images))
         try:
             version = client.describe().get("modelVersion")
-        except (TorchServeError, requests.RequestException, ValueError, AttributeError) as error:
+        except (ServingError, requests.RequestException, ValueError, AttributeError) as error:
             logger.warning("TorchServe's management API failed after a prediction: %s", error)
             version = None
         return Answer(probabilities, classes, latency_ms, None if version is None else str(version), MANAGEMENT_API)
@@ -173,6 +184,10 @@ ENDPOINTS: tuple[tuple[str, str, Adapter], ...] = (
     ("torchserve-rest", "TorchServe · REST",
      lambda at: _torchserve_endpoint(TorchServeClient(at.torchserve, at.model_name, at.torchserve_key_file,
                                                       at.torchserve_management, timeout=CALL_TIMEOUT_S))),
+    ("torchserve-grpc", "TorchServe · gRPC",
+     lambda at: _torchserve_endpoint(TorchServeGrpcClient(at.torchserve_grpc, at.model_name, at.torchserve_key_file,
+                                                          at.torchserve_grpc_management, timeout=CALL_TIMEOUT_S,
+                                                          token_url=at.torchserve_management))),
 )  # fmt: skip
 
 

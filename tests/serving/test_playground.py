@@ -312,10 +312,11 @@ def test_every_real_endpoint_reports_a_stopped_server_in_one_sentence_without_it
         model_name="digits", tf_grpc=f"127.0.0.1:{port}", tf_rest=f"http://127.0.0.1:{port}",
         flask=f"http://127.0.0.1:{port}", torchserve=f"http://127.0.0.1:{port}",
         torchserve_management=f"http://127.0.0.1:{port}", torchserve_key_file=tmp_path / "key_file.json",
+        torchserve_grpc=f"127.0.0.1:{port}",
     )  # fmt: skip
     connected = endpoints.connect(addresses)
     try:
-        assert [endpoint.key for endpoint in connected] == ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"]
+        assert [endpoint.key for endpoint in connected] == ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"]
         for endpoint in connected:
             with pytest.raises(EndpointError) as raised:
                 endpoint.predict(np.zeros((1, 8, 8), dtype=np.float32))
@@ -326,7 +327,7 @@ def test_every_real_endpoint_reports_a_stopped_server_in_one_sentence_without_it
 
 
 def test_server_sentences_lose_their_addresses():
-    from serving.client import ServingError
+    from serving.clients import ServingError
     from serving.playground.endpoints import _sentence
 
     description = "the REST server at http://127.0.0.1:8501"
@@ -360,6 +361,6 @@ def test_a_port_out_of_range_is_one_sentence_and_exit_2(capsys):
 
 
 def test_make_serve_points_to_the_playground(tmp_path):
-    from serving.stack import Stack
+    from serving.runtime import Stack
 
     assert "make playground" in Stack(run_dir=tmp_path / "run", models_dir=tmp_path / "models").describe_endpoints()

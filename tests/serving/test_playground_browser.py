@@ -31,7 +31,7 @@ STOPPED = "Not reachable: the server is stopped, still starting or shutting down
 @pytest.fixture(scope="module")
 def stack(tf_trained, torch_trained, tmp_path_factory):
     """Every server, ready on free ports, serving the models the two pipelines just trained."""
-    from serving.stack import Ports, Stack
+    from serving.runtime import Ports, Stack
 
     root = tmp_path_factory.mktemp("playground_stack")
     models_dir = root / "models"
@@ -178,7 +178,7 @@ def save_for_readme(screenshot: Path) -> None:
 def test_a_drawn_digit_gets_an_answer_from_every_endpoint(browser, playground_url, tmp_path):
     open_page(browser, playground_url)
     cards = browser.execute_script(READ_CARDS)
-    assert [card["key"] for card in cards] == ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"]
+    assert [card["key"] for card in cards] == ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"]
     draw_a_seven(browser)
     before = predictions_made(browser)
     browser.find_element("id", "predict").click()
@@ -230,7 +230,7 @@ def test_the_page_fits_a_phone_sized_window(browser, playground_url, tmp_path):
 
 
 def test_a_stopped_server_shows_its_error_while_the_others_answer(browser, playground_url, stack, tmp_path):
-    from serving.stack import Stack
+    from serving.runtime import Stack
 
     keys = json.loads(stack.torchserve_key_file.read_text())  # TorchServe removes the file when it stops
     open_page(browser, f"{playground_url}#test-image=1")
@@ -242,11 +242,12 @@ def test_a_stopped_server_shows_its_error_while_the_others_answer(browser, playg
     before = predictions_made(browser)
     browser.find_element("id", "predict").click()
     cards = {card["key"]: card for card in wait_for_prediction(browser, before)}
-    assert cards["torchserve-rest"]["state"] == "failed" and cards["torchserve-rest"]["error"] == STOPPED
-    assert cards["torchserve-rest"]["predicted"] == "–"
+    for key in ("torchserve-rest", "torchserve-grpc"):
+        assert cards[key]["state"] == "failed" and cards[key]["error"] == STOPPED
+        assert cards[key]["predicted"] == "–"
     for key in ("tf-grpc", "tf-rest", "flask-rest"):
         assert_answered(cards[key])
-    assert browser.find_element("id", "status").text == "3 of 4 servers answered."
+    assert browser.find_element("id", "status").text == "3 of 5 servers answered."
     assert browser.save_screenshot(str(tmp_path / "playground-one-down.png"))
 
     # Nothing about where the servers are, or TorchServe's keys, reached the browser.
