@@ -156,22 +156,23 @@ def fill_model_spec(spec: model_pb2.ModelSpec, name: str, signature_name: str, v
 
 def classify(servable: Servable, request: classification_pb2.ClassificationRequest, run: Runner):
     """A ClassificationResponse for request on servable."""
-    signature = _signature(servable, request.model_spec.signature_name, CLASSIFY_METHOD)
-    aliases = classification_outputs(signature.definition)
-    examples = serialized_examples(request.input)
     response = classification_pb2.ClassificationResponse()
-    classification_result(len(examples), run(servable, signature, {INPUTS: examples}, aliases), response.result)
-    fill_model_spec(response.model_spec, request.model_spec.name, signature.name, servable.version)
-    return response
+    return _run_examples(servable, request, run, CLASSIFY_METHOD, classification_outputs, classification_result,
+                         response)  # fmt: skip
 
 
 def regress(servable: Servable, request: regression_pb2.RegressionRequest, run: Runner):
     """A RegressionResponse for request on servable."""
-    signature = _signature(servable, request.model_spec.signature_name, REGRESS_METHOD)
-    aliases = regression_outputs(signature.definition)
-    examples = serialized_examples(request.input)
     response = regression_pb2.RegressionResponse()
-    regression_result(len(examples), run(servable, signature, {INPUTS: examples}, aliases), response.result)
+    return _run_examples(servable, request, run, REGRESS_METHOD, regression_outputs, regression_result, response)
+
+
+def _run_examples(servable: Servable, request, run: Runner, method: str, outputs_of, fill_result, response):
+    """Classify and Regress alike: run the method's signature over the request's Examples into response."""
+    signature = _signature(servable, request.model_spec.signature_name, method)
+    aliases = outputs_of(signature.definition)
+    examples = serialized_examples(request.input)
+    fill_result(len(examples), run(servable, signature, {INPUTS: examples}, aliases), response.result)
     fill_model_spec(response.model_spec, request.model_spec.name, signature.name, servable.version)
     return response
 
