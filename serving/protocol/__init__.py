@@ -5,6 +5,7 @@ rest           the REST body as the Flask app and the TorchServe handler take it
 json_values    the real server's JSON ⇄ tensor values, typed by a signature's input dtypes; its number writing
 json_predict   :predict bodies in row and columnar format, and their answers, as the real server parses and writes them
 json_examples  :classify and :regress bodies (tf.Example features as JSON), and their answers
+limits         bounds on one request (JSON depth, elements decoded) checked before any allocation
 tensors        TensorProto ⇄ NumPy for every dtype the gRPC API carries, by TensorFlow's own rules
 signatures     tensor and signature specs, TF Serving's checks of inputs and output filters, SignatureDef JSON
 
