@@ -1,0 +1,36 @@
+"""SIGTERM while clients keep sending: every request the server accepted is answered, later ones are refused cleanly
+(connection refused, gRPC UNAVAILABLE or a 503), and the server exits within its grace period."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.robustness import checks, servers
+from tests.robustness.conftest import SOAK_SECONDS
+
+pytestmark = pytest.mark.slow
+GRACE_SECONDS = 40.0  # the longest grace the servers are given (gunicorn's graceful_timeout is 20 s)
+
+
+def assert_drained(report: checks.SigtermReport) -> None:
+    counts = (f"{report.answered_ok} answered, {report.answered_error} answered with an error, "
+              f"{report.refused} refused, {report.lost} lost")  # fmt: skip
+    assert report.ok_before_signal > 0, f"no request succeeded before SIGTERM ({counts})"
+    assert report.lost == 0, f"{report.lost} accepted requests lost ({counts}): " + "; ".join(report.failures[:5])
+    assert report.server_errors_not_503 == 0, f"5xx other than 503 while draining ({counts}): {report.failures[:5]}"
+    assert report.exit_seconds is not None, f"still running {GRACE_SECONDS:.0f} s after SIGTERM ({counts})"
+
+
+@pytest.mark.parametrize("name", servers.SERVERS)
+def test_sigterm_under_load_loses_no_accepted_request(fresh_server, name):
+    running = fresh_server(name)
+    assert_drained(checks.sigterm_under_load(running.process, running.target, running.grpc_address,
+                                             load_seconds=2.0, grace_seconds=GRACE_SECONDS))  # fmt: skip
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("name", servers.SERVERS)
+def test_soak_sigterm_after_a_minute_of_load(fresh_server, name):
+    running = fresh_server(name)
+    assert_drained(checks.sigterm_under_load(running.process, running.target, running.grpc_address,
+                                             clients=16, load_seconds=SOAK_SECONDS, grace_seconds=GRACE_SECONDS))  # fmt: skip
