@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -221,35 +222,44 @@ class SlowClientReport:
 def slow_and_idle_clients(
     target: RestTarget, idle: int = 200, slow: int = 64, hold_seconds: float = 6.0, probe_every_seconds: float = 1.0
 ) -> SlowClientReport:
-    """Open idle connections and slow senders (one body byte a second), and time valid requests meanwhile."""
+    """Open idle connections and slow senders, and time valid requests meanwhile.
+
+    The slow senders take turns among three kinds, each sending one byte a second: headers that never end, a body
+    under a Content-Length, and a chunked body of one-byte chunks.
+    """
     report = SlowClientReport()
     sockets: list[socket.socket] = []
-    slow_sockets: list[socket.socket] = []
+    dripping: list[tuple[socket.socket, bytes]] = []  # (connection, what it sends each second)
     stop = threading.Event()
     headers = {"Content-Type": "application/json", **target.headers()}
-    slow_head = wire.request_bytes("POST", target.predict_path(), target.host, None, headers)
-    slow_head = slow_head.replace(b"\r\n\r\n", b"\r\nContent-Length: 4096\r\n\r\n", 1)
+    head = wire.request_bytes("POST", target.predict_path(), target.host, None, headers)
+    kinds = (
+        (head[: head.index(b"\r\n") + 2], b"X"),  # the request line, then a header a byte at a time
+        (head.replace(b"\r\n\r\n", b"\r\nContent-Length: 4096\r\n\r\n{", 1), b" "),
+        (head.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n", 1), b"1\r\n \r\n"),
+    )
 
     def drip() -> None:
-        # One byte a second on every slow connection; a connection the server closed is simply dropped.
+        # One piece a second on every slow connection; a connection the server closed is simply dropped.
         while not stop.wait(1.0):
-            for sock in list(slow_sockets):
+            for entry in list(dripping):
                 try:
-                    sock.send(b" ")
+                    entry[0].send(entry[1])
                 except OSError:
-                    slow_sockets.remove(sock)
+                    dripping.remove(entry)
 
     try:
         for _ in range(idle):
             with contextlib.suppress(OSError):
                 sockets.append(socket.create_connection((target.host, target.port), timeout=5))
                 report.idle_opened += 1
-        for _ in range(slow):
+        for index in range(slow):
+            start, piece = kinds[index % len(kinds)]
             with contextlib.suppress(OSError):
                 sock = socket.create_connection((target.host, target.port), timeout=5)
                 sockets.append(sock)
-                sock.sendall(slow_head + b"{")
-                slow_sockets.append(sock)
+                sock.sendall(start)
+                dripping.append((sock, piece))
                 report.slow_opened += 1
         dripper = threading.Thread(target=drip, daemon=True)
         dripper.start()
@@ -257,7 +267,7 @@ def slow_and_idle_clients(
         time.sleep(min(1.5, hold_seconds / 2))  # let the slow senders settle on the server's threads first
         while time.monotonic() < deadline:
             began = time.monotonic()
-            answer = wire.exchange(target.host, target.port, valid_request(target), timeout=10.0)
+            answer = wire.exchange(target.host, target.port, valid_request(target), timeout=5.0)
             problem = predictions_problem(answer)
             report.probes += 1
             report.slowest_seconds = max(report.slowest_seconds, answer.seconds)
@@ -362,14 +372,16 @@ def sigterm_under_load(
                     unavailable_since = None
                 except grpc.RpcError as error:
                     code = error.code()
-                    if code == grpc.StatusCode.UNAVAILABLE:
+                    # UNAVAILABLE while connecting (or told to go away before the call started) is a clean refusal;
+                    # UNAVAILABLE for a call the server had accepted ("Socket closed") is a lost call.
+                    if code == grpc.StatusCode.UNAVAILABLE and GRPC_REFUSED.search(error.details() or ""):
                         record("refused")
                         unavailable_since = unavailable_since or time.monotonic()
                         if signalled.is_set() and time.monotonic() - unavailable_since > 1.0:
                             return
                         time.sleep(0.05)
                     else:
-                        record("lost", f"gRPC {code.name}: {error.details()}")
+                        record("lost", f"gRPC {code.name}: {(error.details() or '')[:160]}")
         finally:
             call.channel.close()  # type: ignore[attr-defined]
 
@@ -394,6 +406,9 @@ def sigterm_under_load(
     for worker in workers:
         worker.join(timeout=5)
     return report
+
+
+GRPC_REFUSED = re.compile(r"failed to connect|connection refused|GOAWAY|connections to all backends failing", re.I)
 
 
 def _grpc_predict(address: str, model_name: str):

@@ -136,7 +136,8 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
         corrupt[name](folder)
         running = servers.launch(name, folder, folder_root, wait=False)
         try:
-            problem = checks.wait_for_predictions(running.target, running.process, 180.0, 30.0)
+            settle = 60.0 if name == "torchserve" else 30.0
+            problem = checks.wait_for_predictions(running.target, running.process, 180.0, settle)
         finally:
             running.process.stop()
         result.counts["corrupt-version failures"] = int(problem is not None)

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 180.0
 # Once a server answers at all, how long it may take to fall back to the good version before the test gives up.
 SETTLE_SECONDS = 30.0
+TORCHSERVE_SETTLE_SECONDS = 60.0  # its workers load after the inference port opens
 
 
 def assert_status_shows_fallback(running) -> None:
@@ -59,7 +60,7 @@ def test_flask_workers_restarted_after_a_corrupt_version_appeared_serve_the_last
 
 def test_torchserve_started_with_a_corrupt_newest_archive_serves_the_last_good_one(fresh_server):
     running = fresh_server("torchserve", lambda store: checks.add_corrupt_archive(store, "digits", 2), wait=False)
-    problem = checks.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, SETTLE_SECONDS)
+    problem = checks.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, TORCHSERVE_SETTLE_SECONDS)
     assert problem is None, f"no fallback to the archive of version 1: {problem}"
     client = running.spec.endpoint("torchserve-rest").client()
     try:
