@@ -339,49 +339,57 @@ def sigterm_under_load(
                 report.lost += 1
                 report.failures.append(detail)
 
+    def turned_away(since: float | None) -> tuple[float, bool]:
+        """(when the refusals began, whether to stop): a client stops after a second of clean refusals after the
+        signal, as a load balancer stops sending to a server that says it is going away."""
+        since = since or time.monotonic()
+        time.sleep(0.05)
+        return since, signalled.is_set() and time.monotonic() - since > 1.0
+
     def rest_client() -> None:
         refused_since = None
         while not finished.is_set():
             answer = wire.exchange(target.host, target.port, request, timeout=grace_seconds)
             if answer.outcome == wire.REFUSED:
                 record("refused")
-                refused_since = refused_since or time.monotonic()
-                if signalled.is_set() and time.monotonic() - refused_since > 1.0:
-                    return
-                time.sleep(0.05)
-                continue
-            refused_since = None
-            if answer.outcome != wire.ANSWERED:
+            elif answer.outcome != wire.ANSWERED:
                 record("lost", f"REST {answer.outcome} {answer.detail} after {answer.seconds:.1f} s")
             elif answer.status == 200:
                 record("ok")
             else:
                 not_503 = answer.status >= 500 and answer.status != 503
                 record("error", f"REST HTTP {answer.status} {answer.body[:80]!r}" if not_503 else "")
+            if answer.outcome == wire.REFUSED or answer.status == 503:
+                refused_since, stop = turned_away(refused_since)
+                if stop:
+                    return
+            else:
+                refused_since = None
 
     def grpc_client() -> None:
         import grpc
 
         stub_request, call = _grpc_predict(grpc_address, model_name)
-        unavailable_since = None
+        refused_since = None
         try:
             while not finished.is_set():
                 try:
                     call(stub_request, timeout=grace_seconds)
                     record("ok")
-                    unavailable_since = None
+                    refused_since = None
+                    continue
                 except grpc.RpcError as error:
-                    code = error.code()
-                    # UNAVAILABLE while connecting (or told to go away before the call started) is a clean refusal;
-                    # UNAVAILABLE for a call the server had accepted ("Socket closed") is a lost call.
-                    if code == grpc.StatusCode.UNAVAILABLE and GRPC_REFUSED.search(error.details() or ""):
-                        record("refused")
-                        unavailable_since = unavailable_since or time.monotonic()
-                        if signalled.is_set() and time.monotonic() - unavailable_since > 1.0:
-                            return
-                        time.sleep(0.05)
-                    else:
-                        record("lost", f"gRPC {code.name}: {(error.details() or '')[:160]}")
+                    code, details = error.code(), error.details() or ""
+                # UNAVAILABLE is how a server turns a call away (not listening, or draining); the same code for a
+                # call whose connection broke while the server held it ("Socket closed") is a lost call.
+                if code == grpc.StatusCode.UNAVAILABLE and not GRPC_BROKEN.search(details):
+                    record("refused")
+                    refused_since, stop = turned_away(refused_since)
+                    if stop:
+                        return
+                else:
+                    record("lost", f"gRPC {code.name}: {details[:160]}")
+                    refused_since = None
         finally:
             call.channel.close()  # type: ignore[attr-defined]
 
@@ -408,7 +416,7 @@ def sigterm_under_load(
     return report
 
 
-GRPC_REFUSED = re.compile(r"failed to connect|connection refused|GOAWAY|connections to all backends failing", re.I)
+GRPC_BROKEN = re.compile(r"socket closed|connection reset|broken pipe|stream removed|RST_STREAM|end of file|EOF", re.I)
 
 
 def _grpc_predict(address: str, model_name: str):
