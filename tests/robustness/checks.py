@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -53,6 +54,15 @@ def ask_valid(target: RestTarget, timeout: float = 10.0) -> str | None:
     return predictions_problem(wire.exchange(target.host, target.port, valid_request(target), timeout))
 
 
+def grouped(failures: list[str], limit: int = 30) -> list[str]:
+    """The distinct lines of failures, most frequent first, each with how often it happened."""
+    counts: dict[str, int] = {}
+    for failure in failures:
+        counts[failure] = counts.get(failure, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])
+    return [f"{count:3d}x {failure}" for failure, count in ranked[:limit]]
+
+
 # -- malformed bodies ---------------------------------------------------------------------------------------------
 
 
@@ -73,11 +83,7 @@ class BodyReport:
 
     def summary(self, limit: int = 30) -> list[str]:
         """The distinct failures, most frequent first, each with how often it happened."""
-        counts: dict[str, int] = {}
-        for failure in self.failures:
-            counts[failure] = counts.get(failure, 0) + 1
-        ranked = sorted(counts.items(), key=lambda item: -item[1])
-        return [f"{count:3d}x {failure}" for failure, count in ranked[:limit]]
+        return grouped(self.failures, limit)
 
     @property
     def failed(self) -> int:
@@ -407,7 +413,8 @@ def sigterm_under_load(
         time.sleep(0.05)
     if not server.is_running():
         report.exit_seconds = time.monotonic() - began
-        report.exit_status = server.exit_status()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            report.exit_status = server.wait(timeout=5)
     for worker in workers:
         worker.join(timeout=max(1.0, grace_seconds - (time.monotonic() - began)))
     finished.set()

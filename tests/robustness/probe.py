@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 import tempfile
@@ -59,6 +60,7 @@ class ServerCounts:
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line; a bad value exits with one sentence, as argparse does."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="exports to serve (default models)")
     parser.add_argument("--bodies", type=int, default=300, help="malformed REST requests per server (default 300)")
@@ -102,11 +104,11 @@ def probe_stack(arguments: argparse.Namespace, work_dir: Path, results: dict[str
             print(f"{name}: poisoned batches ...", flush=True)
             batch = checks.poisoned_batch(server.target)
             result.counts["poisoned-batch failures"] = batch.valid_failed
-            result.details += batch.failures
+            result.details += checks.grouped([f'batch: {failure}' for failure in batch.failures])
             print(f"{name}: 200 idle connections and 64 slow senders for {arguments.hold_seconds:g} s ...", flush=True)
             slow = checks.slow_and_idle_clients(server.target, hold_seconds=arguments.hold_seconds)
             result.counts["stalled by slow clients"] = slow.stalled
-            result.details += [f"slow clients: {failure}" for failure in slow.failures]
+            result.details += checks.grouped([f"slow clients: {failure}" for failure in slow.failures])
             if server.grpc_address is not None:
                 print(f"{name}: gRPC shape cases ...", flush=True)
                 shapes = checks.grpc_shape_cases(server.grpc_address, server.process)
@@ -154,7 +156,7 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
             running.process.stop()
         result.counts["lost on SIGTERM"] = report.lost + report.server_errors_not_503
         result.counts["refused on SIGTERM"] = report.refused
-        result.details += [f"SIGTERM: {failure}" for failure in report.failures]
+        result.details += checks.grouped([f"SIGTERM: {failure}" for failure in report.failures])
         exit_time = f"{report.exit_seconds:.1f} s" if report.exit_seconds is not None else "did not exit"
         result.details.append(f"SIGTERM: {report.answered_ok} answered, {report.refused} refused, exit {exit_time}")
 
@@ -187,6 +189,7 @@ def print_table(results: dict[str, ServerCounts]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every check, print the counts per server; 0 when no failure was counted, else 1."""
     arguments = parse_arguments(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC checks import TensorFlow's protos: no C++ banner
 
     def body() -> int:
         missing = exports.missing_exports(("tf", "torch", "torch-archive"), arguments.models_dir, "digits")
