@@ -26,7 +26,7 @@ from experiment.artifacts import latest_version
 from experiment.cli import run_main
 from experiment.errors import UsageError
 from serving.runtime import exports
-from tests.robustness import bodies, checks, servers
+from tests.robustness import bodies, checks, fallback, grpc_cases, load, servers, sigterm
 
 PROG = "python -m tests.robustness.probe"
 ROWS = (
@@ -102,16 +102,16 @@ def probe_stack(arguments: argparse.Namespace, work_dir: Path, results: dict[str
             if over_limit.status != 413:
                 result.details.append(f"chunked body over the limit: {over_limit.outcome} {over_limit.status}")
             print(f"{name}: poisoned batches ...", flush=True)
-            batch = checks.poisoned_batch(server.target)
+            batch = load.poisoned_batch(server.target)
             result.counts["poisoned-batch failures"] = batch.valid_failed
             result.details += checks.grouped([f'batch: {failure}' for failure in batch.failures])
             print(f"{name}: 200 idle connections and 64 slow senders for {arguments.hold_seconds:g} s ...", flush=True)
-            slow = checks.slow_and_idle_clients(server.target, hold_seconds=arguments.hold_seconds)
+            slow = load.slow_and_idle_clients(server.target, hold_seconds=arguments.hold_seconds)
             result.counts["stalled by slow clients"] = slow.stalled
             result.details += checks.grouped([f"slow clients: {failure}" for failure in slow.failures])
             if server.grpc_address is not None:
                 print(f"{name}: gRPC shape cases ...", flush=True)
-                shapes = checks.grpc_shape_cases(server.grpc_address, server.process)
+                shapes = grpc_cases.grpc_shape_cases(server.grpc_address, server.process)
                 bad = [r for r in shapes if r.code != "INVALID_ARGUMENT" or r.seconds >= 1.0]
                 result.counts["gRPC shape failures"] = len(bad)
                 result.details += [f"gRPC {r.name}: {r.code} after {r.seconds:.2f} s" for r in bad]
@@ -126,9 +126,9 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
     tf_export, torch_export = tf_base / str(latest_version(tf_base)), torch_base / str(latest_version(torch_base))
     store = exports.model_store(models_dir)
     corrupt = {
-        "tfserving": lambda folder: checks.add_corrupt_tf_version(folder, 1, 2),
-        "flask": lambda folder: checks.add_corrupt_torch_version(folder, 1, 2),
-        "torchserve": lambda folder: checks.add_corrupt_archive(folder, "digits", _next_archive_version(store)),
+        "tfserving": lambda folder: fallback.add_corrupt_tf_version(folder, 1, 2),
+        "flask": lambda folder: fallback.add_corrupt_torch_version(folder, 1, 2),
+        "torchserve": lambda folder: fallback.add_corrupt_archive(folder, "digits", _next_archive_version(store)),
     }
     for name in servers.SERVERS:
         result = results[name]
@@ -139,7 +139,7 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
         running = servers.launch(name, folder, folder_root, wait=False)
         try:
             settle = 60.0 if name == "torchserve" else 30.0
-            problem = checks.wait_for_predictions(running.target, running.process, 180.0, settle)
+            problem = fallback.wait_for_predictions(running.target, running.process, 180.0, settle)
         finally:
             running.process.stop()
         result.counts["corrupt-version failures"] = int(problem is not None)
@@ -150,7 +150,7 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
         folder = servers.copy_models(name, tf_export, torch_export, folder_root / "models")
         running = servers.launch(name, folder, folder_root, wait=True)
         try:
-            report = checks.sigterm_under_load(running.process, running.target, running.grpc_address,
+            report = sigterm.sigterm_under_load(running.process, running.target, running.grpc_address,
                                                load_seconds=arguments.sigterm_load_seconds)  # fmt: skip
         finally:
             running.process.stop()

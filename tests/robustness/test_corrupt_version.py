@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.robustness import checks
+from tests.robustness import checks, fallback, grpc_cases
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 180.0
@@ -20,7 +20,7 @@ TORCHSERVE_SETTLE_SECONDS = 60.0  # its workers load after the inference port op
 
 def assert_status_shows_fallback(running) -> None:
     """TensorFlow Serving's status: version 1 AVAILABLE, version 2 listed with its load error."""
-    versions = checks.versions_in_status(running.target)
+    versions = fallback.versions_in_status(running.target)
     assert versions.get("1", {}).get("state") == "AVAILABLE", f"version 1 is not AVAILABLE in the status: {versions}"
     failed = versions.get("2", {})
     assert failed.get("state") != "AVAILABLE" and failed.get("status", {}).get("error_code", "OK") != "OK", (
@@ -29,29 +29,29 @@ def assert_status_shows_fallback(running) -> None:
 
 
 def test_tf_server_started_over_a_corrupt_newest_version_serves_the_last_good_one(fresh_server):
-    running = fresh_server("tfserving", lambda base: checks.add_corrupt_tf_version(base, 1, 2), wait=False)
-    problem = checks.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, SETTLE_SECONDS)
+    running = fresh_server("tfserving", lambda base: fallback.add_corrupt_tf_version(base, 1, 2), wait=False)
+    problem = fallback.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, SETTLE_SECONDS)
     assert problem is None, f"no fallback to version 1: {problem}"
-    assert checks.grpc_valid_predict(running.grpc_address) is None
+    assert grpc_cases.grpc_valid_predict(running.grpc_address) is None
     assert_status_shows_fallback(running)
 
 
 def test_flask_started_over_a_corrupt_newest_version_serves_the_last_good_one(fresh_server):
-    running = fresh_server("flask", lambda base: checks.add_corrupt_torch_version(base, 1, 2), wait=False)
-    problem = checks.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, SETTLE_SECONDS)
+    running = fresh_server("flask", lambda base: fallback.add_corrupt_torch_version(base, 1, 2), wait=False)
+    problem = fallback.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, SETTLE_SECONDS)
     assert problem is None, f"no fallback to version 1: {problem}"
     assert_status_shows_fallback(running)
 
 
 def test_flask_workers_restarted_after_a_corrupt_version_appeared_serve_the_last_good_one(fresh_server):
     running = fresh_server("flask")
-    checks.add_corrupt_torch_version(running.folder, 1, 2)
+    fallback.add_corrupt_torch_version(running.folder, 1, 2)
     time.sleep(2.0)  # a few polls: the running workers see version 2 fail and keep version 1
     workers = running.process.leader.children()
     assert workers, "gunicorn has no workers"
     for worker in workers:
         os.kill(worker.pid, signal.SIGKILL)
-    problem = checks.wait_for_predictions(running.target, running.process, 60.0, SETTLE_SECONDS)
+    problem = fallback.wait_for_predictions(running.target, running.process, 60.0, SETTLE_SECONDS)
     assert problem is None, f"restarted workers do not serve version 1: {problem}"
     failures = [problem for problem in (checks.ask_valid(running.target) for _ in range(40)) if problem is not None]
     assert not failures, f"{len(failures)} of 40 requests failed after the workers restarted: {failures[:3]}"
@@ -59,8 +59,8 @@ def test_flask_workers_restarted_after_a_corrupt_version_appeared_serve_the_last
 
 
 def test_torchserve_started_with_a_corrupt_newest_archive_serves_the_last_good_one(fresh_server):
-    running = fresh_server("torchserve", lambda store: checks.add_corrupt_archive(store, "digits", 2), wait=False)
-    problem = checks.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, TORCHSERVE_SETTLE_SECONDS)
+    running = fresh_server("torchserve", lambda store: fallback.add_corrupt_archive(store, "digits", 2), wait=False)
+    problem = fallback.wait_for_predictions(running.target, running.process, START_TIMEOUT_S, TORCHSERVE_SETTLE_SECONDS)
     assert problem is None, f"no fallback to the archive of version 1: {problem}"
     client = running.spec.endpoint("torchserve-rest").client()
     try:

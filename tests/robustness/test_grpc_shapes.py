@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.robustness import checks
+from tests.robustness import grpc_cases
 
 pytestmark = pytest.mark.slow
 QUICK_SECONDS = 1.0  # the call must be refused before a tensor of the declared size could be built
@@ -16,10 +16,10 @@ MEMORY_GROWTH_LIMIT = 256 * 1024 * 1024  # [2^20, 8, 8] float32 alone is 256 MiB
 def shape_results(robust_stack):
     """Every shape case sent once to the shared TF server, by name."""
     tf_server = robust_stack["tfserving"]
-    return {result.name: result for result in checks.grpc_shape_cases(tf_server.grpc_address, tf_server.process)}
+    return {result.name: result for result in grpc_cases.grpc_shape_cases(tf_server.grpc_address, tf_server.process)}
 
 
-@pytest.mark.parametrize("case", checks.GRPC_SHAPE_CASES)
+@pytest.mark.parametrize("case", grpc_cases.GRPC_SHAPE_CASES)
 def test_shape_and_values_that_disagree_are_invalid_argument(shape_results, case):
     result = shape_results[case]
     assert result.code == "INVALID_ARGUMENT", f"{result.code} after {result.seconds:.2f} s: {result.details[:200]}"
@@ -28,4 +28,4 @@ def test_shape_and_values_that_disagree_are_invalid_argument(shape_results, case
 
 
 def test_valid_predict_still_answered_after_the_shape_cases(shape_results, robust_stack):
-    assert checks.grpc_valid_predict(robust_stack["tfserving"].grpc_address) is None
+    assert grpc_cases.grpc_valid_predict(robust_stack["tfserving"].grpc_address) is None

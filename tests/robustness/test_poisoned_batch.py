@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.robustness import checks
+from tests.robustness import load
 
 pytestmark = pytest.mark.slow
 
 
-def assert_neighbours_unharmed(report: checks.BatchReport) -> None:
+def assert_neighbours_unharmed(report: load.BatchReport) -> None:
     assert report.valid_failed == 0, (
         f"{report.valid_failed} of {report.valid_sent} valid requests failed beside malformed ones: "
         + "; ".join(report.failures[:5])
@@ -19,9 +19,9 @@ def assert_neighbours_unharmed(report: checks.BatchReport) -> None:
 
 
 def test_malformed_requests_do_not_fail_their_batch_neighbours(running):
-    assert_neighbours_unharmed(checks.poisoned_batch(running.target, valid=120, poison=60))
+    assert_neighbours_unharmed(load.poisoned_batch(running.target, valid=120, poison=60))
 
 
 @pytest.mark.soak
 def test_soak_poisoned_batches(running):
-    assert_neighbours_unharmed(checks.poisoned_batch(running.target, valid=3000, poison=1500))
+    assert_neighbours_unharmed(load.poisoned_batch(running.target, valid=3000, poison=1500))

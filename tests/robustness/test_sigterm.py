@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.robustness import checks, servers
+from tests.robustness import servers, sigterm
 from tests.robustness.conftest import SOAK_SECONDS
 
 pytestmark = pytest.mark.slow
 GRACE_SECONDS = 40.0  # the longest grace the servers are given (gunicorn's graceful_timeout is 20 s)
 
 
-def assert_drained(report: checks.SigtermReport) -> None:
+def assert_drained(report: sigterm.SigtermReport) -> None:
     counts = (f"{report.answered_ok} answered, {report.answered_error} answered with an error, "
               f"{report.refused} refused, {report.lost} lost")  # fmt: skip
     assert report.ok_before_signal > 0, f"no request succeeded before SIGTERM ({counts})"
@@ -24,7 +24,7 @@ def assert_drained(report: checks.SigtermReport) -> None:
 @pytest.mark.parametrize("name", servers.SERVERS)
 def test_sigterm_under_load_loses_no_accepted_request(fresh_server, name):
     running = fresh_server(name)
-    assert_drained(checks.sigterm_under_load(running.process, running.target, running.grpc_address,
+    assert_drained(sigterm.sigterm_under_load(running.process, running.target, running.grpc_address,
                                              load_seconds=2.0, grace_seconds=GRACE_SECONDS))  # fmt: skip
 
 
@@ -32,5 +32,5 @@ def test_sigterm_under_load_loses_no_accepted_request(fresh_server, name):
 @pytest.mark.parametrize("name", servers.SERVERS)
 def test_soak_sigterm_after_a_minute_of_load(fresh_server, name):
     running = fresh_server(name)
-    assert_drained(checks.sigterm_under_load(running.process, running.target, running.grpc_address,
+    assert_drained(sigterm.sigterm_under_load(running.process, running.target, running.grpc_address,
                                              clients=16, load_seconds=SOAK_SECONDS, grace_seconds=GRACE_SECONDS))  # fmt: skip

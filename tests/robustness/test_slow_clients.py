@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.robustness import checks
+from tests.robustness import checks, load
 from tests.robustness.conftest import SOAK_SECONDS
 
 pytestmark = pytest.mark.slow
 
 
-def assert_not_stalled(report: checks.SlowClientReport) -> None:
+def assert_not_stalled(report: load.SlowClientReport) -> None:
     assert report.idle_opened == 200 and report.slow_opened == 64, "could not open every idle and slow connection"
     assert report.stalled == 0, (
         f"{report.stalled} of {report.probes} valid requests not answered within {checks.VALID_ANSWER_TIMEOUT_S} s "
@@ -21,10 +21,10 @@ def assert_not_stalled(report: checks.SlowClientReport) -> None:
 
 
 def test_idle_and_slow_clients_leave_valid_requests_answered(running):
-    assert_not_stalled(checks.slow_and_idle_clients(running.target, hold_seconds=6.0))
+    assert_not_stalled(load.slow_and_idle_clients(running.target, hold_seconds=6.0))
     assert checks.ask_valid(running.target) is None
 
 
 @pytest.mark.soak
 def test_soak_idle_and_slow_clients_for_a_minute(running):
-    assert_not_stalled(checks.slow_and_idle_clients(running.target, hold_seconds=SOAK_SECONDS))
+    assert_not_stalled(load.slow_and_idle_clients(running.target, hold_seconds=SOAK_SECONDS))
