@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from experiment import artifacts, metrics
+from experiment import checkpoints as run_checkpoints
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
@@ -154,6 +155,12 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
     base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
     run_name = config.resolved_run_name()
+    if config.checkpoint_dir is not None and role.is_chief:
+        artifacts.check_writable(config.checkpoint_dir)
+        # A restarted run keeps its TensorBoard run; a folder of another run's checkpoints is refused.
+        run_name = run_checkpoints.prepare_run(
+            config.checkpoint_dir, config.run_name, run_name, config.resume_settings(dataset.name)
+        )
     run_dir = Path(config.log_dir) / FRAMEWORK / run_name
     if role.is_chief:
         artifacts.check_writable(base_path)
@@ -165,14 +172,10 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     import keras
     import tensorflow as tf
 
-    from tf_pipeline import export, summaries
+    from tf_pipeline import checkpoints, export, summaries
     from tf_pipeline.model import build_model
 
     per_replica_batch_size(config.batch_size, strategy.num_replicas_in_sync)  # several GPUs per worker
-    checksum_file = None
-    if config.weight_checksums is not None:
-        checksum_file = open(Path(config.weight_checksums) / f"worker-{role.index}.txt", "w")  # noqa: SIM115
-
     keras.utils.set_random_seed(config.seed)
     spec = config.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
     with strategy.scope():
@@ -188,6 +191,17 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             aggregation=tf.VariableAggregation.SUM,
         )
     loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    saver = resumed = None
+    if config.checkpoint_dir is not None:
+        saver = checkpoints.TrainingCheckpoints(config.checkpoint_dir, model, optimizer, role.is_chief)
+        resumed = saver.restore_latest()
+        if resumed and role.is_chief:
+            print(f"resuming run {run_name} from the checkpoint of step {resumed.step}", flush=True)
+    checksum_file = None
+    if config.weight_checksums is not None:
+        # A resumed run adds to the lines its first attempt wrote.
+        checksum_path = Path(config.weight_checksums) / f"worker-{role.index}.txt"
+        checksum_file = open(checksum_path, "a" if resumed else "w")  # noqa: SIM115
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
         # One replica's share of a global batch: images (b, H, W), labels (b,), weights (b,) = 1 / global batch.
@@ -208,9 +222,14 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             strategy.run(replica_step, args=next(iterator))
         return totals.read_value()
 
-    batches = training_dataset(dataset.train, config.batch_size, config.seed)
+    global_step = resumed.step if resumed else 0
+    # The seeded stream is the same in every run: skipping the steps a checkpoint holds puts a resumed run on the
+    # batch an uninterrupted one would train on next.
+    batches = training_dataset(dataset.train, config.batch_size, config.seed).skip(global_step)
     iterator = iter(strategy.experimental_distribute_dataset(batches))  # each replica's slice of every global batch
     steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
+    first_epoch, skipped = divmod(global_step, steps_per_epoch)
+    seconds_before = resumed.training_seconds if resumed else 0.0
     steps_per_call = 1 if checksum_file else config.steps_per_execution
     writers = summaries.RunWriters(run_dir) if role.is_chief else None
     if writers:
@@ -220,22 +239,35 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     metric_names = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
     started = time.perf_counter()
+
+    def save_checkpoint(epoch_totals: np.ndarray) -> None:
+        seconds = seconds_before + time.perf_counter() - started
+        saver.save(checkpoints.LoopState(global_step, tuple(float(value) for value in epoch_totals), seconds))
+
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             if verbose:
                 print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
             progress = keras.utils.Progbar(
                 steps_per_epoch, verbose=verbose, stateful_metrics=metric_names, unit_name="step"
             )
             totals.assign(tf.zeros([3]))
-            step = 0
+            step, earlier_totals = 0, np.zeros(3)
+            if epoch == first_epoch and resumed:
+                step, earlier_totals = skipped, np.asarray(resumed.epoch_totals)  # the epoch's restored share
             while step < steps_per_epoch:
                 num_steps = min(steps_per_call, steps_per_epoch - step)
-                loss_sum, correct, examples = train_steps(iterator, tf.constant(num_steps)).numpy()
+                if saver:  # stop each call at a checkpoint boundary
+                    num_steps = min(num_steps, config.checkpoint_every - global_step % config.checkpoint_every)
+                epoch_totals = earlier_totals + train_steps(iterator, tf.constant(num_steps)).numpy()
+                loss_sum, correct, examples = epoch_totals
                 step += num_steps
+                global_step += num_steps
                 if checksum_file:
                     for replica, checksum in enumerate(_weights_checksum(model, strategy)):
-                        checksum_file.write(f"{epoch * steps_per_epoch + step} {replica} {checksum}\n")
+                        checksum_file.write(f"{global_step} {replica} {checksum}\n")
+                if saver and global_step % config.checkpoint_every == 0:
+                    save_checkpoint(epoch_totals)
                 if verbose == 1 and step < steps_per_epoch:
                     progress.update(step, [("accuracy", correct / examples), ("loss", loss_sum / examples)])
             train_loss, train_accuracy = float(loss_sum / examples), float(correct / examples)
@@ -258,6 +290,8 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
                     ("val_loss", validation_loss),
                 ]
                 progress.update(steps_per_epoch, logs, finalize=True)
+        if saver and global_step % config.checkpoint_every != 0:
+            save_checkpoint(np.zeros(3))  # the finished weights: a restart from here goes straight to export
     except tf.errors.OpError as error:
         if role.num_workers == 1:
             raise
@@ -269,7 +303,9 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     finally:
         if checksum_file:
             checksum_file.close()
-    training_seconds = time.perf_counter() - started
+        if saver:
+            saver.close()
+    training_seconds = seconds_before + time.perf_counter() - started
     if writers:
         writers.close()
     if not role.is_chief:
