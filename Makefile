@@ -75,5 +75,14 @@ compare-quick: setup
 test: setup
 	$(PYTHON) -m pytest $(ARGS)
 
+# deploy/ (docs/scaling.md): check every manifest against Kubernetes' and the CRDs' schemas; lay out the latest
+# TorchServe archive under models/kserve/ the way KServe's TorchServe runtime reads it.
+.PHONY: validate-manifests kserve-layout
+validate-manifests: setup
+	$(PYTHON) -m deploy.validate
+
+kserve-layout: setup
+	$(PYTHON) -m deploy.kserve_storage $(ARGS)
+
 clean:
 	rm -rf models runs reports .pytest_cache

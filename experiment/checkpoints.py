@@ -56,6 +56,15 @@ def check_same_run(directory: Path, record: dict[str, Any], settings: dict[str, 
             )
 
 
+def check_resumable(directory: Path | None, settings: dict[str, Any]) -> None:
+    """For launchers, before any worker starts: refuse a checkpoint folder of another run in one sentence."""
+    if directory is None:
+        return
+    record = read_run_record(directory)
+    if record is not None:
+        check_same_run(directory, record, settings)
+
+
 def prepare_run(directory: Path, run_name: str | None, default_run_name: str, settings: dict[str, Any]) -> str:
     """Check a resumable folder or start a new record there; return the run name to log under.
 

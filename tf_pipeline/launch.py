@@ -26,8 +26,10 @@ import typing
 from typing import Sequence
 
 from experiment import artifacts
+from experiment import checkpoints as run_checkpoints
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
+from experiment.data import dataset_name_for
 from experiment.errors import UsageError
 from experiment.processes import port_is_free, split_arguments
 
@@ -36,6 +38,7 @@ HOST = "127.0.0.1"
 POLL_SECONDS = 0.1
 # How long a stopped worker gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 5.0
+USAGE_ERROR = 2  # the exit status of a user mistake (experiment.cli.run_main)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +144,7 @@ def launch(num_workers: int, train_argv: list[str], base_port: int | None = None
     per_replica_batch_size(config.batch_size, num_workers)
     artifacts.check_writable(config.output_dir)
     artifacts.check_writable(config.log_dir)
+    run_checkpoints.check_resumable(config.checkpoint_dir, config.resume_settings(dataset_name_for(config.data_dir)))
 
     for attempt in range(max_restarts + 1):
         failure = run_workers(num_workers, train_argv, base_port)
@@ -148,8 +152,8 @@ def launch(num_workers: int, train_argv: list[str], base_port: int | None = None
             return 0
         index, pid, returncode = failure
         what = f"worker {index} (pid {pid}) {describe_exit(returncode)}"
-        if attempt == max_restarts:
-            break
+        if attempt == max_restarts or returncode == USAGE_ERROR:
+            break  # no restarts left, or a mistake in the flags that a restart would only repeat
         print(
             f"{PROG}: {what}; restarting all {num_workers} workers (restart {attempt + 1} of {max_restarts}).",
             file=sys.stderr,

@@ -107,3 +107,15 @@ def test_checkpoint_every_must_be_positive(value, capsys):
 
     assert main(["--checkpoint-every", value]) == 2
     assert capsys.readouterr().err.strip().endswith(f"--checkpoint-every must be a positive integer, got {value}.")
+
+
+def test_the_launcher_refuses_another_runs_checkpoints_before_starting_workers(tmp_path, capsys):
+    from experiment.checkpoints import write_run_record
+    from torch_pipeline.launch import main
+    from torch_pipeline.train import TorchTrainConfig
+
+    write_run_record(tmp_path / "checkpoints", "old", TorchTrainConfig(batch_size=64).resume_settings("digits"))
+    places = ["--output-dir", str(tmp_path / "models"), "--log-dir", str(tmp_path / "runs")]
+    assert main(["--nproc-per-node", "2", "--", "--checkpoint-dir", str(tmp_path / "checkpoints"), *places]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "batch_size 64, not 32" in error and "Traceback" not in error
