@@ -21,7 +21,6 @@ import dataclasses
 import email.parser
 import json
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -158,7 +157,9 @@ class SchemaBuilder:
 
     def object_schema(self, model: Model, leave_out: Sequence[str] = ()) -> dict[str, Any]:
         """A closed object with the model's fields (minus leave_out) and its required ones."""
-        properties = {name: self.schema_for(sdk_type) for name, sdk_type in model.fields.items() if name not in leave_out}
+        properties = {
+            name: self.schema_for(sdk_type) for name, sdk_type in model.fields.items() if name not in leave_out
+        }
         schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
         required = [name for name in model.required if name not in leave_out]
         if required:
@@ -219,7 +220,9 @@ def kubernetes_definitions(kubernetes_version: str) -> dict[str, Any]:
     """kubernetes-validate's strict definitions for one Kubernetes version ('1.34')."""
     from importlib import resources
 
-    folder = resources.files("kubernetes_validate").joinpath("kubernetes-json-schema", f"v{kubernetes_version}.0-local-strict")
+    folder = resources.files("kubernetes_validate").joinpath(
+        "kubernetes-json-schema", f"v{kubernetes_version}.0-local-strict"
+    )
     return json.loads(folder.joinpath("_definitions.json").read_text())["$defs"]
 
 
@@ -229,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog=PROG, description="Build deploy/crds/*.json from SDK wheels.")
     parser.add_argument("wheels", nargs="+", type=Path, help="the kserve and kubeflow-training wheels")
-    parser.add_argument("--output", type=Path, default=CRD_DIRECTORY, help="where the schemas go (default: deploy/crds)")
+    parser.add_argument(
+        "--output", type=Path, default=CRD_DIRECTORY, help="where the schemas go (default: deploy/crds)"
+    )
     arguments = parser.parse_args(argv)
 
     def body() -> int:

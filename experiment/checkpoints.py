@@ -31,7 +31,9 @@ def read_run_record(directory: Path) -> dict[str, Any] | None:
         if not isinstance(record.get("settings"), dict):
             raise ValueError
     except (ValueError, OSError):
-        raise UsageError(f"{path} is not a run record written by this project; use an empty --checkpoint-dir.") from None
+        raise UsageError(
+            f"{path} is not a run record written by this project; use an empty --checkpoint-dir."
+        ) from None
     return record
 
 

@@ -2,8 +2,8 @@
 
 Under MultiWorkerMirroredStrategy every worker takes part in a save (reading distributed variables may need the
 others), but only the chief writes into the checkpoint folder: the other workers write into a private temporary
-folder (keeping one checkpoint, removed when training ends), as TensorFlow's multi-worker guide prescribes. On a restart every worker
-restores the chief's latest checkpoint, so across machines the folder must be shared storage.
+folder (keeping one checkpoint, removed when training ends), as TensorFlow's multi-worker guide prescribes. On a
+restart every worker restores the chief's latest checkpoint, so across machines the folder must be shared storage.
 
 The Keras model's variables (beyond its weights) include the dropout layers' seed-generator states, so a resumed
 run draws the same dropout masks an uninterrupted run would.
@@ -69,7 +69,8 @@ class TrainingCheckpoints:
         # Every saved value must find its variable: a checkpoint of another network is refused, not half-loaded.
         self._checkpoint.restore(latest).assert_consumed()
         totals = tuple(float(value) for value in self._epoch_totals.numpy())
-        return LoopState(int(self._step.numpy()), totals, float(self._training_seconds.numpy()))  # type: ignore[arg-type]
+        seconds = float(self._training_seconds.numpy())
+        return LoopState(int(self._step.numpy()), totals, seconds)  # type: ignore[arg-type]
 
     def save(self, state: LoopState) -> None:
         """Save state with the current weights; every worker calls this, only the chief's copy is kept."""

@@ -118,7 +118,8 @@ def test_flask_settings_are_the_compose_and_dockerfile_ones():
     environment = {variable["name"]: variable["value"] for variable in container["env"]}
     compose = _compose()["flask"]["environment"]
     assert {name: environment[name] for name in compose} == compose
-    assert f"FLASK_MODEL_BASE_PATH={environment['FLASK_MODEL_BASE_PATH']}" in (ROOT / "serving" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
+    assert f"FLASK_MODEL_BASE_PATH={environment['FLASK_MODEL_BASE_PATH']}" in dockerfile
 
 
 def test_torchserve_config_has_the_stacks_ports_and_loads_the_digits_archive():
