@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 PIP_INSTALL_FLAGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 ARGS ?=
 
-.PHONY: setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs
+.PHONY: setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs playground
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,8 @@ $(VENV)/.installed: requirements.lock
 	@test -x $(PYTHON) || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(PIP_INSTALL_FLAGS) -r requirements.lock
+# TorchServe's gRPC stubs, from the protos inside the installed torchserve, into the git-ignored build/
+	$(PYTHON) -m serving.clients.torchserve_protos > /dev/null
 	@touch $@
 
 # Re-resolve requirements.in into requirements.lock in a throw-away environment.
@@ -64,7 +66,12 @@ status: setup
 logs: setup
 	$(PYTHON) -m serving.stack logs $(ARGS)
 
-# The measured comparison (issue 6): reports/comparison.md + PNG plots; compare-quick skips the servers.
+# A page on 127.0.0.1:8000 (or the next free port) that sends a drawn digit to every endpoint of `make serve`.
+playground: setup
+	$(PYTHON) -m serving.playground $(ARGS)
+
+# The measured comparison: reports/comparison.md, comparison.html (self-contained) and PNG plots; compare-quick
+# skips the servers and the distributed runs. Addresses in TFSERVING_GRPC etc. measure a running stack instead.
 .PHONY: compare compare-quick
 compare: setup
 	$(PYTHON) -m benchmarks.compare $(ARGS)
@@ -83,6 +90,13 @@ validate-manifests: setup
 
 kserve-layout: setup
 	$(PYTHON) -m deploy.kserve_storage $(ARGS)
+
+# docker-compose.yml built and run here end to end, with local stand-ins for the two official images (root; a few
+# minutes; docs/docker.md). Installs docker.io, docker-compose and mmdebstrap if missing, starts dockerd if none
+# runs (and stops it again). TORCH_INDEX_URL, as for setup, where pip cannot find torch's CPU build otherwise.
+.PHONY: test-containers
+test-containers: setup
+	TORCH_INDEX_URL=$(TORCH_INDEX_URL) $(PYTHON) -m tests.containers.run $(ARGS)
 
 clean:
 	rm -rf models runs reports .pytest_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import pdb
@@ -23,6 +24,66 @@ TF_B = [[2.0], [3.0], [9.0]]
 TORCH_A = [[3.0, 6.0, 8.0]]
 TORCH_B = [[1.0], [3.0], [6.0]]
 GRAPH_RUN_NAME = "article-graph"
+TF_SNIPPET = "tf.multiply([[3., 4., 8.]], [[2.], [3.], [9.]]).numpy()"
+TORCH_SNIPPET = "torch.mul(torch.from_numpy(np.array([[3., 6., 8.]])), torch.from_numpy(np.array([[1.], [3.], [6.]]))).numpy()"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSnippets:
+    """The article's two snippets run today: results and dtypes."""
+
+    tf_eager: list[list[float]]
+    tf_dtype: str
+    same_in_eager_and_session: bool  # TF2 eager against the article's TF1 session through tf.compat.v1
+    torch: list[list[float]]
+    torch_dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphTimings:
+    """tf.function tracing against eager torch, and whether both graphs reached TensorBoard."""
+
+    tf_first_call_seconds: float
+    tf_later_call_seconds: float
+    tf_traces_after_repeated_same_shape: int
+    tf_traces_after_two_new_batch_sizes: int
+    tf_traces_after_numpy_input: int
+    tf_concrete_functions_with_input_signature: list[int]
+    torch_first_call_seconds: float
+    torch_later_call_seconds: float
+    torch_new_batch_size_call_seconds: float
+    tf_graph_written: bool
+    torch_graph_written: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Debugging:
+    """What a scripted pdb printed inside a Keras layer (eager and traced) and a torch module; TF2's NaN check."""
+
+    keras_eager: list[str]
+    keras_traced: list[str]
+    torch_forward: list[str]
+    check_numerics: str
+    debugger_v2_available: bool
+
+    @property
+    def eager_tensor_seen(self) -> bool:
+        """pdb read a concrete EagerTensor inside the Keras layer during fit."""
+        return any("EagerTensor" in line for line in self.keras_eager)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallelism:
+    """What each framework offers for data parallelism on this machine, asked of the frameworks themselves."""
+
+    usable_cores: int
+    tf_logical_devices: list[str]
+    tf_mirrored_strategy_replicas: int
+    tf_multi_worker_mirrored_strategy: bool
+    torch_cuda_devices: int
+    torch_gloo_available: bool
+    torch_nccl_available: bool
+    torch_data_parallel_available: bool
 
 
 def _tensorflow() -> Any:
@@ -32,7 +93,7 @@ def _tensorflow() -> Any:
     return tf
 
 
-def tensor_snippets() -> dict[str, Any]:
+def tensor_snippets() -> TensorSnippets:
     """Both snippets in TF2 (eager, and the article's session style through tf.compat.v1) and in PyTorch."""
     tf = _tensorflow()
     import torch
@@ -44,16 +105,13 @@ def tensor_snippets() -> dict[str, Any]:
     with tf.compat.v1.Session(graph=graph) as session:  # the article's TF1 session, still reachable in TF2
         session_result = session.run(output)
     torch_result = torch.mul(torch.from_numpy(np.array(TORCH_A)), torch.from_numpy(np.array(TORCH_B))).numpy()
-    return {
-        "tf_code": "tf.multiply([[3., 4., 8.]], [[2.], [3.], [9.]]).numpy()",
-        "tf_eager": eager.tolist(),
-        "tf_compat_v1_session": session_result.tolist(),
-        "tf_dtype": str(eager.dtype),
-        "torch_code": "torch.mul(torch.from_numpy(np.array([[3., 6., 8.]])), torch.from_numpy(np.array([[1.], [3.], [6.]]))).numpy()",
-        "torch": torch_result.tolist(),
-        "torch_dtype": str(torch_result.dtype),
-        "same_in_eager_and_session": bool(np.array_equal(eager, session_result)),
-    }
+    return TensorSnippets(
+        tf_eager=eager.tolist(),
+        tf_dtype=str(eager.dtype),
+        same_in_eager_and_session=bool(np.array_equal(eager, session_result)),
+        torch=torch_result.tolist(),
+        torch_dtype=str(torch_result.dtype),
+    )
 
 
 def _seconds(call: Callable[[], Any]) -> float:
@@ -62,7 +120,7 @@ def _seconds(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def graphs(runs_dir: Path, repeats: int = 50) -> dict[str, Any]:
+def graphs(runs_dir: Path, repeats: int = 50) -> GraphTimings:
     """tf.function tracing and retracing vs eager torch, timed; both graphs written to TensorBoard under runs_dir."""
     tf = _tensorflow()
     import torch
@@ -127,21 +185,19 @@ def graphs(runs_dir: Path, repeats: int = 50) -> dict[str, Any]:
     torch_writer.add_graph(torch_model, torch.from_numpy(batch(1)))
     torch_writer.close()
 
-    return {
-        "tf_first_call_seconds": first_call,
-        "tf_later_call_seconds": stats.median(later),
-        "tf_traces_after_repeated_same_shape": traces_after_same_shape,
-        "tf_traces_after_two_new_batch_sizes": traces_after_new_shapes,
-        "tf_traces_after_numpy_input": traces_after_numpy,
-        "tf_concrete_functions_with_input_signature": fixed_counts,
-        "torch_first_call_seconds": torch_first,
-        "torch_later_call_seconds": stats.median(torch_later),
-        "torch_new_batch_size_call_seconds": torch_new_shape,
-        "tf_graph_run": str(tf_graph_dir),
-        "torch_graph_run": str(torch_graph_dir),
-        "tf_graph_written": _has_graph(tf_graph_dir),
-        "torch_graph_written": _has_graph(torch_graph_dir),
-    }
+    return GraphTimings(
+        tf_first_call_seconds=first_call,
+        tf_later_call_seconds=stats.median(later),
+        tf_traces_after_repeated_same_shape=traces_after_same_shape,
+        tf_traces_after_two_new_batch_sizes=traces_after_new_shapes,
+        tf_traces_after_numpy_input=traces_after_numpy,
+        tf_concrete_functions_with_input_signature=fixed_counts,
+        torch_first_call_seconds=torch_first,
+        torch_later_call_seconds=stats.median(torch_later),
+        torch_new_batch_size_call_seconds=torch_new_shape,
+        tf_graph_written=_has_graph(tf_graph_dir),
+        torch_graph_written=_has_graph(torch_graph_dir),
+    )
 
 
 def _has_graph(run_dir: Path) -> bool:
@@ -180,11 +236,13 @@ def scripted_breakpoints(commands: str, transcript: io.StringIO) -> Iterator[Non
 
 
 def _stop_lines(transcript: str) -> list[str]:
-    """The lines pdb printed in answer to the scripted commands, without the prompts."""
-    return [line.replace("(Pdb) ", "").strip() for line in transcript.splitlines() if line.replace("(Pdb) ", "").strip()]
+    """The lines pdb printed in answer to the scripted commands, without the prompts or this machine's folders."""
+    root = str(Path(__file__).resolve().parent.parent) + os.sep
+    lines = (line.replace("(Pdb) ", "").replace(root, "").strip() for line in transcript.splitlines())
+    return [line for line in lines if line]
 
 
-def debugging() -> dict[str, Any]:
+def debugging() -> Debugging:
     """pdb stops inside a Keras layer (eagerly: values readable; in a graph: symbolic) and inside a torch module."""
     tf = _tensorflow()
     import keras
@@ -212,7 +270,7 @@ def debugging() -> dict[str, Any]:
     x = np.arange(6, dtype=np.float32).reshape(2, 3)  # sums to 15
     y = np.zeros((2, 4), dtype=np.float32)
 
-    results: dict[str, Any] = {}
+    transcripts: dict[bool, list[str]] = {}
     for eager in (True, False):
         transcript = io.StringIO()
         tf.config.run_functions_eagerly(eager)
@@ -224,9 +282,7 @@ def debugging() -> dict[str, Any]:
         finally:
             layer.armed = False
             tf.config.run_functions_eagerly(False)
-        results["keras_fit_run_functions_eagerly" if eager else "keras_fit_traced_graph"] = _stop_lines(
-            transcript.getvalue()
-        )[:5]
+        transcripts[eager] = _stop_lines(transcript.getvalue())[:5]
 
     class InspectedModule(torch.nn.Module):
         """A linear map with a breakpoint in forward."""
@@ -242,58 +298,36 @@ def debugging() -> dict[str, Any]:
     transcript = io.StringIO()
     with scripted_breakpoints(commands, transcript):
         InspectedModule()(torch.from_numpy(x)).sum().backward()
-    results["torch_forward"] = _stop_lines(transcript.getvalue())[:5]
+    torch_lines = _stop_lines(transcript.getvalue())[:5]
 
     # TF2's replacement for tfdbg's "has inf or nan" filter: check_numerics names the op that produced the NaN.
     tf.debugging.enable_check_numerics()
     try:
         tf.math.log(tf.constant([-1.0]))
-        results["check_numerics"] = "no error raised"
+        check_numerics = "no error raised"
     except tf.errors.InvalidArgumentError as error:
         lines = [line.strip() for line in str(error.message).splitlines() if "NaN" in line or "Inf" in line]
-        results["check_numerics"] = (lines[0] if lines else str(error.message).strip())[:200]
+        check_numerics = (lines[0] if lines else str(error.message).strip())[:200]
     finally:
         tf.debugging.disable_check_numerics()
-    results["tfdbg_available"] = hasattr(tf, "debugging") and hasattr(tf.debugging, "experimental") and hasattr(
-        tf.debugging.experimental, "enable_dump_debug_info"
-    )
-    return results
+    debugger_v2 = hasattr(tf.debugging, "experimental") and hasattr(tf.debugging.experimental, "enable_dump_debug_info")
+    return Debugging(transcripts[True], transcripts[False], torch_lines, check_numerics, debugger_v2)
 
 
-def tensorboard_runs(run_dirs: dict[str, Path]) -> dict[str, Any]:
-    """Tags each run's train/ and validation/ folders hold, read back with TensorBoard's loader."""
-    from tensorboard.backend.event_processing import event_accumulator
-
-    found: dict[str, Any] = {}
-    for framework, run_dir in run_dirs.items():
-        tags = {}
-        for subdir in ("train", "validation", "."):
-            accumulator = event_accumulator.EventAccumulator(str(Path(run_dir) / subdir))
-            accumulator.Reload()
-            listing = accumulator.Tags()
-            tags[subdir] = sorted(set(listing.get("scalars", [])) | set(listing.get("tensors", [])))
-            if listing.get("graph"):
-                tags[subdir].append("(graph)")
-        found[framework] = {"run_dir": str(run_dir), "tags": tags}
-    return found
-
-
-def data_parallelism() -> dict[str, Any]:
+def data_parallelism() -> DataParallelism:
     """What each framework offers for data parallelism on this machine, asked of the frameworks themselves."""
     tf = _tensorflow()
     import torch
     import torch.distributed
 
     strategy = tf.distribute.MirroredStrategy()
-    return {
-        "tf_logical_devices": [device.name for device in tf.config.list_logical_devices()],
-        "tf_mirrored_strategy_replicas": strategy.num_replicas_in_sync,
-        "tf_multi_worker_mirrored_strategy": hasattr(tf.distribute, "MultiWorkerMirroredStrategy"),
-        "torch_cuda_devices": torch.cuda.device_count(),
-        "torch_distributed_available": torch.distributed.is_available(),
-        "torch_gloo_available": torch.distributed.is_available() and torch.distributed.is_gloo_available(),
-        "torch_nccl_available": torch.distributed.is_available() and torch.distributed.is_nccl_available(),
-        "torch_data_parallel_class": "torch.nn.DataParallel" if hasattr(torch.nn, "DataParallel") else "absent",
-        "torch_ddp_class": "torch.nn.parallel.DistributedDataParallel",
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-    }
+    return DataParallelism(
+        usable_cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+        tf_logical_devices=[device.name for device in tf.config.list_logical_devices()],
+        tf_mirrored_strategy_replicas=strategy.num_replicas_in_sync,
+        tf_multi_worker_mirrored_strategy=hasattr(tf.distribute, "MultiWorkerMirroredStrategy"),
+        torch_cuda_devices=torch.cuda.device_count(),
+        torch_gloo_available=torch.distributed.is_available() and torch.distributed.is_gloo_available(),
+        torch_nccl_available=torch.distributed.is_available() and torch.distributed.is_nccl_available(),
+        torch_data_parallel_available=hasattr(torch.nn, "DataParallel"),
+    )

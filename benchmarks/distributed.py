@@ -1,4 +1,4 @@
-"""Training samples/s of one process against N data-parallel processes, for each framework (issue 7, item 6).
+"""Training samples/s of one process against N data-parallel processes, for each framework.
 
 Each run is the command a user types (`python -m <framework>_pipeline.train`, or the framework's launcher for
 several processes) in a fresh temporary folder, with the same seed and global batch. The rate is the steady state
@@ -12,6 +12,7 @@ network, communication outweighs the arithmetic it splits), so the speed-up is b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from benchmarks.training import epoch_rate_from_events
 from experiment import artifacts
@@ -33,6 +34,39 @@ NOTE = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class DistributedRun:
+    """One training command with `processes` processes."""
+
+    framework: str
+    processes: int
+    samples_per_second: float | None  # steady state, epochs 2..E
+    training_seconds: float
+    wall_seconds: float  # the whole command, start-up and export included
+    test_accuracy: float
+    epochs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedResult:
+    """Every run, with the speed-up of N processes over one."""
+
+    cpu_count: int
+    runs: list[DistributedRun]
+
+    def speedup(self, run: DistributedRun) -> float | None:
+        """The run's rate over the same framework's one-process rate."""
+        base = next((other for other in self.runs if other.framework == run.framework and other.processes == 1), None)
+        if base is None or not base.samples_per_second or not run.samples_per_second:
+            return None
+        return run.samples_per_second / base.samples_per_second
+
+    @property
+    def note(self) -> str:
+        """Why more processes need not be faster here."""
+        return NOTE.format(cores=self.cpu_count)
+
+
 def training_command(framework: str, processes: int, train_flags: list[str]) -> list[str]:
     """The command line for one run: the plain pipeline for one process, its launcher for several."""
     if processes == 1:
@@ -42,7 +76,7 @@ def training_command(framework: str, processes: int, train_flags: list[str]) -> 
     return [sys.executable, "-m", "torch_pipeline.launch", "--nproc-per-node", str(processes), "--", *train_flags]
 
 
-def measure_run(framework: str, processes: int, epochs: int, work_dir: Path, seed: int = 0) -> dict[str, Any]:
+def measure_run(framework: str, processes: int, epochs: int, work_dir: Path, seed: int = 0) -> DistributedRun:
     """Train once with `processes` processes into work_dir; samples/s, accuracy and times of that run."""
     run_name = f"{framework}-{processes}-processes"
     quiet = ["--verbose", "0"] if framework == "tf" else ["--no-progress"]
@@ -66,15 +100,15 @@ def measure_run(framework: str, processes: int, epochs: int, work_dir: Path, see
     train_examples = len(load_dataset(seed=seed).train)
     run_dir = work_dir / "runs" / framework / run_name
     rate = epoch_rate_from_events(run_dir, train_examples, metadata["training_seconds"])
-    return {
-        "framework": framework,
-        "processes": processes,
-        "samples_per_second": rate.get("steady_samples_per_second"),
-        "training_seconds": metadata["training_seconds"],
-        "wall_seconds": round(wall_seconds, 2),  # the whole command, start-up and export included
-        "test_accuracy": metadata["test_accuracy"],
-        "epochs": epochs,
-    }
+    return DistributedRun(
+        framework=framework,
+        processes=processes,
+        samples_per_second=rate.get("steady_samples_per_second"),
+        training_seconds=metadata["training_seconds"],
+        wall_seconds=wall_seconds,
+        test_accuracy=metadata["test_accuracy"],
+        epochs=epochs,
+    )
 
 
 def compare_processes(
@@ -82,38 +116,27 @@ def compare_processes(
     process_counts: Sequence[int] = (1, 2),
     frameworks: Sequence[str] = FRAMEWORKS,
     work_dir: Path | None = None,
-) -> dict[str, Any]:
-    """{'runs': {framework: {processes: run}}, 'speedup': {framework: rate(N) / rate(1)}, 'cpu_count', 'note'}."""
-    runs: dict[str, dict[int, dict[str, Any]]] = {framework: {} for framework in frameworks}
+) -> DistributedResult:
+    """Every framework at every process count, interleaved, each in a fresh folder."""
+    runs = []
     with tempfile.TemporaryDirectory(prefix="distributed-benchmark-") as temporary:
         root = Path(work_dir or temporary)
         for processes in process_counts:
             for framework in frameworks:  # interleaved, so drifting machine load hits both frameworks alike
-                folder = root / f"{framework}-{processes}"
-                runs[framework][processes] = measure_run(framework, processes, epochs, folder)
-    speedup = {}
-    for framework, by_processes in runs.items():
-        base = by_processes.get(1, {}).get("samples_per_second")
-        speedup[framework] = {
-            processes: round(run["samples_per_second"] / base, 3)
-            for processes, run in by_processes.items()
-            if base and run["samples_per_second"]
-        }
-    cores = os.cpu_count() or 1
-    return {"cpu_count": cores, "runs": runs, "speedup": speedup, "note": NOTE.format(cores=cores)}
+                runs.append(measure_run(framework, processes, epochs, root / f"{framework}-{processes}"))
+    return DistributedResult(os.cpu_count() or 1, runs)
 
 
-def format_table(result: dict[str, Any]) -> str:
+def format_table(result: DistributedResult) -> str:
     """A plain-text table of the comparison, one row per framework and process count."""
     lines = [f"{'framework':<10}{'processes':>10}{'samples/s':>12}{'speed-up':>10}{'test acc':>10}"]
-    for framework, by_processes in result["runs"].items():
-        for processes, run in sorted(by_processes.items()):
-            rate = run["samples_per_second"]
-            lines.append(
-                f"{framework:<10}{processes:>10}{(rate or float('nan')):>12.0f}"
-                f"{result['speedup'][framework].get(processes, float('nan')):>10.2f}{run['test_accuracy']:>10.4f}"
-            )
-    return "\n".join(lines + [result["note"]])
+    for run in sorted(result.runs, key=lambda run: (run.framework, run.processes)):
+        speedup = result.speedup(run)
+        lines.append(
+            f"{run.framework:<10}{run.processes:>10}{(run.samples_per_second or float('nan')):>12.0f}"
+            f"{(speedup if speedup is not None else float('nan')):>10.2f}{run.test_accuracy:>10.4f}"
+        )
+    return "\n".join(lines + [result.note])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(result))
     if arguments.output:
         arguments.output.parent.mkdir(parents=True, exist_ok=True)
-        arguments.output.write_text(json.dumps(result, indent=2) + "\n")
+        arguments.output.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n")
     return 0
 
 

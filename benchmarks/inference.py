@@ -16,6 +16,14 @@ from experiment import artifacts
 from experiment.spec import SIGNATURE_NAME, NetworkSpec
 
 BATCH_SIZES = (1, 64)
+# Each in-process path and the framework it belongs to, in the order the report shows them.
+PATH_FRAMEWORKS = {
+    "keras_direct_call": "tf",
+    "keras_model_predict": "tf",
+    "savedmodel_signature": "tf",
+    "torch_eager_module": "torch",
+    "torchscript_module": "torch",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +38,45 @@ class InferenceSettings:
 
 
 QUICK_INFERENCE = InferenceSettings(budget_seconds=0.3, minimum_calls=8, maximum_calls=2000, warmup_calls=2, loads=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactSize:
+    """One export on disk: its size and, for those that load in-process, how long loading takes."""
+
+    name: str
+    file: str  # the export's last two path parts ("digits/1"), never the machine's absolute path
+    size_bytes: int
+    first_load_seconds: float | None = None
+    later_load_seconds: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FastPathCheck:
+    """Whether the TF server's code loads the SavedModel and calls its signature, never Keras's model.predict."""
+
+    files_checked: int
+    loads_saved_model: bool
+    imports_keras: bool
+
+    @property
+    def fast_path(self) -> bool:
+        """The server takes the signature path."""
+        return self.files_checked > 0 and self.loads_saved_model and not self.imports_keras
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceResult:
+    """Latency of every in-process path at every batch size, and how close eager torch and TorchScript agree."""
+
+    latencies: dict[str, dict[int, stats.LatencySummary]]  # path → batch size → summary
+    torch_eager_vs_torchscript_max_difference: float
+    fast_path: FastPathCheck
+
+    def p50_ms(self, path: str, batch_size: int = 1) -> float | None:
+        """The path's median latency per call, or None when it was not measured."""
+        summary = self.latencies.get(path, {}).get(batch_size)
+        return summary.p50_ms if summary else None
 
 
 def directory_bytes(path: Path) -> int:
@@ -55,41 +102,42 @@ def time_calls(call: Callable[[], Any], settings: InferenceSettings) -> stats.La
     return stats.summarize_seconds(latencies)
 
 
-def time_loads(load: Callable[[], Any], count: int) -> dict[str, float]:
+def time_loads(load: Callable[[], Any], count: int) -> tuple[float, float]:
     """Seconds of the first load in this process and the median of the following ones."""
     durations = []
     for _ in range(max(2, count)):
         started = time.perf_counter()
         load()
         durations.append(time.perf_counter() - started)
-    return {"first_load_seconds": durations[0], "later_load_seconds": stats.median(durations[1:])}
+    return durations[0], stats.median(durations[1:])
 
 
-def measure_artifacts(tf_export: Path, torch_export: Path, archive: Path, settings: InferenceSettings) -> dict[str, Any]:
+def _artifact(name: str, path: Path, load: Callable[[], Any] | None, settings: InferenceSettings) -> ArtifactSize:
+    loads = time_loads(load, settings.loads) if load else (None, None)
+    return ArtifactSize(name, "/".join(Path(path).parts[-2:]), directory_bytes(path), *loads)
+
+
+def measure_artifacts(
+    tf_export: Path, torch_export: Path, archive: Path, settings: InferenceSettings
+) -> list[ArtifactSize]:
     """Size of each export and time to load the two that load in-process."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
     import torch
 
     torchscript = Path(torch_export) / artifacts.TORCHSCRIPT_FILE
-    return {
-        "tf_savedmodel": {
-            "path": str(tf_export),
-            "size_bytes": directory_bytes(tf_export),
-            **time_loads(lambda: tf.saved_model.load(str(tf_export)), settings.loads),
-        },
-        "torchscript": {
-            "path": str(torchscript),
-            "size_bytes": directory_bytes(torchscript),
-            **time_loads(lambda: torch.jit.load(str(torchscript)), settings.loads),
-        },
-        "torchserve_archive": {"path": str(archive), "size_bytes": directory_bytes(archive)} if Path(archive).exists() else {},
-    }
+    sizes = [
+        _artifact("TF SavedModel", tf_export, lambda: tf.saved_model.load(str(tf_export)), settings),
+        _artifact("TorchScript", torchscript, lambda: torch.jit.load(str(torchscript)), settings),
+    ]
+    if Path(archive).exists():
+        sizes.append(_artifact("TorchServe archive", archive, None, settings))
+    return sizes
 
 
 def measure_inference(
-    tf_export: Path, torch_export: Path, images: np.ndarray, settings: InferenceSettings
-) -> dict[str, Any]:
+    tf_export: Path, torch_export: Path, images: np.ndarray, settings: InferenceSettings, serving_dir: Path
+) -> InferenceResult:
     """Batch-1 and batch-64 latency of five in-process paths, with the inputs a client would send (numpy)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -115,7 +163,7 @@ def measure_inference(
 
         return call
 
-    results: dict[str, Any] = {}
+    latencies: dict[str, dict[int, stats.LatencySummary]] = {name: {} for name in PATH_FRAMEWORKS}
     for batch_size in BATCH_SIZES:
         batch = np.ascontiguousarray(images[:batch_size], dtype=np.float32)  # (B, H, W)
         paths: dict[str, Callable[[], Any]] = {
@@ -126,25 +174,19 @@ def measure_inference(
             "torchscript_module": torch_call(scripted, batch),
         }
         for name, call in paths.items():
-            results.setdefault(name, {})[f"batch_{batch_size}"] = time_calls(call, settings).to_dict()
+            latencies[name][batch_size] = time_calls(call, settings)
 
     with torch.inference_mode():
         sample = torch.from_numpy(np.ascontiguousarray(images[:64], dtype=np.float32))
         difference = (eager(sample)["probabilities"] - scripted(sample)["probabilities"]).abs().max().item()
-    results["torch_eager_vs_torchscript_max_difference"] = difference
-    return results
+    return InferenceResult(latencies, difference, serving_uses_fast_path(serving_dir))
 
 
-def serving_uses_fast_path(serving_dir: Path) -> dict[str, Any]:
+def serving_uses_fast_path(serving_dir: Path) -> FastPathCheck:
     """Whether the TF server's code loads the SavedModel and calls its signature, never Keras's model.predict."""
     package = Path(serving_dir) / "tfserving"
     files = sorted(package.rglob("*.py")) if package.is_dir() else sorted(Path(serving_dir).glob("tfserving*.py"))
     text = "\n".join(path.read_text(errors="replace") for path in files)
     imports_keras = re.search(r"^\s*(import keras|from keras)", text, re.MULTILINE) is not None
     loads_saved_model = "saved_model.load" in text
-    return {
-        "files_checked": len(files),
-        "loads_saved_model": loads_saved_model,
-        "imports_keras": imports_keras,
-        "fast_path": bool(files) and loads_saved_model and not imports_keras,
-    }
+    return FastPathCheck(len(files), loads_saved_model, imports_keras)

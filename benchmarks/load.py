@@ -4,27 +4,21 @@ Works with any callable that sends one request (for instance `lambda: client.pre
 `serving.client`). Warm-up requests are discarded; windows repeat until two consecutive ones agree within 10 % in
 both throughput and p50 latency (Triton perf_analyzer's rule); the generator's own CPU time is measured with
 `time.process_time()` so a point where the client, not the server, is the bottleneck is flagged.
-
-Recommended shape for a serving benchmark's result, which `benchmarks.compare` renders and plots:
-
-    {"endpoints": {"tf_grpc": {"concurrency_1": LoadResult, "concurrency_4": LoadResult, ...}, ...}, ...}
-
-LoadResult objects (or their `to_dict()`, recognised by `"kind": "closed_loop_load"`) may appear anywhere.
 """
 
 from __future__ import annotations
 
 import array
 import bisect
+import contextlib
 import dataclasses
 import os
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from benchmarks import stats
 
-LOAD_RESULT_KIND = "closed_loop_load"
 # A Python client holds the GIL for its serialisation and bookkeeping, so it saturates near one core; above this
 # many cores of generator CPU per second of wall time the measured throughput says more about the client.
 GENERATOR_BOUND_CORES = 0.8
@@ -53,7 +47,6 @@ class LoadSettings:
 
 
 QUICK_SETTINGS = LoadSettings(warmup_seconds=0.2, window_seconds=0.4, max_windows=4)
-CEILING_SETTINGS = LoadSettings(warmup_seconds=0.1, window_seconds=0.25, max_windows=3)
 
 
 @dataclasses.dataclass
@@ -86,25 +79,27 @@ class LoadResult:
         """Whether the load generator, not the server, probably limited this point."""
         return self.generator_cores >= GENERATOR_BOUND_CORES
 
+    @property
+    def throughput_range(self) -> tuple[float, float]:
+        """Lowest and highest throughput of the reported (last two) windows: the spread behind the number."""
+        reported = [window.throughput_per_second for window in self.windows[-2:]] or [self.throughput_per_second]
+        return min(reported), max(reported)
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (with the raw latencies in ms, for distribution plots)."""
-        summary = self.latency.to_dict() if self.latencies_seconds else {}
+        """JSON-ready summary without the raw latencies."""
         return {
-            "kind": LOAD_RESULT_KIND,
             "label": self.label,
             "concurrency": self.concurrency,
-            "requests": round(self.throughput_per_second * self.wall_seconds) + self.errors,
             "errors": self.errors,
             "first_error": self.first_error,
             "throughput_per_second": self.throughput_per_second,
-            **summary,
+            "throughput_range": list(self.throughput_range),
+            **(self.latency.to_dict() if self.latencies_seconds else {}),
             "stable": self.stable,
             "windows_measured": len(self.windows),
             "wall_seconds": self.wall_seconds,
-            "generator_cpu_seconds": self.generator_cpu_seconds,
             "generator_cores": self.generator_cores,
             "generator_bound": self.generator_bound,
-            "latencies_ms": [value * 1000.0 for value in self.latencies_seconds[:: max(1, len(self.latencies_seconds) // 5000)]],
         }
 
 
@@ -237,11 +232,44 @@ def sweep_concurrency(
     }
 
 
-def generator_ceiling(
-    concurrencies: Sequence[int] = (1, 4, 16), settings: LoadSettings = CEILING_SETTINGS
-) -> dict[str, LoadResult]:
-    """The generator against a request that does nothing: the most requests/s it can issue on this machine."""
-    return sweep_concurrency(lambda: None, concurrencies, settings, label="no-op request")
+@contextlib.contextmanager
+def client_per_thread(make_client: Callable[[], Any], send: Callable[[Any], Any]) -> Iterator[Callable[[], Sender]]:
+    """A sender factory that gives each load thread its own client (its own connection); all closed on exit."""
+    clients: list[Any] = []
+
+    def sender_factory() -> Sender:
+        client = make_client()
+        clients.append(client)
+        return lambda: send(client)
+
+    try:
+        yield sender_factory
+    finally:
+        for client in clients:
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+
+
+def merge(label: str, runs: Sequence[LoadResult]) -> LoadResult:
+    """One LoadResult from several runs of the same setting: latencies pooled, throughput over their total wall time."""
+    if not runs:
+        raise ValueError("merge needs at least one run.")
+    wall_seconds = sum(run.wall_seconds for run in runs)
+    successes = sum(run.throughput_per_second * run.wall_seconds for run in runs)
+    first_errors = [run.first_error for run in runs if run.first_error]
+    return LoadResult(
+        label=label,
+        concurrency=runs[0].concurrency,
+        latencies_seconds=[latency for run in runs for latency in run.latencies_seconds],
+        errors=sum(run.errors for run in runs),
+        throughput_per_second=successes / wall_seconds,
+        windows=[window for run in runs for window in run.windows],
+        stable=all(run.stable for run in runs),
+        wall_seconds=wall_seconds,
+        generator_cpu_seconds=sum(run.generator_cpu_seconds for run in runs),
+        first_error=first_errors[0] if first_errors else None,
+    )
 
 
 def available_cores() -> int:

@@ -1,12 +1,28 @@
-"""PNG plots for the comparison report, drawn with matplotlib's non-interactive backend."""
+"""PNG plots for the comparison report, drawn with matplotlib's non-interactive backend.
+
+One colour per framework on every plot (the Okabe–Ito orange and blue, which stay distinct under the common
+colour-vision deficiencies); every plot has a title, axis units, a legend, and the spread behind its numbers.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-FRAMEWORK_COLORS = {"tf": "tab:orange", "torch": "tab:red"}
-FRAMEWORK_NAMES = {"tf": "TensorFlow/Keras", "torch": "PyTorch"}
+from benchmarks import inference as inference_module
+from benchmarks.labels import FRAMEWORK_NAMES
+
+if TYPE_CHECKING:
+    from benchmarks.inference import InferenceResult
+    from benchmarks.measure import Comparison
+    from benchmarks.sweep import SweepResult
+    from benchmarks.training import TrainingResult
+
+FRAMEWORK_COLORS = {"tf": "#E69F00", "torch": "#0072B2"}
+# Endpoints of one framework share its colour and differ in marker and line style.
+ENDPOINT_STYLES = {"tf-grpc": ("o", "-"), "tf-rest": ("s", "--"), "flask-rest": ("^", "-"), "torchserve-rest": ("D", "--"),
+                   "torchserve-grpc": ("v", ":")}
+DPI = 100
 
 
 def _pyplot() -> Any:
@@ -18,112 +34,189 @@ def _pyplot() -> Any:
     return pyplot
 
 
-def learning_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
-    """Loss and accuracy per epoch, train (solid) and validation (dashed), both frameworks on the same axes."""
+def _finish(figure: Any, title: str, path: Path, bottom: float = 0.0) -> Path:
+    """Title, tight layout (leaving `bottom` of the height for a figure legend), save, close."""
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout(rect=(0, bottom, 1, 1))
+    figure.savefig(path, dpi=DPI)
+    _pyplot().close(figure)
+    return path
+
+
+def _log_scale(axes: Any) -> None:
+    """A logarithmic y axis labelled with plain numbers (0.1, 1, 10), not powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axes.set_yscale("log")
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _framework_legend(axes: Any, **options: Any) -> None:
+    """A legend of the framework colours."""
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=FRAMEWORK_COLORS[name], label=FRAMEWORK_NAMES[name]) for name in FRAMEWORK_COLORS]
+    axes.legend(handles=handles, **options)
+
+
+def learning_curves(training: TrainingResult, path: Path) -> Path:
+    """Loss and accuracy per epoch, train (solid) and validation (dashed): median over repeats, min–max shaded."""
+    import numpy as np
+
     pyplot = _pyplot()
-    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
-    for framework, framework_curves in curves.items():
+    figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.2))
+    for framework, repeats in training.curves.items():
         for panel, metric in zip(axes, ("epoch_loss", "epoch_accuracy")):
             for subdir, style in (("train", "-"), ("validation", "--")):
-                points = framework_curves.get(f"{subdir}/{metric}", [])
-                if points:
-                    epochs, values = zip(*points)
-                    panel.plot(
-                        [epoch + 1 for epoch in epochs], values, style,
-                        color=FRAMEWORK_COLORS.get(framework), label=f"{FRAMEWORK_NAMES.get(framework, framework)} {subdir}",
-                    )  # fmt: skip
-            panel.set_xlabel("epoch")
-            panel.set_title(metric + " (read back from TensorBoard event files)", fontsize=9)
-    axes[0].set_ylabel("loss")
-    axes[1].set_ylabel("accuracy")
-    axes[1].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
+                series = [dict(curves.get(f"{subdir}/{metric}", [])) for curves in repeats]
+                epochs = sorted(set.intersection(*(set(points) for points in series))) if series else []
+                if not epochs:
+                    continue
+                values = np.array([[points[epoch] for epoch in epochs] for points in series])  # (repeats, epochs)
+                x = [epoch + 1 for epoch in epochs]
+                color = FRAMEWORK_COLORS[framework]
+                panel.plot(x, np.median(values, axis=0), style, color=color, label=f"{FRAMEWORK_NAMES[framework]}, {subdir}")
+                if len(values) > 1:
+                    panel.fill_between(x, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2, linewidth=0)
+    from matplotlib.ticker import MaxNLocator
+
+    for panel, (metric, unit) in zip(axes, (("loss", "cross-entropy, nats"), ("accuracy", "fraction correct"))):
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        panel.set_xlabel("epoch")
+        panel.set_ylabel(f"{metric} ({unit})")
+        panel.set_title(f"{metric} per epoch", fontsize=9)
+        panel.legend(fontsize=8)
+    repeats = max((len(runs) for runs in training.curves.values()), default=1)
+    return _finish(figure, f"Learning curves from the TensorBoard event files (median of {repeats} repeat(s), range shaded)", path)
 
 
-def inference_latency(inference: dict[str, Any], path: Path) -> Path:
-    """p50 latency (bars) with p99 (whisker) of each in-process path at batch 1 and batch 64, log scale."""
+def training_throughput(training: TrainingResult, path: Path) -> Path:
+    """Steady-state samples/s of each pipeline (min–max of repeats) and of each bare loop."""
     pyplot = _pyplot()
-    names = [name for name, value in inference.items() if isinstance(value, dict) and "batch_1" in value]
-    figure, axes = pyplot.subplots(figsize=(9, 4))
-    width = 0.38
-    for offset, batch in ((-width / 2, "batch_1"), (width / 2, "batch_64")):
-        p50 = [inference[name][batch]["p50_ms"] for name in names]
-        p99 = [inference[name][batch]["p99_ms"] for name in names]
-        positions = [index + offset for index in range(len(names))]
-        axes.bar(positions, p50, width, label=f"{batch.replace('_', ' ')} p50")
-        axes.errorbar(positions, p50, yerr=[[0] * len(p50), [high - low for high, low in zip(p99, p50)]], fmt="none", ecolor="black", capsize=3)
-    axes.set_xticks(range(len(names)))
-    axes.set_xticklabels([name.replace("_", "\n") for name in names], fontsize=8)
-    axes.set_yscale("log")
-    axes.set_ylabel("latency, ms (whisker: p99)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
-
-
-def latency_distributions(points: dict[str, list[float]], path: Path) -> Path:
-    """Latency distribution per endpoint at concurrency 1 (box plot over the measured requests)."""
-    pyplot = _pyplot()
-    figure, axes = pyplot.subplots(figsize=(max(6, 1.4 * len(points)), 4))
-    labels = list(points)
-    axes.boxplot([points[label] for label in labels], whis=(1, 99), showfliers=False)
-    axes.set_xticks(range(1, len(labels) + 1))
-    axes.set_xticklabels([label.replace("/", "\n") for label in labels], fontsize=7)
-    axes.set_yscale("log")
-    axes.set_ylabel("latency, ms (box: p25–p75, whiskers: p1–p99)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
-
-
-def throughput_curves(series: dict[str, list[tuple[int, float, float]]], path: Path) -> Path:
-    """Throughput and p99 against concurrency for each endpoint: (concurrency, requests/s, p99 ms)."""
-    pyplot = _pyplot()
-    figure, (left, right) = pyplot.subplots(1, 2, figsize=(11, 4))
-    for label, points in series.items():
-        points = sorted(points)
-        concurrency = [point[0] for point in points]
-        left.plot(concurrency, [point[1] for point in points], "o-", label=label)
-        right.plot(concurrency, [point[2] for point in points], "o-", label=label)
-    for axes, ylabel in ((left, "requests per second"), (right, "p99 latency, ms")):
-        axes.set_xscale("log", base=2)
-        axes.set_xlabel("concurrent clients")
-        axes.set_ylabel(ylabel)
-    right.set_yscale("log")
-    left.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
-
-
-def training_throughput(training: dict[str, Any], path: Path) -> Path:
-    """Steady-state samples/s of each pipeline and of each bare loop, one bar each."""
-    pyplot = _pyplot()
-    labels, values, colors = [], [], []
-    for framework, summary in training.get("pipelines", {}).items():
-        if "steady_samples_per_second" in summary:
-            labels.append(f"{framework} pipeline")
-            values.append(summary["steady_samples_per_second"])
-            colors.append(FRAMEWORK_COLORS.get(framework, "gray"))
-    for key, run in training.get("bare", {}).items():
-        for variant, rate in run.items():
-            if isinstance(rate, dict) and "steady_samples_per_second" in rate:
-                labels.append(f"{key}\n{variant}")
-                values.append(rate["steady_samples_per_second"])
-                colors.append(FRAMEWORK_COLORS.get(key.split("_")[0], "gray"))
-    figure, axes = pyplot.subplots(figsize=(max(6, 1.2 * len(labels)), 4))
-    axes.bar(range(len(values)), values, color=colors)
-    axes.set_xticks(range(len(labels)))
-    axes.set_xticklabels([label.replace("_", " ") for label in labels], fontsize=6, rotation=30, ha="right")
+    bars: list[tuple[str, float, str, tuple[float, float] | None]] = []
+    for framework, summary in training.pipelines.items():
+        if summary.steady_samples_per_second is not None:
+            bars.append((f"{FRAMEWORK_NAMES[framework]}\npipeline", summary.steady_samples_per_second, framework,
+                         summary.steady_samples_per_second_range))  # fmt: skip
+    for run in training.bare:
+        for loop, rate in run.loops.items():
+            if "steady_samples_per_second" in rate:
+                threads = "default threads" if run.threads == 0 else f"{run.threads} thread"
+                bars.append((f"bare: {loop.replace('_', ' ')}\n({threads})", rate["steady_samples_per_second"], run.framework, None))
+    figure, axes = pyplot.subplots(figsize=(max(6.5, 1.25 * len(bars)), 4.6))
+    for index, (label, value, framework, spread) in enumerate(bars):
+        axes.bar(index, value, color=FRAMEWORK_COLORS[framework], edgecolor="black", linewidth=0.5)
+        if spread:
+            axes.errorbar(index, value, yerr=[[value - spread[0]], [spread[1] - value]], fmt="none", ecolor="black", capsize=4)
+    axes.set_xticks(range(len(bars)))
+    axes.set_xticklabels([bar[0] for bar in bars], fontsize=7, rotation=25 if len(bars) > 3 else 0, ha="right" if len(bars) > 3 else "center")
     axes.set_ylabel("training samples per second (epochs 2..E)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
-    return path
+    axes.set_title("pipelines: median, bar from slowest to fastest repeat; bare loops: one run each", fontsize=8)
+    _framework_legend(axes, fontsize=8)
+    return _finish(figure, "Training throughput, steady state", path)
+
+
+def inference_latency(inference: InferenceResult, path: Path) -> Path:
+    """Median latency per call of each in-process path, batch 1 and batch 64, with min–p99 whiskers (log scale)."""
+    pyplot = _pyplot()
+    batch_sizes = sorted({size for batches in inference.latencies.values() for size in batches})
+    figure, panels = pyplot.subplots(1, len(batch_sizes), figsize=(5.5 * len(batch_sizes), 4.4), squeeze=False)
+    names = list(inference.latencies)
+    for panel, batch_size in zip(panels[0], batch_sizes):
+        for index, name in enumerate(names):
+            summary = inference.latencies[name].get(batch_size)
+            if summary is None:
+                continue
+            color = FRAMEWORK_COLORS[inference_module.PATH_FRAMEWORKS[name]]
+            panel.bar(index, summary.p50_ms, color=color, edgecolor="black", linewidth=0.5)
+            panel.errorbar(index, summary.p50_ms, yerr=[[summary.p50_ms - summary.minimum_ms], [summary.p99_ms - summary.p50_ms]],
+                           fmt="none", ecolor="black", capsize=3)  # fmt: skip
+        panel.set_xticks(range(len(names)))
+        panel.set_xticklabels([name.replace("_", "\n") for name in names], fontsize=7)
+        _log_scale(panel)
+        images = "one image" if batch_size == 1 else f"{batch_size} images"
+        panel.set_ylabel(f"ms per call ({images} per call)")
+        panel.set_title(f"batch {batch_size}: latency per call" + ("" if batch_size == 1 else f" (÷{batch_size} per image)"), fontsize=9)
+        _framework_legend(panel, fontsize=7)
+    return _finish(figure, "In-process inference latency (bar: median; whisker: fastest call to p99)", path)
+
+
+def latency_distribution(sweep: SweepResult, path: Path) -> Path:
+    """Latency distribution of every endpoint at one client (box p25–p75, whiskers p1–p99)."""
+    pyplot = _pyplot()
+    measured = [(item.endpoint, item.at(1)) for item in sweep.endpoints if item.at(1) and item.at(1).latencies_seconds]
+    figure, axes = pyplot.subplots(figsize=(max(6.5, 2.2 * len(measured)), 4.6))
+    boxes = axes.boxplot([[value * 1000 for value in point.latencies_seconds] for _, point in measured],
+                         whis=(1, 99), showfliers=False, patch_artist=True, medianprops={"color": "black"})  # fmt: skip
+    for box, (endpoint, _) in zip(boxes["boxes"], measured):
+        box.set_facecolor(FRAMEWORK_COLORS[endpoint.framework])
+    axes.set_xticks(range(1, len(measured) + 1))
+    axes.set_xticklabels([endpoint.title.replace(" (", "\n(").replace(", ", "\n") for endpoint, _ in measured], fontsize=7)
+    _log_scale(axes)
+    axes.set_ylabel("latency per request, ms (batch 1)")
+    _framework_legend(axes, fontsize=8, title="serves the model of", title_fontsize=8)
+    return _finish(figure, "Served latency with one client (box: p25–p75, whiskers: p1–p99)", path)
+
+
+def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
+    """Throughput (with the window range) and p99 against concurrent clients; generator-bound points hollow."""
+    from matplotlib.lines import Line2D
+
+    pyplot = _pyplot()
+    figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 5.4))
+    concurrencies: set[int] = set()
+    for item in sweep.endpoints:
+        points = sorted((point for point in item.points if point.latencies_seconds), key=lambda point: point.concurrency)
+        if not points:
+            continue
+        marker, style = ENDPOINT_STYLES.get(item.endpoint.key, ("o", "-"))
+        color = FRAMEWORK_COLORS[item.endpoint.framework]
+        x = [point.concurrency for point in points]
+        concurrencies.update(x)
+        rates = [point.throughput_per_second for point in points]
+        spread = [[rate - point.throughput_range[0] for rate, point in zip(rates, points)],
+                  [point.throughput_range[1] - rate for rate, point in zip(rates, points)]]  # fmt: skip
+        left.errorbar(x, rates, yerr=spread, linestyle=style, color=color, capsize=3, label=item.endpoint.title)
+        right.plot(x, [point.latency.p99_ms for point in points], linestyle=style, color=color, label=item.endpoint.title)
+        for panel, values in ((left, rates), (right, [point.latency.p99_ms for point in points])):
+            for point, value in zip(points, values):
+                panel.plot(point.concurrency, value, marker, color=color, markersize=7,
+                           markerfacecolor="white" if point.generator_bound else color)  # fmt: skip
+    ticks = sorted(concurrencies)
+    for panel, ylabel in ((left, "requests per second"), (right, "p99 latency per request, ms")):
+        panel.set_xscale("log")
+        panel.set_xticks(ticks, [str(tick) for tick in ticks])
+        panel.minorticks_off()
+        panel.set_xlabel("concurrent clients (closed loop, batch 1)")
+        panel.set_ylabel(ylabel)
+    _log_scale(right)
+    left.set_title("throughput (bars: range of the reported windows)", fontsize=9)
+    right.set_title("p99 latency", fontsize=9)
+    handles, names = left.get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="o", linestyle="none", color="black", markerfacecolor="white"))
+    names.append("hollow: generator-bound point")
+    figure.legend(handles, names, loc="lower center", ncol=3, fontsize=8)
+    return _finish(figure, "Served throughput and p99 against concurrency, every endpoint named by its server", path, 0.14)
+
+
+def draw_all(comparison: Comparison, output_dir: Path) -> dict[str, str]:
+    """Every plot the results allow; returns name → file name beside the report. A failed plot is recorded."""
+    plots: dict[str, Callable[[Path], Path]] = {}
+    if comparison.training:
+        plots["learning_curves"] = lambda path: learning_curves(comparison.training, path)
+        plots["training_throughput"] = lambda path: training_throughput(comparison.training, path)
+    if comparison.inference:
+        plots["inference_latency"] = lambda path: inference_latency(comparison.inference, path)
+    if comparison.sweep and any(item.points for item in comparison.sweep.endpoints):
+        plots["latency_distribution"] = lambda path: latency_distribution(comparison.sweep, path)
+        plots["throughput_vs_concurrency"] = lambda path: throughput_vs_concurrency(comparison.sweep, path)
+    files: dict[str, str] = {}
+    for name, draw in plots.items():
+        try:
+            draw(output_dir / f"{name}.png")
+            files[name] = f"{name}.png"
+        except Exception as error:  # a plot must not cost the report
+            comparison.failures[f"plot {name}"] = f"{type(error).__name__}: {error}"
+    return files

@@ -1,10 +1,31 @@
-"""The ratios issue 6 asks the report to print and check, each computed from numbers measured in the same run."""
+"""The ratios the report prints and checks, each computed from numbers measured in the same run."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
+if TYPE_CHECKING:
+    from benchmarks.measure import Comparison
+    from benchmarks.serving_tf import TFServingResult
+    from benchmarks.serving_torch import TorchServingResult
+
+Measured = TypeVar("Measured")
+TF_GRPC = ("TF gRPC p50 / (identity-model gRPC p50 + in-process signature p50)", "≤ 1.3")
+FLASK = ("Flask p50 / (no-op route p50 + in-process TorchScript p50)", "≤ 1.5")
+# What a met and a missed overhead ratio mean.
+TF_GRPC_NOTES = (
+    "The server adds little beyond gRPC plumbing and the model.",
+    "The server's own per-request work (request parsing, tensor conversion, locking) costs more than the "
+    "model; profile the servicer and avoid per-request conversions.",
+)
+FLASK_NOTES = (
+    "JSON parsing of the row format and building the answer are the rest.",
+    "JSON decoding and validation cost more than the model; a faster JSON library or the columnar format would "
+    "close it.",
+)
+TF_BATCHING = ("TF server throughput at 16 clients, batching on / off (p99 growth ≤ batch timeout + 1 ms)",
+               "≥ 1.3 and p99 growth ≤ timeout + 1 ms")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,58 +47,48 @@ class Ratio:
         return "met" if self.passed else "missed"
 
 
-def _external(results: dict[str, Any], key: str, *path: str) -> Any:
-    """A value inside a plugged-in benchmark's dict (benchmarks.serving_tf etc.), or None."""
-    external = results.get("external", {}).get(key, {})
-    value: Any = external.get("data") if external.get("measured") else None
-    for name in path:
-        value = value.get(name) if isinstance(value, dict) else None
-    return value
-
-
-def _sweep_p50(results: dict[str, Any], endpoint: str) -> float | None:
-    point = (results.get("sweep") or {}).get("endpoints", {}).get(endpoint, {}).get("concurrency_1", {})
-    return point.get("p50_ms") if isinstance(point, dict) else None
-
-
-def _inference_p50(results: dict[str, Any], path: str) -> float | None:
-    return (results.get("inference") or {}).get(path, {}).get("batch_1", {}).get("p50_ms")
-
-
-def _missing(name: str, target: str, what: str, results: dict[str, Any] | None = None, key: str = "") -> Ratio:
-    reason = (results or {}).get("external", {}).get(key, {}).get("reason", "")
+def _missing(name: str, target: str, what: str, reason: str = "") -> Ratio:
     return Ratio(name, target, note=f"not measured: {what}" + (f" ({reason})" if reason else ""))
 
 
-def tf_grpc_overhead(results: dict[str, Any]) -> Ratio:
+def _if_measured(
+    measured: Measured | None, check: Callable[[Measured], Ratio], ratio: tuple[str, str], what: str, reason: str
+) -> Ratio:
+    """check(measured), or the ratio marked not measured with the reason."""
+    return check(measured) if measured is not None else _missing(*ratio, what, reason)
+
+
+def _over_floor(ratio: tuple[str, str], limit: float, total: float, floor: tuple[float, float], notes: tuple[str, str]) -> Ratio:
+    """A p50 over the sum of its two floors, against limit; the first note when met, the second when missed."""
+    value = total / sum(floor)
+    inputs = f"{total:.3f} ms / ({floor[0]:.3f} ms + {floor[1]:.3f} ms)"
+    return Ratio(*ratio, value, value <= limit, inputs, notes[0] if value <= limit else notes[1])
+
+
+def tf_grpc_overhead(measured: TFServingResult) -> Ratio:
     """TF server gRPC p50 ≤ 1.3 × (trivial-model gRPC p50 + in-process SavedModel signature p50), batch 1."""
-    name, target = "TF gRPC p50 / (identity-model gRPC p50 + in-process signature p50)", "≤ 1.3"
-    digits = _external(results, "serving_tf", "grpc", "p50_ms")
-    trivial = _external(results, "serving_tf", "trivial_grpc", "p50_ms")
-    in_process = _external(results, "serving_tf", "in_process", "p50_ms") or _inference_p50(results, "savedmodel_signature")
-    if digits is None or trivial is None or in_process is None:
-        return _missing(name, target, "benchmarks.serving_tf gave no gRPC and identity-model p50", results, "serving_tf")
-    value = digits / (trivial + in_process)
-    return Ratio(
-        name, target, value, value <= 1.3,
-        f"{digits:.3f} ms / ({trivial:.3f} ms + {in_process:.3f} ms)",
-        "The server adds little beyond gRPC plumbing and the model." if value <= 1.3 else
-        "The server's own per-request work (request parsing, tensor conversion, locking) costs more than the "
-        "model; profile the servicer and avoid per-request conversions.",
-    )  # fmt: skip
+    floor = (measured.trivial_grpc.p50_ms, measured.in_process.p50_ms)
+    return _over_floor(TF_GRPC, 1.3, measured.grpc.p50_ms, floor, TF_GRPC_NOTES)
 
 
-def torchserve_vs_flask(results: dict[str, Any]) -> Ratio:
+def _sweep_p50(comparison: Comparison, endpoint: str) -> float | None:
+    point = comparison.sweep.at(endpoint, 1) if comparison.sweep else None
+    return point.latency.p50_ms if point and point.latencies_seconds else None
+
+
+def torchserve_vs_flask(comparison: Comparison) -> Ratio:
     """TorchServe p50 ≤ 3 × Flask p50 for the same request."""
     name, target = "TorchServe REST p50 / Flask p50", "≤ 3"
-    configured = _external(results, "serving_torch", "torchserve_predict", "p50_ms")
-    unbatched = _external(results, "serving_torch", "torchserve_unbatched_predict", "p50_ms")
-    flask = _external(results, "serving_torch", "flask_predict", "p50_ms") or _sweep_p50(results, "flask_rest")
-    torchserve = unbatched or configured or _sweep_p50(results, "torchserve_rest")
+    measured = comparison.torch_serving
+    configured = measured.torchserve_predict.p50_ms if measured and measured.torchserve_predict else None
+    unbatched = measured.torchserve_unbatched_predict.p50_ms if measured and measured.torchserve_unbatched_predict else None
+    flask = measured.flask_predict.p50_ms if measured else _sweep_p50(comparison, "flask-rest")
+    torchserve = unbatched or configured or _sweep_p50(comparison, "torchserve-rest")
     if torchserve is None or flask is None:
-        return _missing(name, target, "neither benchmarks.serving_torch nor the endpoint sweep measured both servers", results, "serving_torch")
+        return _missing(name, target, "neither benchmarks.serving_torch nor the endpoint sweep measured both servers",
+                        comparison.reason("torch serving"))  # fmt: skip
     value = torchserve / flask
-    settings = _external(results, "serving_torch", "torchserve_settings") or {}
+    settings = measured.torchserve_settings if measured else {}
     computed = f"{torchserve:.3f} ms / {flask:.3f} ms"
     if unbatched is not None and configured is not None:
         computed += (
@@ -102,50 +113,25 @@ def cell_text(values: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value}" for key, value in values.items())
 
 
-def flask_overhead(results: dict[str, Any]) -> Ratio:
+def flask_overhead(measured: TorchServingResult) -> Ratio:
     """Flask p50 ≤ 1.5 × (no-op Flask route p50 + in-process TorchScript p50)."""
-    name, target = "Flask p50 / (no-op route p50 + in-process TorchScript p50)", "≤ 1.5"
-    flask = _external(results, "serving_torch", "flask_predict", "p50_ms")
-    noop = _external(results, "serving_torch", "flask_noop", "p50_ms")
-    in_process = _external(results, "serving_torch", "in_process", "p50_ms") or _inference_p50(results, "torchscript_module")
-    if flask is None or noop is None or in_process is None:
-        return _missing(name, target, "benchmarks.serving_torch gave no Flask predict and no-op p50", results, "serving_torch")
-    value = flask / (noop + in_process)
-    return Ratio(
-        name, target, value, value <= 1.5,
-        f"{flask:.3f} ms / ({noop:.3f} ms + {in_process:.3f} ms)",
-        "JSON parsing of the row format and building the answer are the rest." if value <= 1.5 else
-        "JSON decoding and validation cost more than the model; a faster JSON library or the columnar format "
-        "would close it.",
-    )  # fmt: skip
+    floor = (measured.flask_noop.p50_ms, measured.in_process.p50_ms)
+    return _over_floor(FLASK, 1.5, measured.flask_predict.p50_ms, floor, FLASK_NOTES)
 
 
-def tf_batching(results: dict[str, Any]) -> Ratio:
+def tf_batching(measured: TFServingResult) -> Ratio:
     """Dynamic batching on/off throughput at 16 clients ≥ 1.3 on the TF server, p99 growth ≤ timeout + 1 ms."""
-    name = "TF server throughput at 16 clients, batching on / off (p99 growth ≤ batch timeout + 1 ms)"
-    target = "≥ 1.3 and p99 growth ≤ timeout + 1 ms"
-    batching_on = _external(results, "serving_tf", "throughput_batching_on_rps")
-    batching_off = _external(results, "serving_tf", "throughput_batching_off_rps")
-    if not batching_on or not batching_off:
-        return _missing(name, target, "benchmarks.serving_tf gave no batching on/off throughput", results, "serving_tf")
-    value = batching_on / batching_off
+    name, target = TF_BATCHING
+    batching_on, batching_off = measured.throughput_batching_on_rps, measured.throughput_batching_off_rps
+    value = measured.throughput_ratio
     throughput_met = value >= 1.3
-    clients = _external(results, "serving_tf", "clients") or 16
-    inputs = f"{batching_on:.0f}/s / {batching_off:.0f}/s with {clients} clients"
-    p99_on = _external(results, "serving_tf", "p99_batching_on_ms")
-    p99_off = _external(results, "serving_tf", "p99_batching_off_ms")
-    timeout = _external(results, "serving_tf", "batch_timeout_ms")
-    if p99_on is None or p99_off is None or timeout is None:
-        # Without the p99s the second half of the target cannot be checked, so the ratio cannot be called met.
-        p99_met = False
-        inputs += "; p99 growth: not measured (benchmarks.serving_tf reported no p99 on/off or batch timeout)"
-    else:
-        growth, limit = p99_on - p99_off, timeout + 1.0
-        p99_met = growth <= limit
-        inputs += (
-            f"; p99 {p99_on:.3f} ms on − {p99_off:.3f} ms off = {growth:+.3f} ms against ≤ {timeout:g} ms timeout + 1 ms "
-            f"= {limit:g} ms ({'met' if p99_met else 'missed'})"
-        )
+    inputs = f"{batching_on:.0f}/s / {batching_off:.0f}/s with {measured.clients} clients"
+    growth, limit, timeout = measured.p99_growth_ms, measured.p99_growth_limit_ms, measured.batch_timeout_ms
+    p99_met = growth <= limit
+    inputs += (
+        f"; p99 {measured.p99_batching_on_ms:.3f} ms on − {measured.p99_batching_off_ms:.3f} ms off = {growth:+.3f} ms "
+        f"against ≤ {timeout:g} ms timeout + 1 ms = {limit:g} ms ({'met' if p99_met else 'missed'})"
+    )
     if throughput_met and p99_met:
         note = "Batching amortises the per-call cost of the model over concurrent requests without a long tail."
     else:
@@ -166,26 +152,17 @@ def tf_batching(results: dict[str, Any]) -> Ratio:
     return Ratio(name, target, value, throughput_met and p99_met, inputs, note)
 
 
-def keras_vs_torch_training(results: dict[str, Any]) -> Ratio:
+def keras_vs_torch_training(comparison: Comparison) -> Ratio:
     """Keras training samples/s ≥ 0.5 × torch samples/s with the same batch size, with the overhead check."""
     name, target = "Keras / torch training samples per second (pipelines, steady state)", "≥ 0.5"
-    pipelines = (results.get("training") or {}).get("pipelines", {})
-    tf_rate = pipelines.get("tf", {}).get("steady_samples_per_second")
-    torch_rate = pipelines.get("torch", {}).get("steady_samples_per_second")
-    if tf_rate is None or torch_rate is None:
+    trained = comparison.training
+    pipelines = trained.pipelines if trained else {}
+    tf_rate = pipelines["tf"].steady_samples_per_second if "tf" in pipelines else None
+    torch_rate = pipelines["torch"].steady_samples_per_second if "torch" in pipelines else None
+    if trained is None or tf_rate is None or torch_rate is None:
         return _missing(name, target, "needs at least two epochs of each pipeline")
     value = tf_rate / torch_rate
-    bare = (results.get("training") or {}).get("bare", {})
-    best_bare_tf = max(
-        (rate["steady_samples_per_second"] for key, run in bare.items() if key.startswith("tf")
-         for rate in run.values() if isinstance(rate, dict) and "steady_samples_per_second" in rate),
-        default=None,
-    )  # fmt: skip
-    best_bare_torch = max(
-        (rate["steady_samples_per_second"] for key, run in bare.items() if key.startswith("torch")
-         for rate in run.values() if isinstance(rate, dict) and "steady_samples_per_second" in rate),
-        default=None,
-    )  # fmt: skip
+    best_bare_tf, best_bare_torch = trained.best_bare_rate("tf"), trained.best_bare_rate("torch")
     overhead = ""
     if best_bare_torch and best_bare_torch > 3 * torch_rate:
         overhead += (
@@ -201,7 +178,7 @@ def keras_vs_torch_training(results: dict[str, Any]) -> Ratio:
         )
     return Ratio(
         name, target, value, value >= 0.5,
-        f"{tf_rate:.0f}/s / {torch_rate:.0f}/s, batch {pipelines['tf'].get('batch_size')}",
+        f"{tf_rate:.0f}/s / {torch_rate:.0f}/s, batch {pipelines['tf'].batch_size}",
         ("Per epoch both pipelines also validate and write histograms; rates include that."
          if value >= 0.5 else
          "Keras runs each step through its compiled train function with callbacks; at 37 small steps per epoch "
@@ -209,15 +186,16 @@ def keras_vs_torch_training(results: dict[str, Any]) -> Ratio:
     )  # fmt: skip
 
 
-def predict_vs_direct(results: dict[str, Any]) -> Ratio:
+def predict_vs_direct(comparison: Comparison) -> Ratio:
     """model.predict vs the direct call for one image; checks the TF server calls the signature, not predict."""
     name, target = "Keras model.predict p50 / direct call p50, one image", "shown; server uses the fast path"
-    predict = _inference_p50(results, "keras_model_predict")
-    direct = _inference_p50(results, "keras_direct_call")
-    if predict is None or direct is None:
-        return _missing(name, target, "in-process inference was not measured")
-    fast_path = (results.get("inference") or {}).get("serving_fast_path", {})
-    passed = bool(fast_path.get("fast_path"))
+    measured = comparison.inference
+    predict = measured.p50_ms("keras_model_predict") if measured else None
+    direct = measured.p50_ms("keras_direct_call") if measured else None
+    if measured is None or predict is None or direct is None:
+        return _missing(name, target, "in-process inference was not measured", comparison.reason("inference"))
+    fast_path = measured.fast_path
+    passed = fast_path.fast_path
     return Ratio(
         name, target, predict / direct, passed,
         f"{predict:.3f} ms / {direct:.3f} ms",
@@ -227,13 +205,46 @@ def predict_vs_direct(results: dict[str, Any]) -> Ratio:
     )  # fmt: skip
 
 
-def compute_ratios(results: dict[str, Any]) -> list[Ratio]:
-    """Every ratio of issue 6, in the issue's order."""
+def tf_rest_vs_flask(comparison: Comparison) -> list[Ratio]:
+    """Under the external generator: TF REST throughput at 16 connections ≥ Flask's; its 1-connection p50 ≤ 1.2 ×."""
+    external = comparison.sweep.external if comparison.sweep else None
+    names = (("TF REST / Flask REST throughput, 16 connections (external generator)", "≥ 1"),
+             ("TF REST / Flask REST p50, one connection (external generator)", "≤ 1.2"))  # fmt: skip
+    found = [(external.at("tf-rest", clients), external.at("flask-rest", clients)) if external else (None, None)
+             for clients in (16, 1)]  # fmt: skip
+    if external is None or not all(tf and flask for tf, flask in found):
+        reason = "neither hey nor wrk is installed" if comparison.sweep and external is None else comparison.reason("sweep")
+        return [_missing(*name, "the external generator's TF REST and Flask points", reason) for name in names]
+    (tf_16, flask_16), (tf_1, flask_1) = found
+    throughput = tf_16.throughput_per_second / flask_16.throughput_per_second
+    latency = tf_1.p50_ms / flask_1.p50_ms if tf_1.p50_ms and flask_1.p50_ms else float("nan")
+    tool = external.generator
     return [
-        tf_grpc_overhead(results),
-        torchserve_vs_flask(results),
-        flask_overhead(results),
-        tf_batching(results),
-        keras_vs_torch_training(results),
-        predict_vs_direct(results),
-    ]
+        Ratio(*names[0], throughput, throughput >= 1,
+              f"{tf_16.throughput_per_second:.0f}/s / {flask_16.throughput_per_second:.0f}/s ({tool})",
+              "Each TF server worker is a process of its own with a C HTTP parser; requests wait for the model, "
+              "not for the front end." if throughput >= 1 else
+              "The TF server's workers and the generator compete for the same cores; more --workers (up to one per "
+              "core) or a generator on another machine closes it."),
+        Ratio(*names[1], latency, latency <= 1.2, f"{tf_1.p50_ms:.2f} ms / {flask_1.p50_ms:.2f} ms ({tool})",
+              "Both HTTP front ends cost little next to the model call." if latency <= 1.2 else
+              "A TensorFlow signature call costs more Python than a TorchScript call (binding and converting the "
+              "inputs); see the in-process inference table."),
+    ]  # fmt: skip
+
+
+def compute_ratios(comparison: Comparison) -> list[Ratio]:
+    """Every ratio the project checks, serving first."""
+    tf_reason, torch_reason = comparison.reason("tf serving"), comparison.reason("torch serving")
+    return [
+        _if_measured(comparison.tf_serving, tf_grpc_overhead, TF_GRPC,
+                     "benchmarks.serving_tf gave no gRPC and identity-model p50", tf_reason),
+        *tf_rest_vs_flask(comparison),
+        torchserve_vs_flask(comparison),
+        _if_measured(comparison.torch_serving, flask_overhead, FLASK,
+                     "benchmarks.serving_torch gave no Flask predict and no-op p50", torch_reason),
+        _if_measured(comparison.tf_serving, tf_batching, TF_BATCHING,
+                     "benchmarks.serving_tf gave no batching on/off throughput", tf_reason),
+        keras_vs_torch_training(comparison),
+        predict_vs_direct(comparison),
+    ]  # fmt: skip

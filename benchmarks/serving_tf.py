@@ -10,11 +10,8 @@ p99 growing by no more than the batch timeout + 1 ms).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,12 +20,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.stats import summarize_seconds
+from benchmarks.stats import LatencySummary, summarize_seconds
 from experiment.artifacts import latest_version
 from experiment.errors import UsageError
 from experiment.spec import INPUT_NAME, SIGNATURE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_SECONDS = 180.0
 IDENTITY_MODEL = "identity"
 LATENCY_TARGET = 1.3
 THROUGHPUT_TARGET = 1.3
@@ -39,8 +37,50 @@ BATCHING_PARAMETERS = (
     f"max_batch_size {{ value: {MAX_BATCH_SIZE} }}\nbatch_timeout_micros {{ value: {BATCH_TIMEOUT_MICROS} }}\n"
     "num_batch_threads { value: 1 }\n"
 )
-# Issue 6: batching may make the slowest requests wait at most one batch timeout longer, plus 1 ms of slack.
+# Batching may make the slowest requests wait at most one batch timeout longer, plus 1 ms of slack.
 P99_GROWTH_SLACK_MS = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TFServingResult:
+    """The compatible server's batch-1 latency against its floor, and dynamic batching off against on."""
+
+    version: int
+    cpu_count: int
+    clients: int
+    grpc: LatencySummary  # digits model, batch 1, one client
+    trivial_grpc: LatencySummary  # identity model: gRPC and the server's plumbing alone
+    in_process: LatencySummary  # the same SavedModel signature called in-process
+    throughput_batching_off_rps: float
+    throughput_batching_on_rps: float
+    throughput_batching_off_range: tuple[float, float]  # lowest and highest of the alternating runs
+    throughput_batching_on_range: tuple[float, float]
+    p50_batching_off_ms: float
+    p50_batching_on_ms: float
+    p99_batching_off_ms: float
+    p99_batching_on_ms: float
+    batch_timeout_ms: float = BATCH_TIMEOUT_MICROS / 1000.0
+    max_batch_size: int = MAX_BATCH_SIZE
+
+    @property
+    def latency_ratio(self) -> float:
+        """Digits p50 over the floor (identity-model p50 + in-process p50)."""
+        return self.grpc.p50_ms / (self.trivial_grpc.p50_ms + self.in_process.p50_ms)
+
+    @property
+    def throughput_ratio(self) -> float:
+        """Throughput with batching on over off."""
+        return self.throughput_batching_on_rps / self.throughput_batching_off_rps
+
+    @property
+    def p99_growth_ms(self) -> float:
+        """How much batching moved the p99."""
+        return self.p99_batching_on_ms - self.p99_batching_off_ms
+
+    @property
+    def p99_growth_limit_ms(self) -> float:
+        """One batch timeout plus the slack."""
+        return self.batch_timeout_ms + P99_GROWTH_SLACK_MS
 
 
 def write_identity_model(base_path: Path) -> Path:
@@ -58,52 +98,17 @@ def write_identity_model(base_path: Path) -> Path:
     return directory
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _start_server(model_name: str, model_base_path: Path | None, flags: list[str], log_path: Path) -> Any:
+    """`python -m serving.tfserving` on free ports through serving.runtime, ready; returns the managed process."""
+    from serving import runtime
+    from serving.runtime import tfserving
+
+    spec = tfserving.spec(tfserving.TFServingPorts.free(rest=False), model_name, model_base_path, flags)
+    return runtime.start(spec, log_path, timeout=START_TIMEOUT_SECONDS)
 
 
-class ServerProcess:
-    """`python -m serving.tfserving` on a free port, started for the benchmark and stopped with SIGTERM."""
-
-    def __init__(self, flags: list[str], log_path: Path, start_timeout_s: float = 180) -> None:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "serving.tfserving", f"--port={self.port}", *flags],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            )  # fmt: skip
-        deadline = time.monotonic() + start_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited while starting; see {log_path}")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"the server was not SERVING within {start_timeout_s:g} s; see {log_path}")
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def _grpc_address(server: Any) -> str:
+    return server.spec.endpoint("tf-grpc").address
 
 
 def _predict_request(model_name: str, images: np.ndarray):
@@ -120,7 +125,7 @@ def _predict_request(model_name: str, images: np.ndarray):
     return request
 
 
-def measure_grpc_latency(address: str, model_name: str, image: np.ndarray, count: int = 2000, warmup: int = 200) -> dict[str, float]:
+def measure_grpc_latency(address: str, model_name: str, image: np.ndarray, count: int = 2000, warmup: int = 200) -> LatencySummary:
     """Sequential batch-1 Predict calls on one channel (the request built once): p50/p99 in ms."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -135,11 +140,10 @@ def measure_grpc_latency(address: str, model_name: str, image: np.ndarray, count
             started = time.perf_counter()
             stub.Predict(request, timeout=10)
             latencies.append(time.perf_counter() - started)
-    summary = summarize_seconds(latencies)
-    return {"p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms, "count": count}
+    return summarize_seconds(latencies)
 
 
-def measure_in_process(export_path: Path, image: np.ndarray, count: int = 2000, warmup: int = 200) -> dict[str, float]:
+def measure_in_process(export_path: Path, image: np.ndarray, count: int = 2000, warmup: int = 200) -> LatencySummary:
     """The loaded SavedModel's signature called directly on a batch of one: p50/p99 in ms."""
     import tensorflow as tf
 
@@ -153,8 +157,7 @@ def measure_in_process(export_path: Path, image: np.ndarray, count: int = 2000, 
         outputs = signature(**{INPUT_NAME: tf.constant(batch)})
         {name: tensor.numpy() for name, tensor in outputs.items()}
         latencies.append(time.perf_counter() - started)
-    summary = summarize_seconds(latencies)
-    return {"p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms, "count": count}
+    return summarize_seconds(latencies)
 
 
 def measure_throughput(
@@ -207,8 +210,8 @@ def run_benchmark(
     count: int = 2000,
     throughput_seconds: float = 6.0,
     clients: int = 16,
-) -> dict[str, Any]:
-    """Start the servers it needs, measure everything, stop them; returns the numbers as a dict."""
+) -> TFServingResult:
+    """Start the servers it needs, measure everything, stop them."""
     model_base_path = Path(model_base_path).resolve()
     version = latest_version(model_base_path)
     if version is None:
@@ -216,7 +219,6 @@ def run_benchmark(
     from experiment.data import load_dataset
 
     image = load_dataset().test.images[0]  # (8, 8)
-    results: dict[str, Any] = {"model_base_path": str(model_base_path), "version": version, "cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="serving_tf_benchmark-") as scratch:
         scratch_path = Path(scratch)
         identity_base = scratch_path / IDENTITY_MODEL
@@ -230,70 +232,59 @@ def run_benchmark(
         )
         parameters_path = scratch_path / "batching.config"
         parameters_path.write_text(BATCHING_PARAMETERS)
-        server = ServerProcess([f"--model_config_file={config_path}"], scratch_path / "plain.log")
+        server = _start_server(model_name, None, [f"--model_config_file={config_path}"], scratch_path / "plain.log")
         batched = None
         try:
-            batched = ServerProcess(
-                [f"--model_name={model_name}", f"--model_base_path={model_base_path}", "--enable_batching",
-                 f"--batching_parameters_file={parameters_path}"],
-                scratch_path / "batching.log",
-            )  # fmt: skip
-            results["grpc"] = measure_grpc_latency(server.address, model_name, image, count)
-            results["trivial_grpc"] = measure_grpc_latency(server.address, IDENTITY_MODEL, image, count)
+            batching_flags = ["--enable_batching", f"--batching_parameters_file={parameters_path}"]
+            batched = _start_server(model_name, model_base_path, batching_flags, scratch_path / "batching.log")
+            plain_address, batched_address = _grpc_address(server), _grpc_address(batched)
+            grpc_latency = measure_grpc_latency(plain_address, model_name, image, count)
+            trivial = measure_grpc_latency(plain_address, IDENTITY_MODEL, image, count)
             # Off and on alternate in short runs, so a change in the machine's other load hits both alike.
-            off_runs, on_runs = [], []
+            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             for _ in range(3):
-                off_runs.append(measure_throughput(server.address, model_name, image, clients, throughput_seconds / 3))
-                on_runs.append(measure_throughput(batched.address, model_name, image, clients, throughput_seconds / 3))
-            for setting, runs in (("off", off_runs), ("on", on_runs)):
-                results[f"throughput_batching_{setting}_rps"] = float(np.median([run["throughput_rps"] for run in runs]))
-                # Percentiles over every request of the three runs: a 2-second run holds too few for a stable p99.
-                latency = summarize_seconds([value for run in runs for value in run["latencies_seconds"]])
-                results[f"p50_batching_{setting}_ms"] = latency.p50_ms
-                results[f"p99_batching_{setting}_ms"] = latency.p99_ms
+                runs["off"].append(measure_throughput(plain_address, model_name, image, clients, throughput_seconds / 3))
+                runs["on"].append(measure_throughput(batched_address, model_name, image, clients, throughput_seconds / 3))
         finally:
             server.stop()
             if batched is not None:
                 batched.stop()
-        results["in_process"] = measure_in_process(model_base_path / str(version), image, count)
-    floor = results["trivial_grpc"]["p50_ms"] + results["in_process"]["p50_ms"]
-    results["latency_ratio"] = results["grpc"]["p50_ms"] / floor
-    results["latency_target_met"] = results["latency_ratio"] <= LATENCY_TARGET
-    results["throughput_ratio"] = results["throughput_batching_on_rps"] / results["throughput_batching_off_rps"]
-    results["throughput_target_met"] = results["throughput_ratio"] >= THROUGHPUT_TARGET
-    results["batch_timeout_ms"] = BATCH_TIMEOUT_MICROS / 1000.0
-    results["max_batch_size"] = MAX_BATCH_SIZE
-    results["p99_growth_ms"] = results["p99_batching_on_ms"] - results["p99_batching_off_ms"]
-    results["p99_growth_limit_ms"] = results["batch_timeout_ms"] + P99_GROWTH_SLACK_MS
-    results["p99_target_met"] = results["p99_growth_ms"] <= results["p99_growth_limit_ms"]
-    results["clients"] = clients
-    return results
+        in_process = measure_in_process(model_base_path / str(version), image, count)
+    rates = {setting: [run["throughput_rps"] for run in setting_runs] for setting, setting_runs in runs.items()}
+    # Percentiles over every request of the three runs: a 2-second run holds too few for a stable p99.
+    pooled = {setting: summarize_seconds([value for run in setting_runs for value in run["latencies_seconds"]])
+              for setting, setting_runs in runs.items()}  # fmt: skip
+    return TFServingResult(
+        version=version, cpu_count=os.cpu_count() or 1, clients=clients,
+        grpc=grpc_latency, trivial_grpc=trivial, in_process=in_process,
+        throughput_batching_off_rps=float(np.median(rates["off"])), throughput_batching_on_rps=float(np.median(rates["on"])),
+        throughput_batching_off_range=(min(rates["off"]), max(rates["off"])),
+        throughput_batching_on_range=(min(rates["on"]), max(rates["on"])),
+        p50_batching_off_ms=pooled["off"].p50_ms, p50_batching_on_ms=pooled["on"].p50_ms,
+        p99_batching_off_ms=pooled["off"].p99_ms, p99_batching_on_ms=pooled["on"].p99_ms,
+    )  # fmt: skip
 
 
-def format_report(results: dict[str, Any]) -> str:
+def format_report(result: TFServingResult) -> str:
     """The printed summary of run_benchmark's numbers."""
-    floor = results["trivial_grpc"]["p50_ms"] + results["in_process"]["p50_ms"]
+    floor = result.trivial_grpc.p50_ms + result.in_process.p50_ms
     verdict = {True: "meets", False: "misses"}
-    return "\n".join(
-        [
-            f"TensorFlow Serving–compatible server, model {results['model_base_path']} version {results['version']}, "
-            f"{results['cpu_count']} CPUs",
-            f"  digits Predict over gRPC, batch 1:   p50 {results['grpc']['p50_ms']:.3f} ms   p99 {results['grpc']['p99_ms']:.3f} ms",
-            f"  in-process signature call, batch 1:  p50 {results['in_process']['p50_ms']:.3f} ms   p99 {results['in_process']['p99_ms']:.3f} ms",
-            f"  trivial identity model over gRPC:    p50 {results['trivial_grpc']['p50_ms']:.3f} ms   p99 {results['trivial_grpc']['p99_ms']:.3f} ms",
-            f"  ratio digits p50 / (trivial p50 + in-process p50) = {results['grpc']['p50_ms']:.3f} / {floor:.3f} = "
-            f"{results['latency_ratio']:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[results['latency_target_met']]})",
-            f"  throughput, {results['clients']} concurrent clients: batching off {results['throughput_batching_off_rps']:.0f} req/s, "
-            f"on {results['throughput_batching_on_rps']:.0f} req/s, ratio {results['throughput_ratio']:.2f} "
-            f"(target ≥ {THROUGHPUT_TARGET}: {verdict[results['throughput_target_met']]})",
-            (
-                f"  p99 at {results['clients']} clients: batching off {results['p99_batching_off_ms']:.3f} ms, "
-                f"on {results['p99_batching_on_ms']:.3f} ms, growth {results['p99_growth_ms']:.3f} ms "
-                f"(target ≤ batch timeout {results['batch_timeout_ms']:g} ms + {P99_GROWTH_SLACK_MS:g} ms: "
-                f"{verdict[results['p99_target_met']]})"
-            ),
-        ]
-    )
+    lines = [f"TensorFlow Serving–compatible server, model version {result.version}, {result.cpu_count} CPUs"]
+    for label, summary in (("digits Predict over gRPC, batch 1:  ", result.grpc),
+                           ("in-process signature call, batch 1: ", result.in_process),
+                           ("trivial identity model over gRPC:   ", result.trivial_grpc)):  # fmt: skip
+        lines.append(f"  {label} p50 {summary.p50_ms:.3f} ms   p99 {summary.p99_ms:.3f} ms")
+    return "\n".join(lines + [
+        f"  ratio digits p50 / (trivial p50 + in-process p50) = {result.grpc.p50_ms:.3f} / {floor:.3f} = "
+        f"{result.latency_ratio:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[result.latency_ratio <= LATENCY_TARGET]})",
+        f"  throughput, {result.clients} concurrent clients: batching off {result.throughput_batching_off_rps:.0f} req/s, "
+        f"on {result.throughput_batching_on_rps:.0f} req/s, ratio {result.throughput_ratio:.2f} "
+        f"(target ≥ {THROUGHPUT_TARGET}: {verdict[result.throughput_ratio >= THROUGHPUT_TARGET]})",
+        f"  p99 at {result.clients} clients: batching off {result.p99_batching_off_ms:.3f} ms, "
+        f"on {result.p99_batching_on_ms:.3f} ms, growth {result.p99_growth_ms:.3f} ms "
+        f"(target ≤ batch timeout {result.batch_timeout_ms:g} ms + {P99_GROWTH_SLACK_MS:g} ms: "
+        f"{verdict[result.p99_growth_ms <= result.p99_growth_limit_ms]})",
+    ])  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import os
@@ -35,22 +36,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, logical cores (total and usable by this process), memory, OS and Python."""
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What the measurements ran on."""
+
+    cpu_model: str
+    logical_cores: int
+    usable_cores: int
+    physical_cores: int
+    memory_gib: float
+    os: str
+    python: str
+    load_average_1min: float
+
+
+def machine() -> Machine:
+    """CPU model, logical cores (total and usable by this process), memory, OS, Python and the load average."""
     import psutil
 
     from benchmarks.load import available_cores
 
-    return {
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count() or 1,
-        "usable_cores": available_cores(),
-        "physical_cores": psutil.cpu_count(logical=False) or 0,
-        "memory_gib": psutil.virtual_memory().total / 2**30,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "load_average_1min": os.getloadavg()[0],
-    }
+    return Machine(
+        cpu_model=cpu_model(),
+        logical_cores=os.cpu_count() or 1,
+        usable_cores=available_cores(),
+        physical_cores=psutil.cpu_count(logical=False) or 0,
+        memory_gib=psutil.virtual_memory().total / 2**30,
+        os=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+        load_average_1min=os.getloadavg()[0],
+    )
 
 
 def library_versions() -> dict[str, str]:

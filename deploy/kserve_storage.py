@@ -43,7 +43,7 @@ def model_snapshot(model_name: str, archive_name: str, version: str) -> dict:
 
 def write_layout(models_dir: Path, model_name: str) -> Path:
     """Copy <models>/torch/model-store/<model>.mar and a config.properties into the KServe layout; return its root."""
-    from serving.torchserve.launch import archive_version
+    from serving.torchserve.config import archive_version
 
     archive = artifacts.model_store_path(models_dir) / f"{model_name}.mar"
     if not archive.is_file():

@@ -67,11 +67,21 @@ def staging_directory(parent: Path) -> Iterator[Path]:
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    # mkdtemp makes the folder private (0700); once published it must be as readable as any folder mkdir makes,
+    # since servers may read it as another user (the Flask and TorchServe containers run as their own users).
+    staging.chmod(_new_directory_mode())
     try:
         yield staging
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_directory_mode() -> int:
+    """The mode os.mkdir gives a new folder under the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def publish_version(staging: Path, base_path: Path) -> tuple[int, Path]:

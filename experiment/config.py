@@ -35,7 +35,11 @@ class TrainConfig:
     activation: str = config_field("relu", "hidden activation", choices=ACTIVATIONS)
     dropout: float = config_field(0.1, "dropout rate after each hidden layer")
     data_dir: Path | None = config_field(None, "folder of MNIST-format IDX files; default: scikit-learn's bundled 8x8 digits")
-    run_name: str | None = config_field(None, "TensorBoard run name; default: a timestamp")
+    run_name: str | None = config_field(
+        None,
+        "TensorBoard run name; default: the model, the settings that differ from the defaults and a timestamp, "
+        "e.g. digits-epochs10-lr0.01-20261129-041723",
+    )
     output_dir: Path = config_field(Path("models"), "where exports go: <output-dir>/<framework>/<model>/<version>/")
     log_dir: Path = config_field(Path("runs"), "where TensorBoard logs go: <log-dir>/<framework>/<run-name>/")
     checkpoint_dir: Path | None = config_field(
@@ -61,9 +65,37 @@ class TrainConfig:
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name.startswith(".")):
             raise UsageError(f"--run-name {self.run_name!r} must be a plain folder name.")
 
-    def resolved_run_name(self) -> str:
-        """The run name, or a timestamp when none was given."""
-        return self.run_name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    def resolved_run_name(self, model_name: str) -> str:
+        """The run name given, or `<model>[-<setting that differs from the default>...]-<timestamp>`.
+
+        The framework is the folder above the run (runs/tf/<run>, runs/torch/<run>), so TensorBoard shows runs as
+        `tf/digits-lr0.01-20261129-041723`. A generated name already taken gets a numeric suffix.
+        """
+        if self.run_name:
+            return self.run_name
+        timestamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        stem = "-".join([model_name, *self.differences_from_defaults(), timestamp])
+        name, suffix = stem, 1
+        while (Path(self.log_dir) / self.framework / name).exists():
+            suffix += 1
+            name = f"{stem}-{suffix}"
+        return name
+
+    def differences_from_defaults(self) -> list[str]:
+        """Short labels for the training settings that differ from the defaults, e.g. ['lr0.01', 'hidden128x64']."""
+        labels = []
+        for field in dataclasses.fields(TrainConfig):
+            if field.name not in _RUN_NAME_LABELS or getattr(self, field.name) == field.default:
+                continue
+            value = getattr(self, field.name)
+            if isinstance(value, tuple):
+                text = "x".join(str(item) for item in value)
+            elif isinstance(value, float):
+                text = f"{value:g}"
+            else:
+                text = str(value)
+            labels.append(_RUN_NAME_LABELS[field.name] + text)
+        return labels
 
     def network_spec(self, image_shape: tuple[int, int], pixel_max: float, num_classes: int) -> NetworkSpec:
         """The network this config describes, for a dataset of the given shape."""
@@ -103,12 +135,26 @@ class TrainConfig:
     def tensorboard_hparams(self) -> dict[str, Any]:
         """Scalar-only hyperparameters for TensorBoard's HParams dashboard, the same keys on both sides."""
         return {
+            "framework": self.framework,
             **self.hyperparameters(),
             "hidden_sizes": ",".join(str(size) for size in self.hidden_sizes),
             "activation": self.activation,
             "dropout": self.dropout,
             "dataset": "digits" if self.data_dir is None else str(self.data_dir),
         }
+
+
+# The settings that change what a run learns, and their prefix in a generated run name ('' for the activation,
+# whose value names itself).
+_RUN_NAME_LABELS = {
+    "epochs": "epochs",
+    "batch_size": "batch",
+    "learning_rate": "lr",
+    "seed": "seed",
+    "hidden_sizes": "hidden",
+    "activation": "",
+    "dropout": "dropout",
+}
 
 
 class _Parser(argparse.ArgumentParser):

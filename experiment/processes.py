@@ -1,9 +1,12 @@
-"""Small helpers the launchers and the serving stack share: argument splitting and port probing."""
+"""Small helpers the launchers and the serving runtime share: argument splitting and the one set of port probes."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import Sequence
+
+LOOPBACK = "127.0.0.1"
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -29,3 +32,25 @@ def port_is_free(port: int, host: str = "", reuse_address: bool = False) -> bool
         except OSError:
             return False
     return True
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """`count` distinct TCP ports that nothing listens on at host right now (the operating system picks them)."""
+    with contextlib.ExitStack() as sockets:
+        # Every socket stays bound until all are chosen, so the system cannot hand out the same port twice.
+        probes = [sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """One TCP port that nothing listens on at host right now."""
+    return free_ports(1, host)[0]
+
+
+def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on host:port right now."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False

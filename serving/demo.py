@@ -1,6 +1,6 @@
 """`make demo`: train both models, serve them, query every endpoint, print a side-by-side table, stop.
 
-Run with `python -m serving.demo` (`--no-train` reuses the newest exports).
+Run with `python -m serving.demo` (`--no-train` reuses the newest exports; `--free-ports` runs beside `make serve`).
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from experiment.cli import run_main
 from experiment.data import load_dataset
-from serving.stack import PROJECT_ROOT, Stack
+from serving.runtime import Ports, Stack
+from serving.runtime.spec import PROJECT_ROOT
 
 PROG = "python -m serving.demo"
 SAMPLE_SIZE = 10
@@ -36,33 +38,11 @@ def train_both(models_dir: Path) -> None:
             raise SystemExit(completed.returncode)
 
 
-def _clients(stack: Stack) -> list[tuple[str, str, Callable[[], object]]]:
-    from serving.client import RestClient, TFServingGrpcClient
-    from serving.torchserve.client import TorchServeClient
-
-    endpoints = stack.endpoints()
-    return [
-        ("TF Serving (compatible)", "gRPC", lambda: TFServingGrpcClient(endpoints["tf_grpc"], stack.model_name)),
-        ("TF Serving (compatible)", "REST", lambda: RestClient(endpoints["tf_rest"], stack.model_name)),
-        ("Flask + gunicorn", "REST", lambda: RestClient(endpoints["flask"], stack.model_name)),
-        (
-            "TorchServe",
-            "REST",
-            lambda: TorchServeClient(
-                endpoints["torchserve"],
-                stack.model_name,
-                key_file=stack.torchserve_key_file,
-                management_url=endpoints["torchserve_management"],
-            ),
-        ),
-    ]
-
-
 def query_endpoints(stack: Stack, images: np.ndarray, requests: int) -> list[dict[str, object]]:
     """Predict the sample on every endpoint, then time `requests` single-image calls; one row per endpoint."""
     rows = []
-    for server, protocol, make_client in _clients(stack):
-        client = make_client()
+    for endpoint in stack.endpoints():
+        client = endpoint.client()
         try:
             _, classes = client.predict(images)
             for index in range(WARM_UP_REQUESTS):
@@ -75,23 +55,31 @@ def query_endpoints(stack: Stack, images: np.ndarray, requests: int) -> list[dic
         finally:
             client.close()
         rows.append(
-            {"server": server, "protocol": protocol, "classes": classes, "p50_ms": statistics.median(latencies)}
+            {
+                "server": endpoint.title,
+                "protocol": endpoint.protocol,
+                "classes": classes,
+                "p50_ms": statistics.median(latencies),
+            }
         )
     return rows
 
 
 def format_table(rows: list[dict[str, object]], labels: np.ndarray, requests: int) -> str:
     """The side-by-side table: endpoint, protocol, predicted classes, true labels, p50 latency."""
-    header = f"{'endpoint':<24} {'protocol':<8} {'predicted':<{2 * len(labels)}} {'true':<{2 * len(labels)}} p50 (batch 1)"
+    width = 2 * len(labels)  # one digit and a space per image
+    header = f"{'endpoint':<24} {'protocol':<8} {'predicted':<{width}} {'true':<{width}} p50 (batch 1)"
     lines = [header, "-" * len(header)]
     truth = " ".join(str(label) for label in labels)
     for row in rows:
         predicted = " ".join(str(value) for value in row["classes"])
         lines.append(
-            f"{row['server']:<24} {row['protocol']:<8} {predicted:<{2 * len(labels)}} {truth:<{2 * len(labels)}} "
+            f"{row['server']:<24} {row['protocol']:<8} {predicted:<{width}} {truth:<{width}} "
             f"{row['p50_ms']:6.2f} ms"
         )
-    lines.append(f"p50 over {requests} sequential single-image requests per endpoint, after {WARM_UP_REQUESTS} warm-up calls.")
+    lines.append(
+        f"p50 over {requests} sequential single-image requests per endpoint, after {WARM_UP_REQUESTS} warm-up calls."
+    )
     return "\n".join(lines)
 
 
@@ -101,28 +89,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="reuse the newest exports instead of training")
     parser.add_argument("--requests", type=int, default=300, help="single-image requests timed per endpoint")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--free-ports", action="store_true",
+                        help="serve on ports the system picks, with the servers' state in a temporary folder")
     arguments = parser.parse_args(argv)
 
     def body() -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC client's TensorFlow import is chatty
         if not arguments.no_train:
             train_both(arguments.models_dir)
-        stack = Stack(models_dir=arguments.models_dir)
-        print("\n== Serving", flush=True)
-        stack.start(train=arguments.no_train)
-        try:
-            test = load_dataset(seed=0).test
-            images, labels = test.images[:SAMPLE_SIZE], test.labels[:SAMPLE_SIZE]
-            print("\n== Querying every endpoint with the first test images", flush=True)
-            rows = query_endpoints(stack, images, arguments.requests)
-            print()
-            print(format_table(rows, labels, arguments.requests))
-        finally:
-            print("\n== Stopping", flush=True)
-            stack.stop()
-        return 0
+        if not arguments.free_ports:
+            return serve_and_query(Stack(models_dir=arguments.models_dir), arguments.no_train, arguments.requests)
+        with tempfile.TemporaryDirectory(prefix="demo-run-") as scratch:
+            stack = Stack(ports=Ports.free(), run_dir=Path(scratch), models_dir=arguments.models_dir)
+            return serve_and_query(stack, arguments.no_train, arguments.requests)
 
     return run_main(PROG, body)
+
+
+def serve_and_query(stack: Stack, train_missing: bool, requests: int) -> int:
+    """Start the stack, print the table of every endpoint's answers and p50, stop the stack."""
+    print("\n== Serving", flush=True)
+    stack.start(train=train_missing)
+    try:
+        test = load_dataset(seed=0).test
+        images, labels = test.images[:SAMPLE_SIZE], test.labels[:SAMPLE_SIZE]
+        print("\n== Querying every endpoint with the first test images", flush=True)
+        rows = query_endpoints(stack, images, requests)
+        print()
+        print(format_table(rows, labels, requests))
+    finally:
+        print("\n== Stopping", flush=True)
+        stack.stop()
+    return 0
 
 
 if __name__ == "__main__":

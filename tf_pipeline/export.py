@@ -1,11 +1,18 @@
-"""Export a trained Keras model as a SavedModel with TensorFlow Serving's signature (DESIGN.md)."""
+"""Export a trained Keras model as a SavedModel with TensorFlow Serving's signature (DESIGN.md).
+
+Beside the model goes TensorFlow Serving's warm-up file, assets.extra/tf_serving_warmup_requests: a TFRecord of
+PredictionLog messages that a server replays before it serves the version (the real server with
+--enable_model_warmup, its default, and this project's server alike), so the first client pays no first-call cost.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
 
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES, SIGNATURE_NAME, NetworkSpec
 
@@ -30,3 +37,20 @@ def write_saved_model(model: keras.Model, spec: NetworkSpec, directory: Path) ->
     archive.track(model)
     archive.add_endpoint(name=SIGNATURE_NAME, fn=serving_function(model, spec))
     archive.write_out(str(directory), verbose=False)
+    write_warmup_requests(directory, spec)
+
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+
+
+def write_warmup_requests(directory: Path, spec: NetworkSpec) -> Path:
+    """Write the warm-up file: one Predict of a single blank image on the serving signature."""
+    log = prediction_log_pb2.PredictionLog()
+    request = log.predict_log.request
+    request.model_spec.signature_name = SIGNATURE_NAME
+    request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(np.zeros((1, *spec.input_shape), np.float32)))  # (1, H, W)
+    path = Path(directory) / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(log.SerializeToString())
+    return path

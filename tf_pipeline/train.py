@@ -154,7 +154,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     per_replica_batch_size(config.batch_size, role.num_workers)  # one replica per worker on CPU
     dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
     base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
-    run_name = config.resolved_run_name()
+    run_name = config.resolved_run_name(dataset.name)
     if config.checkpoint_dir is not None and role.is_chief:
         artifacts.check_writable(config.checkpoint_dir)
         # A restarted run keeps its TensorBoard run; a folder of another run's checkpoints is refused.
@@ -231,7 +231,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     first_epoch, skipped = divmod(global_step, steps_per_epoch)
     seconds_before = resumed.training_seconds if resumed else 0.0
     steps_per_call = 1 if checksum_file else config.steps_per_execution
-    writers = summaries.RunWriters(run_dir) if role.is_chief else None
+    writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if role.is_chief else None
     if writers:
         writers.add_graph(model)
     verbose = config.verbose if role.is_chief else 0
@@ -273,16 +273,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             train_loss, train_accuracy = float(loss_sum / examples), float(correct / examples)
             if writers:
                 validation_loss, validation_accuracy, _ = evaluate(model, dataset.validation, validation_logits)
-                writers.log_epoch(
-                    epoch,
-                    train_loss,
-                    train_accuracy,
-                    validation_loss,
-                    validation_accuracy,
-                    learning_rate=float(optimizer.learning_rate.numpy()),
-                    iterations=int(optimizer.iterations.numpy()),
-                    model=model,
-                )
+                writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, model)
                 logs = [
                     ("accuracy", train_accuracy),
                     ("loss", train_loss),
@@ -306,9 +297,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
         if saver:
             saver.close()
     training_seconds = seconds_before + time.perf_counter() - started
-    if writers:
-        writers.close()
-    if not role.is_chief:
+    if not writers:  # a worker other than the chief
         return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
 
     # The chief exports a plain copy built outside the strategy: the SavedModel then holds ordinary variables,
@@ -316,15 +305,14 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     serving_model = build_model(spec, seed=config.seed)
     serving_model.set_weights(model.get_weights())
     test_loss, test_accuracy, predictions = evaluate(serving_model, dataset.test)
-    summaries.write_final_summaries(
-        run_dir,
+    writers.write_final_summaries(
         hparams=config.tensorboard_hparams(),
-        run_name=run_name,
         test_accuracy=test_accuracy,
         test_loss=test_loss,
         confusion=metrics.confusion_matrix(dataset.test.labels, predictions, dataset.num_classes),
         step=config.epochs,
     )
+    writers.close()
 
     metadata = artifacts.build_metadata(
         framework="tensorflow",

@@ -116,7 +116,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
         base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
         model_store = artifacts.model_store_path(config.output_dir)
-        run_name = config.resolved_run_name()
+        run_name = config.resolved_run_name(dataset.name)
         if config.checkpoint_dir is not None and group.is_main:
             artifacts.check_writable(config.checkpoint_dir)
             # A restarted run keeps its TensorBoard run; a folder of another run's checkpoints is refused.
@@ -163,7 +163,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         examples_per_step = torch_data.TensorDataset(train_images, train_labels)
         steps_per_epoch = math.ceil(len(shard) / batch_size)
 
-        writers = summaries.RunWriters(run_dir) if group.is_main else None
+        writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if group.is_main else None
         if writers:
             writers.add_graph(network, train_images[:1].to(group.device))
         show_progress = config.progress and group.is_main
@@ -272,7 +272,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         artifacts.write_metadata(staging, metadata)
         archive = export.write_model_archive(staging, dataset.name, artifacts.next_version(base_path), archive_dir)
         version, export_path = artifacts.publish_version(staging, base_path)
-        artifacts.publish_file(archive, model_store / archive.name)
+        export.publish_model_archive(archive, model_store, dataset.name)
     return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
 
 

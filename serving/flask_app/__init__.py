@@ -16,15 +16,16 @@ from werkzeug.exceptions import HTTPException
 
 from serving.flask_app import routes
 from serving.flask_app.metrics import AppMetrics
-from serving.flask_app.models import LoadedModel, ModelManager
-from serving.rest_format import RequestError
+from serving.flask_app.models import ModelManager
+from serving.protocol import rest
+from serving.protocol.errors import RequestError
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_BASE_PATH": "models/torch/digits",  # integer version folders with model.pt + metadata.json
     "MODEL_NAME": "digits",
     "MODEL_VERSION": None,  # serve this version only; None: the highest, switching when a newer one appears
     "MODEL_POLL_SECONDS": 1.0,  # TF Serving's --file_system_poll_wait_seconds; 0 turns polling off
-    "MAX_BATCH_SIZE": 1024,  # instances per request; more is a 400
+    "MAX_BATCH_SIZE": rest.MAX_BATCH_SIZE,  # instances per request; more is a 400
     "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bytes per request body; more is a 413
 }
 
@@ -42,15 +43,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     model_name = str(app.config["MODEL_NAME"])
     metrics.model_version.labels(model_name).set(0)
 
-    def on_load(model: LoadedModel) -> None:
-        metrics.model_version.labels(model.name).set(model.version)
+    def on_change() -> None:
+        served = manager.current
+        if served is not None:
+            metrics.model_version.labels(served.name).set(served.version)
 
     manager = ModelManager(
         name=model_name,
         base_path=Path(app.config["MODEL_BASE_PATH"]),
         pinned_version=app.config["MODEL_VERSION"],
         poll_seconds=float(app.config["MODEL_POLL_SECONDS"]),
-        on_load=on_load,
+        on_change=on_change,
     )
     app.extensions["model_manager"] = manager
     app.extensions["app_metrics"] = metrics

@@ -9,10 +9,11 @@ from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from experiment.spec import INPUT_NAME, SIGNATURE_NAME
-from serving import rest_format
+from experiment.spec import INPUT_NAME
 from serving.flask_app.models import LoadedModel, ModelManager
-from serving.rest_format import RequestError
+from serving.protocol import rest
+from serving.protocol.errors import RequestError
+from serving.protocol.signatures import require_signature
 
 api = Blueprint("api", __name__)
 
@@ -24,8 +25,8 @@ class ModelNameConverter(BaseConverter):
 
 
 def json_response(document: Any, status: int = 200) -> Response:
-    """A compact JSON response (serving.rest_format.dumps: NaN and Infinity as TensorFlow Serving writes them)."""
-    return current_app.response_class(rest_format.dumps(document), status=status, mimetype="application/json")
+    """A compact JSON response (serving.protocol.rest.dumps: NaN and Infinity as TensorFlow Serving writes them)."""
+    return current_app.response_class(rest.dumps(document), status=status, mimetype="application/json")
 
 
 def _manager() -> ModelManager:
@@ -55,17 +56,13 @@ def _served_model(name: str, version: int | None) -> LoadedModel:
 def predict(name: str, version: int | None = None) -> Response:
     """TensorFlow Serving's predict: row ("instances") or columnar ("inputs") body, answered in the same format."""
     model = _served_model(name, version)
-    body = rest_format.load_json(request.get_data(cache=False))  # 413 here if over MAX_CONTENT_LENGTH
-    parsed = rest_format.parse_predict_body(
-        body, model.input_specs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
+    body = rest.load_json(request.get_data(cache=False))  # 413 here if over MAX_CONTENT_LENGTH
+    parsed = rest.parse_predict_body(
+        body, model.signature.inputs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
     )
-    if parsed.signature_name not in (None, SIGNATURE_NAME):
-        raise RequestError(
-            f"Unknown signature {parsed.signature_name!r}; this model has only {SIGNATURE_NAME!r}.",
-            "FAILED_PRECONDITION",
-        )
+    require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
-    return json_response(rest_format.format_predict_response(outputs, parsed.row_format))
+    return json_response(rest.format_predict_response(outputs, parsed.row_format))
 
 
 # Status and metadata --------------------------------------------------------------------------------------------
@@ -88,7 +85,7 @@ def model_metadata(name: str, version: int | None = None) -> Response:
     return json_response(
         {
             "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
-            "metadata": {"signature_def": {"signature_def": {SIGNATURE_NAME: model.signature_def()}}},
+            "metadata": {"signature_def": {"signature_def": {model.signature.name: model.signature.to_json()}}},
         }
     )
 

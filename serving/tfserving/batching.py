@@ -18,7 +18,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 
 from experiment.errors import UsageError
-from serving.rest_format import RequestError
+from serving.protocol.errors import RequestError
 from serving.tfserving.servable import Servable, Signature
 
 
@@ -152,12 +152,13 @@ class BatchScheduler:
         output_aliases: tuple[str, ...],
         timeout_s: float | None,
     ) -> dict[str, np.ndarray]:
-        """Queue the request, wait for its batch to run, return its rows of the chosen outputs."""
+        """Queue the request (inputs with a shared batch dimension of rows), wait for its batch, return its rows."""
         limit = self.options.max_batch_size
         if rows > limit and not self.options.enable_large_batch_splitting:
-            raise RequestError(f"The batch has {rows} rows; this server's max_batch_size is {limit}.")
-        if any(array.ndim == 0 for array in inputs.values()):
-            return signature.run(inputs, output_aliases)  # scalars cannot be concatenated along a batch axis
+            raise RequestError(
+                f"Task size {rows} is larger than maximum input batch size {limit} (max_batch_size of "
+                "--batching_parameters_file)."
+            )
         # Inner shapes and dtypes are part of the key: only tensors that concatenate along axis 0 share a batch.
         key = (id(servable), signature.name) + tuple((alias, array.shape[1:], array.dtype.str) for alias, array in sorted(inputs.items()))
         tasks = []

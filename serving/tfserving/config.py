@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -11,9 +12,21 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from experiment.errors import UsageError
 from serving.tfserving.batching import BatchingOptions, read_batching_parameters
-from serving.tfserving.manager import ModelSource, VersionPolicy
+from serving.tfserving.monitoring import PrometheusSettings, read_monitoring_config
+from serving.versions import ModelSource, VersionPolicy
 
 MEBIBYTE = 1024 * 1024
+# More processes than this rarely pay on one machine: each holds its own copy of TensorFlow and the models.
+MAX_DEFAULT_WORKERS = 4
+BATCHING_THREAD_LIMIT = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class TFModelSource(ModelSource):
+    """A model of tensorflow_model_server's config, with the two server-wide flags that shape how it is served."""
+
+    warmup: bool = True  # --enable_model_warmup: replay assets.extra/tf_serving_warmup_requests before serving
+    allow_unavailable_labels: bool = False  # --allow_version_labels_for_unavailable_models
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +46,12 @@ class ServerOptions:
     grpc_threads: int
     max_request_bytes: int
     shutdown_grace_seconds: float
+    workers: int = 1  # server processes sharing the ports (SO_REUSEPORT), each with its own copy of the models
+    grpc_socket_path: Path | None = None  # also serve gRPC on this UNIX socket
+    grpc_channel_arguments: tuple[tuple[str, str | int], ...] = ()
+    monitoring: PrometheusSettings | None = None  # Prometheus text on the REST port, when configured
+    intra_op_threads: int = 0  # TensorFlow's threads per op; 0: the cores divided among the workers
+    inter_op_threads: int = 0  # TensorFlow's threads running ops side by side; 0: as intra_op_threads
 
 
 def parse_bool(text: str) -> bool:
@@ -66,30 +85,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable_batching", type=parse_bool, nargs="?", const=True, default=False, help="merge concurrent requests")
     parser.add_argument("--batching_parameters_file", type=Path, help="text-format BatchingParameters (needs --enable_batching)")
     parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000)")
-    parser.add_argument("--rest_api_num_threads", type=int, default=64, help="most REST connections served at once")
-    parser.add_argument("--grpc_max_threads", type=int, default=64, help="gRPC worker threads")
+    parser.add_argument(
+        "--rest_api_num_threads", type=int, default=0, help="REST requests run at once per worker (0: auto, see below)"
+    )
+    parser.add_argument(
+        "--grpc_max_threads", type=int, default=0, help="gRPC calls run at once per worker (0: auto, see below)"
+    )
     parser.add_argument(
         "--max_request_bytes", type=int, default=64 * MEBIBYTE, help="largest gRPC message or REST body accepted (default 64 MiB)"
     )
     parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0, help="time in-flight requests get after SIGTERM")
+    parser.add_argument(
+        "--enable_model_warmup", type=parse_bool, nargs="?", const=True, default=True,
+        help="replay each version's assets.extra/tf_serving_warmup_requests before serving it (default true)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False,
+        help="let the model config's version_labels name versions that are not loaded yet (default false)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=0, help="server processes sharing both ports (default 0: one per core, at most 4)"
+    )
+    parser.add_argument("--grpc_socket_path", type=Path, help="also serve gRPC on this UNIX socket")
+    parser.add_argument(
+        "--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000"
+    )
+    parser.add_argument("--monitoring_config_file", type=Path, help="text-format MonitoringConfig (Prometheus metrics on the REST port)")
+    for name, what in (("session", "both pools below"), ("intra_op", "one op"), ("inter_op", "ops side by side")):
+        parser.add_argument(f"--tensorflow_{name}_parallelism", type=int, default=0, help=f"TensorFlow threads for {what} (0: auto)")
     return parser
 
 
 def sources_from_config(config: model_server_config_pb2.ModelServerConfig) -> list[ModelSource]:
     """ModelSources from a ModelServerConfig's model_config_list."""
     if config.WhichOneof("config") != "model_config_list" or not config.model_config_list.config:
-        raise UsageError("The model config must have a model_config_list with at least one config entry.")
+        raise UsageError(
+            "The model config must have a model_config_list with at least one config entry "
+            "(only ModelConfigList is currently supported)."
+        )
     sources, names = [], set()
     for entry in config.model_config_list.config:
         if not entry.name or not entry.base_path:
             raise UsageError("Every model config entry needs a name and a base_path.")
         if entry.name in names:
-            raise UsageError(f"Model {entry.name!r} appears twice in the model config.")
+            raise UsageError(f"Illegal to list model {entry.name} multiple times in config list.")
         if entry.model_platform and entry.model_platform != "tensorflow":
             raise UsageError(f"Model {entry.name!r} has platform {entry.model_platform!r}; only 'tensorflow' is served.")
         names.add(entry.name)
         sources.append(
-            ModelSource(
+            TFModelSource(
                 name=entry.name,
                 base_path=_existing_directory(Path(entry.base_path), f"base_path of model {entry.name!r}"),
                 policy=_policy(entry),
@@ -112,6 +156,22 @@ def _policy(entry: model_server_config_pb2.ModelConfig) -> VersionPolicy:
     return VersionPolicy("latest", num_versions=max(int(num_versions), 1))
 
 
+def with_server_flags(sources: list[ModelSource], warmup: bool, allow_unavailable_labels: bool) -> list[TFModelSource]:
+    """The sources carrying the two flags; at start-up no version is loaded yet, so a label needs the allow flag."""
+    flagged = []
+    for source in sources:
+        if source.labels and not allow_unavailable_labels:
+            label, version = next(iter(sorted(source.labels.items())))
+            raise UsageError(
+                f"Request to assign label to version {version} of model {source.name}, which is not currently available "
+                f"for inference (label {label!r}): labels at start-up need --allow_version_labels_for_unavailable_models; "
+                "without it, add them once the version is loaded (HandleReloadConfigRequest or a reloaded config file)."
+            )
+        fields = {field.name: getattr(source, field.name) for field in dataclasses.fields(ModelSource)}
+        flagged.append(TFModelSource(**fields, warmup=warmup, allow_unavailable_labels=allow_unavailable_labels))
+    return flagged
+
+
 def read_model_config(path: Path) -> list[ModelSource]:
     """Parse a text-format ModelServerConfig file into ModelSources."""
     try:
@@ -122,7 +182,9 @@ def read_model_config(path: Path) -> list[ModelSource]:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise UsageError(f"--model_config_file {path} is not a valid text-format ModelServerConfig: {error}.") from None
+        raise UsageError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig in --model_config_file {path}: {error}."
+        ) from None
     return sources_from_config(config)
 
 
@@ -138,6 +200,53 @@ def _check_port(port: int, flag: str, allow_zero: bool) -> None:
         raise UsageError(f"{flag} must be between {0 if allow_zero else 1} and 65535, got {port}.")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One server process per core this process may run on, at most MAX_DEFAULT_WORKERS."""
+    return max(1, min(available_cores(), MAX_DEFAULT_WORKERS))
+
+
+def default_threads(workers: int, batching: BatchingOptions | None) -> int:
+    """Request threads per worker and protocol: tensorflow_model_server's 4 per core, the cores shared among the
+    workers; with batching, enough to gather a full batch (up to BATCHING_THREAD_LIMIT).
+
+    More threads than this buy nothing in Python: requests then mostly wait for the interpreter lock, and switching
+    between many waiting threads costs more than it overlaps.
+    """
+    threads = max(4, 4 * available_cores() // workers)
+    return max(threads, min(batching.max_batch_size, BATCHING_THREAD_LIMIT)) if batching is not None else threads
+
+
+def parse_channel_arguments(text: str) -> tuple[tuple[str, str | int], ...]:
+    """`key=value,key=value` as tensorflow_model_server reads it: integer values as integers, others as strings."""
+    arguments = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise UsageError(f"--grpc_channel_arguments entries must look like key=value, got {item!r}.")
+        try:
+            arguments.append((key.strip(), int(value)))
+        except ValueError:
+            arguments.append((key.strip(), value.strip()))
+    return tuple(arguments)
+
+
+def _threads(arguments: argparse.Namespace) -> tuple[int, int]:
+    for flag in ("session", "intra_op", "inter_op"):
+        if getattr(arguments, f"tensorflow_{flag}_parallelism") < 0:
+            raise UsageError(f"--tensorflow_{flag}_parallelism must be 0 (auto) or more.")
+    session = arguments.tensorflow_session_parallelism
+    # As in tensorflow_model_server: the intra- and inter-op flags win over the session flag.
+    return arguments.tensorflow_intra_op_parallelism or session, arguments.tensorflow_inter_op_parallelism or session
+
+
 def parse_options(argv: list[str] | None) -> ServerOptions:
     """Parse and check the flags; mistakes raise UsageError with one sentence."""
     arguments = build_parser().parse_args(argv)
@@ -151,21 +260,30 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         sources = read_model_config(arguments.model_config_file)
     elif arguments.model_base_path:
         sources = [
-            ModelSource(arguments.model_name, _existing_directory(arguments.model_base_path, "--model_base_path"))
+            TFModelSource(arguments.model_name, _existing_directory(arguments.model_base_path, "--model_base_path"))
         ]
     else:
         raise UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
+    sources = with_server_flags(sources, arguments.enable_model_warmup, arguments.allow_version_labels_for_unavailable_models)
     if arguments.batching_parameters_file and not arguments.enable_batching:
         raise UsageError("--batching_parameters_file needs --enable_batching.")
     batching = read_batching_parameters(arguments.batching_parameters_file) if arguments.enable_batching else None
     for flag, value in (
         ("--rest_api_timeout_in_ms", arguments.rest_api_timeout_in_ms),
-        ("--rest_api_num_threads", arguments.rest_api_num_threads),
-        ("--grpc_max_threads", arguments.grpc_max_threads),
         ("--max_request_bytes", arguments.max_request_bytes),
     ):
         if value < 1:
             raise UsageError(f"{flag} must be at least 1, got {value}.")
+    for flag, value in (
+        ("--workers", arguments.workers),
+        ("--rest_api_num_threads", arguments.rest_api_num_threads),
+        ("--grpc_max_threads", arguments.grpc_max_threads),
+    ):
+        if value < 0:
+            raise UsageError(f"{flag} must be 0 (automatic) or more, got {value}.")
+    workers = arguments.workers or default_workers()
+    threads = default_threads(workers, batching)
+    intra_op_threads, inter_op_threads = _threads(arguments)
     return ServerOptions(
         bind_address=arguments.bind_address,
         grpc_port=arguments.port,
@@ -176,8 +294,14 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         poll_wait_seconds=arguments.file_system_poll_wait_seconds,
         batching=batching,
         rest_timeout_s=arguments.rest_api_timeout_in_ms / 1000,
-        rest_threads=arguments.rest_api_num_threads,
-        grpc_threads=arguments.grpc_max_threads,
+        rest_threads=arguments.rest_api_num_threads or threads,
+        grpc_threads=arguments.grpc_max_threads or threads,
         max_request_bytes=arguments.max_request_bytes,
         shutdown_grace_seconds=arguments.shutdown_grace_seconds,
+        workers=workers,
+        grpc_socket_path=arguments.grpc_socket_path.expanduser().absolute() if arguments.grpc_socket_path else None,
+        grpc_channel_arguments=parse_channel_arguments(arguments.grpc_channel_arguments),
+        monitoring=read_monitoring_config(arguments.monitoring_config_file) if arguments.monitoring_config_file else None,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
     )

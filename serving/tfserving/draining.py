@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import grpc
+
+from serving.tfserving.interceptors import Behaviour, UnaryMethodInterceptor
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry on another server."
 # Health stays outside the gate: during a drain it must keep answering NOT_SERVING, and Watch streams never end.
@@ -70,37 +71,17 @@ class DrainGate:
             time.sleep(min(quiet_at, deadline) - now)
 
 
-class DrainingInterceptor(grpc.ServerInterceptor):
+class DrainingInterceptor(UnaryMethodInterceptor):
     """Routes every unary call (except health) through a DrainGate: UNAVAILABLE once draining, counted otherwise."""
 
     def __init__(self, gate: DrainGate) -> None:
+        super().__init__()
         self.gate = gate
-        # Handlers are fixed per method, so each is wrapped once; intercept_service runs on grpc's polling thread.
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
-        """The method's handler, wrapped so the gate sees each call."""
-        handler = continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(UNGATED_SERVICE_PREFIXES):
-            return handler  # this server's gated services are all unary-unary
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = grpc.unary_unary_rpc_method_handler(
-                self._gated(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-            self._wrapped[method] = wrapped
-        return wrapped
-
-    def _gated(
-        self, behaviour: Callable[[Any, grpc.ServicerContext], Any]
-    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    def wrap(self, method: str, behaviour: Behaviour) -> Behaviour | None:
+        """The behaviour behind the gate; health methods stay outside it."""
+        if method.startswith(UNGATED_SERVICE_PREFIXES):
+            return None
         gate = self.gate
 
         def gated(request: Any, context: grpc.ServicerContext) -> Any:

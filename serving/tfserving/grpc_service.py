@@ -1,4 +1,9 @@
-"""gRPC servicers: tensorflow.serving.PredictionService and ModelService on the official generated stubs."""
+"""gRPC servicers: tensorflow.serving.PredictionService and ModelService on the official generated stubs.
+
+Every method of the real server: Predict, Classify, Regress, MultiInference and GetModelMetadata; GetModelStatus
+and HandleReloadConfigRequest. Answers carry what the real server's do (Predict's outputs in the typed fields,
+float_val and friends; the model spec of the version that answered); refusals carry its status codes and words.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import logging
 from typing import Callable
 
 import grpc
+from google.protobuf.message import Message
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -18,10 +24,13 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.rest_format import RequestError
-from serving.tfserving.manager import ModelManager, ModelSource
+from experiment.errors import UsageError
+from serving.protocol.errors import RequestError
+from serving.protocol.tensors import fill_tensor_fields, tensor_to_array
+from serving.tfserving import inference
+from serving.tfserving.manager import LabelError, ModelManager
 from serving.tfserving.predictor import Predictor
-from serving.tfserving.tensors import fill_tensor, tensor_to_array
+from serving.versions import ModelSource
 
 logger = logging.getLogger("serving.tfserving")
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -37,7 +46,18 @@ def _abort_internal(context: grpc.ServicerContext, method: str) -> None:
     context.abort(grpc.StatusCode.INTERNAL, f"{method} failed inside the server; see the server log.")
 
 
-def _version_of(model_spec) -> tuple[int | None, str | None]:
+def _answer(context: grpc.ServicerContext, method: str, build: Callable[[], Message]) -> Message:
+    """build()'s response; a RequestError aborts with its status, anything else with INTERNAL."""
+    try:
+        return build()
+    except RequestError as error:
+        _abort(context, error)
+    except Exception:
+        _abort_internal(context, method)
+
+
+def version_of(model_spec) -> tuple[int | None, str | None]:
+    """(version, label) of a ModelSpec: at most one of them is set."""
     choice = model_spec.WhichOneof("version_choice")
     if choice == "version":
         return model_spec.version.value, None
@@ -46,17 +66,24 @@ def _version_of(model_spec) -> tuple[int | None, str | None]:
     return None, None
 
 
+def _servable_for(predictor: Predictor, request):
+    """The version a request's model spec names; INVALID_ARGUMENT "Missing ModelSpec" without one."""
+    if not request.HasField("model_spec"):
+        raise RequestError("Missing ModelSpec")
+    version, label = version_of(request.model_spec)
+    return predictor.servable(request.model_spec.name, version, label)
+
+
 def build_metadata_response(predictor: Predictor, request: get_model_metadata_pb2.GetModelMetadataRequest):
     """GetModelMetadata's answer (shared with the REST metadata route); raises RequestError."""
     if not request.HasField("model_spec"):
-        raise RequestError("Missing ModelSpec.")
+        raise RequestError("Missing ModelSpec")
     if not request.metadata_field:
-        raise RequestError("GetModelMetadataRequest must specify at least one metadata_field.")
+        raise RequestError("GetModelMetadataRequest must specify at least one metadata_field")
     for field in request.metadata_field:
         if field != SIGNATURE_DEF_FIELD:
-            raise RequestError(f"Metadata field {field} is not supported; only signature_def is.")
-    version, label = _version_of(request.model_spec)
-    servable = predictor.manager.servable(request.model_spec.name, version, label)
+            raise RequestError(f"Metadata field {field} is not supported")
+    servable = _servable_for(predictor, request)
     signature_defs = get_model_metadata_pb2.SignatureDefMap()
     for name, signature_def in servable.signature_defs.items():
         signature_defs.signature_def[name].CopyFrom(signature_def)
@@ -70,10 +97,10 @@ def build_metadata_response(predictor: Predictor, request: get_model_metadata_pb
 def build_status_response(manager: ModelManager, request: get_model_status_pb2.GetModelStatusRequest):
     """GetModelStatus's answer (shared with the REST status route); raises RequestError."""
     if not request.HasField("model_spec"):
-        raise RequestError("Missing ModelSpec.")
-    version, label = _version_of(request.model_spec)
+        raise RequestError("Missing ModelSpec")
+    version, label = version_of(request.model_spec)
     if label is not None:
-        version = manager.servable(request.model_spec.name, label=label).version
+        version = manager.version_for_label(request.model_spec.name, label)
     response = get_model_status_pb2.GetModelStatusResponse()
     for status in manager.statuses(request.model_spec.name, version):
         response.model_version_status.add(
@@ -87,85 +114,93 @@ def build_status_response(manager: ModelManager, request: get_model_status_pb2.G
     return response
 
 
+def run_predict(predictor: Predictor, request: predict_pb2.PredictRequest, timeout_s: float | None = None):
+    """Predict's answer, outputs in the typed fields as the real server writes them; raises RequestError."""
+    servable = _servable_for(predictor, request)
+    signature = servable.signature(request.model_spec.signature_name)
+    inputs = {alias: tensor_to_array(tensor, alias) for alias, tensor in request.inputs.items()}
+    outputs = predictor.predict(servable, signature, inputs, request.output_filter, timeout_s)
+    response = predict_pb2.PredictResponse()
+    inference.fill_model_spec(response.model_spec, request.model_spec.name, signature.name, servable.version)
+    for alias, array in outputs.items():
+        fill_tensor_fields(response.outputs[alias], array)
+    return response
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer UNIMPLEMENTED."""
+    """Predict, Classify, Regress, MultiInference and GetModelMetadata."""
 
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
-    def Predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
+    def _runner(self, context: grpc.ServicerContext) -> inference.Runner:
+        timeout_s = context.time_remaining()
+        return lambda servable, signature, inputs, aliases: self.predictor.run_signature(
+            servable, signature, inputs, aliases, timeout_s
+        )
+
+    def Predict(self, request, context: grpc.ServicerContext):
         """Run the named signature on the request's input tensors."""
-        try:
-            if not request.HasField("model_spec"):
-                raise RequestError("Missing ModelSpec.")
-            model_spec = request.model_spec
-            version, label = _version_of(model_spec)
-            servable, signature = self.predictor.resolve(model_spec.name, version, label, model_spec.signature_name)
-            inputs = {alias: tensor_to_array(tensor, alias) for alias, tensor in request.inputs.items()}
-            outputs = self.predictor.predict(
-                servable, signature, inputs, request.output_filter, timeout_s=context.time_remaining()
-            )
-        except RequestError as error:
-            _abort(context, error)
-        except Exception:
-            _abort_internal(context, "Predict")
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.model_name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = signature.name
-        for alias, array in outputs.items():
-            fill_tensor(response.outputs[alias], array)
-        return response
+        return _answer(context, "Predict", lambda: run_predict(self.predictor, request, context.time_remaining()))
+
+    def Classify(self, request, context: grpc.ServicerContext):
+        """Run a classify signature on the request's tf.Examples."""
+        return _answer(
+            context,
+            "Classify",
+            lambda: inference.classify(_servable_for(self.predictor, request), request, self._runner(context)),
+        )
+
+    def Regress(self, request, context: grpc.ServicerContext):
+        """Run a regress signature on the request's tf.Examples."""
+        return _answer(
+            context,
+            "Regress",
+            lambda: inference.regress(_servable_for(self.predictor, request), request, self._runner(context)),
+        )
+
+    def MultiInference(self, request, context: grpc.ServicerContext):
+        """Run several classify/regress signatures of one model on the same tf.Examples."""
+
+        def build():
+            first = request.tasks[0].model_spec if request.tasks else None
+            version, label = version_of(first) if first is not None else (None, None)
+            servable = self.predictor.servable(first.name if first is not None else "", version, label)
+            return inference.multi_inference(servable, request)
+
+        return _answer(context, "MultiInference", build)
 
     def GetModelMetadata(self, request, context: grpc.ServicerContext):
         """The signature_def map of the version asked for (the latest by default)."""
-        try:
-            return build_metadata_response(self.predictor, request)
-        except RequestError as error:
-            _abort(context, error)
-        except Exception:
-            _abort_internal(context, "GetModelMetadata")
-
-    def _unimplemented(self, method: str, context: grpc.ServicerContext) -> None:
-        context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{method} is not implemented by this TensorFlow Serving–compatible server; use Predict.",
-        )
-
-    def Classify(self, request, context: grpc.ServicerContext):
-        """Not implemented: the digits model has no Example-based classification signature."""
-        self._unimplemented("Classify", context)
-
-    def Regress(self, request, context: grpc.ServicerContext):
-        """Not implemented: the digits model has no regression signature."""
-        self._unimplemented("Regress", context)
-
-    def MultiInference(self, request, context: grpc.ServicerContext):
-        """Not implemented (it combines Classify and Regress)."""
-        self._unimplemented("MultiInference", context)
+        return _answer(context, "GetModelMetadata", lambda: build_metadata_response(self.predictor, request))
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus, and HandleReloadConfigRequest to replace the served model list."""
 
-    def __init__(self, manager: ModelManager, sources_from_config: Callable[[model_server_config_pb2.ModelServerConfig], list[ModelSource]]) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        sources_from_config: Callable[[model_server_config_pb2.ModelServerConfig], list[ModelSource]],
+    ) -> None:
         self.manager = manager
         self.sources_from_config = sources_from_config
 
     def GetModelStatus(self, request, context: grpc.ServicerContext):
         """States of one model's versions (START, LOADING, AVAILABLE, UNLOADING, END) with load errors."""
-        try:
-            return build_status_response(self.manager, request)
-        except RequestError as error:
-            _abort(context, error)
-        except Exception:
-            _abort_internal(context, "GetModelStatus")
+        return _answer(context, "GetModelStatus", lambda: build_status_response(self.manager, request))
 
     def HandleReloadConfigRequest(self, request, context: grpc.ServicerContext):
         """Serve the models of request.config from now on (as tensorflow_model_server does)."""
-        try:
-            sources = self.sources_from_config(request.config)
-        except Exception as error:  # UsageError or RequestError: a sentence about the config
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        self.manager.reconfigure(sources)
-        return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+        def build():
+            try:
+                sources = self.sources_from_config(request.config)
+                self.manager.reconfigure(sources)
+            except LabelError as error:
+                raise RequestError(str(error), "FAILED_PRECONDITION") from None
+            except UsageError as error:  # a sentence about the config
+                raise RequestError(str(error)) from None
+            return model_management_pb2.ReloadConfigResponse(status=status_pb2.StatusProto())
+
+        return _answer(context, "HandleReloadConfigRequest", build)

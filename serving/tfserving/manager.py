@@ -1,278 +1,150 @@
-"""Model versions: scan each base path for integer folders, load new versions, unload old ones, report states.
+"""The served SavedModel versions: serving.versions' watcher with TensorFlow loading and TF Serving's lookups.
 
-The rules follow TensorFlow Serving's availability-preserving policy: a new version is loaded (and answers a
-warm-up call) before an old one is unloaded, and a version that fails to load leaves the old one serving.
+Which version answers a request (by number, label or the highest), with the real server's messages
+("Servable not found for request: Specific(x, 3)"); its rules for version labels (a label may only name a version
+that is AVAILABLE when the config arrives, unless --allow_version_labels_for_unavailable_models lets a new label
+name one still to come); what GetModelStatus reports; and the health check's "every model has a version". Polling,
+policies and load-before-unload live in serving.versions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import threading
-import time
 from pathlib import Path
 from typing import Callable
 
-from experiment.artifacts import list_versions
-from serving.rest_format import RequestError
+import tensorflow as tf
+from tensorflow.core.protobuf import error_codes_pb2
+
+from experiment.errors import UsageError
+from serving.protocol.errors import RequestError
+from serving.tfserving import warmup
+from serving.tfserving.config import TFModelSource
 from serving.tfserving.servable import Servable
+from serving.versions import AVAILABLE, Loader, ModelSource, VersionStatus, VersionWatcher, default_error_code
 
 logger = logging.getLogger("serving.tfserving")
 
-# ModelVersionStatus.State names (tensorflow_serving/apis/get_model_status.proto).
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+class LabelError(UsageError):
+    """A config whose version labels break the real server's rules; gRPC answers it FAILED_PRECONDITION."""
 
 
-@dataclasses.dataclass(frozen=True)
-class VersionPolicy:
-    """Which versions to serve: the latest n, all, or a specific set (ServableVersionPolicy)."""
-
-    kind: str = "latest"  # "latest", "all" or "specific"
-    num_versions: int = 1
-    versions: frozenset[int] = frozenset()
-
-    def select(self, present: list[int]) -> set[int]:
-        """The versions among present (ascending) that should be loaded."""
-        if self.kind == "all":
-            return set(present)
-        if self.kind == "specific":
-            return set(present) & set(self.versions)
-        return set(present[-self.num_versions :]) if present else set()
+def unavailable_label_message(version: int, model_name: str) -> str:
+    """The real server's refusal of a label for a version that is not loaded."""
+    return (
+        f"Request to assign label to version {version} of model {model_name}, which is not currently available for "
+        "inference"
+    )
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSource:
-    """One served model: its name, base path, version policy and version labels."""
-
-    name: str
-    base_path: Path
-    policy: VersionPolicy = VersionPolicy()
-    labels: dict[str, int] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class VersionStatus:
-    """What GetModelStatus reports for one version; error_code is a tensorflow.error.Code name."""
-
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
-
-
-@dataclasses.dataclass
-class _ModelState:
-    source: ModelSource
-    loaded: dict[int, Servable] = dataclasses.field(default_factory=dict)
-    statuses: dict[int, VersionStatus] = dataclasses.field(default_factory=dict)
-    failed: dict[int, tuple] = dataclasses.field(default_factory=dict)  # version → folder fingerprint that failed
-
-
-Loader = Callable[[str, int, Path], Servable]
-
-
-def _default_loader(model_name: str, version: int, path: Path) -> Servable:
-    servable = Servable.load(model_name, version, path)
-    servable.warm_up()
-    return servable
-
-
-class ModelManager:
+class ModelManager(VersionWatcher[Servable]):
     """Holds the loaded versions of every model and keeps them in step with the files on disk."""
 
     def __init__(
         self,
         sources: list[ModelSource],
         poll_wait_seconds: float = 1.0,
-        loader: Loader = _default_loader,
+        loader: Loader | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        self.poll_wait_seconds = poll_wait_seconds
-        self._loader = loader
-        self._on_change = on_change or (lambda: None)
-        self._lock = threading.Lock()
-        self._models: dict[str, _ModelState] = {source.name: _ModelState(source) for source in sources}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._poll_lock = threading.Lock()  # one reconciliation at a time (watcher thread or a reload request)
+        # The flags ride on the sources the command line produced; configs reloaded later get the same flags.
+        first = sources[0] if sources else None
+        self.warmup = getattr(first, "warmup", TFModelSource.warmup)
+        self.allow_unavailable_labels = getattr(first, "allow_unavailable_labels", False)
+        super().__init__(sources, loader or self._load_servable, poll_wait_seconds, on_change, error_code=_error_code)
 
-    # ---- reading ------------------------------------------------------------------------------------
+    def _load_servable(self, model_name: str, version: int, path: Path) -> Servable:
+        servable = Servable.load(model_name, version, version_folder(path, version))
+        if self.warmup:
+            try:
+                warmup.run_warmup(servable)
+            except BaseException:
+                servable.close()
+                raise
+        return servable
 
-    def model_names(self) -> list[str]:
-        """Names of the configured models."""
-        with self._lock:
-            return sorted(self._models)
+    def reconfigure(self, sources: list[ModelSource]) -> None:
+        """Serve these models from now on (a reloaded config); LabelError, and no change, if its labels break the rules."""
+        sources = [self._with_flags(source) for source in sources]
+        self.check_labels(sources)
+        super().reconfigure(sources)
+
+    def _with_flags(self, source: ModelSource) -> TFModelSource:
+        fields = {field.name: getattr(source, field.name) for field in dataclasses.fields(ModelSource)}
+        return TFModelSource(**fields, warmup=self.warmup, allow_unavailable_labels=self.allow_unavailable_labels)
+
+    def check_labels(self, sources: list[ModelSource]) -> None:
+        """Every label must name an AVAILABLE version; with the allow flag a label that is new may name any version."""
+        for source in sources:
+            current = self.versions(source.name)
+            available = {number for number, status in current.statuses.items() if status.state == AVAILABLE} if current else set()
+            existing = current.source.labels if current else {}
+            for label, version in source.labels.items():
+                moved = label in existing and existing[label] != version
+                if version in available or (self.allow_unavailable_labels and not moved):
+                    continue
+                raise LabelError(unavailable_label_message(version, source.name))
 
     def servable(self, model_name: str, version: int | None = None, label: str | None = None) -> Servable:
         """The version to serve: the one asked for (by number or label), else the highest available."""
-        with self._lock:
-            state = self._models.get(model_name)
-            if state is None:
-                raise RequestError(f"Servable not found for request: model '{model_name}' is not served here.", "NOT_FOUND")
-            if label is not None:
-                if label not in state.source.labels:
-                    raise RequestError(f"Unrecognized servable version label: {label}.", "NOT_FOUND")
-                version = state.source.labels[label]
-            if version is not None:
-                servable = state.loaded.get(version)
-                if servable is None:
-                    raise RequestError(
-                        f"Servable not found for request: version {version} of model '{model_name}' is not loaded.",
-                        "NOT_FOUND",
-                    )
-                return servable
-            if not state.loaded:
-                raise RequestError(
-                    f"Servable not found for request: model '{model_name}' has no version loaded yet.", "NOT_FOUND"
-                )
-            return state.loaded[max(state.loaded)]
+        if not model_name:
+            raise RequestError("ModelSpec has no name specified.")
+        model = self.versions(model_name)
+        if label is not None:
+            labels = model.source.labels if model is not None else {}
+            if label not in labels:
+                raise RequestError(f"Unrecognized servable version label: {label}")
+            version = labels[label]
+        request = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
+        if model is None:
+            raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
+        servable = model.latest() if version is None else model.loaded.get(version)
+        if servable is None:
+            raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
+        return servable
+
+    def version_for_label(self, model_name: str, label: str) -> int:
+        """The version a label names (INVALID_ARGUMENT, as the real server answers, for an unknown label)."""
+        model = self.versions(model_name)
+        labels = model.source.labels if model is not None else {}
+        if label not in labels:
+            raise RequestError(f"Unrecognized servable version label: {label}")
+        return labels[label]
 
     def statuses(self, model_name: str, version: int | None = None) -> list[VersionStatus]:
         """Version states, newest first; NOT_FOUND for an unknown model or version."""
-        with self._lock:
-            state = self._models.get(model_name)
-            if state is None or not state.statuses:
-                raise RequestError(f"Could not find any versions of model {model_name}.", "NOT_FOUND")
-            if version is not None:
-                if version not in state.statuses:
-                    raise RequestError(f"Could not find version {version} of model {model_name}.", "NOT_FOUND")
-                return [dataclasses.replace(state.statuses[version])]
-            return [dataclasses.replace(state.statuses[number]) for number in sorted(state.statuses, reverse=True)]
+        model = self.versions(model_name)
+        if model is None or not model.statuses:
+            raise RequestError(f"Could not find any versions of model {model_name}", "NOT_FOUND")
+        if version is not None:
+            if version not in model.statuses:
+                raise RequestError(f"Could not find version {version} of model {model_name}", "NOT_FOUND")
+            return [model.statuses[version]]
+        return [model.statuses[number] for number in sorted(model.statuses, reverse=True)]
 
     def all_models_available(self) -> bool:
         """True when every configured model has at least one version loaded (the health check's SERVING)."""
-        with self._lock:
-            return bool(self._models) and all(state.loaded for state in self._models.values())
-
-    # ---- changing -----------------------------------------------------------------------------------
-
-    def reconfigure(self, sources: list[ModelSource]) -> None:
-        """Replace the model list (a reloaded config); removed models are unloaded at once, new ones loaded."""
-        with self._poll_lock:
-            with self._lock:
-                wanted = {source.name: source for source in sources}
-                removed = [self._models.pop(name) for name in list(self._models) if name not in wanted]
-                for name, source in wanted.items():
-                    if name in self._models:
-                        self._models[name].source = source
-                    else:
-                        self._models[name] = _ModelState(source)
-            for state in removed:
-                for version in sorted(state.loaded):
-                    logger.info("Unloaded model %s version %d (removed from the config).", state.source.name, version)
-            self._poll_locked()
-        self._on_change()
-
-    def poll_once(self) -> None:
-        """Scan every base path once and load / unload versions to match."""
-        with self._poll_lock:
-            self._poll_locked()
-
-    def _poll_locked(self) -> None:
-        with self._lock:
-            states = list(self._models.values())
-        for state in states:
-            self._reconcile(state)
-
-    def _reconcile(self, state: _ModelState) -> None:
-        source = state.source
-        present = list_versions(source.base_path)
-        wanted = source.policy.select(present)
-        for version in sorted(wanted, reverse=True):  # newest first: it is the one served by default
-            if version not in state.loaded:
-                self._load(state, version)
-        with self._lock:
-            loaded = set(state.loaded)
-        # Unload only once something wanted is serving; a vanished folder is unloaded regardless.
-        serving_wanted = loaded & wanted
-        for version in sorted(loaded - wanted):
-            if version in present and not serving_wanted:
-                continue
-            self._unload(state, version)
-
-    def _load(self, state: _ModelState, version: int) -> None:
-        name = state.source.name
-        path = state.source.base_path / str(version)
-        fingerprint = _fingerprint(path)
-        if state.failed.get(version) == fingerprint:
-            return  # failed before and nothing in the folder has changed since: do not retry or re-log
-        with self._lock:
-            state.statuses[version] = VersionStatus(version, LOADING)
-        started = time.monotonic()
-        try:
-            servable = self._loader(name, version, path)
-        except Exception as error:  # any failure (missing files, corrupt proto, bad graph) must keep the old version
-            message = _one_line(error)
-            with self._lock:
-                state.failed[version] = fingerprint
-                state.statuses[version] = VersionStatus(version, END, _error_code(error), message)
-            logger.error("Failed to load model %s version %d from %s: %s", name, version, path, message)
-            return
-        with self._lock:
-            state.failed.pop(version, None)
-            state.loaded[version] = servable
-            state.statuses[version] = VersionStatus(version, AVAILABLE)
-        logger.info("Loaded model %s version %d from %s in %.2f s.", name, version, path, time.monotonic() - started)
-        self._on_change()
-
-    def _unload(self, state: _ModelState, version: int) -> None:
-        with self._lock:
-            state.statuses[version] = VersionStatus(version, UNLOADING)
-            # Requests already holding the Servable finish with it; new ones no longer find it.
-            state.loaded.pop(version, None)
-            state.statuses[version] = VersionStatus(version, END)
-        logger.info("Unloaded model %s version %d.", state.source.name, version)
-        self._on_change()
-
-    def start(self) -> None:
-        """Poll in a background thread every poll_wait_seconds (never, if that is not positive)."""
-        if self.poll_wait_seconds <= 0:
-            return
-        self._thread = threading.Thread(target=self._watch, name="version-watcher", daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_wait_seconds):
-            try:
-                self.poll_once()
-            except Exception:  # a watcher that dies silently would freeze the served versions
-                logger.exception("Scanning the model base paths failed; retrying at the next poll.")
-
-    def stop(self) -> None:
-        """Stop the watcher thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        models = [self.versions(name) for name in self.model_names()]
+        return bool(models) and all(model is not None and model.loaded for model in models)
 
 
-def _fingerprint(path: Path) -> tuple:
-    """Names, sizes and modification times of every file under path: changes while a copy is still arriving."""
-    entries = []
-    for root, _, files in os.walk(path):
-        for file_name in files:
-            file_path = os.path.join(root, file_name)
-            try:
-                info = os.stat(file_path)
-            except OSError:
-                continue
-            entries.append((os.path.relpath(file_path, path), info.st_size, info.st_mtime_ns))
-    return tuple(sorted(entries))
-
-
-def _one_line(error: BaseException) -> str:
-    text = getattr(error, "message", None) or str(error) or type(error).__name__
-    return " ".join(text.split())[:500]
+def version_folder(path: Path, version: int) -> Path:
+    """The folder of version: path itself, or its sibling with leading zeros ('00000123'), as TF Serving accepts."""
+    path = Path(path)
+    if path.is_dir() or not path.parent.is_dir():
+        return path
+    for entry in path.parent.iterdir():
+        if entry.is_dir() and entry.name.isdigit() and int(entry.name) == version:
+            return entry
+    return path
 
 
 def _error_code(error: BaseException) -> str:
-    """The tensorflow.error.Code name for a load failure (TensorFlow's own code when it raised one)."""
-    import tensorflow as tf
-
+    """The tensorflow.error.Code name for a load failure (TensorFlow's own code, or the refused warm-up record's)."""
     if isinstance(error, tf.errors.OpError):
-        from tensorflow.core.protobuf import error_codes_pb2
-
         return error_codes_pb2.Code.Name(error.error_code)
-    if isinstance(error, FileNotFoundError):
-        return "NOT_FOUND"
-    return "UNKNOWN"
+    if isinstance(error, RequestError):
+        return error.code
+    return default_error_code(error)

@@ -1,151 +1,151 @@
-"""One loaded model version: its SavedModel signatures, their SignatureDefs, input checks and the call itself."""
+"""One loaded model version: a TensorFlow session over its SavedModel's 'serve' graph, run as the real server runs it.
+
+TensorFlow Serving loads the MetaGraphDef into a session and feeds request tensors to the tensor names its
+SignatureDefs list, whatever the signature says about shapes (x of shape [1] where the signature says [-1, 1] is
+fed as is, and answered if the graph can compute it). This does the same for TF1 graphs and TF2 SavedModels alike:
+tf.compat.v1's loader restores variables and runs the init op, and each (feeds, fetches) pair becomes a session
+callable. Callables skip Session.run's Python-side checks, which refuse shapes and silently cast dtypes: here, as
+in the real server, the graph judges the tensors, and a wrong dtype is the runtime's INVALID_ARGUMENT.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import config_pb2, error_codes_pb2, meta_graph_pb2
 
-from experiment.spec import SIGNATURE_NAME
-from serving.rest_format import RequestError, TensorSpec
+from serving.protocol.errors import RequestError
 
 SERVE_TAG = "serve"
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
 logger = logging.getLogger("serving.tfserving")
+
+
+def error_from_tensorflow(error: tf.errors.OpError) -> RequestError:
+    """A RequestError with TensorFlow's status code and the first line of its message (the node names follow it)."""
+    lines = [line for line in (error.message or "").strip().splitlines() if line.strip()]
+    return RequestError(lines[0] if lines else type(error).__name__, error_codes_pb2.Code.Name(error.error_code))
 
 
 @dataclasses.dataclass(frozen=True)
 class Signature:
-    """A callable signature: input and output specs by alias, and the loaded concrete function."""
+    """One SignatureDef of a loaded version: its aliases, the tensors they name, and how to run it."""
 
     name: str
-    inputs: dict[str, TensorSpec]
-    outputs: dict[str, TensorSpec]
-    function: Callable[..., Mapping[str, tf.Tensor]]
+    definition: meta_graph_pb2.SignatureDef
+    servable: "Servable" = dataclasses.field(repr=False, compare=False)
 
-    def check_inputs(self, arrays: Mapping[str, np.ndarray]) -> int:
-        """Check aliases, dtypes and shapes as TensorFlow Serving does; return the batch size."""
-        unknown = sorted(set(arrays) - set(self.inputs))
-        if unknown:
-            raise RequestError(
-                f"Input tensor alias not found in signature: {unknown[0]}; "
-                f"inputs expected to be in the set {{{', '.join(sorted(self.inputs))}}}."
-            )
-        missing = sorted(set(self.inputs) - set(arrays))
-        if missing:
-            raise RequestError(f"Missing input '{missing[0]}'; signature '{self.name}' needs {sorted(self.inputs)}.")
-        batch_sizes = set()
-        for alias, array in arrays.items():
-            spec = self.inputs[alias]
-            if array.dtype != spec.dtype:
-                raise RequestError(
-                    f"Input '{alias}' must be {np.dtype(spec.dtype).name} but the request sent {array.dtype.name}."
-                )
-            if len(array.shape) != len(spec.shape) or any(
-                expected is not None and actual != expected for actual, expected in zip(array.shape, spec.shape)
-            ):
-                raise RequestError(f"Input '{alias}' has shape {list(array.shape)} but the model expects {spec.describe()}.")
-            if array.ndim:
-                batch_sizes.add(array.shape[0])
-        if len(batch_sizes) > 1:
-            raise RequestError(f"The inputs have different batch sizes: {sorted(batch_sizes)}.")
-        return batch_sizes.pop() if batch_sizes else 1
+    @property
+    def method_name(self) -> str:
+        """tensorflow/serving/predict, .../classify or .../regress (anything else cannot be called)."""
+        return self.definition.method_name
 
-    def check_output_filter(self, output_filter: Iterable[str]) -> tuple[str, ...]:
-        """The output aliases to return (all when the filter is empty); unknown ones raise INVALID_ARGUMENT."""
-        chosen = tuple(output_filter)
-        for alias in chosen:
-            if alias not in self.outputs:
-                raise RequestError(
-                    f"Output tensor alias not found in signature: {alias}; "
-                    f"outputs expected to be in the set {{{', '.join(sorted(self.outputs))}}}."
-                )
-        return chosen or tuple(self.outputs)
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The output aliases, sorted."""
+        return tuple(sorted(self.definition.outputs))
+
+    def input_dtypes(self) -> dict[str, str]:
+        """DataType name of each input alias ('DT_FLOAT'), which decides how a JSON value converts."""
+        return {alias: types_pb2.DataType.Name(info.dtype) for alias, info in self.definition.inputs.items()}
 
     def run(self, arrays: Mapping[str, np.ndarray], output_aliases: Iterable[str]) -> dict[str, np.ndarray]:
-        """Call the concrete function on checked inputs; return the chosen outputs as numpy arrays."""
-        try:
-            # The loaded signature's concrete function, called directly: no retracing, no Keras layer overhead.
-            results = self.function(**{alias: tf.constant(array) for alias, array in arrays.items()})
-            return {alias: results[alias].numpy() for alias in output_aliases}
-        except tf.errors.InvalidArgumentError as error:
-            raise RequestError(f"The model rejected the input: {_first_line(error.message)}") from None
-        except tf.errors.OpError as error:
-            raise RequestError(f"The model failed: {_first_line(error.message)}", code="INTERNAL") from None
+        """Feed arrays (by input alias) and fetch the chosen outputs (by alias)."""
+        aliases = tuple(output_aliases)
+        feeds = {self.definition.inputs[alias].name: array for alias, array in arrays.items()}
+        fetched = self.servable.run(feeds, tuple(self.definition.outputs[alias].name for alias in aliases))
+        return dict(zip(aliases, fetched))
 
 
-def _first_line(message: str) -> str:
-    line = message.strip().splitlines()[0] if message.strip() else "no message"
-    return line if line.endswith(".") else line + "."
-
-
-@dataclasses.dataclass
 class Servable:
-    """A model version loaded from <base_path>/<version>/."""
+    """A model version loaded from <base_path>/<version>/: its session, MetaGraphDef and signatures."""
 
-    model_name: str
-    version: int
-    path: Path
-    signatures: dict[str, Signature]
-    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
-    loaded: Any  # the object tf.saved_model.load returned; holding it keeps the variables alive
+    def __init__(
+        self, model_name: str, version: int, path: Path, session: tf.compat.v1.Session, meta_graph: meta_graph_pb2.MetaGraphDef
+    ) -> None:
+        self.model_name = model_name
+        self.version = version
+        self.path = Path(path)
+        self.session = session
+        self.meta_graph = meta_graph
+        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
+        self.signatures = {name: Signature(name, definition, self) for name, definition in self.signature_defs.items()}
+        self._callables: dict[tuple, object] = {}
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, model_name: str, version: int, path: Path) -> "Servable":
-        """Load the SavedModel at path, read its signatures and SignatureDefs."""
-        path = Path(path)
-        signature_defs = read_signature_defs(path)
-        loaded = tf.saved_model.load(str(path), tags=[SERVE_TAG])
-        signatures = {}
-        for name, function in loaded.signatures.items():
-            _, keyword_specs = function.structured_input_signature  # signatures take keyword inputs only
-            signatures[name] = Signature(
-                name=name,
-                inputs={alias: _spec(alias, spec) for alias, spec in keyword_specs.items()},
-                outputs={alias: _spec(alias, spec) for alias, spec in function.structured_outputs.items()},
-                function=function,
-            )
-        if not signatures:
-            raise ValueError(f"the SavedModel at {path} has no serving signatures")
-        return cls(model_name, version, path, signatures, signature_defs, loaded)
+        """Load the 'serve' MetaGraph of the SavedModel at path into a new session (variables restored, init op run)."""
+        session = tf.compat.v1.Session(graph=tf.Graph())
+        try:
+            with _quiet_tensorflow_logs():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, [SERVE_TAG], str(path))
+        except BaseException:
+            session.close()
+            raise
+        return cls(model_name, version, path, session, meta_graph)
 
     def signature(self, name: str | None) -> Signature:
-        """The signature called name (empty or None means serving_default); FAILED_PRECONDITION if absent."""
-        name = name or SIGNATURE_NAME
-        try:
-            return self.signatures[name]
-        except KeyError:
+        """The signature called name ("" or None: serving_default); FAILED_PRECONDITION, as Predict answers, if absent."""
+        name = name or DEFAULT_SIGNATURE
+        signature = self.signatures.get(name)
+        if signature is None:
             raise RequestError(
-                f"Serving signature name: \"{name}\" not found in signature def; "
-                f"this model has {sorted(self.signatures)}.",
-                code="FAILED_PRECONDITION",
-            ) from None
+                f'Serving signature key "{name}" not found. This model version has {sorted(self.signatures)}.',
+                "FAILED_PRECONDITION",
+            )
+        return signature
 
-    def warm_up(self) -> None:
-        """Call every signature once with a batch of zeros, so the first request pays no first-call cost."""
-        for signature in self.signatures.values():
-            if any(size is None for spec in signature.inputs.values() for size in spec.shape[1:]):
-                continue  # a free inner dimension: no single example input fits
-            zeros = {
-                alias: np.zeros((1, *spec.shape[1:]), dtype=spec.dtype) for alias, spec in signature.inputs.items()
-            }
-            signature.run(zeros, signature.outputs)
+    def run(self, feeds: Mapping[str, np.ndarray], fetches: tuple[str, ...]) -> list[np.ndarray]:
+        """Run the graph: feed arrays to tensor names, fetch tensor names; TensorFlow's errors become RequestErrors."""
+        names = tuple(feeds)
+        key = (names, fetches)
+        runner = self._callables.get(key)
+        if runner is None:
+            runner = self._make_callable(names, fetches)
+        try:
+            results = runner(*(feeds[name] for name in names))
+        except tf.errors.OpError as error:
+            raise error_from_tensorflow(error) from None
+        return [np.asarray(result) for result in results]
+
+    def _make_callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+        options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
+        with self._lock:
+            runner = self._callables.get((feeds, fetches))
+            if runner is None:
+                try:
+                    # The private half of Session.make_callable: the public half hands feeds to Session.run's checks.
+                    runner = self.session._make_callable_from_options(options)
+                except (tf.errors.OpError, ValueError, KeyError) as error:
+                    message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+                    raise RequestError(f"The model's graph cannot run this signature: {message.splitlines()[0]}", "INTERNAL") from None
+                self._callables[(feeds, fetches)] = runner
+        return runner
+
+    def close(self) -> None:
+        """Release the session (requests still holding this servable must have finished)."""
+        self.session.close()
 
 
-def _spec(alias: str, spec: tf.TensorSpec) -> TensorSpec:
-    shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
-    return TensorSpec(name=alias, dtype=np.dtype(spec.dtype.as_numpy_dtype), shape=shape)
-
-
-def read_signature_defs(path: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDef map of the 'serve' MetaGraph in path/saved_model.pb (what GetModelMetadata returns)."""
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((Path(path) / "saved_model.pb").read_bytes())
-    for meta_graph in saved_model.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError(f"the SavedModel at {path} has no MetaGraph tagged '{SERVE_TAG}'")
+@contextlib.contextmanager
+def _quiet_tensorflow_logs() -> Iterator[None]:
+    # tf.compat.v1's loader announces its own deprecation on first use; the server's log should not.
+    tensorflow_logger = tf.get_logger()
+    level = tensorflow_logger.level
+    tensorflow_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tensorflow_logger.setLevel(level)

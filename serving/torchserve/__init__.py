@@ -1,1 +1,1 @@
-"""TorchServe's side of the project: the model handler and the server configuration."""
+"""TorchServe's side of the project: the model handler, the server configuration, the live roll-out of new versions."""

@@ -1,6 +1,8 @@
 """TorchServe handler for the exported TorchScript model: TensorFlow Serving's JSON body in, the same body format out.
 
-TorchServe copies this file alone into the .mar, so it imports only torch, numpy, TorchServe and the standard library.
+The body is parsed and answered by serving.protocol, the same code the other servers use: torch-model-archiver packs
+that package into the .mar beside this file (see torch_pipeline.export), so inside TorchServe's model folder
+`serving.protocol` is the archive's own copy. Nothing else from the repository travels with the handler.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
-# The serving signature (experiment.spec); repeated here because the handler travels alone inside the .mar.
+from serving.protocol import rest
+from serving.protocol.errors import RequestError
+from serving.protocol.signatures import TensorSpec, classifier_signature, require_signature
+
+# The serving signature (experiment.spec); repeated here because experiment/ does not travel inside the .mar.
 INPUT_NAME = "images"
 PROBABILITIES = "probabilities"
 CLASSES = "classes"
 SIGNATURE_NAME = "serving_default"
 JSON_CONTENT_TYPE = "application/json"
+LOADED_VERSION_METRIC = "ModelVersionLoaded"
 
 
 class DigitsHandler(BaseHandler):
@@ -39,74 +46,41 @@ class DigitsHandler(BaseHandler):
         with open(os.path.join(model_dir, "metadata.json")) as stream:
             network = json.load(stream)["network"]
         self.input_shape = tuple(int(size) for size in network["input_shape"])  # (H, W)
-        self.num_classes = int(network["num_classes"])
+        self.signature = classifier_signature(
+            SIGNATURE_NAME, INPUT_NAME, self.input_shape, PROBABILITIES, CLASSES, int(network["num_classes"])
+        )
         # Per call: (row_format, instance count) for a valid request, or the error message for a refused one.
         self.request_plans: list[tuple[bool, int] | str] = []
+        self._report_loaded_version(context)
+
+    @staticmethod
+    def _report_loaded_version(context: Any) -> None:
+        """Set the ModelVersionLoaded gauge to this archive's version (TorchServe has no such series of its own).
+
+        Each worker sets it when it loads its model; a roll-out starts the new version's workers last, so once it
+        is done the gauge names the version that answers. TorchServe exposes it on its metrics port when
+        model_metrics_auto_detect is on (serving/torchserve/config.properties).
+        """
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        try:
+            version = float(context.manifest["model"]["modelVersion"])
+        except (KeyError, TypeError, ValueError):
+            return  # a version that is not a number has no gauge value
+        context.metrics.add_metric(LOADED_VERSION_METRIC, version, "version", metric_type=MetricTypes.GAUGE)
 
     def parse_request(self, body: Any) -> tuple[np.ndarray, bool]:
         """One body → (images float32 (N, H, W), row_format); a client mistake raises PredictionException 400."""
-        if isinstance(body, (bytes, bytearray)):
-            try:
-                body = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                raise PredictionException(f"The request body is not valid JSON: {error}.", 400) from None
-        if not isinstance(body, dict):
-            raise PredictionException('The request body must be a JSON object with "instances" or "inputs".', 400)
-        if ("instances" in body) == ("inputs" in body):
-            raise PredictionException(
-                'The request body must have exactly one of "instances" (row format) or "inputs" (columnar).', 400
-            )
-        signature_name = body.get("signature_name", SIGNATURE_NAME)
-        if signature_name != SIGNATURE_NAME:
-            raise PredictionException(
-                f"Unknown signature {signature_name!r}; this model has only {SIGNATURE_NAME!r}.", 400
-            )
-        row_format = "instances" in body
-        values = self._row_values(body["instances"]) if row_format else self._columnar_values(body["inputs"])
-        return self._to_images(values), row_format
-
-    @staticmethod
-    def _row_values(instances: Any) -> Any:
-        if not isinstance(instances, list):
-            raise PredictionException('"instances" must be a list with one entry per example.', 400)
-        if instances and all(isinstance(instance, dict) for instance in instances):
-            if any(set(instance) != {INPUT_NAME} for instance in instances):
-                raise PredictionException(f'Each instance object must have exactly one key, "{INPUT_NAME}".', 400)
-            return [instance[INPUT_NAME] for instance in instances]
-        if any(isinstance(instance, dict) for instance in instances):
-            raise PredictionException("Instances must all be objects or all be values, not a mix.", 400)
-        return instances
-
-    @staticmethod
-    def _columnar_values(inputs: Any) -> Any:
-        if isinstance(inputs, dict):
-            if set(inputs) != {INPUT_NAME}:
-                raise PredictionException(f'"inputs" must name exactly one input, "{INPUT_NAME}".', 400)
-            return inputs[INPUT_NAME]
-        return inputs
-
-    def _to_images(self, values: Any) -> np.ndarray:
-        expected = "float32 [N, " + ", ".join(str(size) for size in self.input_shape) + "]"
         try:
-            array = np.asarray(values)
-        except ValueError:
-            raise PredictionException(
-                f"Input '{INPUT_NAME}' is ragged: expected nested lists of {expected}.", 400
-            ) from None
-        if array.dtype.kind not in "iuf":
-            raise PredictionException(
-                f"Input '{INPUT_NAME}' must hold only numbers in nested lists of {expected}.", 400
+            if isinstance(body, (bytes, bytearray)):
+                body = rest.load_json(body)
+            parsed = rest.parse_predict_body(
+                body, self.signature.inputs, allow_non_finite=False, max_batch_size=rest.MAX_BATCH_SIZE
             )
-        if array.ndim != 1 + len(self.input_shape) or array.shape[1:] != self.input_shape:
-            raise PredictionException(
-                f"Input '{INPUT_NAME}' has shape {list(array.shape)} but the model expects {expected}.", 400
-            )
-        if array.shape[0] == 0:
-            raise PredictionException(f"Input '{INPUT_NAME}' is an empty batch; send at least one instance.", 400)
-        images = array.astype(np.float32, copy=False)
-        if not np.isfinite(images).all():  # after the cast, so values beyond float32's range count too
-            raise PredictionException(f"Input '{INPUT_NAME}' contains NaN or infinity.", 400)
-        return images
+            require_signature(parsed.signature_name, self.signature.name)
+        except RequestError as error:
+            raise PredictionException(error.message, error.http_status) from None
+        return parsed.inputs[INPUT_NAME], parsed.row_format
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
         """Every valid request's images in one tensor (total N, H, W); refused requests are remembered by index."""
@@ -136,38 +110,33 @@ class DigitsHandler(BaseHandler):
 
     def postprocess(self, data: dict[str, torch.Tensor] | None) -> list[str]:
         """Split the batch back per request: row or columnar answer as the request was sent, or {"error": ...}."""
-        probabilities = data[PROBABILITIES].tolist() if data is not None else []  # (total N, C)
-        classes = data[CLASSES].tolist() if data is not None else []  # (total N,)
+        # (total N, C) probabilities and (total N,) classes of every valid request, in request order.
+        outputs = {name: data[name].numpy() for name in self.signature.outputs} if data is not None else {}
         responses, start = [], 0
         for index, plan in enumerate(self.request_plans):
             self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
             if isinstance(plan, str):
-                responses.append(json.dumps({"error": plan}))
+                responses.append(rest.dumps({"error": plan}))
                 continue
             row_format, size = plan
             stop = start + size
-            if row_format:
-                answer: dict[str, Any] = {
-                    "predictions": [
-                        {PROBABILITIES: probabilities[row], CLASSES: classes[row]} for row in range(start, stop)
-                    ]
-                }
-            else:
-                answer = {"outputs": {PROBABILITIES: probabilities[start:stop], CLASSES: classes[start:stop]}}
+            rows = {name: array[start:stop] for name, array in outputs.items()}
+            answer = rest.format_predict_response(rows, row_format)
             # A compact string: TorchServe would pretty-print a dict, tripling the bytes on the wire.
-            responses.append(json.dumps(answer, separators=(",", ":")))
+            responses.append(rest.dumps(answer))
             start = stop
         return responses
 
     def describe_handle(self) -> str:
         """The signature, answered by the management API's `GET /models/<name>?customized=true`."""
+
+        def describe(spec: TensorSpec) -> dict[str, Any]:
+            return {"dtype": np.dtype(spec.dtype).name, "shape": [-1 if size is None else size for size in spec.shape]}
+
         return json.dumps(
             {
-                "signature_name": SIGNATURE_NAME,
-                "inputs": {INPUT_NAME: {"dtype": "float32", "shape": [-1, *self.input_shape]}},
-                "outputs": {
-                    PROBABILITIES: {"dtype": "float32", "shape": [-1, self.num_classes]},
-                    CLASSES: {"dtype": "int64", "shape": [-1]},
-                },
+                "signature_name": self.signature.name,
+                "inputs": {alias: describe(spec) for alias, spec in self.signature.inputs.items()},
+                "outputs": {alias: describe(spec) for alias, spec in self.signature.outputs.items()},
             }
         )

@@ -1,4 +1,4 @@
-"""`python -m benchmarks.compare --quick` end to end: the report's sections, plots and that every number is sane."""
+"""`python -m benchmarks.compare --quick` end to end: sections, plots, the HTML page and that every number is sane."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import compare
+from benchmarks import report as report_module
+from tests.benchmarks.conftest import check_page
 
 ROOT = Path(__file__).resolve().parents[2]
 # A table cell that is only a number, maybe with a unit: "3.2 ms", "1,024 /s", "0.95".
@@ -52,7 +54,7 @@ def _tables(markdown: str) -> list[tuple[list[str], list[list[str]]]]:
 def test_quick_report_has_every_section_and_plot(quick_report):
     output, stdout = quick_report
     report = (output / compare.REPORT_FILE).read_text()
-    for section in compare.REQUIRED_SECTIONS:
+    for section in report_module.REQUIRED_SECTIONS:
         assert section in report, f"missing {section}"
     for plot in ("learning_curves.png", "inference_latency.png", "training_throughput.png"):
         assert (output / plot).stat().st_size > 1000
@@ -63,6 +65,16 @@ def test_quick_report_has_every_section_and_plot(quick_report):
     assert "[[6.0, 8.0, 16.0], [9.0, 12.0, 24.0], [27.0, 36.0, 72.0]]" in report  # tf.multiply broadcast to 3x3
     assert "[[3.0, 6.0, 8.0], [9.0, 18.0, 24.0], [18.0, 36.0, 48.0]]" in report  # torch.mul likewise
     assert "EagerTensor" in report and "SymbolicTensor" in report  # pdb inside the Keras layer, both modes
+    assert str(output) not in report and str(ROOT) not in report  # no machine paths, pdb's frames included
+    assert "| HParams | " in report and "_hparams_/" not in report
+
+
+@pytest.mark.slow
+def test_quick_report_page_renders_in_chromium(quick_report, browser):
+    output, _ = quick_report
+    found = check_page(browser, output / compare.HTML_FILE)
+    assert found["problems"] == []
+    assert found["images"] == 3 and found["tables"] > 10
 
 
 @pytest.mark.slow
@@ -88,7 +100,7 @@ def test_every_number_in_the_report_is_finite_and_positive(quick_report):
 def test_json_results_match_the_report(quick_report):
     output, _ = quick_report
     results = json.loads((output / compare.DATA_FILE).read_text())
-    assert results["failures"] == {}
+    assert results["failures"] == {} and results["quick"] is True
     ratios = {item["name"]: item for item in results["ratios"]}
     keras_vs_torch = ratios["Keras / torch training samples per second (pipelines, steady state)"]
     assert keras_vs_torch["measured"] > 0 and keras_vs_torch["status"] in ("met", "missed")
@@ -99,4 +111,5 @@ def test_json_results_match_the_report(quick_report):
         summary = results["training"]["pipelines"][framework]
         assert 0 < summary["test_accuracy"] <= 1
         assert summary["peak_rss_mib"] > 50
-        assert len(results["training"]["curves"][framework]["validation/epoch_loss"]) == summary["epochs"]
+        assert len(results["training"]["curves"][framework][0]["validation/epoch_loss"]) == summary["epochs"]
+    assert set(results["skipped"]) == {"sweep", "tf serving", "torch serving", "distributed"}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from benchmarks import endpoints, load
+from benchmarks import load
 
 FAST = load.LoadSettings(warmup_seconds=0.05, window_seconds=0.15, max_windows=4)
 
@@ -15,7 +16,7 @@ FAST = load.LoadSettings(warmup_seconds=0.05, window_seconds=0.15, max_windows=4
 def test_a_steady_sleep_is_measured_and_found_stable():
     result = load.run_closed_loop(lambda: time.sleep(0.002), concurrency=2, settings=FAST, label="sleep")
     summary = result.to_dict()
-    assert summary["kind"] == load.LOAD_RESULT_KIND
+    assert "latencies_ms" not in summary  # the JSON summary leaves the raw latencies out
     assert result.errors == 0
     assert 2.0 <= summary["p50_ms"] < 20.0
     assert summary["p50_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
@@ -75,24 +76,33 @@ def test_bad_arguments_are_refused(kwargs):
         load.run_closed_loop(arguments.pop("send"), settings=FAST, **arguments)
 
 
-def test_load_points_are_found_in_a_plugged_in_result():
-    point = load.run_closed_loop(lambda: time.sleep(0.001), 1, FAST, label="fake")
-    data = endpoints.normalise({"endpoints": {"fake_grpc": {"concurrency_1": point}}, "clients": 16})
-    found = endpoints.load_points(data)
-    assert [path for path, _ in found] == [("endpoints", "fake_grpc", "concurrency_1")]
-    assert endpoints.flatten_numbers(data)["clients"] == 16
+def test_merged_runs_pool_latencies_and_weight_throughput_by_wall_time():
+    runs = [load.run_closed_loop(lambda: time.sleep(0.002), concurrency=2, settings=FAST) for _ in range(2)]
+    merged = load.merge("pooled", runs)
+    assert merged.label == "pooled" and merged.concurrency == 2
+    assert len(merged.latencies_seconds) == sum(len(run.latencies_seconds) for run in runs)
+    assert merged.wall_seconds == sum(run.wall_seconds for run in runs)
+    expected = sum(run.throughput_per_second * run.wall_seconds for run in runs) / merged.wall_seconds
+    assert abs(merged.throughput_per_second - expected) < 1e-9
+    assert merged.errors == 0 and merged.stable == all(run.stable for run in runs)
+    with pytest.raises(ValueError):
+        load.merge("nothing", [])
 
 
-def test_a_missing_module_is_reported_not_raised():
-    outcome = endpoints.run_external("serving_tf", {}, module_name="benchmarks.no_such_module")
-    assert not outcome.measured
-    assert "not available" in outcome.reason
+def test_throughput_range_spans_the_reported_windows():
+    result = load.run_closed_loop(lambda: time.sleep(0.002), concurrency=2, settings=FAST)
+    low, high = result.throughput_range
+    reported = [window.throughput_per_second for window in result.windows[-2:]]
+    assert (low, high) == (min(reported), max(reported)) and low <= high
 
 
-def test_only_accepted_arguments_are_passed():
-    def measure(count: int, quick: bool = False) -> dict:
-        return {"count": count, "quick": quick}
+def test_a_stack_given_by_environment_is_swept_and_labelled_not_started(tmp_path):
+    from benchmarks import sweep
+    from experiment.processes import free_port
 
-    assert endpoints.call_with_accepted(measure, {"count": 3, "quick": True, "unrelated": 1}) == {"count": 3, "quick": True}
-    with pytest.raises(TypeError):
-        endpoints.call_with_accepted(measure, {"quick": True})
+    address = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request fails, none is lost
+    result = sweep.measure_endpoints(tmp_path, tmp_path, np.zeros((8, 8), np.float32), (1,), FAST, {"FLASK_URL": address})
+    assert result.given_by_environment and result.cold_start_seconds == {}
+    [endpoint] = result.endpoints
+    assert endpoint.endpoint.server == f"server at {address} (given by FLASK_URL)"
+    assert endpoint.at(1).errors > 0 and not endpoint.at(1).latencies_seconds

@@ -24,7 +24,7 @@ def serving_ports() -> dict[str, int]:
 
     The one place this file learns them: point it at the new module when the stack's ports move.
     """
-    from serving.stack import Ports
+    from serving.runtime.stack import Ports
 
     return Ports().as_dict()
 
@@ -123,11 +123,11 @@ def test_flask_settings_are_the_compose_and_dockerfile_ones():
 
 
 def test_torchserve_config_has_the_stacks_ports_and_loads_the_digits_archive():
-    from serving.torchserve import launch
+    from serving.torchserve import config as torchserve_config
 
     ports = serving_ports()
-    pod = launch.read_properties(BASE / "torchserve" / "config.properties")
-    native = launch.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
+    pod = torchserve_config.read_properties(BASE / "torchserve" / "config.properties")
+    native = torchserve_config.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
     assert pod["inference_address"] == f"http://0.0.0.0:{ports['torchserve_inference']}"
     assert pod["management_address"] == f"http://127.0.0.1:{ports['torchserve_management']}"
     assert pod["metrics_address"] == f"http://0.0.0.0:{ports['torchserve_metrics']}"
@@ -161,7 +161,7 @@ def test_kserve_torchserve_layout_is_what_the_wrapper_reads(torch_smoke_run, tmp
     import json
     import shutil
 
-    from serving.torchserve import launch
+    from serving.torchserve import config as torchserve_config
 
     models = tmp_path / "models"
     shutil.copytree(torch_smoke_run.export_path.parents[2], models)
@@ -170,13 +170,13 @@ def test_kserve_torchserve_layout_is_what_the_wrapper_reads(torch_smoke_run, tmp
         "config/config.properties",
         f"model-store/{MODEL_NAME}.mar",
     ], "the wrapper refuses a model store with more than one archive"
-    properties = launch.read_properties(root / "config" / "config.properties")
+    properties = torchserve_config.read_properties(root / "config" / "config.properties")
     assert properties["model_store"] == kserve_storage.MODEL_STORE_MOUNT
     assert "enable_envvars_config" not in properties, "KServe's envelope would hand the handler bare instances"
     snapshot = json.loads(properties["model_snapshot"])
     archive = root / "model-store" / f"{MODEL_NAME}.mar"
     [(version, settings)] = snapshot["models"][MODEL_NAME].items()
-    assert version == launch.archive_version(archive) and settings["marName"] == archive.name
+    assert version == torchserve_config.archive_version(archive) and settings["marName"] == archive.name
     assert kserve_storage.write_layout(models, MODEL_NAME) == root, "running it again replaces the layout"
 
 

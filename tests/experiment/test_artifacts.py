@@ -39,6 +39,20 @@ def test_publish_skips_a_version_taken_meanwhile(tmp_path):
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["1", "2"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask-022", "umask-077"])
+def test_a_published_version_has_the_mode_mkdir_gives(tmp_path, umask):
+    # Servers in containers read the exports as another user: a private (0700) version folder would lock them out.
+    previous = os.umask(umask)
+    try:
+        with artifacts.staging_directory(tmp_path) as staging:
+            (staging / "model").write_text("new")
+            _, path = artifacts.publish_version(staging, tmp_path)
+        (tmp_path / "made-by-mkdir").mkdir()
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == (tmp_path / "made-by-mkdir").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_check_writable_refuses_read_only_folder(tmp_path):
     tmp_path.chmod(0o500)

@@ -1,4 +1,4 @@
-"""One suite, every endpoint: the same requests to TF Serving (gRPC, REST), Flask and TorchServe."""
+"""One suite, every endpoint: the same requests to TF Serving (gRPC, REST), Flask and TorchServe (REST, gRPC)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import requests
 
 from tests.integration.conftest import endpoint_for
 
-ENDPOINTS = ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"]
+ENDPOINTS = ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"]
 BATCH = 60  # the test split (360 images) in six requests
 
 
@@ -20,7 +20,7 @@ def endpoint(request, stack):
 
 
 def _predict_split(endpoint, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    client = endpoint.make_client("digits")
+    client = endpoint.client("digits")
     try:
         parts = [client.predict(images[start : start + BATCH]) for start in range(0, len(images), BATCH)]
     finally:
@@ -74,7 +74,7 @@ def _signature_names(document, key: str) -> set[str]:
 
 
 def test_metadata_names_the_signature(endpoint):
-    client = endpoint.make_client("digits")
+    client = endpoint.client("digits")
     try:
         metadata = client.get_metadata()
     finally:
@@ -88,7 +88,7 @@ def _status_of(error: BaseException):
 
 
 def test_unknown_model_is_not_found(endpoint, digits):
-    client = endpoint.make_client("no-such-model")
+    client = endpoint.client("no-such-model")
     try:
         with pytest.raises(Exception) as raised:
             client.predict(digits.test.images[:1])
@@ -99,7 +99,7 @@ def test_unknown_model_is_not_found(endpoint, digits):
 
 
 def test_bad_shape_is_invalid_argument(endpoint):
-    client = endpoint.make_client("digits")
+    client = endpoint.client("digits")
     try:
         with pytest.raises(Exception) as raised:
             client.predict(np.zeros((2, 7, 8), dtype=np.float32))
@@ -108,10 +108,8 @@ def test_bad_shape_is_invalid_argument(endpoint):
     assert _status_of(raised.value) in (400, "INVALID_ARGUMENT"), raised.value
 
 
-def _torchserve_headers(stack) -> dict[str, str]:
-    from serving.torchserve.client import TorchServeClient
-
-    client = TorchServeClient(stack.torchserve, "digits", key_file=stack.torchserve_key_file)
+def _torchserve_headers(endpoint) -> dict[str, str]:
+    client = endpoint.client("digits")
     try:
         return client.authorization_headers("inference")
     finally:
@@ -126,7 +124,20 @@ def _rest_predict_url(endpoint) -> str:
 
 def test_non_numeric_values_are_refused(endpoint, stack):
     body = {"instances": [[["a"] * 8] * 8]}
-    if endpoint.protocol == "grpc":
+    if endpoint.name == "torchserve-grpc":
+        # TorchServe's gRPC API carries the same JSON body as its REST API; the handler refuses it the same way.
+        from serving.clients import ServingError
+
+        client = endpoint.client("digits")
+        try:
+            with pytest.raises(ServingError) as raised:
+                client.send_body(json.dumps(body).encode())
+        finally:
+            client.close()
+        assert raised.value.status == "INVALID_ARGUMENT"
+        assert "Traceback" not in raised.value.message and "images" in raised.value.message
+        return
+    if endpoint.protocol == "gRPC":
         import grpc
         from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
         from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -145,11 +156,19 @@ def test_non_numeric_values_are_refused(endpoint, stack):
                 prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         return
-    headers = _torchserve_headers(stack) if endpoint.name == "torchserve-rest" else {}
+    headers = _torchserve_headers(endpoint) if endpoint.name == "torchserve-rest" else {}
     response = requests.post(_rest_predict_url(endpoint), data=json.dumps(body), headers=headers, timeout=10)
     assert response.status_code == 400
     message = response.json().get("error") or response.json().get("message")
     assert message and "Traceback" not in message
+
+
+def test_torchserve_answers_the_same_over_grpc_and_rest(served_predictions):
+    if not {"torchserve-rest", "torchserve-grpc"} <= set(served_predictions):
+        pytest.skip("the stack under test lacks one of TorchServe's two endpoints")
+    rest, grpc = served_predictions["torchserve-rest"], served_predictions["torchserve-grpc"]
+    assert np.array_equal(rest[1], grpc[1])
+    np.testing.assert_array_equal(rest[0], grpc[0])  # the same handler, the same JSON: bit for bit
 
 
 def test_the_two_frameworks_agree(stack, served_predictions, in_process_predictions):

@@ -1,130 +1,110 @@
-"""Fixtures for the serving tests: free ports, and servers started on them with models exported by the pipelines."""
+"""Fixtures for the serving tests: stub servers for the runtime, and real servers on free ports through the runtime."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from serving import runtime
+from serving.runtime import Endpoint, ServerProcess, flask_app, torchserve
+from tests.serving import stubs
+
+START_TIMEOUT_S = 180  # workers importing torch on a busy 2-core machine
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@pytest.fixture
+def stub_script(tmp_path: Path) -> Path:
+    """The stub server's script, written into the test's folder."""
+    path = tmp_path / "stub_server.py"
+    path.write_text(stubs.STUB_SERVER)
+    return path
+
+
+@pytest.fixture
+def make_stub(stub_script: Path):
+    """Build a ServerSpec for the stub server: mode ok | crash | never | stubborn."""
+
+    def build(name: str, mode: str = "ok", delay: float = 0.0, port: int | None = None) -> runtime.ServerSpec:
+        return stubs.stub_spec(stub_script, name, mode, delay, port)
+
+    return build
 
 
 # --- torch serving (Flask under gunicorn, TorchServe) ------------------------------------------------------------
 
 
-def _start_flask_server(export_path: Path, work_dir: Path) -> SimpleNamespace:
-    """gunicorn with two workers serving a copy of export_path as version 1 of base_path (so tests may add versions)."""
-    import requests
+@dataclasses.dataclass
+class FlaskUnderTest:
+    """gunicorn + the Flask app, and the folder of versions it polls."""
 
-    base_path = work_dir / "digits"
-    shutil.copytree(export_path, base_path / "1")
-    port = free_port()
-    environment = {
-        **os.environ,
-        "FLASK_MODEL_BASE_PATH": str(base_path),
-        "FLASK_MODEL_POLL_SECONDS": "0.5",
-        "WEB_CONCURRENCY": "2",
-    }
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn_conf.py makes a fresh one
-    log_path = work_dir / "gunicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "serving/gunicorn_conf.py", "-b", f"127.0.0.1:{port}",
-             "serving.flask_app:create_app()"],
-            cwd=ROOT, env=environment, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = SimpleNamespace(process=process, url=f"http://127.0.0.1:{port}", base_path=base_path, log_path=log_path)
-    deadline = time.monotonic() + 180  # two workers importing torch on a busy 2-core machine
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    _stop_flask_server(server)
-    raise TimeoutError(f"gunicorn was not ready in time:\n{log_path.read_text()[-3000:]}")
+    server: ServerProcess
+    url: str
+    base_path: Path
 
 
-def _stop_flask_server(server: SimpleNamespace, timeout: float = 60.0) -> int | None:
-    """SIGTERM (gunicorn's graceful stop) and wait; returns the exit status."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
+@dataclasses.dataclass
+class TorchServeUnderTest:
+    """A TorchServe, its folder and ports, its REST endpoint, and what its readiness looked like while it started."""
 
-
-def _start_torchserve_observed(model_store: Path, run_dir: Path):
-    """Start TorchServe without waiting, and record (ping status, workers READY per the client) until it is ready."""
-    import requests
-
-    from serving.torchserve.launch import TorchServePorts, start_torchserve, stop_torchserve
-
-    ports = TorchServePorts(*(free_port() for _ in range(5)))
-    handle = start_torchserve(model_store, ports, run_dir, token_auth=True, wait_seconds=None)
-    client = handle.client()
-    observations = []
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            try:
-                ping = requests.get(f"{handle.inference_url}/ping", timeout=2).status_code
-            except requests.RequestException:
-                ping = None
-            available = client.is_available()
-            observations.append(SimpleNamespace(ping=ping, available=available, at=time.monotonic()))
-            if available:
-                break
-            if handle.pid() is None or time.monotonic() > deadline:
-                raise RuntimeError(f"TorchServe did not become ready; see {handle.log_dir}")
-            time.sleep(0.2)
-    except BaseException:
-        client.close()
-        stop_torchserve(handle)
-        raise
-    client.close()
-    return handle, observations
+    server: ServerProcess
+    instance: torchserve.TorchServeInstance
+    endpoint: Endpoint
+    observations: list[SimpleNamespace]
 
 
 @pytest.fixture(scope="module")
 def flask_server(torch_trained, tmp_path_factory):
-    """gunicorn + the Flask app on a free port, serving a copy of torch_trained's export; stopped after the module."""
-    server = _start_flask_server(torch_trained.export_path, tmp_path_factory.mktemp("flask_server"))
-    yield server
-    _stop_flask_server(server)
+    """gunicorn with two workers on a free port, serving a copy of torch_trained's export as version 1 of base_path
+    (so tests may add versions); stopped after the module."""
+    work_dir = tmp_path_factory.mktemp("flask_server")
+    base_path = work_dir / "digits"
+    shutil.copytree(torch_trained.export_path, base_path / "1")
+    port = runtime.free_port()
+    spec = flask_app.spec(port, base_path=base_path,
+                          environment={"FLASK_MODEL_POLL_SECONDS": "0.5", "WEB_CONCURRENCY": "2"})  # fmt: skip
+    with runtime.start(spec, work_dir / "gunicorn.log", START_TIMEOUT_S) as server:
+        yield FlaskUnderTest(server, f"http://127.0.0.1:{port}", base_path)
 
 
 @pytest.fixture(scope="module")
 def torchserve_server(torch_trained, tmp_path_factory):
     """TorchServe on free ports with torch_trained's digits.mar, started once per module (its JVM is slow to start).
 
-    Yields (handle, readiness observations made while it started); stopped after the module.
+    While it starts, records (ping status, workers READY per the client) until it is ready; stopped after the module.
     """
-    from serving.torchserve.launch import stop_torchserve
+    import requests
 
-    handle, observations = _start_torchserve_observed(
-        torch_trained.export_path.parent.parent / "model-store", tmp_path_factory.mktemp("torchserve")
-    )
-    yield handle, observations
-    stop_torchserve(handle)
+    run_dir = tmp_path_factory.mktemp("torchserve").resolve()  # as TorchServe's command lines name it
+    instance = torchserve.TorchServeInstance.on_free_ports(run_dir)
+    spec = torchserve.spec(instance, torch_trained.export_path.parent.parent / "model-store")
+    spec.prepare()
+    server = ServerProcess.launch(spec, run_dir / "torchserve.out")
+    endpoint = spec.endpoint("torchserve-rest")
+    client = endpoint.client()
+    observations = []
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            try:
+                ping = requests.get(f"{instance.inference_url}/ping", timeout=2).status_code
+            except requests.RequestException:
+                ping = None
+            available = client.is_available()
+            observations.append(SimpleNamespace(ping=ping, available=available, at=time.monotonic()))
+            if available:
+                break
+            if not server.is_running() or time.monotonic() > deadline:
+                raise RuntimeError(f"TorchServe did not become ready:\n{server.log_tail()}")
+            time.sleep(0.2)
+    except BaseException:
+        server.stop()
+        raise
+    finally:
+        client.close()
+    with server:
+        yield TorchServeUnderTest(server, instance, endpoint, observations)

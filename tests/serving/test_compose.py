@@ -1,8 +1,9 @@
 """The container side: docker-compose.yml is valid, and it, the Makefile, TorchServe's config.properties, the Flask
 settings, serving/Dockerfile and serving.stack agree on ports, model names and paths (DESIGN.md).
 
-No image is pulled or built here; CI has no Docker engine. `docker-compose config` validates the file against the
-Compose schema (.ci/run installs Debian's docker-compose); PyYAML reads it for the cross-checks.
+No image is pulled or built here (`make test-containers` builds and runs the stack: tests/containers/).
+`docker-compose config` validates the file against the Compose schema (.ci/run installs Debian's docker-compose);
+PyYAML reads it for the cross-checks.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serving.stack import Ports, Stack
-from serving.torchserve import launch
+from serving.runtime import Ports, Stack
+from serving.torchserve import config
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "digits"
@@ -34,13 +35,18 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+# "127.0.0.1:${FLASK_HOST_PORT:-5000}:5000": a host port that a variable can move, with its default.
+PORT_ENTRY = re.compile(r"(?P<host>[^:]+):(?:\$\{\w+:-(?P<default>\d+)\}|(?P<port>\d+)):(?P<container>\d+)")
+
+
 def published(service: dict) -> dict[int, int]:
-    """Host port → container port, checking that every published port is bound to the host's 127.0.0.1."""
+    """Default host port → container port, checking that every published port is bound to the host's 127.0.0.1."""
     mapping = {}
     for entry in service.get("ports", []):
-        host, host_port, container_port = str(entry).split(":")
-        assert host == "127.0.0.1", f"{entry} must be published on 127.0.0.1 only"
-        mapping[int(host_port)] = int(container_port)
+        match = PORT_ENTRY.fullmatch(str(entry))
+        assert match, f"{entry} is not host:port:container_port"
+        assert match["host"] == "127.0.0.1", f"{entry} must be published on 127.0.0.1 only"
+        mapping[int(match["default"] or match["port"])] = int(match["container"])
     return mapping
 
 
@@ -99,6 +105,9 @@ def test_every_server_restarts_and_has_a_model_loaded_healthcheck(compose, servi
     expected = {"tf-serving": "/v1/models/digits", "torchserve": "/models/digits", "flask": "/readyz"}[service]
     assert expected in test
     assert "curl" not in test  # neither official image ships curl
+    if service == "tf-serving":
+        # Nor does tensorflow/serving ship Python; make test-containers' stand-in does, so only this catches it.
+        assert "python" not in test and "python" not in " ".join(definition["entrypoint"])
     assert definition["healthcheck"]["start_period"]
 
 
@@ -113,6 +122,11 @@ def test_tf_serving_mounts_the_tf_export_read_only(compose):
     # The image serves $MODEL_BASE_PATH/$MODEL_NAME with MODEL_BASE_PATH=/models.
     assert volumes(service) == {f"/models/{MODEL_NAME}": (f"models/tf/{MODEL_NAME}", "ro")}
     assert Stack(models_dir="models").tf_base_path == ROOT / "models" / "tf" / MODEL_NAME
+    # The image's own command line, exec'd under tini so that `docker compose stop`'s SIGTERM reaches the server.
+    assert service["init"] is True
+    script = service["entrypoint"][2]
+    assert script.startswith("exec tensorflow_model_server --port=8500 --rest_api_port=8501")
+    assert '--model_name="$$MODEL_NAME" --model_base_path="$$MODEL_BASE_PATH/$$MODEL_NAME" "$$@"' in script
 
 
 def test_torchserve_mounts_store_and_config_and_turns_token_auth_off(compose):
@@ -126,11 +140,12 @@ def test_torchserve_mounts_store_and_config_and_turns_token_auth_off(compose):
     assert "/home/model-server/config/config.properties" in script
     assert "--model-store /home/model-server/model-store" in script
     assert "--disable-token-auth" in script
+    assert "--enable-model-api" in script  # a new archive is rolled out through the management API
     assert "trap 'torchserve --stop" in script
 
 
 def test_torchserve_config_agrees_with_compose_stack_and_design(compose):
-    properties = launch.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
+    properties = config.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
     configured = {
         int(properties["inference_address"].rsplit(":", 1)[1]),
         int(properties["management_address"].rsplit(":", 1)[1]),
@@ -147,8 +162,25 @@ def test_torchserve_config_agrees_with_compose_stack_and_design(compose):
     assert int(properties["grpc_management_port"]) == defaults.torchserve_grpc_management
     assert properties["model_store"] == "models/torch/model-store"
     assert properties["load_models"] == f"{MODEL_NAME}.mar"
-    assert MODEL_NAME in properties["models"]
+    # Workers and batching travel inside each archive (model-config.yaml), so no setting is keyed to one version.
+    assert "models" not in properties
     assert Stack(models_dir="models").model_store == ROOT / "models" / "torch" / "model-store"
+
+
+def test_torchserve_rollout_watches_the_store_torchserve_serves(compose):
+    services = compose["services"]
+    rollout, torchserve = services["torchserve-rollout"], services["torchserve"]
+    # The Flask image holds the serving package; its own healthcheck (the Flask app's /readyz) must not apply.
+    assert rollout["image"] == services["flask"]["image"] and rollout["build"] == services["flask"]["build"]
+    assert rollout["healthcheck"] == {"disable": True}
+    command = rollout["command"]
+    assert command[:3] == ["python", "-m", "serving.torchserve.rollout"]
+    store = volumes(torchserve)["/home/model-server/model-store"]
+    mounted_at = [target for target, source in volumes(rollout).items() if source == store]
+    assert mounted_at and f"--model-store={mounted_at[0]}" in command
+    assert "--management-url=http://torchserve:8081" in command
+    assert rollout["depends_on"] == {"torchserve": {"condition": "service_healthy"}}
+    assert rollout["restart"] == "unless-stopped"
 
 
 def _literal_assignments(path: Path, name: str) -> ast.expr:
@@ -184,7 +216,7 @@ def test_flask_settings_agree_with_compose_dockerfile_and_stack(compose):
     dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
     assert '"-b", "0.0.0.0:5000"' in dockerfile and "serving/gunicorn_conf.py" in dockerfile
     assert f"FLASK_MODEL_BASE_PATH={mount_target}" in dockerfile
-    flask = {definition.name: definition for definition in Stack(models_dir="models").definitions()}["flask"]
+    flask = {spec.name: spec for spec in Stack(models_dir="models").specs()}["flask"]
     assert flask.environment["FLASK_MODEL_BASE_PATH"] == str(ROOT / defaults["MODEL_BASE_PATH"])
     assert "serving/gunicorn_conf.py" in " ".join(flask.command)
 
@@ -205,7 +237,10 @@ def test_makefile_serves_stops_and_shows_logs_through_the_stack():
 
 def test_flask_image_installs_only_what_serving_needs_at_the_locked_versions():
     dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+    # python:3.11-slim unless the build names another base (make test-containers builds on a local Debian one).
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*/readyz", dockerfile, re.MULTILINE | re.DOTALL)
     assert "https://download.pytorch.org/whl/cpu" in dockerfile
     user = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert user and user[-1] not in {"root", "0"}

@@ -1,4 +1,7 @@
-"""python -m serving.tfserving as a real subprocess on free ports: official stubs, REST, versions, load, SIGTERM."""
+"""python -m serving.tfserving as a real subprocess on free ports serving the digits model: official stubs, REST, load.
+
+Versions, batching and SIGTERM: test_tfserving_lifecycle.py. TensorFlow Serving's own cases: tests/serving/tfserving.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,45 +27,31 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.client import RestClient, ServerUnavailableError, ServingError, TFServingGrpcClient
+from serving import runtime
+from serving.clients import RestClient, ServingError, TFServingGrpcClient
+from serving.runtime import ServerProcess, tfserving
 
-ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180  # importing TensorFlow on a busy 2-core machine
 POLL_SECONDS = 1.0
 REQUEST_LIMIT_BYTES = 1024 * 1024
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclasses.dataclass
 class Server:
-    """A running `python -m serving.tfserving` and where to reach it."""
+    """A running `python -m serving.tfserving`, started by the runtime, and where to reach it."""
 
-    process: subprocess.Popen
+    process: ServerProcess
     grpc_address: str
     rest_url: str
     base_path: Path
-    log_path: Path
 
     def log(self) -> str:
         """Everything the server wrote so far."""
-        return self.log_path.read_text(errors="replace")
+        return self.process.log()
 
-    def stop(self, timeout: float = 60) -> int:
-        """SIGTERM and wait for the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+    def stop(self) -> int | None:
+        """SIGTERM (SIGKILL if it does not exit) and its exit status."""
+        return self.process.stop()
 
 
 def new_base_path(root: Path, export_path: Path) -> Path:
@@ -84,36 +69,11 @@ def publish_version(base_path: Path, source: Path, version: int) -> None:
 
 
 def start_server(base_path: Path, log_dir: Path, *flags: str) -> Server:
-    """Start the server on free ports and wait until its health service says SERVING."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    grpc_port, rest_port = free_port(), free_port()
-    log_path = log_dir / f"tfserving-{grpc_port}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serving.tfserving", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
-             "--model_name=digits", f"--model_base_path={base_path}", f"--file_system_poll_wait_seconds={POLL_SECONDS}",
-             *flags],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )  # fmt: skip
-    server = Server(process, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}", base_path, log_path)
-    channel = grpc.insecure_channel(server.grpc_address)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log()[-3000:]}")
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return server
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-        server.stop()
-        raise TimeoutError(f"the server was not SERVING within {START_TIMEOUT_S} s:\n{server.log()[-3000:]}")
-    finally:
-        channel.close()
+    """Start the server on free ports and wait until it is ready (its health service says SERVING)."""
+    ports = tfserving.TFServingPorts.free()
+    spec = tfserving.spec(ports, "digits", base_path, [f"--file_system_poll_wait_seconds={POLL_SECONDS}", *flags])
+    process = runtime.start(spec, log_dir / f"tfserving-{ports.grpc}.log", START_TIMEOUT_S)
+    return Server(process, spec.endpoint("tf-grpc").address, spec.endpoint("tf-rest").address, base_path)
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +138,10 @@ def _bad_requests(images: np.ndarray) -> dict[str, tuple[predict_pb2.PredictRequ
     return {
         "unknown model": (predict_request(images, name="cats"), grpc.StatusCode.NOT_FOUND),
         "unknown version": (predict_request(images, version=99), grpc.StatusCode.NOT_FOUND),
-        "unknown version label": (predict_request(images, version_label="canary"), grpc.StatusCode.NOT_FOUND),
+        "unknown version label": (predict_request(images, version_label="canary"), grpc.StatusCode.INVALID_ARGUMENT),
         "missing model spec": (no_spec, grpc.StatusCode.INVALID_ARGUMENT),
         "unknown input alias": (unknown_alias, grpc.StatusCode.INVALID_ARGUMENT),
-        "wrong shape": (predict_request(images[:, :4, :4]), grpc.StatusCode.INVALID_ARGUMENT),
+        "wrong shape (the graph refuses it)": (predict_request(images[:, :4, :4]), grpc.StatusCode.INVALID_ARGUMENT),
         "wrong dtype": (wrong_dtype, grpc.StatusCode.INVALID_ARGUMENT),
         "tensor_content of the wrong size": (short_content, grpc.StatusCode.INVALID_ARGUMENT),
         "non-numeric values": (strings, grpc.StatusCode.INVALID_ARGUMENT),
@@ -204,6 +164,8 @@ def test_health_and_status_report_version_1_available(server, stubs):
         "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
     }
     assert "Loaded model digits version 1" in server.log()
+    # The export's own warm-up record (assets.extra/tf_serving_warmup_requests) was replayed before serving.
+    assert "Number of warmup records read: 1." in server.log()
 
 
 @pytest.mark.slow
@@ -215,8 +177,9 @@ def test_predict_names_the_version_and_honours_output_filter(stubs, digits, in_p
     assert (response.model_spec.name, response.model_spec.version.value) == ("digits", 1)
     assert response.model_spec.signature_name == "serving_default"
     assert list(response.outputs) == ["classes"]
-    classes = np.frombuffer(response.outputs["classes"].tensor_content, np.int64)
-    np.testing.assert_array_equal(classes, in_process[1][:3])
+    classes = response.outputs["classes"]
+    assert not classes.tensor_content  # the typed field, as TensorFlow Serving answers
+    np.testing.assert_array_equal(classes.int64_val, in_process[1][:3])
 
 
 @pytest.mark.slow
@@ -227,7 +190,8 @@ def test_predict_accepts_typed_float_val_and_an_explicit_version(stubs, digits, 
     tensor.ClearField("tensor_content")
     tensor.float_val.extend(digits.test.images[:2].ravel().tolist())
     response = prediction.Predict(request, timeout=10)
-    np.testing.assert_array_equal(np.frombuffer(response.outputs["classes"].tensor_content, np.int64), in_process[1][:2])
+    np.testing.assert_array_equal(response.outputs["classes"].int64_val, in_process[1][:2])
+    np.testing.assert_allclose(np.reshape(response.outputs["probabilities"].float_val, (2, 10)), in_process[0][:2], atol=1e-6)
 
 
 @pytest.mark.slow
@@ -259,7 +223,7 @@ def test_other_status_codes(stubs):
         (models.GetModelStatus, status_request, grpc.StatusCode.NOT_FOUND),
         (models.GetModelStatus, version_request, grpc.StatusCode.NOT_FOUND),
         (prediction.GetModelMetadata, no_field, grpc.StatusCode.INVALID_ARGUMENT),
-        (prediction.Classify, classify, grpc.StatusCode.UNIMPLEMENTED),
+        (prediction.Classify, classify, grpc.StatusCode.INVALID_ARGUMENT),  # serving_default is no classify signature
         (prediction.Predict, huge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     ]
     for method, request, expected in calls:
@@ -302,13 +266,13 @@ def test_rest_row_and_columnar_formats(server, digits, in_process):
 REST_CASES = {
     "unknown model": ("POST", "/v1/models/cats:predict", {"instances": [[[0] * 8] * 8]}, 404),
     "unknown version": ("POST", "/v1/models/digits/versions/9:predict", {"instances": [[[0] * 8] * 8]}, 404),
-    "unknown label": ("POST", "/v1/models/digits/labels/canary:predict", {"instances": [[[0] * 8] * 8]}, 404),
+    "unknown label": ("POST", "/v1/models/digits/labels/canary:predict", {"instances": [[[0] * 8] * 8]}, 400),
     "status of unknown model": ("GET", "/v1/models/cats", None, 404),
     "status of unknown version": ("GET", "/v1/models/digits/versions/9", None, 404),
     "metadata of unknown model": ("GET", "/v1/models/cats/metadata", None, 404),
     "not JSON": ("POST", "/v1/models/digits:predict", b"{not json", 400),
     "neither instances nor inputs": ("POST", "/v1/models/digits:predict", {"images": []}, 400),
-    "wrong shape": ("POST", "/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, 400),
+    "wrong shape (the graph refuses it)": ("POST", "/v1/models/digits:predict", {"instances": [[1, 2, 3]]}, 400),
     "ragged": ("POST", "/v1/models/digits:predict", {"instances": [[[0] * 8] * 8, [[0] * 7] * 8]}, 400),
     "strings": ("POST", "/v1/models/digits:predict", {"instances": [[["a"] * 8] * 8]}, 400),
     "unknown input name": ("POST", "/v1/models/digits:predict", {"inputs": {"pixels": [[[0] * 8] * 8]}}, 400),
@@ -316,7 +280,8 @@ REST_CASES = {
         "POST", "/v1/models/digits:predict", {"signature_name": "nope", "instances": [[[0] * 8] * 8]}, 400,
     ),
     "body over the limit": ("POST", "/v1/models/digits:predict", b" " * (REQUEST_LIMIT_BYTES + 1), 413),
-    "classify": ("POST", "/v1/models/digits:classify", {"examples": []}, 501),
+    "classify without examples": ("POST", "/v1/models/digits:classify", {"examples": []}, 400),
+    "classify on a predict signature": ("POST", "/v1/models/digits:classify", {"examples": [{"x": 1.0}]}, 400),
     "malformed path": ("GET", "/v1/models/digits:predict", None, 400),
     "outside the API": ("GET", "/index.html", None, 404),
 }  # fmt: skip
@@ -392,210 +357,10 @@ def test_16_concurrent_clients_times_200_requests_without_an_error(server, digit
 
 @pytest.mark.slow
 def test_no_bad_request_killed_the_server(server, digits):
-    assert server.process.poll() is None
+    assert server.process.is_running()
     client = TFServingGrpcClient(server.grpc_address)
     try:
         assert client.predict(digits.test.images[:1])[1].shape == (1,)
     finally:
         client.close()
     assert "Traceback" not in server.log()
-
-
-# ---- versions --------------------------------------------------------------------------------------------
-
-
-class VersionRecorder:
-    """8 gRPC clients predicting in a loop, recording (time, version answered) and every failure."""
-
-    def __init__(self, address: str, images: np.ndarray, client_count: int = 8) -> None:
-        self.answers: list[tuple[float, int]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._work, args=(address, images[index : index + 1]), daemon=True)
-            for index in range(client_count)
-        ]
-
-    def _work(self, address: str, image: np.ndarray) -> None:
-        client = TFServingGrpcClient(address, timeout_s=60)
-        try:
-            while not self._stop.is_set():
-                try:
-                    response = client.predict_response(image)
-                    with self._lock:
-                        self.answers.append((time.monotonic(), response.model_spec.version.value))
-                except ServingError as error:
-                    with self._lock:
-                        self.failures.append(str(error))
-                time.sleep(0.005)
-        finally:
-            client.close()
-
-    def __enter__(self) -> "VersionRecorder":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
-
-    def first_answer_from(self, version: int, since: float, timeout: float) -> float | None:
-        """Seconds from since until version first answered, waiting up to timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                times = [at for at, answered in self.answers if answered == version and at >= since]
-            if times:
-                return min(times) - since
-            time.sleep(0.05)
-        return None
-
-    def versions_since(self, since: float) -> set[int]:
-        with self._lock:
-            return {version for at, version in self.answers if at >= since}
-
-
-def _status(address: str) -> dict[int, get_model_status_pb2.ModelVersionStatus]:
-    with grpc.insecure_channel(address) as channel:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = "digits"
-        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
-    return {status.version: status for status in response.model_version_status}
-
-
-@pytest.mark.slow
-def test_new_version_is_served_under_load_and_a_broken_one_leaves_it_serving(tf_trained, digits, tmp_path):
-    base_path = new_base_path(tmp_path, tf_trained.export_path)
-    server = start_server(base_path, tmp_path)
-    try:
-        with VersionRecorder(server.grpc_address, digits.test.images) as recorder:
-            time.sleep(1.0)
-            published = time.monotonic()
-            publish_version(base_path, tf_trained.export_path, 2)
-            # Within the poll interval plus the time one load and warm-up take on a busy machine.
-            delay = recorder.first_answer_from(2, published, timeout=POLL_SECONDS + 30)
-            assert delay is not None, server.log()[-2000:]
-            print(f"version 2 answered {delay:.2f} s after it was published (poll interval {POLL_SECONDS} s)")
-            time.sleep(POLL_SECONDS + 0.5)
-            settled = time.monotonic()
-
-            broken = base_path / "3"
-            broken.mkdir()
-            (broken / "saved_model.pb").write_bytes(b"this is not a SavedModel")
-            failed = time.monotonic()
-            deadline = failed + POLL_SECONDS + 30
-            while time.monotonic() < deadline and _status(server.grpc_address).get(3, None) is None:
-                time.sleep(0.1)
-            while time.monotonic() < deadline and _status(server.grpc_address)[3].state != get_model_status_pb2.ModelVersionStatus.END:
-                time.sleep(0.1)
-            time.sleep(POLL_SECONDS * 2)  # keep the clients going across more polls of the broken folder
-        assert recorder.failures == []
-        assert recorder.versions_since(settled) == {2}
-        statuses = _status(server.grpc_address)
-        assert statuses[2].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        assert statuses[1].state == get_model_status_pb2.ModelVersionStatus.END
-        assert statuses[3].state == get_model_status_pb2.ModelVersionStatus.END
-        assert statuses[3].status.error_code != 0 and statuses[3].status.error_message
-        log = server.log()
-        assert "Loaded model digits version 2" in log and "Unloaded model digits version 1" in log
-        assert log.count("Failed to load model digits version 3") == 1
-        rest = requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": digits.test.images[:1].tolist()}, timeout=10)
-        assert rest.status_code == 200
-    finally:
-        assert server.stop() == 0
-
-
-# ---- batching and shutdown -------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_batching_answers_each_client_its_own_rows_and_sigterm_loses_no_accepted_request(
-    tf_trained, digits, in_process, tmp_path
-):
-    parameters = tmp_path / "batching.txt"
-    parameters.write_text(
-        "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 1000 }\nnum_batch_threads { value: 2 }\n"
-        "allowed_batch_sizes: 8\nallowed_batch_sizes: 32\n"
-    )
-    server = start_server(
-        new_base_path(tmp_path, tf_trained.export_path), tmp_path, "--enable_batching", f"--batching_parameters_file={parameters}"
-    )
-    try:
-        # Mixed batch sizes from 16 clients: each answer must be that client's rows, in order.
-        failures: list[str] = []
-
-        def batched_work(index: int) -> None:
-            client = TFServingGrpcClient(server.grpc_address, timeout_s=60)
-            try:
-                for number in range(20):
-                    start, size = (index * 20 + number) % 300, 1 + number % 3
-                    _, classes = client.predict(digits.test.images[start : start + size])
-                    if classes.tolist() != in_process[1][start : start + size].tolist():
-                        failures.append(f"rows {start}..{start + size}: {classes.tolist()}")
-            except ServingError as error:
-                failures.append(str(error))
-            finally:
-                client.close()
-
-        threads = [threading.Thread(target=batched_work, args=(index,)) for index in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert failures == []
-        too_big = TFServingGrpcClient(server.grpc_address)
-        with pytest.raises(ServingError, match="INVALID_ARGUMENT"):
-            too_big.predict(digits.test.images[:33])
-        too_big.close()
-
-        # SIGTERM while 8 gRPC and 4 REST clients send: every call either succeeds or is refused as UNAVAILABLE
-        # (never cancelled half-way, never a 500), and the server exits 0.
-        outcomes: list[str] = []
-        lock = threading.Lock()
-        stop = threading.Event()
-
-        def load(make_client) -> None:
-            client = make_client()
-            refused_since = None
-            try:
-                while not stop.is_set():
-                    try:
-                        _, classes = client.predict(digits.test.images[:4])
-                        outcome = "ok" if classes.tolist() == in_process[1][:4].tolist() else "wrong answer"
-                        refused_since = None
-                    except ServerUnavailableError as error:
-                        outcome = "refused" if error.status in ("UNAVAILABLE", 503, None) else f"lost: {error}"
-                        refused_since = refused_since or time.monotonic()
-                        if time.monotonic() - refused_since > 2:
-                            break
-                    except ServingError as error:
-                        outcome = f"lost: {error}"
-                    with lock:
-                        outcomes.append(outcome)
-            finally:
-                client.close()
-
-        clients = [lambda: TFServingGrpcClient(server.grpc_address, timeout_s=60)] * 8 + [
-            lambda: RestClient(server.rest_url, timeout_s=60)
-        ] * 4
-        threads = [threading.Thread(target=load, args=(make,), daemon=True) for make in clients]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.5)
-        with lock:
-            before = outcomes.count("ok")
-        server.process.send_signal(signal.SIGTERM)
-        exit_status = server.process.wait(60)
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-        assert exit_status == 0, server.log()[-2000:]
-        assert before > 0
-        assert {outcome for outcome in outcomes} <= {"ok", "refused"}, [o for o in outcomes if o not in ("ok", "refused")][:5]
-        log = server.log()
-        assert "Shutting down" in log and "Stopped." in log and "Traceback" not in log
-    finally:
-        server.stop()

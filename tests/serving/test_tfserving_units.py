@@ -7,42 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorflow.core.protobuf import meta_graph_pb2
 
 from experiment.errors import UsageError
-from serving.rest_format import RequestError, TensorSpec
-from serving.tfserving import batching, config, manager, tensors
+from serving import versions
+from serving.protocol.errors import RequestError
+from serving.tfserving import batching, config, manager, predictor
 from serving.tfserving.servable import Signature
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.int32, np.uint8, np.bool_])
-def test_tensor_round_trip_through_tensor_content(dtype):
-    array = (np.arange(24).reshape(2, 3, 4) % 5).astype(dtype)
-    proto = tensors.array_to_tensor(array)
-    assert proto.tensor_content  # raw bytes, not typed repeated fields
-    decoded = tensors.tensor_to_array(proto)
-    assert decoded.dtype == array.dtype
-    np.testing.assert_array_equal(decoded, array)
-
-
-def test_typed_values_and_tensorflows_repeat_last_value_rule():
-    from tensorflow.core.framework import tensor_pb2, types_pb2
-
-    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
-    proto.tensor_shape.dim.add(size=2)
-    proto.tensor_shape.dim.add(size=2)
-    proto.float_val.extend([1.0, 2.0])
-    np.testing.assert_array_equal(tensors.tensor_to_array(proto), [[1.0, 2.0], [2.0, 2.0]])
-    proto.float_val.extend([3.0, 4.0, 5.0])
-    with pytest.raises(RequestError, match="holds 5 values"):
-        tensors.tensor_to_array(proto)
-
-
-def test_wrong_tensor_content_length_is_invalid_argument():
-    proto = tensors.array_to_tensor(np.zeros((2, 8, 8), np.float32))
-    proto.tensor_content = proto.tensor_content[:-4]
-    with pytest.raises(RequestError) as raised:
-        tensors.tensor_to_array(proto, "images")
-    assert raised.value.code == "INVALID_ARGUMENT" and "images" in raised.value.message
 
 
 def test_batching_parameters_text_format():
@@ -119,7 +90,7 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
         events.append(f"load {version}")
         return _FakeServable(version)
 
-    models = manager.ModelManager([manager.ModelSource("digits", tmp_path)], loader=loader)
+    models = manager.ModelManager([versions.ModelSource("digits", tmp_path)], loader=loader)
     models.poll_once()
     assert models.servable("digits").version == 1 and models.all_models_available()
     broken.add(2)
@@ -128,12 +99,12 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
     models.poll_once()  # unchanged broken folder: not retried
     assert models.servable("digits").version == 1
     states = {status.version: status for status in models.statuses("digits")}
-    assert states[2].state == manager.END and "corrupt" in states[2].error_message and states[1].state == manager.AVAILABLE
+    assert states[2].state == versions.END and "corrupt" in states[2].error_message and states[1].state == versions.AVAILABLE
     broken.clear()
     (tmp_path / "2" / "saved_model.pb").write_bytes(b"fixed")  # the folder changed: try again
     models.poll_once()
     assert models.servable("digits").version == 2
-    assert {status.version: status.state for status in models.statuses("digits")} == {2: manager.AVAILABLE, 1: manager.END}
+    assert {status.version: status.state for status in models.statuses("digits")} == {2: versions.AVAILABLE, 1: versions.END}
     assert events == ["load 1", "load 2"]
     with pytest.raises(RequestError) as raised:
         models.servable("digits", version=1)
@@ -142,13 +113,22 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
         models.statuses("cats")
 
 
-def _doubling_signature(calls: list[int]) -> Signature:
-    def function(images):
-        calls.append(int(images.shape[0]))
-        return {"doubled": images * 2}
+class _DoublingSignature:
+    """What the batch scheduler needs of a signature: a name, output aliases, and run()."""
 
-    spec = TensorSpec("images", np.dtype(np.float32), (None, 2))
-    return Signature("serving_default", {"images": spec}, {"doubled": spec}, function)
+    name = "serving_default"
+    outputs = ("doubled",)
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def run(self, arrays, output_aliases):
+        self.calls.append(int(arrays["images"].shape[0]))
+        return {"doubled": arrays["images"] * 2}
+
+
+def _doubling_signature(calls: list[int]) -> _DoublingSignature:
+    return _DoublingSignature(calls)
 
 
 def test_batch_scheduler_merges_concurrent_requests_and_returns_each_its_rows():
@@ -181,7 +161,7 @@ def test_batch_scheduler_refuses_oversized_requests_unless_splitting():
     signature = _doubling_signature(calls)
     rows = np.arange(20, dtype=np.float32).reshape(10, 2)
     scheduler = batching.BatchScheduler(batching.BatchingOptions(max_batch_size=4, num_batch_threads=1))
-    with pytest.raises(RequestError, match="max_batch_size"):
+    with pytest.raises(RequestError, match="Task size 10 is larger than maximum input batch size 4"):
         scheduler.run(object(), signature, {"images": rows}, 10, ("doubled",), 10)
     scheduler.stop()
     splitting = batching.BatchScheduler(
@@ -194,17 +174,44 @@ def test_batch_scheduler_refuses_oversized_requests_unless_splitting():
     assert max(calls) <= 4
 
 
-def test_signature_checks_names_dtypes_and_shapes():
-    signature = _doubling_signature([])
-    with pytest.raises(RequestError, match="alias not found"):
-        signature.check_inputs({"pixels": np.zeros((1, 2), np.float32)})
-    with pytest.raises(RequestError, match="float32"):
-        signature.check_inputs({"images": np.zeros((1, 2), np.float64)})
-    with pytest.raises(RequestError, match="shape"):
-        signature.check_inputs({"images": np.zeros((1, 3), np.float32)})
-    with pytest.raises(RequestError, match="alias not found"):
-        signature.check_output_filter(["logits"])
-    assert signature.check_inputs({"images": np.zeros((5, 2), np.float32)}) == 5
+def _signature(**input_names: str) -> Signature:
+    definition = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for alias, tensor_name in input_names.items():
+        definition.inputs[alias].name = tensor_name
+    definition.outputs["doubled"].name = "doubled:0"
+    return Signature("serving_default", definition, servable=None)
+
+
+@pytest.mark.parametrize(
+    "inputs, output_filter, words",
+    [({}, (), "input size does not match signature: 0!=1 len({}) != len({images}). Sent extra: {}. Missing but required: {images}."),
+     ({"pixels": np.zeros(1)}, (), "input tensor alias not found in signature: pixels. Inputs expected to be in the set {images}."),
+     ({"images": np.zeros(1)}, ("logits",), "output tensor alias not found in signature: logits Outputs expected to be in the set {doubled}."),
+     ({"images": np.zeros(1)}, ("doubled", "doubled"), "duplicate output tensor alias: doubled")],
+)  # fmt: skip
+def test_predict_checks_names_and_output_filters_as_tensorflow_serving_does(inputs, output_filter, words):
+    with pytest.raises(RequestError) as raised:
+        predictor.check_predict(_signature(images="images:0"), inputs, output_filter)
+    assert raised.value.code == "INVALID_ARGUMENT" and raised.value.message == words
+
+
+def test_predict_leaves_shapes_and_dtypes_to_the_graph():
+    signature = _signature(images="images:0")
+    assert predictor.check_predict(signature, {"images": np.zeros((), np.float64)}, ()) == ("doubled",)
+    unknown = Signature("init", meta_graph_pb2.SignatureDef(method_name=""), servable=None)
+    with pytest.raises(RequestError, match="Expected prediction signature method_name to be one of") as raised:
+        predictor.check_predict(unknown, {}, ())
+    assert raised.value.code == "INTERNAL"
+
+
+@pytest.mark.parametrize(
+    "inputs, words",
+    [({"a": np.zeros(())}, "must have at least one dimension"), ({"a": np.zeros(2), "b": np.zeros(3)}, "equal 0th-dimension size")],
+)
+def test_batching_needs_a_shared_batch_dimension(inputs, words):
+    with pytest.raises(RequestError, match=words):
+        predictor.batch_size(inputs)
+    assert predictor.batch_size({"a": np.zeros((4, 2)), "b": np.zeros(4)}) == 4
 
 
 # ---- client command line --------------------------------------------------------------------------------

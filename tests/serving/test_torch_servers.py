@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,6 +17,9 @@ import requests
 import torch
 
 from experiment import artifacts
+from experiment.processes import port_accepts
+from serving.clients import ServingError, TorchServeGrpcClient
+from serving.runtime import stop_all
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +52,6 @@ def expected(torch_trained, digits):
 @pytest.fixture(scope="module")
 def predictors(flask_server, torchserve_server):
     """name → predict(images) for each server, each thread with its own connection."""
-    handle, _ = torchserve_server
     local = threading.local()
 
     def flask(images):
@@ -60,17 +61,28 @@ def predictors(flask_server, torchserve_server):
 
     def torchserve(images):
         if not hasattr(local, "torchserve"):
-            local.torchserve = handle.client(timeout=30)
+            local.torchserve = torchserve_server.endpoint.client(timeout=30)
         return local.torchserve.predict(images)
 
-    return {"flask": flask, "torchserve": torchserve}
+    def torchserve_grpc(images):
+        if not hasattr(local, "torchserve_grpc"):
+            local.torchserve_grpc = _grpc_endpoint(torchserve_server).client(timeout=30)
+        return local.torchserve_grpc.predict(images)
+
+    return {"flask": flask, "torchserve": torchserve, "torchserve-grpc": torchserve_grpc}
+
+
+def _grpc_endpoint(torchserve_server):
+    """The TorchServe under test's gRPC endpoint, with its client, as its spec names it."""
+    return torchserve_server.server.spec.endpoint("torchserve-grpc")
 
 
 def test_torchserve_is_ready_only_once_its_workers_are(torchserve_server):
-    handle, observations = torchserve_server
+    observations = torchserve_server.observations
     assert not observations[0].available, "reported ready before TorchServe had even started"
     assert observations[-1].available
-    with handle.client() as client:
+    assert torchserve_server.server.is_ready()
+    with torchserve_server.endpoint.client() as client:
         description = client.describe()
         statuses = [worker["status"] for worker in description["workers"]]
         assert statuses and statuses.count("READY") >= description["minWorkers"]
@@ -79,7 +91,7 @@ def test_torchserve_is_ready_only_once_its_workers_are(torchserve_server):
         assert probabilities.shape == (1, 10) and classes.shape == (1,)
 
 
-@pytest.mark.parametrize("server", ["flask", "torchserve"])
+@pytest.mark.parametrize("server", ["flask", "torchserve", "torchserve-grpc"])
 def test_whole_test_split_matches_in_process(server, predictors, expected, digits):
     images = digits.test.images
     parts = [predictors[server](images[start : start + BATCH]) for start in range(0, len(images), BATCH)]
@@ -113,7 +125,7 @@ def test_concurrent_clients_get_no_errors(server, predictors, expected, digits):
 
 
 def test_torchserve_refuses_a_bad_body_without_failing_its_batch_neighbours(torchserve_server):
-    handle, _ = torchserve_server
+    handle = torchserve_server.instance
     key = json.loads(handle.key_file.read_text())["inference"]["key"]
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     good = json.dumps({"instances": [[[1.0] * 8] * 8]})
@@ -130,7 +142,7 @@ def test_torchserve_refuses_a_bad_body_without_failing_its_batch_neighbours(torc
 
 
 def test_torchserve_needs_the_inference_key(torchserve_server):
-    handle, _ = torchserve_server
+    handle = torchserve_server.instance
     response = requests.post(
         f"{handle.inference_url}/predictions/digits", data=json.dumps({"instances": [[[0.0] * 8] * 8]}), timeout=30
     )
@@ -138,8 +150,8 @@ def test_torchserve_needs_the_inference_key(torchserve_server):
 
 
 def test_client_renews_an_expired_inference_key(torchserve_server):
-    handle, _ = torchserve_server
-    with handle.client() as client:
+    handle = torchserve_server.instance
+    with torchserve_server.endpoint.client() as client:
         client.predict(np.zeros((1, 8, 8), dtype=np.float32))
         # Make the client's key wrong, as an expired one would be; TorchServe still holds the real one.
         document = json.loads(handle.key_file.read_text())
@@ -147,6 +159,24 @@ def test_client_renews_an_expired_inference_key(torchserve_server):
         handle.key_file.write_text(json.dumps(document))
         probabilities, _ = client.predict(np.zeros((1, 8, 8), dtype=np.float32))
         assert probabilities.shape == (1, 10)
+    assert json.loads(handle.key_file.read_text())["inference"]["key"] != "expired"
+
+
+def test_torchserve_grpc_needs_the_inference_key_and_renews_an_expired_one(torchserve_server):
+    handle = torchserve_server.instance
+    with TorchServeGrpcClient(handle.grpc_address, management_address=handle.grpc_management_address) as keyless:
+        with pytest.raises(ServingError) as raised:
+            keyless.predict(np.zeros((1, 8, 8), dtype=np.float32))
+    assert raised.value.status == "PERMISSION_DENIED"
+    with _grpc_endpoint(torchserve_server).client() as client:
+        client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        document = json.loads(handle.key_file.read_text())
+        document["inference"]["key"] = "expired"  # as an expired key would be; TorchServe still holds the real one
+        handle.key_file.write_text(json.dumps(document))
+        probabilities, _ = client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+        assert probabilities.shape == (1, 10)
+        assert client.ping() == "Healthy"
+        assert client.is_available() and client.get_metadata()["inputs"]["images"]["shape"] == [-1, 8, 8]
     assert json.loads(handle.key_file.read_text())["inference"]["key"] != "expired"
 
 
@@ -202,38 +232,37 @@ def test_flask_metrics_add_up_every_worker(flask_server):
 
 
 def test_torchserve_metrics_are_prometheus_text(torchserve_server):
-    handle, _ = torchserve_server
+    handle = torchserve_server.instance
     response = requests.get(f"{handle.metrics_url}/metrics", timeout=10)
     assert response.status_code == 200
     assert "ts_inference_requests_total" in response.text
+    # The version the workers loaded, a gauge the handler adds (TorchServe has no such series of its own).
+    assert 'ModelVersionLoaded{ModelName="digits",Level="Model"' in response.text
 
 
 def _port_closed(url: str) -> bool:
     host, port = url.removeprefix("http://").split(":")
-    with socket.socket() as probe:
-        return probe.connect_ex((host, int(port))) != 0
+    return not port_accepts(int(port), host)
 
 
 def test_flask_shuts_down_cleanly(flask_server):
-    flask_server.process.send_signal(signal.SIGTERM)
+    server = flask_server.server
+    server.send_signal(signal.SIGTERM)
     try:
-        returncode = flask_server.process.wait(60)
+        returncode = server.wait(60)
     except subprocess.TimeoutExpired:
-        flask_server.process.kill()
+        server.stop(grace=0)
         pytest.fail("gunicorn did not stop within 60 s of SIGTERM")
     assert returncode == 0
-    assert "Shutting down: Master" in flask_server.log_path.read_text()
+    assert "Shutting down: Master" in server.log()
     assert _port_closed(flask_server.url)
 
 
 def test_torchserve_shuts_down_cleanly(torchserve_server):
-    from serving.torchserve.launch import stop_torchserve
-
-    handle, _ = torchserve_server
-    pid = handle.pid()
-    assert pid is not None
-    assert stop_torchserve(handle) is True
-    assert handle.pid() is None
+    handle, server = torchserve_server.instance, torchserve_server.server
+    assert server.is_running()
+    assert stop_all([server]) == ["torchserve"]
+    assert not server.is_running()
     assert _port_closed(handle.inference_url) and _port_closed(handle.management_url)
     assert not handle.key_file.exists()
     leftover = subprocess.run(["pgrep", "-f", str(handle.run_dir)], capture_output=True, text=True).stdout.split()

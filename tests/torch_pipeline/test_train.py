@@ -14,14 +14,15 @@ from tests.event_files import tags_by_plugin
 def test_smoke_run_writes_the_same_tensorboard_tags_as_keras(torch_smoke_run):
     run_dir = torch_smoke_run.run_dir
     for subdir in (metrics.TRAIN_SUBDIR, metrics.VALIDATION_SUBDIR):
-        assert set(metrics.SCALAR_TAGS) <= tags_by_plugin(run_dir / subdir)["scalars"]
+        assert tags_by_plugin(run_dir / subdir)["scalars"] == set(metrics.SCALAR_TAGS)
     train_tags = tags_by_plugin(run_dir / metrics.TRAIN_SUBDIR)
     assert {"hidden_0/kernel/histogram", "logits/bias/histogram"} <= train_tags["histograms"]
-    assert train_tags["graph"], "the model graph is missing"
+    assert train_tags["graph"], "the op graph is missing"
+    assert train_tags["conceptual_graph"] == {metrics.CONCEPTUAL_GRAPH}
     root_tags = tags_by_plugin(run_dir)
     assert {metrics.TEST_ACCURACY, metrics.TEST_LOSS} <= root_tags["scalars"]
     assert metrics.CONFUSION_MATRIX in root_tags["images"]
-    assert root_tags["hparams"], "hparams are missing"
+    assert root_tags["hparams"] == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
 
 
 def test_smoke_run_exports_torchscript_and_metadata(torch_smoke_run):
@@ -40,9 +41,11 @@ def test_smoke_run_builds_the_model_archive(torch_smoke_run):
     with zipfile.ZipFile(archive) as mar:
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-    assert {"model.pt", "handler.py", "metadata.json"} <= names
+    assert {"model.pt", "handler.py", "metadata.json", "model-config.yaml"} <= names
     assert manifest["model"]["modelName"] == "digits" and manifest["model"]["modelVersion"] == "1"
-    leftovers = [entry.name for entry in archive.parent.iterdir() if entry.name != "digits.mar"]
+    # One archive per version for the live roll-out, and the latest under the name TorchServe loads at start.
+    assert (archive.parent / "digits-1.mar").read_bytes() == archive.read_bytes()
+    leftovers = [entry.name for entry in archive.parent.iterdir() if entry.name not in ("digits.mar", "digits-1.mar")]
     assert leftovers == []
 
 

@@ -14,49 +14,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# gRPC status names as TensorFlow Serving uses them, and the HTTP status its REST API maps each to.
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 400,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 413,
-    "UNAVAILABLE": 503,
-    "UNIMPLEMENTED": 501,
-    "DEADLINE_EXCEEDED": 504,
-    "INTERNAL": 500,
-}
+from .errors import RequestError
+from .json_values import float_tokens
+from .signatures import TensorSpec
 
-
-class RequestError(Exception):
-    """A request the server refuses; code is a gRPC status name, http_status the REST equivalent."""
-
-    def __init__(self, message: str, code: str = "INVALID_ARGUMENT") -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status TensorFlow Serving's REST API answers for this code."""
-        return HTTP_STATUS.get(self.code, 500)
-
-    def body(self) -> dict[str, str]:
-        """The JSON error body."""
-        return {"error": self.message}
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One named input: its dtype and shape, None for a free dimension (the batch)."""
-
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...]
-
-    def describe(self) -> str:
-        """E.g. 'float32 [N, 8, 8]'."""
-        dims = ", ".join("N" if size is None else str(size) for size in self.shape)
-        return f"{np.dtype(self.dtype).name} [{dims}]"
+# Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
+MAX_BATCH_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +54,7 @@ def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np
     expected_dtype = np.dtype(spec.dtype)
     if expected_dtype.kind in "iu" and array.dtype.kind == "f":
         raise RequestError(f"Input '{spec.name}' expects integers ({expected_dtype.name}) but got floating-point values.")
-    if len(array.shape) != len(spec.shape) or any(
-        expected is not None and actual != expected for actual, expected in zip(array.shape, spec.shape)
-    ):
+    if not spec.accepts_shape(array.shape):
         raise RequestError(
             f"Input '{spec.name}' has shape {list(array.shape)} but the model expects {spec.describe()}."
         )
@@ -179,7 +140,7 @@ def _check_names(names: set[str], inputs: Mapping[str, TensorSpec]) -> None:
 
 def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[str, Any]:
     """TensorFlow Serving's answer: predictions per row, or outputs per name (a bare value if only one)."""
-    listed = {name: array.tolist() for name, array in outputs.items()}
+    listed = {name: _listed(array) for name, array in outputs.items()}
     if row_format:
         if len(listed) == 1:
             return {"predictions": next(iter(listed.values()))}
@@ -189,6 +150,14 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
     if len(listed) == 1:
         return {"outputs": next(iter(listed.values()))}
     return {"outputs": listed}
+
+
+def _listed(array: np.ndarray) -> Any:
+    """array as nested lists; float32 values become the float64 of their shortest decimal, so JSON shows 2.05, not
+    2.049999952316284 (the digits TensorFlow Serving writes)."""
+    if array.dtype != np.float32:
+        return array.tolist()
+    return np.array([float(token) for token in float_tokens(array)], np.float64).reshape(array.shape).tolist()
 
 
 def dumps(document: Any) -> str:

@@ -1,12 +1,14 @@
-"""Markdown building blocks for the comparison report: number formatting and tables."""
+"""Markdown building blocks for the comparison report: number formatting, tables, figures."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
+
+Measured = TypeVar("Measured")
 
 
-def number(value: float, unit: str = "") -> str:
+def number(value: float | None, unit: str = "") -> str:
     """A measured number with about three significant digits ('nan' stays visible, so a test can catch it)."""
     if value is None:
         return "n/a"
@@ -52,3 +54,28 @@ def key_value_table(values: dict[str, Any], headers: Sequence[str] = ("setting",
 def code_block(text: str, language: str = "") -> str:
     """A fenced code block."""
     return f"```{language}\n{text.rstrip()}\n```"
+
+
+def figures_block(figures: dict[str, str], *names: str) -> list[str]:
+    """Each named plot that was drawn, embedded with its caption."""
+    from benchmarks.report.captions import CAPTIONS
+
+    lines: list[str] = []
+    for name in (name for name in names if name in figures):
+        lines += [f"![{CAPTIONS[name]}]({figures[name]})", "", f"*{CAPTIONS[name]}*", ""]
+    return lines
+
+
+def ratio(first: float, second: float) -> str:
+    """'2.4×' for how many times first is second."""
+    return f"{first / second:.2g}×" if first / second < 10 else f"{first / second:.0f}×"
+
+
+def paragraph(*sentences: str) -> list[str]:
+    """Sentences as one paragraph followed by a blank line."""
+    return [" ".join(sentence for sentence in sentences if sentence), ""]
+
+
+def section(heading: str, measured: Measured | None, reason: str, body: Callable[[Measured], list[str]]) -> list[str]:
+    """A heading, then what body writes about the measurement, or why it was not measured."""
+    return [heading, ""] + (body(measured) if measured is not None else paragraph(f"Not measured: {reason}."))

@@ -1,0 +1,304 @@
+"""TensorFlow Serving's JSON ⇄ tensor values, typed by the signature's input dtypes as the real server does.
+
+A JSON value becomes a tensor of the dtype its signature input declares (DT_FLOAT takes any number that float32
+holds without loss, DT_INT32 only integers, DT_STRING strings or {"b64": ...}), shaped by its nesting. Nothing is
+checked against the signature's shapes: the real server hands the tensor to the graph. Refusals carry the real
+server's words (its util/json_tensor.cc). Outputs are written as it writes them: floats with six significant digits
+when those read back to the same value (else nine, or seventeen for doubles), whole floats with ".0", NaN and
+Infinity as tokens, DT_STRING outputs whose name ends in "_bytes" as {"b64": ...}.
+
+NumPy and the standard library only, so serving.protocol.rest (and the TorchServe archive) can use it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import RequestError
+from .signatures import DATA_TYPE_NAMES
+
+# DataType name → (NumPy dtype, TensorFlow's short name, which JSON numbers it takes). Only these convert from JSON.
+JSON_DTYPES: dict[str, tuple[np.dtype, str, str]] = {
+    "DT_FLOAT": (np.dtype(np.float32), "float", "float"),
+    "DT_DOUBLE": (np.dtype(np.float64), "double", "float"),
+    "DT_INT32": (np.dtype(np.int32), "int32", "int32"),
+    "DT_INT16": (np.dtype(np.int16), "int16", "int32"),
+    "DT_INT8": (np.dtype(np.int8), "int8", "int32"),
+    "DT_UINT8": (np.dtype(np.uint8), "uint8", "int32"),
+    "DT_INT64": (np.dtype(np.int64), "int64", "int64"),
+    "DT_UINT32": (np.dtype(np.uint32), "uint32", "uint32"),
+    "DT_UINT64": (np.dtype(np.uint64), "uint64", "uint64"),
+    "DT_BOOL": (np.dtype(np.bool_), "bool", "bool"),
+    "DT_STRING": (np.dtype(object), "string", "string"),
+}
+# The range of JSON integers each kind accepts (rapidjson's IsInt, IsInt64, IsUint, IsUint64).
+INTEGER_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
+# Largest whole number a float (24-bit mantissa) or double (53-bit) holds exactly; larger JSON integers are refused.
+EXACT_INTEGER_LIMIT = {"float": 2**24 - 1, "double": 2**53 - 1}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MESSAGE_VALUE_LIMIT = 200  # characters of a JSON value quoted in a message
+
+# Python's json messages → rapidjson's, which the real server's messages carry.
+_PARSE_ERRORS = (
+    ("Expecting value", "Invalid value."),
+    ("Extra data", "The document root must not be followed by other values."),
+    ("Expecting property name", "Missing a name for object member."),
+    ("Expecting ':' delimiter", "Missing a colon after a name of object member."),
+    ("Expecting ',' delimiter", "Missing a comma or ']' after an array element."),
+    ("Unterminated string", "Missing a closing quotation mark in string."),
+    ("Invalid control character", "Invalid encoding in string."),
+    ("Invalid \\escape", "Invalid escape character in string."),
+)
+
+
+def type_name(dtype_name: str) -> str:
+    """TensorFlow's short name of a DataType name ('DT_FLOAT' → 'float')."""
+    return JSON_DTYPES[dtype_name][1] if dtype_name in JSON_DTYPES else dtype_name.removeprefix("DT_").lower()
+
+
+def value_text(value: Any) -> str:
+    """A JSON value as it appears in a message (NaN and Infinity as tokens), cut to a readable length."""
+    text = json.dumps(value, separators=(",", ":"), allow_nan=True, ensure_ascii=False, default=str)
+    return text if len(text) <= MESSAGE_VALUE_LIMIT else text[: MESSAGE_VALUE_LIMIT - 3] + "..."
+
+
+def json_type(value: Any) -> str:
+    """rapidjson's name of a value's JSON type."""
+    if value is None:
+        return "Null"
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+
+
+def load_document(raw: bytes | str) -> Any:
+    """Parse a request body; mistakes read as the real server's 'JSON Parse error: ...'; the top level must be an object."""
+    if not raw or not (raw.strip() if isinstance(raw, (bytes, str)) else raw):
+        raise RequestError("JSON Parse error: The document is empty")
+    try:
+        document = json.loads(raw)
+    except UnicodeDecodeError:
+        raise RequestError("JSON Parse error: Invalid encoding in string.") from None
+    except json.JSONDecodeError as error:
+        reason = next((theirs for ours, theirs in _PARSE_ERRORS if error.msg.startswith(ours)), error.msg + ".")
+        raise RequestError(f"JSON Parse error: {reason} at offset: {error.pos}") from None
+    if not isinstance(document, dict):
+        raise RequestError(f"JSON Value: {value_text(document)} Is not object")
+    return document
+
+
+def signature_name(document: Mapping[str, Any]) -> str:
+    """The optional "signature_name" ("" when absent), which must be a string."""
+    name = document.get("signature_name", "")
+    if not isinstance(name, str):
+        raise RequestError(
+            f"JSON Value: {value_text(document)} not formatted correctly. 'signature_name' key must be a string value."
+        )
+    return name
+
+
+def is_base64_object(value: Any) -> bool:
+    """{"b64": "<base64 text>"} and nothing else: binary data inside JSON."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+
+
+def decode_base64(value: Any) -> bytes:
+    """The bytes of a {"b64": ...} object."""
+    if not is_base64_object(value):
+        raise RequestError(f"JSON Value: {value_text(value)} not formatted correctly for base64 data")
+    text = value["b64"]
+    try:  # padding is optional, as for the real server's decoder
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("Unable to base64 decode") from None
+
+
+def _type_error(value: Any, dtype_name: str) -> RequestError:
+    return RequestError(
+        f"JSON Value: {value_text(value)} Type: {json_type(value)} is not of expected type: {type_name(dtype_name)}"
+    )
+
+
+def _number(value: Any, dtype_name: str) -> Any:
+    """One JSON leaf checked and converted for dtype_name, as the real server's AddValueToTensor does."""
+    if dtype_name not in JSON_DTYPES:
+        raise RequestError(f"Conversion of JSON Value: {value_text(value)} to type: {type_name(dtype_name)}", "UNIMPLEMENTED")
+    kind = JSON_DTYPES[dtype_name][2]
+    is_integer = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        if not (is_integer or isinstance(value, float)):
+            raise _type_error(value, dtype_name)
+        limit = EXACT_INTEGER_LIMIT[type_name(dtype_name)]
+        lossless = abs(value) <= limit if is_integer else (
+            not math.isfinite(value) or dtype_name == "DT_DOUBLE" or abs(value) <= FLOAT32_MAX
+        )
+        if not lossless:
+            raise RequestError(
+                f"Cannot convert JSON value: {value_text(value)} to {type_name(dtype_name)} without loss of precision."
+            )
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _type_error(value, dtype_name)
+        return value
+    if kind == "string":
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, dict):
+            return decode_base64(value)
+        raise _type_error(value, dtype_name)
+    low, high = INTEGER_RANGES[kind]
+    if not is_integer or not low <= value <= high:
+        raise _type_error(value, dtype_name)
+    return value
+
+
+def dense_shape(value: Any) -> list[int]:
+    """The shape a nested list claims, following the first element of every list (GetDenseTensorShape)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
+def _fill(value: Any, level: int, shape: list[int], dtype_name: str, flat: list) -> None:
+    """Walk value depth-first, checking it is dense with shape and collecting converted leaves (FillTensorProto)."""
+    if not isinstance(value, list):
+        if level != len(shape):
+            raise RequestError(
+                f"JSON Value: {value_text(value)} found at incorrect level: {level + 1} in the JSON DOM. "
+                f"Expected at level: {len(shape)}"
+            )
+        if isinstance(value, dict) and dtype_name != "DT_STRING":
+            raise _type_error(value, dtype_name)
+        flat.append(_number(value, dtype_name))
+        return
+    if level >= len(shape):
+        raise RequestError(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+    if len(value) != shape[level]:
+        raise RequestError(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
+        )
+    for item in value:
+        _fill(item, level + 1, shape, dtype_name, flat)
+
+
+def _exact_array(value: Any, dtype_name: str) -> np.ndarray:
+    """value as a tensor, every leaf checked one by one (slow, but with the real server's exact refusals)."""
+    shape = dense_shape(value)
+    flat: list = []
+    _fill(value, 0, shape, dtype_name, flat)
+    return _as_array(flat, shape, dtype_name)
+
+
+def _as_array(flat: list, shape: list[int], dtype_name: str) -> np.ndarray:
+    if dtype_name not in JSON_DTYPES:  # only an empty tensor gets here (any leaf would have been refused)
+        by_name = {name: dtype for dtype, name in DATA_TYPE_NAMES.items()}
+        if dtype_name not in by_name:
+            raise RequestError(f"Conversion of JSON Value: [] to type: {type_name(dtype_name)}", "UNIMPLEMENTED")
+        return np.zeros(shape, dtype=by_name[dtype_name])
+    numpy_dtype = JSON_DTYPES[dtype_name][0]
+    if numpy_dtype.kind == "O":
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    # int8/int16/uint8 wrap around as TensorFlow's int_val → int8 conversion does
+    return np.array(flat, dtype=np.int64 if numpy_dtype.kind in "iu" and numpy_dtype.itemsize < 8 else None).astype(
+        numpy_dtype
+    ).reshape(shape)
+
+
+def fast_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> np.ndarray | None:
+    """value via one np.asarray when that cannot change the answer; None when only the leaf-by-leaf walk can tell."""
+    kind = JSON_DTYPES.get(dtype_name, (None, None, "string"))[2]
+    if kind == "string" or (may_hold_booleans and kind != "bool"):
+        return None  # booleans pass as 1/0 through np.asarray; strings need the per-leaf b64 check
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        return None  # ragged lists and the like: the exact walk names the problem
+    if array.size == 0 or array.dtype.kind not in ("b" if kind == "bool" else "iuf"):
+        return None
+    if kind == "float":
+        if array.dtype.kind == "f":
+            finite = array[np.isfinite(array)]
+            # whole numbers beyond the exact range may have been integers in the JSON: let the walk judge them
+            if finite.size and np.abs(finite).max() > EXACT_INTEGER_LIMIT["float"]:
+                return None
+        elif array.min() < -EXACT_INTEGER_LIMIT[type_name(dtype_name)] or array.max() > EXACT_INTEGER_LIMIT[type_name(dtype_name)]:
+            return None
+    elif kind != "bool":
+        low, high = INTEGER_RANGES[kind]
+        if array.dtype.kind == "f" or int(array.min()) < low or int(array.max()) > high:
+            return None
+    return array.astype(JSON_DTYPES[dtype_name][0])
+
+
+def to_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> np.ndarray:
+    """One JSON value (scalar or nested lists) as a tensor of dtype_name, refused in the real server's words."""
+    fast = fast_tensor(value, dtype_name, may_hold_booleans) if dtype_name in JSON_DTYPES else None
+    return fast if fast is not None else _exact_array(value, dtype_name)
+
+
+# ---- writing ----------------------------------------------------------------------------------------------------
+
+# Significant digits of the fallback when six do not read back to the same value (max_digits10).
+_FULL_DIGITS = {np.dtype(np.float32): 9, np.dtype(np.float64): 17}
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def float_tokens(array: np.ndarray) -> list[str]:
+    """float32/float64 values as the real server writes them: '%g' if it reads back exactly, else '%.9g' ('%.17g')."""
+    values = array.ravel()
+    as_python = values.tolist()  # float64 values, exact for float32 too
+    tokens = ["%g" % value for value in as_python]
+    finite = np.isfinite(values)
+    with np.errstate(over="ignore", invalid="ignore"):
+        read_back = np.array(tokens, dtype=np.float64).astype(values.dtype)
+    full = "%." + str(_FULL_DIGITS[values.dtype]) + "g"
+    for index in np.flatnonzero(finite & (read_back != values)):
+        tokens[index] = full % as_python[index]
+    for index, token in enumerate(tokens):
+        if "." not in token and "e" not in token:
+            tokens[index] = _NON_FINITE.get(token) or token + ".0"  # whole numbers keep a decimal point
+    return tokens
+
+
+def tensor_tokens(array: np.ndarray, as_bytes: bool = False) -> list[str]:
+    """Every value of array (flattened) as a JSON token; DT_STRING as text, or {"b64": ...} when as_bytes."""
+    if array.dtype.kind == "f" and array.dtype in _FULL_DIGITS:
+        return float_tokens(array)
+    if array.dtype.kind in "iu":
+        return [str(value) for value in array.ravel().tolist()]
+    if array.dtype.kind == "b":
+        return ["true" if value else "false" for value in array.ravel().tolist()]
+    if array.dtype.kind in "OSU":
+        values = [value.encode() if isinstance(value, str) else bytes(value) for value in array.ravel().tolist()]
+        if as_bytes:
+            return ['{"b64":"' + base64.b64encode(value).decode() + '"}' for value in values]
+        return [json.dumps(value.decode("utf-8", errors="replace"), ensure_ascii=False) for value in values]
+    raise RequestError(f"Failed to write JSON value for tensor type: {_numpy_type_name(array.dtype)}")
+
+
+def _numpy_type_name(dtype: np.dtype) -> str:
+    return {"float16": "half"}.get(dtype.name, dtype.name)
+
+
+def nest(tokens: list[str], shape: tuple[int, ...], keep: int = 0) -> list[str]:
+    """Join flat tokens into nested JSON lists of shape; one text per index of the first `keep` dimensions."""
+    for depth in range(len(shape) - 1, keep - 1, -1):
+        size, groups = shape[depth], math.prod(shape[:depth])
+        if size == 0:
+            tokens = ["[]"] * groups
+        else:
+            tokens = ["[" + ",".join(tokens[start : start + size]) + "]" for start in range(0, groups * size, size)]
+    return tokens

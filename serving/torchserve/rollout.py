@@ -1,0 +1,282 @@
+"""Live roll-out of new model versions into a running TorchServe, through its management API.
+
+Each training run publishes `<model>-<version>.mar` into the model store (and the latest also as `<model>.mar`, the
+archive TorchServe loads when it starts). `Rollout.poll_once` compares the newest versioned archive with the version
+TorchServe answers `/predictions/<model>` with (its default version) and, when the archive is newer, rolls it out:
+
+1. register it (`POST /models?url=<model>-<version>.mar`); workers and batching come from the archive's own
+   model-config.yaml, or from the overrides TorchServe was started with;
+2. wait until at least minWorkers of its workers are READY, while the old version goes on answering;
+3. make it the default version (`PUT /models/<model>/<version>/set-default`);
+4. give the requests already queued on the old version a moment, then unregister it (`DELETE /models/<model>/<old>`).
+
+Until the old version is unregistered, `/predictions/<model>/<version>` reaches either version by name, as TorchServe
+documents. As `serving.versions` does for a version folder, an archive that cannot be read, that TorchServe refuses,
+or whose workers are not READY in time is unregistered again and not retried until the file changes: the old version
+keeps serving throughout.
+
+`make serve` runs the watcher beside TorchServe (`serving.runtime.torchserve`). For a TorchServe started another way
+(with `--enable-model-api`, which registering needs):
+
+    python -m serving.torchserve.rollout --model-store models/torch/model-store \
+        --management-url http://127.0.0.1:8081 [--key-file key_file.json] [--poll-seconds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from experiment.errors import UsageError
+from serving.torchserve.config import archive_version
+
+if TYPE_CHECKING:
+    from serving.clients import TorchServeClient
+
+logger = logging.getLogger("serving.torchserve.rollout")
+
+PROG = "python -m serving.torchserve.rollout"
+DEFAULT_POLL_SECONDS = 1.0  # tensorflow_model_server's --file_system_poll_wait_seconds default
+# TorchServe gives a worker 120 s to load a model by default (startupTimeout); a busy machine can need most of it.
+DEFAULT_READY_TIMEOUT_SECONDS = 120.0
+# Requests that reached the old version's queue just before the switch finish in milliseconds (batch delay 2 ms).
+DEFAULT_DRAIN_SECONDS = 1.0
+
+
+def archive_pattern(model_name: str) -> re.Pattern[str]:
+    """<model>-<version>.mar, the name torch_pipeline.export gives each version's archive."""
+    return re.compile(rf"{re.escape(model_name)}-(\d+)\.mar")
+
+
+def versioned_archives(model_store: Path, model_name: str) -> dict[int, Path]:
+    """Version → archive for every <model>-<version>.mar in the model store."""
+    pattern = archive_pattern(model_name)
+    found = {}
+    for path in Path(model_store).glob(f"{model_name}-*.mar"):
+        match = pattern.fullmatch(path.name)
+        if match and path.is_file():
+            found[int(match.group(1))] = path
+    return found
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    """Size and modification time: a file that changes (a copy still arriving, a fixed archive) is tried again."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+class RolloutError(Exception):
+    """An archive that cannot be rolled out; the message is one sentence."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+    """How long to wait for a new version's workers and for the old version's queue; overrides of the archive's
+    own workers and batching (None keeps the archive's model-config.yaml)."""
+
+    ready_timeout_seconds: float = DEFAULT_READY_TIMEOUT_SECONDS
+    drain_seconds: float = DEFAULT_DRAIN_SECONDS
+    batch_size: int | None = None
+    max_batch_delay_ms: int | None = None
+    workers: int | None = None
+
+
+class Rollout:
+    """Rolls the newest versioned archive of one model out into one TorchServe, one poll at a time."""
+
+    def __init__(self, client: "TorchServeClient", model_store: Path, settings: RolloutSettings = RolloutSettings()):
+        self.client = client
+        self.model_name = client.model_name
+        self.model_store = Path(model_store)
+        self.settings = settings
+        self._failed: dict[int, tuple[int, int]] = {}  # version → fingerprint of the archive that failed
+        self._last_problem: str | None = None
+
+    def default_version(self) -> int | None:
+        """The version TorchServe answers /predictions/<model> with; None while TorchServe or the model is not up."""
+        from serving.clients import ServingError
+
+        try:
+            version = self.client.describe().get("modelVersion")
+        except ServingError as error:
+            self._note(f"TorchServe cannot tell its default version yet: {error}")
+            return None
+        try:
+            return int(version)
+        except (TypeError, ValueError):
+            self._note(f"TorchServe serves {self.model_name} version {version!r}, not an integer; not rolling out.")
+            return None
+
+    def _note(self, problem: str) -> None:
+        """Log a reason for not rolling out once, not at every poll."""
+        if problem != self._last_problem:
+            logger.info("%s", problem)
+            self._last_problem = problem
+
+    def poll_once(self) -> int | None:
+        """Roll out the newest archive if it is newer than the default version; the version rolled out, or None."""
+        archives = versioned_archives(self.model_store, self.model_name)
+        if not archives:
+            return None
+        newest = max(archives)
+        current = self.default_version()
+        if current is None or newest <= current:
+            return None
+        try:
+            fingerprint = _fingerprint(archives[newest])
+        except OSError:
+            return None  # removed since the listing
+        if self._failed.get(newest) == fingerprint:
+            return None  # refused before and unchanged since: do not retry or log again
+        self._last_problem = None
+        if self.roll_out(newest, archives[newest], current):
+            self._failed.pop(newest, None)
+            return newest
+        self._failed[newest] = fingerprint
+        return None
+
+    def roll_out(self, version: int, archive: Path, current: int) -> bool:
+        """Register, wait for READY, make default, unregister current; False (current still default) on failure."""
+        from serving.clients import ServingError
+
+        started = time.monotonic()
+        registered_here = False
+        try:
+            in_archive = archive_version(archive)
+            if in_archive != str(version):
+                raise RolloutError(f"its manifest says version {in_archive}, not {version}")
+            registered = {description.get("modelVersion") for description in self.client.list_versions()}
+            if str(version) not in registered:
+                self.client.register(archive.name, self.settings.batch_size, self.settings.max_batch_delay_ms)
+                registered_here = True
+            if self.settings.workers is not None:
+                self.client.scale_workers(version, self.settings.workers)
+            self._wait_until_ready(version)
+        except (UsageError, ServingError, RolloutError, TimeoutError) as error:
+            reason = _sentence(error)
+            if getattr(error, "status", None) == 405:  # TorchServe 0.12 refuses registration unless told otherwise
+                reason = "TorchServe's model API is off (start it with --enable-model-api or enable_model_api=true)"
+            logger.error("Refused %s: %s; version %d keeps serving.", archive.name, reason, current)
+            if registered_here or isinstance(error, TimeoutError):
+                self._unregister(version)
+            return False
+        try:
+            self.client.set_default(version)
+        except ServingError as error:
+            logger.error("Could not make version %d the default: %s; version %d keeps serving.",
+                         version, _sentence(error), current)  # fmt: skip
+            self._unregister(version)
+            return False
+        time.sleep(self.settings.drain_seconds)
+        self._unregister(current)
+        logger.info("Rolled out %s version %d from %s in %.1f s (version %d unregistered).",
+                    self.model_name, version, archive.name, time.monotonic() - started, current)  # fmt: skip
+        return True
+
+    def _wait_until_ready(self, version: int) -> None:
+        """Poll the version's description until minWorkers workers are READY; TimeoutError saying what was seen."""
+        from serving.clients.base import poll_until
+        from serving.clients.torchserve import workers_ready
+
+        def check() -> str | None:
+            description = self.client.describe(version=version)  # a ServingError counts as "not yet"
+            if workers_ready(description):
+                return None
+            statuses = [worker.get("status") for worker in description.get("workers", [])]
+            return f"workers {', '.join(statuses) or 'not started'}"
+
+        timeout = self.settings.ready_timeout_seconds
+        poll_until(check, timeout, lambda problem: f"its workers were not READY within {timeout:g} s ({problem})")
+
+    def _unregister(self, version: int) -> None:
+        from serving.clients import ServingError
+
+        try:
+            self.client.unregister(version)
+        except ServingError as error:
+            logger.warning("Could not unregister %s version %d: %s", self.model_name, version, _sentence(error))
+
+    def watch(self, stop: threading.Event, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
+        """poll_once every poll_seconds until stop is set; an unexpected failure is logged and polling goes on."""
+        while not stop.wait(poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # a watcher that dies silently would freeze the served version
+                logger.exception("Rolling out from %s failed; retrying at the next poll.", self.model_store)
+
+
+def _sentence(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return " ".join(text.split()).rstrip(".")
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The watcher's flags (shared with serving.runtime.torchserve, which runs it beside TorchServe)."""
+    parser.add_argument("--model-store", type=Path, required=True, help="the folder of <model>-<version>.mar archives")
+    parser.add_argument("--model-name", default="digits")
+    parser.add_argument("--management-url", default="http://127.0.0.1:8081", help="TorchServe's management API")
+    parser.add_argument("--key-file", type=Path, help="TorchServe's key_file.json, when token authorization is on")
+    parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="seconds between scans")
+    parser.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_SECONDS,
+                        help="seconds a new version's workers get to become READY")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, help="register new versions with this batch size")
+    parser.add_argument("--max-batch-delay-ms", type=int, help="... and this batch delay")
+    parser.add_argument("--workers", type=int, help="... and this many workers")
+
+
+def from_arguments(arguments: argparse.Namespace) -> Rollout:
+    """A Rollout from add_arguments' flags; UsageError for a mistake."""
+    from serving.clients import TorchServeClient
+
+    if arguments.poll_seconds <= 0:
+        raise UsageError(f"--poll-seconds must be positive, got {arguments.poll_seconds:g}.")
+    if not Path(arguments.model_store).is_dir():
+        raise UsageError(f"--model-store {arguments.model_store} is not a folder.")
+    client = TorchServeClient(model_name=arguments.model_name, key_file=arguments.key_file,
+                              management_url=arguments.management_url)  # fmt: skip
+    settings = RolloutSettings(arguments.ready_timeout, DEFAULT_DRAIN_SECONDS, arguments.batch_size,
+                               arguments.max_batch_delay_ms, arguments.workers)  # fmt: skip
+    return Rollout(client, arguments.model_store, settings)
+
+
+def configure_logging() -> None:
+    """Timestamped lines on stderr (the server's log when the runtime runs the watcher)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Watch the model store and roll new versions out until Ctrl-C or SIGTERM."""
+    from experiment.cli import run_main
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Roll new model archives out into a running TorchServe.")
+    add_arguments(parser)
+    arguments = parser.parse_args(argv)
+
+    def body() -> int:
+        rollout = from_arguments(arguments)
+        configure_logging()
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda number, frame: stop.set())
+        logger.info("Watching %s for new %s archives.", arguments.model_store, arguments.model_name)
+        try:
+            rollout.watch(stop, arguments.poll_seconds)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    return run_main(PROG, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""benchmarks.http_load: hey's and wrk's output read right, a real run against a local server, the ratios and the
+report's table built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import shutil
+import threading
+
+import pytest
+
+from benchmarks import http_load, ratios
+from benchmarks.labels import ENDPOINTS
+from benchmarks.report.serving import external_section
+
+HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
+0.0010,0.0005,0.0000,0.0001,0.0009,0.0001,200,0.0006
+0.0020,0.0000,0.0000,0.0000,0.0015,0.0000,200,0.0020
+0.0030,0.0000,0.0000,0.0000,0.0026,0.0001,503,0.0045
+0.0040,0.0000,0.0000,0.0000,0.0026,0.0001,200,0.0060
+"""
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:1/v1/models/digits:predict
+  2 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     8.52ms    2.41ms  30.12ms   75.31%
+    Req/Sec     0.94k   101.23     1.14k    71.00%
+  Latency Distribution
+     50%  952.00us
+     75%    9.51ms
+     90%   11.42ms
+     99%    1.20s
+  9371 requests in 5.00s, 4.47MB read
+  Non-2xx or 3xx responses: 3
+  Socket errors: connect 0, read 1, write 0, timeout 2
+Requests/sec:   1874.20
+Transfer/sec:    915.16KB
+"""
+
+
+def test_hey_csv_gives_latencies_of_2xx_answers_errors_and_the_span():
+    latencies, errors, span = http_load.parse_hey_csv(HEY_CSV)
+    assert latencies == [0.001, 0.002, 0.004] and errors == 1 and span == pytest.approx(0.0100)
+
+
+def test_wrk_summary_gives_requests_errors_and_percentiles_in_ms():
+    found = http_load.parse_wrk(WRK_OUTPUT)
+    assert found == {"requests": 9371, "seconds": 5.0, "p50_ms": pytest.approx(0.952), "p90_ms": 11.42, "p99_ms": 1200.0,
+                     "errors": 6}  # fmt: skip
+
+
+def test_no_generator_means_no_external_sweep():
+    assert http_load.find_generator(("no-such-generator-here",)) is None
+
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the servers measured
+    disable_nagle_algorithm = True  # headers and body go out as two writes: without this, each waits ~40 ms for an ACK
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        status = 200 if self.headers.get("Authorization") == "Bearer key" and body == b'{"instances": [1]}' else 400
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *arguments) -> None:
+        pass
+
+
+@pytest.fixture
+def local_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/predict"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("generator", http_load.GENERATORS)
+def test_a_generator_drives_a_local_server_with_body_and_headers(local_server, generator):
+    if shutil.which(generator) is None:
+        pytest.skip(f"{generator} is not installed (apt-get install {generator}); the parsers above still run")
+    target = http_load.Target(ENDPOINTS["flask-rest"], local_server, {"Authorization": "Bearer key"})
+    sweep = http_load.measure([target], b'{"instances": [1]}', (1, 2), 0.5, generator)
+    assert sweep is not None and sweep.generator == generator and sweep.endpoints[0].error is None
+    one, two = sweep.at("flask-rest", 1), sweep.at("flask-rest", 2)
+    assert one.requests > 10 and one.errors == 0 and two.concurrency == 2 and two.throughput_per_second > 0
+    assert 0 < one.p50_ms <= one.p99_ms and one.generator_cpu_seconds > 0
+
+
+def point(concurrency: int, throughput: float, p50_ms: float) -> http_load.ExternalPoint:
+    return http_load.ExternalPoint(concurrency, int(throughput * 2), 0, 2.0, p50_ms, p50_ms * 1.2, p50_ms * 2, 0.5)
+
+
+def external_sweep(tf_rps: float, tf_p50: float) -> http_load.ExternalSweep:
+    endpoints = [http_load.ExternalEndpoint(ENDPOINTS[key], f"http://127.0.0.1:1/{key}", [point(1, 900, p50), point(16, rps, p50 * 8)])
+                 for key, rps, p50 in (("tf-rest", tf_rps, tf_p50), ("flask-rest", 1000.0, 1.0))]  # fmt: skip
+    return http_load.ExternalSweep("hey", 2.0, endpoints)
+
+
+@pytest.mark.parametrize("tf_rps, tf_p50, statuses", [(1200.0, 1.1, ["met", "met"]), (800.0, 1.5, ["missed", "missed"])])
+def test_the_tf_rest_ratios_come_from_the_external_generator(comparison, tf_rps, tf_p50, statuses):
+    comparison.sweep = dataclasses.replace(comparison.sweep, external=external_sweep(tf_rps, tf_p50))
+    checked = ratios.tf_rest_vs_flask(comparison)
+    assert [ratio.status for ratio in checked] == statuses
+    assert checked[0].measured == pytest.approx(tf_rps / 1000) and checked[1].measured == pytest.approx(tf_p50)
+    assert "(hey)" in checked[0].inputs
+
+
+def test_without_a_generator_the_ratios_say_why(comparison):
+    checked = ratios.tf_rest_vs_flask(comparison)
+    assert [ratio.status for ratio in checked] == ["not measured", "not measured"]
+    assert "neither hey nor wrk is installed" in checked[0].note
+
+
+def test_the_report_shows_the_external_table_or_how_to_install_one():
+    lines = "\n".join(external_section(external_sweep(1200.0, 1.1)))
+    assert "under `hey`" in lines and "| TF-Serving-compatible server (this project), REST | TensorFlow/Keras | 16 |" in lines
+    assert "apt-get install hey" in "\n".join(external_section(None))

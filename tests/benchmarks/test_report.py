@@ -1,0 +1,97 @@
+"""The report's wording, plots and HTML page, from a Comparison of known numbers (no measurement runs here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from benchmarks import compare, labels, plots, ratios, report
+from benchmarks.report import html as report_html
+from benchmarks.sweep import SweepResult
+from tests.benchmarks.conftest import check_page
+
+
+def _render(comparison, folder):
+    figures = plots.draw_all(comparison, folder)
+    text = report.render(comparison, ratios.compute_ratios(comparison), figures)
+    return text, figures
+
+
+def _section(text: str, heading: str) -> str:
+    """From a heading to the next heading of the same or a higher level."""
+    start = text.index(heading)
+    level = len(heading) - len(heading.lstrip("#"))
+    following = re.compile(rf"^#{{1,{level}}} ", re.MULTILINE).search(text, start + len(heading))
+    return text[start : following.start() if following else len(text)]
+
+
+def test_every_section_and_plot_is_there_and_nothing_failed(comparison, tmp_path):
+    text, figures = _render(comparison, tmp_path)
+    for heading in report.REQUIRED_SECTIONS:
+        assert heading in text
+    assert set(figures) == {"learning_curves", "training_throughput", "inference_latency", "latency_distribution",
+                            "throughput_vs_concurrency"}  # fmt: skip
+    for name in figures:
+        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+        assert f"]({name}.png)" in text
+    assert comparison.failures == {}
+    # Pipelines at 3,000 and 9,000 /s against bare loops at 5,000 and 20,000 /s.
+    assert "The pipelines run at 60% (TensorFlow) and 45% (PyTorch) of their framework's fastest bare loop" in text
+
+
+def test_summary_answers_with_five_numbers_on_both_sides(comparison, tmp_path):
+    summary = _section(_render(comparison, tmp_path)[0], "## Summary")
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| ---")][1:]
+    assert len(rows) == 5
+    assert "PyTorch, by 3×" in rows[0]  # 9000/s against 3000/s
+    assert f"via {labels.TF_SERVER} over gRPC" in rows[3]  # the fastest TF endpoint names its server
+    assert "generator-bound" in rows[4]  # every 16-client point of the fixture used 0.9 cores
+    assert "not measured" not in summary
+
+
+def test_no_dump_no_machine_path_and_every_serving_row_names_its_server(comparison, tmp_path):
+    text, _ = _render(comparison, tmp_path)
+    assert "/machine/" not in text and "returned:" not in text
+    assert not re.search(r"(?<![\w.`])/(?:home|tmp|work|root|usr)/", text)
+    serving = _section(text, "## Serving")
+    rows = [line for line in serving.splitlines() if line.startswith("| ") and "clients" not in line and "---" not in line]
+    assert rows and all(any(name in row for name in (labels.TF_SERVER, labels.FLASK_SERVER, labels.TORCHSERVE)) for row in rows)
+    servers = _section(text, "## The servers measured")
+    assert "stands in for TensorFlow Serving's C++ `tensorflow_model_server`" in servers
+
+
+def test_a_stack_given_by_environment_is_labelled_as_given(comparison, tmp_path):
+    given = [dataclasses.replace(item, endpoint=item.endpoint.given_by_environment("127.0.0.1:8500"))
+             for item in comparison.sweep.endpoints]  # fmt: skip
+    comparison.sweep = SweepResult(True, {}, given)
+    text, _ = _render(comparison, tmp_path)
+    servers = _section(text, "## The servers measured")
+    assert "given by environment" in servers and "server at 127.0.0.1:8500 (given by TFSERVING_GRPC)" in servers
+    assert labels.TF_SERVER not in _section(text, "### Every endpoint under load")
+
+
+def test_tensorboard_table_counts_every_dashboard_and_names_what_differs(comparison, tmp_path):
+    text, _ = _render(comparison, tmp_path)
+    board = _section(text, "### TensorBoard for both")
+    for dashboard in ("Scalars", "Images", "Graphs", "Histograms", "HParams"):
+        assert f"| {dashboard} | 1: {dashboard.lower()}_entry |" in board
+    assert "Every dashboard shows the same entries for both frameworks." in board
+
+
+def test_html_page_embeds_every_plot(comparison, tmp_path):
+    text, figures = _render(comparison, tmp_path)
+    page = report_html.render(text, tmp_path)
+    assert page.count('src="data:image/png;base64,') == len(figures)
+    assert ".png\"" not in page and "<table>" in page
+
+
+def test_html_page_renders_in_chromium(comparison, tmp_path, browser):
+    text, figures = _render(comparison, tmp_path)
+    page = tmp_path / compare.HTML_FILE
+    page.write_text(report_html.render(text, tmp_path))
+    for name in figures:  # the page must not need the PNG files beside it
+        (tmp_path / f"{name}.png").unlink()
+    found = check_page(browser, page)
+    assert found["problems"] == []
+    assert found["images"] == len(figures) and found["tables"] > 10
+    assert found["title"].startswith("TensorFlow vs PyTorch")
