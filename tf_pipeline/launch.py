@@ -14,11 +14,9 @@ TF_CONFIG on each host and run `python -m tf_pipeline.train` there (docs/distrib
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +29,7 @@ from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
 from experiment.data import dataset_name_for
 from experiment.errors import UsageError
-from experiment.processes import port_is_free, split_arguments
+from experiment.processes import free_ports, port_is_free, split_arguments
 
 PROG = "python -m tf_pipeline.launch"
 HOST = "127.0.0.1"
@@ -77,12 +75,7 @@ def choose_ports(count: int, base_port: int | None) -> list[int]:
             if not port_is_free(port):
                 raise UsageError(f"Port {port} for worker {index} is already in use; choose another --base-port.")
         return ports
-    with contextlib.ExitStack() as stack:
-        # Hold every socket open until all are chosen, so the system cannot hand the same port out twice.
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for probe in sockets:
-            probe.bind((HOST, 0))
-        return [probe.getsockname()[1] for probe in sockets]
+    return free_ports(count, HOST)
 
 
 def tf_config(addresses: list[str], index: int) -> str:
