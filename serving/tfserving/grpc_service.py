@@ -26,7 +26,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from experiment.errors import UsageError
 from serving.protocol.errors import RequestError
-from serving.protocol.tensors import fill_tensor_fields, tensor_to_array
+from serving.protocol.tensors import fill_tensor_fields, tensors_to_arrays
 from serving.tfserving import inference
 from serving.tfserving.manager import LabelError, ModelManager
 from serving.tfserving.predictor import Predictor
@@ -118,7 +118,8 @@ def run_predict(predictor: Predictor, request: predict_pb2.PredictRequest, timeo
     """Predict's answer, outputs in the typed fields as the real server writes them; raises RequestError."""
     servable = _servable_for(predictor, request)
     signature = servable.signature(request.model_spec.signature_name)
-    inputs = {alias: tensor_to_array(tensor, alias) for alias, tensor in request.inputs.items()}
+    # Shapes and value counts are checked before anything is allocated: a few bytes never become gigabytes.
+    inputs = tensors_to_arrays(request.inputs)
     outputs = predictor.predict(servable, signature, inputs, request.output_filter, timeout_s)
     response = predict_pb2.PredictResponse()
     inference.fill_model_spec(response.model_spec, request.model_spec.name, signature.name, servable.version)
