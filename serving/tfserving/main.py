@@ -170,7 +170,7 @@ def _serve_worker(
     def add_services(server: Any) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(manager, sharing.sources_from_config), server
+            ModelServicer(manager, sharing.sources_from_config, options.allowed_model_roots), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
