@@ -14,7 +14,13 @@ import grpc
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from experiment.errors import UsageError
@@ -279,3 +285,22 @@ def test_model_config_file_is_polled(served, models_dir, tmp_path):  # testModel
                 assert error.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline, error.details()
                 time.sleep(0.5)
         assert answer.outputs["y"].float_val == [4.0]
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_version_at_start_falls_back_to_the_newest_that_loads(served, models_dir, tmp_path):
+    require_ours(served, "it starts a server of its own (the real server would serve nothing)")
+    base_path = tmp_path / "half_plus_two"
+    shutil.copytree(models_dir / "half_plus_two", base_path)
+    (base_path / "124").mkdir()
+    (base_path / "124" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    spec = tfserving.spec(tfserving.TFServingPorts.free(rest=False), "default", base_path, ["--workers=1"])
+    with runtime.start(spec, tmp_path / "tfserving.log", 180) as server, grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel:
+        answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(x_request(), RPC_TIMEOUT_S)
+        assert answer.outputs["y"].float_val == [3.0] and answer.model_spec.version.value == 123
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "default"
+        statuses = {s.version: s for s in model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, RPC_TIMEOUT_S).model_version_status}
+        assert statuses[124].state == get_model_status_pb2.ModelVersionStatus.END and statuses[124].status.error_code != 0
+        assert statuses[123].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert "version 124 failed to load; serving version 123" in server.log()
