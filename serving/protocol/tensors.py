@@ -115,7 +115,7 @@ def _check_value_count(name: str, shape: tuple[int, ...], values: int, count: in
     """Refuse typed values that do not fill the shape exactly (fill: TensorFlow's rule, fewer values may repeat)."""
     if values == count or (fill and 0 <= values < count):
         return
-    held = f"{values} values" if values >= 0 else "an odd number of numbers for (real, imaginary) pairs"
+    held = f"{values} value{'' if values == 1 else 's'}" if values >= 0 else "an odd number of numbers for (real, imaginary) pairs"
     per_value = "" if parts == 1 else f" of {parts} numbers each"
     raise _parsing_error(name, f"It holds {held} but its shape {list(shape)} needs exactly {count}{per_value}.")
 
