@@ -115,13 +115,16 @@ def _check_value_count(name: str, shape: tuple[int, ...], values: int, count: in
     """Refuse typed values that do not fill the shape exactly (fill: TensorFlow's rule, fewer values may repeat)."""
     if values == count or (fill and 0 <= values < count):
         return
-    held = f"{values} value{'' if values == 1 else 's'}" if values >= 0 else "an odd number of numbers for (real, imaginary) pairs"
+    if values < 0:
+        held = "an odd number of numbers for (real, imaginary) pairs"
+    else:
+        held = f"{values} value{'' if values == 1 else 's'}"
     per_value = "" if parts == 1 else f" of {parts} numbers each"
     raise _parsing_error(name, f"It holds {held} but its shape {list(shape)} needs exactly {count}{per_value}.")
 
 
 def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], default: object) -> np.ndarray:
-    """values (count or fewer, already checked) reshaped to shape: fewer values repeat the last one, none means zeros."""
+    """values (count or fewer, checked) reshaped to shape: fewer values repeat the last one, none means zeros."""
     count = math.prod(shape)
     if values.size == count:
         return values.reshape(shape)

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--allowed_model_roots", default="",
-        help="comma-separated folders whose subfolders HandleReloadConfigRequest may serve (default: the base paths given at start)",
+        help="comma-separated folders HandleReloadConfigRequest may serve models from (default: the base paths at start)",
     )  # fmt: skip
     parser.add_argument("--monitoring_config_file", type=Path, help="text-format MonitoringConfig (Prometheus metrics on the REST port)")
     for name, what in (("session", "both pools below"), ("intra_op", "one op"), ("inter_op", "ops side by side")):
@@ -175,7 +175,7 @@ def _is_folder_under(base_path: str, roots: tuple[Path, ...]) -> bool:
 
 
 def allowed_roots(text: str, sources: list[ModelSource]) -> tuple[Path, ...]:
-    """--allowed_model_roots as resolved folders; empty text means the base paths of sources (what was served at start)."""
+    """--allowed_model_roots as resolved folders; empty text means the base paths of sources (those served at start)."""
     if not text.strip():
         return tuple(dict.fromkeys(Path(source.base_path).resolve() for source in sources))
     roots = []

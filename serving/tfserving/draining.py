@@ -152,7 +152,8 @@ class DrainingWsgiApp:
         if not self.gate.enter():
             body = json.dumps({"error": SHUTTING_DOWN_MESSAGE}).encode()
             # Connection: close, so that a kept-alive client opens a new connection, to a server still running.
-            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Connection", "close")]
+            headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            headers.append(("Connection", "close"))
             start_response("503 Service Unavailable", headers)
             return [body]
         try:

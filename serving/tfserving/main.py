@@ -83,7 +83,8 @@ def _rest_front_end(
     from serving.tfserving.rest import RestApp
 
     # REST requests pass the same gate as gRPC calls: one drain, one quiet period for both ports.
-    app = DrainingWsgiApp(RestApp(predictor, options.max_request_bytes, options.rest_timeout_s, options.rest_threads), drain_gate)
+    rest_app = RestApp(predictor, options.max_request_bytes, options.rest_timeout_s, options.rest_threads)
+    app = DrainingWsgiApp(rest_app, drain_gate)
     settings = FrontEndSettings(
         max_body_bytes=options.max_request_bytes,
         threads=options.rest_threads,
