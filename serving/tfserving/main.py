@@ -23,6 +23,8 @@ HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.servi
 # (clients have seen UNAVAILABLE and backed off or moved on), but never longer than SETTLE_LIMIT_SECONDS.
 QUIET_SECONDS = 0.5
 SETTLE_LIMIT_SECONDS = 5.0
+# The drain ends this long before the grace period does: closing the ports and leaving the process take the rest.
+EXIT_MARGIN_SECONDS = 1.0
 # How often a worker compares its state with the other workers' (readiness, a reloaded model config).
 SHARE_INTERVAL_SECONDS = 0.25
 # An idle kept-alive REST connection is closed after this long.
@@ -223,7 +225,7 @@ def _serve_worker(
 
 def _drain_and_stop(grace_seconds: float, health_servicer: Any, drain_gate: Any, grpc_server: Any, rest_server: Any) -> None:
     """Refuse new requests (UNAVAILABLE / 503), finish running ones within grace_seconds, then stop both servers."""
-    deadline = time.monotonic() + grace_seconds
+    deadline = time.monotonic() + max(grace_seconds - EXIT_MARGIN_SECONDS, grace_seconds / 2)
 
     def remaining() -> float:
         return max(deadline - time.monotonic(), 0.0)
