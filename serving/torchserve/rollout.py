@@ -8,7 +8,10 @@ TorchServe answers `/predictions/<model>` with (its default version) and, when t
    model-config.yaml, or from the overrides TorchServe was started with;
 2. wait until at least minWorkers of its workers are READY, while the old version goes on answering;
 3. make it the default version (`PUT /models/<model>/<version>/set-default`);
-4. give the requests already queued on the old version a moment, then unregister it (`DELETE /models/<model>/<old>`).
+4. give the requests already queued on the old version a moment, scale it to no workers
+   (`PUT /models/<model>/<old>?min_worker=0&max_worker=0`) and wait until they are gone, then unregister it
+   (`DELETE /models/<model>/<old>`), retrying a few times: unregistering a version whose workers are still being
+   torn down fails with 500 "Interrupted while cleaning resources".
 
 Until the old version is unregistered, `/predictions/<model>/<version>` reaches either version by name, as TorchServe
 documents. As `serving.versions` does for a version folder, an archive that cannot be read, that TorchServe refuses,
@@ -49,6 +52,10 @@ DEFAULT_POLL_SECONDS = 1.0  # tensorflow_model_server's --file_system_poll_wait_
 DEFAULT_READY_TIMEOUT_SECONDS = 120.0
 # Requests that reached the old version's queue just before the switch finish in milliseconds (batch delay 2 ms).
 DEFAULT_DRAIN_SECONDS = 1.0
+# How long an old version's workers get to stop once scaled to none, and how often its unregistering is tried.
+RETIRE_TIMEOUT_SECONDS = 30.0
+UNREGISTER_ATTEMPTS = 5
+UNREGISTER_RETRY_SECONDS = 1.0
 
 
 def archive_pattern(model_name: str) -> re.Pattern[str]:
@@ -87,6 +94,9 @@ class RolloutSettings:
     batch_size: int | None = None
     max_batch_delay_ms: int | None = None
     workers: int | None = None
+    retire_timeout_seconds: float = RETIRE_TIMEOUT_SECONDS
+    unregister_attempts: int = UNREGISTER_ATTEMPTS
+    unregister_retry_seconds: float = UNREGISTER_RETRY_SECONDS
 
 
 class Rollout:
@@ -196,13 +206,48 @@ class Rollout:
         timeout = self.settings.ready_timeout_seconds
         poll_until(check, timeout, lambda problem: f"its workers were not READY within {timeout:g} s ({problem})")
 
-    def _unregister(self, version: int) -> None:
+    def _unregister(self, version: int) -> bool:
+        """Scale the version to no workers, wait until they are gone, then unregister it, retrying; True if done.
+
+        Unregistering a version whose workers are still running (or still being torn down) can fail with 500
+        "Interrupted while cleaning resources"; with its workers stopped first, and a few tries, it goes through.
+        """
         from serving.clients import ServingError
+        from serving.clients.base import poll_until
 
         try:
-            self.client.unregister(version)
+            self.client.scale_workers(version, 0)
         except ServingError as error:
-            logger.warning("Could not unregister %s version %d: %s", self.model_name, version, _sentence(error))
+            if getattr(error, "status", None) == 404:
+                return True  # already gone
+            logger.warning("Could not scale %s version %d to no workers: %s", self.model_name, version, _sentence(error))
+
+        def workers_left() -> str | None:
+            try:
+                workers = self.client.describe(version=version).get("workers") or []
+            except ServingError as error:
+                if getattr(error, "status", None) == 404:
+                    return None  # unregistered meanwhile
+                raise
+            return f"{len(workers)} workers left" if workers else None
+
+        try:
+            poll_until(workers_left, self.settings.retire_timeout_seconds, lambda problem: problem)
+        except (TimeoutError, ServingError):
+            pass  # unregistering below stops whatever is left, or says why not
+        for attempt in range(1, self.settings.unregister_attempts + 1):
+            try:
+                self.client.unregister(version)
+                return True
+            except ServingError as error:
+                if getattr(error, "status", None) == 404:
+                    return True
+                if attempt == self.settings.unregister_attempts:
+                    logger.warning("Could not unregister %s version %d after %d tries: %s",
+                                   self.model_name, version, attempt, _sentence(error))  # fmt: skip
+                    return False
+                time.sleep(self.settings.unregister_retry_seconds)
+        return False
 
     def watch(self, stop: threading.Event, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
         """poll_once every poll_seconds until stop is set; an unexpected failure is logged and polling goes on."""
