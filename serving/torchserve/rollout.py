@@ -14,7 +14,8 @@ TorchServe answers `/predictions/<model>` with (its default version) and, when t
    torn down fails with 500 "Interrupted while cleaning resources".
 
 Until the old version is unregistered, `/predictions/<model>/<version>` reaches either version by name, as TorchServe
-documents. As `serving.versions` does for a version folder, an archive that cannot be read, that TorchServe refuses,
+documents. As `serving.versions` does for a version folder, an archive that cannot be read, whose model does not
+load (checked before registering it), that TorchServe refuses,
 or whose workers are not READY in time is unregistered again and not retried until the file changes: the old version
 keeps serving throughout.
 
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from experiment.errors import UsageError
-from serving.torchserve.config import archive_version
+from serving.torchserve.config import archive_problem, archive_version
 
 if TYPE_CHECKING:
     from serving.clients import TorchServeClient
@@ -56,6 +57,8 @@ DEFAULT_DRAIN_SECONDS = 1.0
 RETIRE_TIMEOUT_SECONDS = 30.0
 UNREGISTER_ATTEMPTS = 5
 UNREGISTER_RETRY_SECONDS = 1.0
+# How long the default version may run short of READY workers (a replacement still loading) before a warning.
+CAPACITY_WARNING_SECONDS = 30.0
 
 
 def archive_pattern(model_name: str) -> re.Pattern[str]:
@@ -95,6 +98,8 @@ class RolloutSettings:
     max_batch_delay_ms: int | None = None
     workers: int | None = None
     retire_timeout_seconds: float = RETIRE_TIMEOUT_SECONDS
+    capacity_warning_seconds: float = CAPACITY_WARNING_SECONDS
+    check_model: bool = True  # load each archive's model before registering it (config.archive_problem)
     unregister_attempts: int = UNREGISTER_ATTEMPTS
     unregister_retry_seconds: float = UNREGISTER_RETRY_SECONDS
 
@@ -109,21 +114,53 @@ class Rollout:
         self.settings = settings
         self._failed: dict[int, tuple[int, int]] = {}  # version → fingerprint of the archive that failed
         self._last_problem: str | None = None
+        self._short_since: float | None = None  # since when the default version has had too few READY workers
+        self._short_warned = False
 
     def default_version(self) -> int | None:
         """The version TorchServe answers /predictions/<model> with; None while TorchServe or the model is not up."""
         from serving.clients import ServingError
 
         try:
-            version = self.client.describe().get("modelVersion")
+            description = self.client.describe()
         except ServingError as error:
             self._note(f"TorchServe cannot tell its default version yet: {error}")
             return None
+        version = description.get("modelVersion")
+        self._check_capacity(description)
         try:
             return int(version)
         except (TypeError, ValueError):
             self._note(f"TorchServe serves {self.model_name} version {version!r}, not an integer; not rolling out.")
             return None
+
+    def _check_capacity(self, description: dict) -> None:
+        """Warn once when the default version has had fewer READY workers than minWorkers for a while.
+
+        TorchServe replaces a worker that dies, but a replacement that cannot load the model (its extracted
+        model.pt damaged on disk, say) is retried with a growing back-off and never becomes READY: capacity stays
+        reduced without any failed request to show it. This says so in the log, and again when it recovers.
+        """
+        from serving.clients.torchserve import READY
+
+        workers = description.get("workers") or []
+        ready = sum(1 for worker in workers if worker.get("status") == READY)
+        wanted = max(1, int(description.get("minWorkers", 1) or 1))
+        now = time.monotonic()
+        if ready >= wanted:
+            if self._short_warned:
+                logger.info("%s version %s has all its %d workers READY again.",
+                            self.model_name, description.get("modelVersion"), wanted)  # fmt: skip
+            self._short_since, self._short_warned = None, False
+            return
+        if self._short_since is None:
+            self._short_since = now
+        elif not self._short_warned and now - self._short_since >= self.settings.capacity_warning_seconds:
+            logger.warning("Only %d of %d workers of %s version %s have been READY for %.0f s: a replacement worker "
+                           "cannot load the model (see TorchServe's model_log), and capacity stays reduced.",
+                           ready, wanted, self.model_name, description.get("modelVersion"),
+                           now - self._short_since)  # fmt: skip
+            self._short_warned = True
 
     def _note(self, problem: str) -> None:
         """Log a reason for not rolling out once, not at every poll."""
@@ -163,6 +200,11 @@ class Rollout:
             in_archive = archive_version(archive)
             if in_archive != str(version):
                 raise RolloutError(f"its manifest says version {in_archive}, not {version}")
+            # Checked here rather than by TorchServe: workers that cannot load the model would retry until the
+            # ready timeout, taking CPU from the version that serves.
+            problem = archive_problem(archive) if self.settings.check_model else None
+            if problem is not None:
+                raise RolloutError(problem)
             registered = {description.get("modelVersion") for description in self.client.list_versions()}
             if str(version) not in registered:
                 self.client.register(archive.name, self.settings.batch_size, self.settings.max_batch_delay_ms)

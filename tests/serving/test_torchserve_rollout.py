@@ -81,7 +81,7 @@ class FakeManagement:
 
 
 FAST = RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0.0, retire_timeout_seconds=0.5,
-                       unregister_retry_seconds=0.0)  # fmt: skip
+                       unregister_retry_seconds=0.0, check_model=False)  # fmt: skip
 
 
 def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregistered(tmp_path):
