@@ -170,12 +170,12 @@ class Rollout:
 
     def poll_once(self) -> int | None:
         """Roll out the newest archive if it is newer than the default version; the version rolled out, or None."""
+        current = self.default_version()  # also watches its workers (_check_capacity)
         archives = versioned_archives(self.model_store, self.model_name)
-        if not archives:
+        if current is None or not archives:
             return None
         newest = max(archives)
-        current = self.default_version()
-        if current is None or newest <= current:
+        if newest <= current:
             return None
         try:
             fingerprint = _fingerprint(archives[newest])
