@@ -207,7 +207,7 @@ def spec(
     if rollout:
         watcher = [python, "-m", "serving.runtime.torchserve_rollout", "--model-store", str(model_store),
                    "--model-name", model_name, "--management-url", instance.management_url,
-                   "--poll-seconds", f"{poll_seconds:g}"]  # fmt: skip
+                   "--poll-seconds", f"{poll_seconds:g}", "--fallback-file", str(run_dir / FALLBACK_FILE)]  # fmt: skip
         if instance.key_file is not None:
             watcher += ["--key-file", str(instance.key_file)]
         for flag, value in (("--batch-size", batch_size), ("--max-batch-delay-ms", max_batch_delay_ms),
@@ -249,8 +249,8 @@ def serving_archive(model_store: Path, model_name: str, run_dir: Path) -> config
     """The archive TorchServe loads at start: the newest that loads (config.choose_archive).
 
     When newer archives are passed over, it says so on stderr (the launcher's output) and in the run folder's
-    FALLBACK_FILE, which `python -m serving.torchserve.launch status` prints; the roll-out then logs, once, that it
-    refuses the newer version.
+    FALLBACK_FILE, which the roll-out watcher copies into the server's log at start and `python -m
+    serving.torchserve.launch status` prints; the roll-out then logs, once, that it refuses the newer version.
     """
     fallback = Path(run_dir) / FALLBACK_FILE
     fallback.unlink(missing_ok=True)
