@@ -160,7 +160,8 @@ def spec(
     """TorchServe serving model_store/<model_name>.mar from instance's folder and ports, REST and gRPC.
 
     rollout: also roll out each newer <model>-<version>.mar of the store while TorchServe runs (polling every
-    poll_seconds); only with token authorization, which guards the model API the roll-out needs. batch_size, max_batch_delay_ms and workers override the archives' own settings, for the version
+    poll_seconds); only with token authorization, which guards the model API the roll-out needs. batch_size,
+    max_batch_delay_ms and workers override the archives' own settings, for the version
     loaded at start and for every version rolled out.
     """
     model_store = Path(model_store).resolve()

@@ -191,7 +191,7 @@ def write_config(
         }
     )
     if model_api and not token_auth:
-        raise UsageError("TorchServe's model API needs token authorization on: without it any local user could register.")
+        raise UsageError("TorchServe's model API needs token authorization on: without it anyone local could register.")
     if not token_auth:
         properties["disable_token_authorization"] = "true"
     if model_api:

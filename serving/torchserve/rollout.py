@@ -262,7 +262,8 @@ class Rollout:
         except ServingError as error:
             if getattr(error, "status", None) == 404:
                 return True  # already gone
-            logger.warning("Could not scale %s version %d to no workers: %s", self.model_name, version, _sentence(error))
+            logger.warning("Could not scale %s version %d to no workers: %s",
+                           self.model_name, version, _sentence(error))  # fmt: skip
 
         def workers_left() -> str | None:
             try:

@@ -137,8 +137,8 @@ def test_allowed_urls_admit_only_archives_of_the_model_store(tmp_path):
 
 
 def test_written_config_shuts_urls_and_workflows_and_binds_127_0_0_1(tmp_path):
-    path = config.write_config(tmp_path / "run" / "config.properties", tmp_path / "store", TorchServePorts(1, 2, 3, 4, 5),
-                               model_api=True)  # fmt: skip
+    path = config.write_config(tmp_path / "run" / "config.properties", tmp_path / "store",
+                               TorchServePorts(1, 2, 3, 4, 5), model_api=True)  # fmt: skip
     properties = config.read_properties(path)
     for key in ("inference_address", "management_address", "metrics_address"):
         assert properties[key].startswith("http://127.0.0.1:")
@@ -151,7 +151,8 @@ def test_written_config_shuts_urls_and_workflows_and_binds_127_0_0_1(tmp_path):
     with pytest.raises(UsageError, match="needs token authorization"):
         config.write_config(tmp_path / "c.properties", tmp_path / "store", TorchServePorts(), token_auth=False,
                             model_api=True)  # fmt: skip
-    plain = config.read_properties(config.write_config(tmp_path / "d.properties", tmp_path / "store", TorchServePorts()))
+    plain_path = config.write_config(tmp_path / "d.properties", tmp_path / "store", TorchServePorts())
+    plain = config.read_properties(plain_path)
     assert "enable_model_api" not in plain  # TorchServe's default: off
 
 
