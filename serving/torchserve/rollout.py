@@ -29,6 +29,7 @@ keeps serving throughout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import re
@@ -100,6 +101,9 @@ class RolloutSettings:
     retire_timeout_seconds: float = RETIRE_TIMEOUT_SECONDS
     capacity_warning_seconds: float = CAPACITY_WARNING_SECONDS
     check_model: bool = True  # load each archive's model before registering it (config.archive_problem)
+    # Roll back to the newest older archive that loads once the default version has been short of READY workers
+    # for capacity_warning_seconds.
+    revert_short_versions: bool = True
     unregister_attempts: int = UNREGISTER_ATTEMPTS
     unregister_retry_seconds: float = UNREGISTER_RETRY_SECONDS
 
@@ -139,7 +143,10 @@ class Rollout:
 
         TorchServe replaces a worker that dies, but a replacement that cannot load the model (its extracted
         model.pt damaged on disk, say) is retried with a growing back-off and never becomes READY: capacity stays
-        reduced without any failed request to show it. This says so in the log, and again when it recovers.
+        reduced without any failed request to show it. This says so in the log, and again when it recovers;
+        poll_once then rolls back to the newest older archive that loads (_revert). Only a version with some but not
+        all workers READY counts: with none READY it is still starting (TorchServe reports a loading worker and a
+        failing one alike) or down, which readiness probes and failed requests already show.
         """
         from serving.clients.torchserve import READY
 
@@ -147,8 +154,8 @@ class Rollout:
         ready = sum(1 for worker in workers if worker.get("status") == READY)
         wanted = max(1, int(description.get("minWorkers", 1) or 1))
         now = time.monotonic()
-        if ready >= wanted:
-            if self._short_warned:
+        if ready >= wanted or ready == 0:
+            if self._short_warned and ready >= wanted:
                 logger.info("%s version %s has all its %d workers READY again.",
                             self.model_name, description.get("modelVersion"), wanted)  # fmt: skip
             self._short_since, self._short_warned = None, False
@@ -157,7 +164,7 @@ class Rollout:
             self._short_since = now
         elif not self._short_warned and now - self._short_since >= self.settings.capacity_warning_seconds:
             logger.warning("Only %d of %d workers of %s version %s have been READY for %.0f s: a replacement worker "
-                           "cannot load the model (see TorchServe's model_log), and capacity stays reduced.",
+                           "cannot load the model (see TorchServe's model_log), and capacity is reduced.",
                            ready, wanted, self.model_name, description.get("modelVersion"),
                            now - self._short_since)  # fmt: skip
             self._short_warned = True
@@ -174,6 +181,8 @@ class Rollout:
         archives = versioned_archives(self.model_store, self.model_name)
         if current is None or not archives:
             return None
+        if self._short_warned and self.settings.revert_short_versions:
+            return self._revert(current, archives)
         newest = max(archives)
         if newest <= current:
             return None
@@ -188,6 +197,30 @@ class Rollout:
             self._failed.pop(newest, None)
             return newest
         self._failed[newest] = fingerprint
+        return None
+
+    def _revert(self, current: int, archives: dict[int, Path]) -> int | None:
+        """Roll back from a default version short of READY workers to the newest older archive that loads.
+
+        The replacement workers of `current` cannot load its model (TorchServe's extracted copy damaged, say), and
+        TorchServe cannot re-extract a version while it is registered: the newest older version takes over with all
+        its workers, and `current` is not rolled out again until its archive file changes. None when no older
+        archive loads (the warning stands) or the roll-back fails.
+        """
+        for version in sorted((older for older in archives if older < current), reverse=True):
+            problem = archive_problem(archives[version]) if self.settings.check_model else None
+            if problem is not None:
+                continue
+            logger.warning("Rolling %s back from version %d, short of READY workers, to version %d.",
+                           self.model_name, current, version)  # fmt: skip
+            if not self.roll_out(version, archives[version], current):
+                self._short_since, self._short_warned = time.monotonic(), False  # wait as long again before retrying
+                return None
+            self._short_since, self._short_warned = None, False
+            if current in archives:
+                with contextlib.suppress(OSError):
+                    self._failed[current] = _fingerprint(archives[current])  # not rolled out again until changed
+            return version
         return None
 
     def roll_out(self, version: int, archive: Path, current: int) -> bool:

@@ -371,3 +371,36 @@ def test_a_wrong_or_missing_token_is_torchserves_400_and_the_client_says_so(hard
             client.predict(np.zeros((1, 8, 8), dtype=np.float32))
     assert raised.value.status == 400
     assert str(raised.value).startswith("Token Authorization failed.")
+
+
+def test_a_default_version_short_of_workers_is_rolled_back_to_the_newest_older_archive(tmp_path, caplog):
+    from tests.serving.test_torchserve_rollout import FakeManagement, write_archive
+
+    for version in (1, 2, 3):
+        write_archive(tmp_path, version)
+    management = FakeManagement(default=3)
+    management.versions["1"] = "READY"
+    management.workers["3"] = 1  # one worker died; its replacement cannot load the damaged extracted model
+    settings = RolloutSettings(0.5, 0.0, retire_timeout_seconds=0.5, unregister_retry_seconds=0.0,
+                               capacity_warning_seconds=0.05, check_model=False)  # fmt: skip
+    watcher = Rollout(management, tmp_path, settings)
+    assert watcher.poll_once() is None  # short, not yet for long
+    time.sleep(0.06)
+    assert watcher.poll_once() == 2  # warned, and rolled back to the newest older archive
+    assert "Only 1 of 2 workers of digits version 3 have been READY" in caplog.text
+    assert management.default == "2" and "3" not in management.versions
+    assert "Rolling digits back from version 3, short of READY workers, to version 2." in caplog.text
+    assert watcher.poll_once() is None and management.default == "2"  # version 3 is not rolled out again
+
+
+def test_a_version_with_no_worker_ready_yet_is_left_alone(tmp_path, caplog):
+    from tests.serving.test_torchserve_rollout import FakeManagement, write_archive
+
+    write_archive(tmp_path, 1)
+    write_archive(tmp_path, 2)
+    management = FakeManagement(default=2)
+    management.workers["2"] = 0  # still loading, as at start on a busy machine
+    watcher = Rollout(management, tmp_path, RolloutSettings(capacity_warning_seconds=0.0, check_model=False))
+    for _ in range(3):
+        assert watcher.poll_once() is None
+    assert management.default == "2" and management.calls == [] and "READY" not in caplog.text
