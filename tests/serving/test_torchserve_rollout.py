@@ -3,6 +3,7 @@ while a new version is trained, and a corrupt archive dropped into its model sto
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ class FakeManagement:
 
     def __init__(self, default: int = 1, workers_become_ready: bool = True, refuse_register: bool = False) -> None:
         self.versions = {str(default): "READY"}
+        self.workers: dict[str, int] = {}  # version → workers, once scaled
         self.default = str(default)
         self.workers_become_ready = workers_become_ready
         self.refuse_register = refuse_register
@@ -49,7 +51,8 @@ class FakeManagement:
         if version not in self.versions:
             raise TorchServeError(f"Model version: {version} does not exist for model: digits", 404)
         status = self.versions[version]
-        return {"modelVersion": version, "minWorkers": 2, "workers": [{"status": status}, {"status": status}]}
+        workers = [{"status": status}] * self.workers.get(version, 2)
+        return {"modelVersion": version, "minWorkers": 2, "workers": workers}
 
     def list_versions(self) -> list[dict]:
         return [{"modelVersion": version} for version in self.versions]
@@ -60,9 +63,11 @@ class FakeManagement:
             raise TorchServeError(f"Failed to save model: {archive}", 500)
         version = archive.removeprefix("digits-").removesuffix(".mar")
         self.versions[version] = "READY" if self.workers_become_ready else "UNLOADING"
+        self.workers.pop(version, None)
 
     def scale_workers(self, version, workers: int) -> None:
         self.calls.append(("scale", str(version), workers))
+        self.workers[str(version)] = workers
 
     def set_default(self, version) -> None:
         self.calls.append(("set-default", str(version)))
@@ -75,7 +80,8 @@ class FakeManagement:
         del self.versions[str(version)]
 
 
-FAST = RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0.0)
+FAST = RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0.0, retire_timeout_seconds=0.5,
+                       unregister_retry_seconds=0.0, check_model=False)  # fmt: skip
 
 
 def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregistered(tmp_path):
@@ -83,7 +89,8 @@ def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregis
     write_archive(tmp_path, 2)
     management = FakeManagement(default=1)
     assert Rollout(management, tmp_path, FAST).poll_once() == 2
-    assert management.calls == [("register", "digits-2.mar", None, None), ("set-default", "2"), ("unregister", "1")]
+    assert management.calls == [("register", "digits-2.mar", None, None), ("set-default", "2"), ("scale", "1", 0),
+                                ("unregister", "1")]  # fmt: skip
     assert management.versions == {"2": "READY"} and management.default == "2"
 
 
@@ -99,7 +106,7 @@ def test_nothing_happens_while_the_newest_archive_is_the_default_version(tmp_pat
 def test_overrides_of_the_archives_settings_reach_each_new_version(tmp_path):
     write_archive(tmp_path, 2)
     management = FakeManagement(default=1)
-    settings = RolloutSettings(0.5, 0.0, batch_size=1, max_batch_delay_ms=50, workers=1)
+    settings = dataclasses.replace(FAST, batch_size=1, max_batch_delay_ms=50, workers=1)
     Rollout(management, tmp_path, settings).poll_once()
     assert management.calls[:2] == [("register", "digits-2.mar", 1, 50), ("scale", "2", 1)]
 
