@@ -133,8 +133,10 @@ def test_torchserve_config_has_the_stacks_ports_and_loads_the_digits_archive():
     assert pod["metrics_address"] == f"http://0.0.0.0:{ports['torchserve_metrics']}"
     assert int(pod["grpc_inference_port"]) == ports["torchserve_grpc_inference"]
     assert int(pod["grpc_management_port"]) == ports["torchserve_grpc_management"]
-    for key in ("load_models", "metrics_mode", "max_request_size"):
-        assert pod[key] == native[key]
+    hardening = ("max_response_size", "enable_envvars_config", "install_py_dep_per_model", "decode_input_request")
+    for key in ("load_models", "metrics_mode", "max_request_size", *hardening):
+        assert pod[key] == native[key], key
+    assert pod["allowed_urls"] == f"file://{pod['model_store']}/[^/]+[.]mar", "archives from the pod's store only"
     container = _container(_documents(BASE / "torchserve.yaml")["Deployment"])
     assert "--model-store=/home/model-server/model-store" in container["args"]
     assert pod["model_store"] == "/home/model-server/model-store"
@@ -172,6 +174,10 @@ def test_kserve_torchserve_layout_is_what_the_wrapper_reads(torch_smoke_run, tmp
     ], "the wrapper refuses a model store with more than one archive"
     properties = torchserve_config.read_properties(root / "config" / "config.properties")
     assert properties["model_store"] == kserve_storage.MODEL_STORE_MOUNT
+    native = torchserve_config.read_properties(ROOT / "serving" / "torchserve" / "config.properties")
+    for key in ("max_request_size", "max_response_size", "install_py_dep_per_model", "decode_input_request"):
+        assert properties[key] == native[key], key
+    assert properties["allowed_urls"] == f"file://{kserve_storage.MODEL_STORE_MOUNT}/[^/]+[.]mar"
     assert "enable_envvars_config" not in properties, "KServe's envelope would hand the handler bare instances"
     snapshot = json.loads(properties["model_snapshot"])
     archive = root / "model-store" / f"{MODEL_NAME}.mar"
