@@ -139,6 +139,10 @@ class _RecordingParser:
         return getattr(self.parser, name)
 
 
+class _HeadersTooLarge(Exception):
+    """Raised inside a parser callback to stop reading a request whose headers are over the limit."""
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with JSON answers for protocol errors, read deadlines, a header size limit,
     an idle timer from the moment a connection opens, and the connection limit (see the module's docstring)."""
@@ -149,7 +153,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.parser = _RecordingParser(self.parser)
         self.in_request = False  # from a request's first byte until its last
         self.headers_done = False  # from a request's end of headers until the next request begins
-        self.header_bytes = 0
+        self.header_bytes = 0  # bytes received since the last request's headers ended
+        self.parsed_header_bytes = 0  # bytes of this request's URL and headers
         self.read_deadline: asyncio.TimerHandle | None = None
 
     # connection life ---------------------------------------------------------------------------------------------
@@ -200,7 +205,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if not self.headers_done and self.header_bytes > self.guard.settings.max_header_bytes:
-            self._refuse(431, f"The request's headers are larger than this server's limit of {self.guard.settings.max_header_bytes} bytes.")
+            self._refuse_large_headers()
         elif self._is_between_requests():
             self._become_idle()  # bytes that start no request (blank lines) do not keep a connection open for ever
 
@@ -208,9 +213,24 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.in_request = True
         self.headers_done = False
+        self.parsed_header_bytes = 0
         self.guard.idle.pop(self, None)
         self._cancel_read_deadline()
         self.read_deadline = self.loop.call_later(self.guard.settings.read_timeout_seconds, self._headers_too_slow)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        # Headers that arrive whole in one read are measured here; data_received measures those still arriving.
+        self.parsed_header_bytes += size
+        if self.parsed_header_bytes > self.guard.settings.max_header_bytes:
+            raise _HeadersTooLarge()  # stops the parser; uvicorn then calls send_400_response
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -242,9 +262,16 @@ class GuardedProtocol(HttpToolsProtocol):
     # answers before any app --------------------------------------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
+        if self.parsed_header_bytes > self.guard.settings.max_header_bytes:
+            self._refuse_large_headers()
+            return
         reason = self.parser.error.rstrip(".") if isinstance(self.parser, _RecordingParser) else ""
         detail = f" ({reason})" if reason else ""
         self._refuse(400, f"The request is not valid HTTP/1.1{detail}.")
+
+    def _refuse_large_headers(self) -> None:
+        limit = self.guard.settings.max_header_bytes
+        self._refuse(431, f"The request's headers are larger than this server's limit of {limit} bytes.")
 
     def _refuse(self, status: int, message: str) -> None:
         self._cancel_read_deadline()
