@@ -91,8 +91,10 @@ def connection_limit() -> int:
     let 1,000 idle sockets take every file); a quarter is kept for models, gRPC and logs.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        wanted = MAX_CONNECTIONS_CEILING * 2 if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_CEILING
+    wanted = max(soft, MAX_CONNECTIONS_CEILING * 2) if hard == resource.RLIM_INFINITY else hard
+    if wanted > soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
             soft = wanted
@@ -379,7 +381,7 @@ class _Bridge:
             try:
                 status, headers, content = await loop.run_in_executor(self.executor, self._call, _environ(scope, body))
             except Exception:  # a bug in the app: logged with its traceback, answered 500, the server keeps running
-                logger.exception("REST %s %s failed unexpectedly.", scope["method"], scope["path"])
+                logger.exception("REST %s %s failed unexpectedly.", scope["method"], scope["path"][:200])
                 status, headers, content = 500, JSON_HEADERS, _json(INTERNAL_ERROR)
         await _respond(send, status, headers, content)
         if settings.metrics is not None:

@@ -114,7 +114,7 @@ class RestHandler:
         except RequestError as error:
             return _error(error, route)
         except Exception:  # unexpected: logged with traceback, answered 500, the server keeps running
-            logger.exception("REST %s %s failed unexpectedly.", http_method, path)
+            logger.exception("REST %s %s failed unexpectedly.", http_method, _quoted(path))
             return _error(RequestError("The request failed inside the server; see the server log.", "INTERNAL"), route)
 
     def _dispatch(self, http_method: str, path: str, route: _Route, body: bytes) -> str:
