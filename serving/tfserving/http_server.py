@@ -394,8 +394,12 @@ class _Bridge:
         limit = settings.max_body_bytes
         too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED")
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + DRAIN_LIMIT_BYTES:
-            return too_large
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            # A client waiting for "100 Continue" has sent nothing yet: refuse before it sends (uvicorn says 100
+            # Continue only once the body is read). Others are drained a little, so that they see the answer.
+            waiting = (_header(scope, b"expect") or "").lower() == "100-continue"
+            if waiting or int(declared) > limit + DRAIN_LIMIT_BYTES:
+                return too_large
         chunks: list[bytes] = []
         size = 0
         deadline = asyncio.get_running_loop().time() + settings.body_timeout_seconds

@@ -267,6 +267,14 @@ def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(front_end, dat
     assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
 
 
+def test_a_client_expecting_100_continue_gets_413_before_it_sends_a_body_too_large(front_end):
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        connection.sendall(head)
+        answer = read_answer(connection)
+    assert answer[0] == 413 and "larger than this server's limit of 1000 bytes" in one_sentence(answer)
+
+
 def test_headers_that_do_not_finish_are_408_after_the_read_timeout(front_end):
     seconds, answer = timed_exchange(front_end.port, b"POST /x HTTP/1.1\r\nHost: x\r\n")
     assert answer[0] == 408 and "headers did not arrive" in one_sentence(answer)
