@@ -10,6 +10,9 @@ REST and gRPC requests alike. The metrics page and its request counts live here 
 not to the API's routes.
 
 What a client cannot do to the port (each answered with {"error": "..."} and the connection closed):
+- send a body over --max_request_bytes: 413, read to its end (for up to LINGER_SECONDS) before the connection
+  closes, so that the client reads the answer instead of a reset; a client waiting for "100 Continue" is refused
+  before it sends anything;
 - send what is not HTTP/1.1 (a bad request line, header or chunked framing): 400, where uvicorn alone answers
   plain text; headers over MAX_HEADER_BYTES: 431;
 - take more than read_timeout_seconds to finish its headers, pause longer than that inside its body, or take
@@ -63,6 +66,10 @@ INTERNAL_ERROR = {"error": "The request failed inside the server; see the server
 MAX_HEADER_BYTES = 64 * 1024
 READ_TIMEOUT_SECONDS = 10.0
 BODY_TIMEOUT_SECONDS = 60.0
+# After an answer that ends the connection while the client is still sending its body (a 413), the rest of the body
+# is read and dropped for up to this long before closing: closing on unread data makes the kernel reset the
+# connection, and the client would see the reset instead of the answer.
+LINGER_SECONDS = 2.0
 # Open files kept for everything but REST connections (models, gRPC, logs) when the limit follows the open-file limit.
 FILE_RESERVE_FRACTION = 4
 MAX_CONNECTIONS_CEILING = 16384
@@ -141,6 +148,21 @@ class _RecordingParser:
         return getattr(self.parser, name)
 
 
+class _LingeringTransport:
+    """The transport uvicorn writes one request's answer to: its close() waits for the rest of the body (see
+    LINGER_SECONDS); everything else is the connection's own transport."""
+
+    def __init__(self, protocol: "GuardedProtocol") -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+
+    def close(self) -> None:
+        self.protocol.close_after_body()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 class _HeadersTooLarge(Exception):
     """Raised inside a parser callback to stop reading a request whose headers are over the limit."""
 
@@ -158,6 +180,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_bytes = 0  # bytes received since the last request's headers ended
         self.parsed_header_bytes = 0  # bytes of this request's URL and headers
         self.read_deadline: asyncio.TimerHandle | None = None
+        self.lingering = False
 
     # connection life ---------------------------------------------------------------------------------------------
 
@@ -239,10 +262,23 @@ class GuardedProtocol(HttpToolsProtocol):
         self.header_bytes = 0
         self._cancel_read_deadline()
         super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringTransport):
+            self.cycle.transport = _LingeringTransport(self)
+
+    def close_after_body(self) -> None:
+        """Close now, or, while the client is still sending this request's body, once it is read (or after
+        LINGER_SECONDS)."""
+        if not self.in_request or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.lingering = True
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def on_message_complete(self) -> None:
         self.in_request = False
         super().on_message_complete()
+        if self.lingering:
+            self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

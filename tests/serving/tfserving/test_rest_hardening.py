@@ -275,6 +275,22 @@ def test_a_client_expecting_100_continue_gets_413_before_it_sends_a_body_too_lar
     assert answer[0] == 413 and "larger than this server's limit of 1000 bytes" in one_sentence(answer)
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_far_over_the_limit_still_lets_the_client_read_its_413(front_end, chunked):
+    megabyte = b" " * (1 << 20)
+    size = 40  # MiB: past the limit and the 16 MiB drained before answering
+    if chunked:
+        head, pieces = b"Transfer-Encoding: chunked", [b"100000\r\n" + megabyte + b"\r\n"] * size + [b"0\r\n\r\n"]
+    else:
+        head, pieces = f"Content-Length: {size << 20}".encode(), [megabyte] * size
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        connection.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+        for piece in pieces:  # as http.client sends: the whole body first, then it reads the answer
+            connection.sendall(piece)
+        answer = read_answer(connection)
+    assert answer[0] == 413 and "larger than this server's limit" in one_sentence(answer)
+
+
 def test_headers_that_do_not_finish_are_408_after_the_read_timeout(front_end):
     seconds, answer = timed_exchange(front_end.port, b"POST /x HTTP/1.1\r\nHost: x\r\n")
     assert answer[0] == 408 and "headers did not arrive" in one_sentence(answer)
