@@ -170,17 +170,23 @@ def json_depth(raw: bytes) -> int:
     return deepest
 
 
+def _too_many_values() -> RequestError:
+    return RequestError(f"The request holds more than {MAX_REQUEST_ELEMENTS} values, this server's limit per request.")
+
+
 def check_json_bounds(raw: bytes) -> None:
     """Refuse, before parsing, a UTF-8 body nested deeper than MAX_JSON_DEPTH or holding more than
     MAX_REQUEST_ELEMENTS values (counted by its commas, an upper bound found without building anything)."""
     # Every value but the last is followed by a comma; a body under twice the cap cannot hold that many commas.
     if len(raw) >= 2 * MAX_REQUEST_ELEMENTS and raw.count(b",") >= MAX_REQUEST_ELEMENTS:
-        raise RequestError(f"The request holds more than {MAX_REQUEST_ELEMENTS} values, this server's limit per request.")
+        raise _too_many_values()
     if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
         return  # so few brackets cannot nest too deep: small bodies skip the scan
     depth = json_depth(raw)
     if depth > MAX_JSON_DEPTH:
-        raise RequestError(f"The request nests {depth} levels of arrays and objects; this server accepts at most {MAX_JSON_DEPTH}.")
+        raise RequestError(
+            f"The request nests {depth} levels of arrays and objects; this server accepts at most {MAX_JSON_DEPTH}."
+        )
 
 
 def parse_json(raw: bytes | bytearray | str) -> Any:
@@ -302,7 +308,7 @@ def dense_shape(value: Any) -> list[int]:
 def check_element_count(shape: list[int]) -> None:
     """Refuse a tensor of more than MAX_REQUEST_ELEMENTS values before anything is allocated for it."""
     if math.prod(shape) > MAX_REQUEST_ELEMENTS:
-        raise RequestError(f"The request holds more than {MAX_REQUEST_ELEMENTS} values, this server's limit per request.")
+        raise _too_many_values()
 
 
 def _fill(value: Any, level: int, shape: list[int], dtype_name: str, flat: list) -> None:

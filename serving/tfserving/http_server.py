@@ -59,7 +59,11 @@ DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 LISTEN_BACKLOG = 2048
 # The inference paths the real server counts in its metrics: /v1/models/<name>[/versions/<n>|/labels/<l>]:<verb>
 INFERENCE_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?P<verb>predict|classify|regress)$", re.I)
-STATUS_CODE_NAMES = {200: "OK", 408: "DEADLINE_EXCEEDED", **{status: code for code, status in reversed(HTTP_STATUS.items())}}
+STATUS_CODE_NAMES = {
+    200: "OK",
+    408: "DEADLINE_EXCEEDED",  # a request too slow to arrive (TF Serving's own 504 means a model too slow to answer)
+    **{status: code for code, status in reversed(HTTP_STATUS.items())},
+}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 INTERNAL_ERROR = {"error": "The request failed inside the server; see the server log."}
 # Request line and headers of one request; real clients send well under 8 KiB. More is 431.
@@ -216,7 +220,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard.idle[self] = None
         self.guard.idle.move_to_end(self)
         if self.timeout_keep_alive_task is None and not self.transport.is_closing():
-            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+            handler = self.timeout_keep_alive_handler
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, handler)
 
     def _is_between_requests(self) -> bool:
         return not self.in_request and (self.cycle is None or self.cycle.response_complete)

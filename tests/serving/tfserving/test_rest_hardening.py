@@ -48,7 +48,8 @@ def read_answer(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 
 def post(path: str, body: bytes) -> bytes:
-    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
 
 
 def get(path: bytes) -> bytes:
@@ -159,7 +160,10 @@ CHUNKED = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n
         (CHUNKED + b"1ffffffffffffffff\r\n{}\r\n0\r\n\r\n", "overflow"),
         (b"GARBAGE\r\n\r\n", "method"),
         (b"GET /v1/models/default HTTP/1.1\r\nHo st: x\r\n\r\n", "header"),
-        (f"POST {PREDICT} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(), "Content-Length"),
+        (
+            f"POST {PREDICT} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(),
+            "Content-Length",
+        ),
     ],
     ids=["bad chunk size", "chunk size over 64 bits", "bad request line", "bad header name", "length and chunked"],
 )
