@@ -110,7 +110,11 @@ _FEW_EXPONENTS = 256
 _BRACKET_STEPS = bytes(1 if chr(byte) in "[{" else 255 if chr(byte) in "]}" else 0 for byte in range(256))
 _NOT_BRACKETS = bytes(byte for byte in range(256) if chr(byte) not in "[]{}")
 _DEPTH_CHUNK = 4 * 1024 * 1024  # brackets summed at once: 32 MiB of running sums
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# Strings are blanked in two linear passes: escape pairs first (valid JSON has backslashes only inside strings, and
+# reading pairs from the left agrees with reading them from each string's start), then quote to quote. One pattern
+# for "a string with escapes" would backtrack: a body of 20,000 \" pairs after a quote took it 14 s.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
 _UINT64_MAX = 2**64 - 1
 _INT64_MIN = -(2**63)
 
@@ -161,7 +165,8 @@ def json_depth(raw: bytes) -> int:
 
     Brackets inside strings do not count. A few passes at C speed; the one array it builds has an entry per bracket.
     """
-    text = _STRING.sub(b'""', raw) if b'"' in raw else raw
+    text = _ESCAPE.sub(b"_", raw) if b"\\" in raw else raw
+    text = _STRING.sub(b'""', text) if b'"' in text else text
     steps = np.frombuffer(text.translate(_BRACKET_STEPS, _NOT_BRACKETS), np.int8)  # one byte per bracket: +1 or -1
     deepest = level = 0
     for start in range(0, steps.size, _DEPTH_CHUNK):  # chunks bound the running sums' memory for any body
