@@ -87,7 +87,7 @@ def assert_another_runs_checkpoints_refused(train: Callable[..., Any], config: T
         train(config, dataset)
 
 
-def assert_one_run_and_one_export(root: Path, framework: str, result: Any) -> None:
+def assert_one_run_and_one_export(root: Path, result: Any, framework: str) -> None:
     """The resumed run logged into the run named in run.json, the only run, and exported exactly one version."""
     run_name = json.loads((root / "checkpoints" / "run.json").read_text())["run_name"]
     assert [path.name for path in (root / "runs" / framework).iterdir()] == [run_name] == [result.run_dir.name]
