@@ -11,6 +11,8 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The shared checks are plain functions; rewritten like test code, their failures show the values compared.
+pytest.register_assert_rewrite("tests.pipeline_checks")
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from experiment import artifacts, metrics
-from experiment import checkpoints as run_checkpoints
+from experiment import artifacts, metrics, runs
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
@@ -61,22 +60,6 @@ class TFTrainConfig(TrainConfig):
             raise UsageError(f"--steps-per-execution must be a positive integer, got {self.steps_per_execution}.")
         if self.verbose not in (0, 1, 2):
             raise UsageError(f"--verbose must be 0, 1 or 2, got {self.verbose}.")
-
-
-class WorkerLost(RuntimeError):
-    """A collective with the other workers failed (one of them died or became unreachable); nothing is exported."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingResult:
-    """What a finished run produced; a non-chief worker of a multi-worker run exports nothing (None fields)."""
-
-    version: int | None
-    export_path: Path | None
-    run_dir: Path
-    test_accuracy: float
-    test_loss: float
-    training_seconds: float
 
 
 def training_dataset(split: Split, batch_size: int, seed: int) -> "tf.data.Dataset":
@@ -144,7 +127,7 @@ def _weights_checksum(model: "keras.Model", strategy: "tf.distribute.Strategy") 
     ]
 
 
-def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResult:
+def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.TrainingResult:
     """Train (data-parallel when TF_CONFIG lists several workers), evaluate, log and export on the chief."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
     from tf_pipeline import distributed
@@ -154,14 +137,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     per_replica_batch_size(config.batch_size, role.num_workers)  # one replica per worker on CPU
     dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
     base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
-    run_name = config.resolved_run_name(dataset.name)
-    if config.checkpoint_dir is not None and role.is_chief:
-        artifacts.check_writable(config.checkpoint_dir)
-        # A restarted run keeps its TensorBoard run; a folder of another run's checkpoints is refused.
-        run_name = run_checkpoints.prepare_run(
-            config.checkpoint_dir, config.run_name, run_name, config.resume_settings(dataset.name)
-        )
-    run_dir = Path(config.log_dir) / FRAMEWORK / run_name
+    run_name, run_dir = runs.start_run(config, dataset.name, role.is_chief)
     if role.is_chief:
         artifacts.check_writable(base_path)
         artifacts.check_writable(run_dir)
@@ -287,7 +263,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
         if role.num_workers == 1:
             raise
         # A peer that died (or became unreachable) aborts the collectives of everyone still waiting on it.
-        raise WorkerLost(
+        raise runs.WorkerLost(
             f"worker {role.index} stopped: a collective with the other workers failed ({type(error).__name__}); "
             "nothing was exported."
         ) from None
@@ -298,30 +274,22 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             saver.close()
     training_seconds = seconds_before + time.perf_counter() - started
     if not writers:  # a worker other than the chief
-        return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
+        return runs.TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
 
     # The chief exports a plain copy built outside the strategy: the SavedModel then holds ordinary variables,
     # the same artifact a single-process run writes.
     serving_model = build_model(spec, seed=config.seed)
     serving_model.set_weights(model.get_weights())
-    test_loss, test_accuracy, predictions = evaluate(serving_model, dataset.test)
-    writers.write_final_summaries(
-        hparams=config.tensorboard_hparams(),
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        confusion=metrics.confusion_matrix(dataset.test.labels, predictions, dataset.num_classes),
-        step=config.epochs,
-    )
-    writers.close()
+    evaluation = runs.Evaluation(*evaluate(serving_model, dataset.test))
+    runs.finish_summaries(writers, config, dataset, evaluation)
 
-    metadata = artifacts.build_metadata(
+    metadata = runs.export_metadata(
         framework="tensorflow",
         framework_version=tf.__version__,
-        dataset=dataset.name,
-        network=spec.to_dict(),
+        dataset=dataset,
+        spec=spec,
         hyperparameters={**config.hyperparameters(), "steps_per_execution": config.steps_per_execution},
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
+        evaluation=evaluation,
         training_seconds=training_seconds,
         run_name=run_name,
         extra={
@@ -337,7 +305,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
         export.write_saved_model(serving_model, spec, staging)
         artifacts.write_metadata(staging, metadata)
         version, export_path = artifacts.publish_version(staging, base_path)
-    return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
+    return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -347,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(TFTrainConfig, argv, PROG, "Train the Keras model and export a SavedModel.")
         try:
             result = train(config)
-        except WorkerLost as error:
+        except runs.WorkerLost as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
         if result.export_path is None:

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from experiment import artifacts, metrics
-from experiment import checkpoints as run_checkpoints
+from experiment import artifacts, metrics, runs
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
@@ -45,22 +44,6 @@ class TorchTrainConfig(TrainConfig):
     )
 
     framework = FRAMEWORK
-
-
-class WorkerLost(RuntimeError):
-    """A collective with the other ranks failed (one of them died or became unreachable); nothing is exported."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingResult:
-    """What a finished run produced; ranks other than 0 of a distributed run export nothing (None fields)."""
-
-    version: int | None
-    export_path: Path | None
-    run_dir: Path
-    test_accuracy: float
-    test_loss: float
-    training_seconds: float
 
 
 def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +81,7 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingResult:
+def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> runs.TrainingResult:
     """Train (data-parallel under torchrun), evaluate, log and export on rank 0; returns where everything went."""
     import torch
     from torch.nn import functional
@@ -116,14 +99,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
         base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
         model_store = artifacts.model_store_path(config.output_dir)
-        run_name = config.resolved_run_name(dataset.name)
-        if config.checkpoint_dir is not None and group.is_main:
-            artifacts.check_writable(config.checkpoint_dir)
-            # A restarted run keeps its TensorBoard run; a folder of another run's checkpoints is refused.
-            run_name = run_checkpoints.prepare_run(
-                config.checkpoint_dir, config.run_name, run_name, config.resume_settings(dataset.name)
-            )
-        run_dir = Path(config.log_dir) / FRAMEWORK / run_name
+        run_name, run_dir = runs.start_run(config, dataset.name, group.is_main)
         if group.is_main:
             for directory in (base_path, model_store, run_dir):
                 artifacts.check_writable(directory)
@@ -224,14 +200,14 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
             save_checkpoint([0.0, 0.0, 0.0])  # the finished weights: a restart from here goes straight to export
         training_seconds = seconds_before + time.perf_counter() - started
         if not writers:
-            return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
+            return runs.TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
     except RuntimeError as error:
         if not group.is_distributed:
             raise
         # A peer that died (or became unreachable) breaks the collectives of every rank still waiting on it.
         # gloo's message starts with "[source.cc:line] "; keep its first sentence.
         detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip().splitlines() or [""])[0]).split(". ")[0]
-        raise WorkerLost(
+        raise runs.WorkerLost(
             f"rank {group.rank} stopped: a collective with the other ranks failed ({detail or type(error).__name__}); "
             "nothing was exported."
         ) from None
@@ -241,24 +217,16 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         distributed.leave_process_group(group)
 
     network = network.cpu()  # the exported TorchScript must load on a CPU-only server
-    test_loss, test_accuracy, predictions = evaluate(network, dataset.test)
-    writers.write_final_summaries(
-        hparams=config.tensorboard_hparams(),
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        confusion=metrics.confusion_matrix(dataset.test.labels, predictions, dataset.num_classes),
-        step=config.epochs,
-    )
-    writers.close()
+    evaluation = runs.Evaluation(*evaluate(network, dataset.test))
+    runs.finish_summaries(writers, config, dataset, evaluation)
 
-    metadata = artifacts.build_metadata(
+    metadata = runs.export_metadata(
         framework="torch",
         framework_version=torch.__version__,
-        dataset=dataset.name,
-        network=spec.to_dict(),
+        dataset=dataset,
+        spec=spec,
         hyperparameters=config.hyperparameters(),
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
+        evaluation=evaluation,
         training_seconds=training_seconds,
         run_name=run_name,
         extra={
@@ -273,7 +241,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         archive = export.write_model_archive(staging, dataset.name, artifacts.next_version(base_path), archive_dir)
         version, export_path = artifacts.publish_version(staging, base_path)
         export.publish_model_archive(archive, model_store, dataset.name)
-    return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
+    return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -283,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export TorchScript and a .mar.")
         try:
             result = train(config)
-        except WorkerLost as error:
+        except runs.WorkerLost as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
         if result.export_path is None:

@@ -4,10 +4,10 @@ while a new version is trained, and a corrupt archive dropped into its model sto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -20,6 +20,7 @@ import yaml
 from serving.clients import ServingError, TorchServeClient, TorchServeError
 from serving.torchserve import rollout
 from serving.torchserve.rollout import Rollout, RolloutSettings
+from tests.serving.load_recorder import LoadRecorder
 
 MODEL_CONFIG = Path(__file__).resolve().parents[2] / "serving" / "torchserve" / "model-config.yaml"
 
@@ -186,40 +187,14 @@ def test_the_watcher_command_refuses_a_missing_model_store_in_one_sentence(tmp_p
 # ---- a real TorchServe -------------------------------------------------------------------------------------------
 
 
-class AnswerRecorder:
-    """Clients predicting one image in a loop, recording (time, probabilities) per answer and every failure."""
+def _answer_recorder(clients: list, image: np.ndarray) -> LoadRecorder[np.ndarray]:
+    """Clients predicting one image in a loop, recording (time, client, probabilities) per answer and every failure."""
+    return LoadRecorder([(client.description, functools.partial(_probabilities, client, image)) for client in clients])
 
-    def __init__(self, clients: list, image: np.ndarray) -> None:
-        self.answers: list[tuple[float, str, np.ndarray]] = []
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, args=(client, image), daemon=True) for client in clients]
 
-    def _work(self, client, image: np.ndarray) -> None:
-        while not self._stop.is_set():
-            try:
-                probabilities, _ = client.predict(image)
-            except Exception as error:  # counted, so that one failure does not hide the others
-                with self._lock:
-                    self.failures.append(f"{client.description}: {type(error).__name__}: {error}")
-                continue
-            with self._lock:
-                self.answers.append((time.monotonic(), client.description, probabilities[0]))
-
-    def __enter__(self) -> "AnswerRecorder":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def since(self, moment: float) -> list[tuple[float, str, np.ndarray]]:
-        with self._lock:
-            return [answer for answer in self.answers if answer[0] >= moment]
+def _probabilities(client, image: np.ndarray) -> np.ndarray:
+    probabilities, _ = client.predict(image)
+    return probabilities[0]
 
 
 def _in_process(models_dir: Path, version: int, image: np.ndarray) -> np.ndarray:
@@ -258,7 +233,7 @@ def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_is_refuse
         clients = [rest.client(timeout=30), rest.client(timeout=30), grpc.client(timeout=30), grpc.client(timeout=30)]
         manager = rest.client()
         try:
-            with AnswerRecorder(clients, image) as recorder:
+            with _answer_recorder(clients, image) as recorder:
                 _wait_for(lambda: len(recorder.answers) >= 20, 30, "20 answers from version 1")
                 # Another seed: version 2's probabilities differ from version 1's, so each answer names its version.
                 result = train(TorchTrainConfig(output_dir=models_dir, log_dir=tmp_path / "runs", epochs=5, seed=7,

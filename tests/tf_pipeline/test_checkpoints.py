@@ -6,12 +6,10 @@ moments are all restored). The assertion allows the 1e-6 a different op scheduli
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from experiment.errors import UsageError
+from tests import pipeline_checks
 
 pytestmark = pytest.mark.slow
 
@@ -19,17 +17,13 @@ pytestmark = pytest.mark.slow
 # so the resumed run replays steps, restores a mid-epoch position and the epoch's running totals.
 SETTINGS = {"epochs": 3, "checkpoint_every": 10, "verbose": 0, "run_name": "resume"}
 TOLERANCE = 1e-6
-
-
-class SimulatedCrash(Exception):
-    """Raised inside training to stand for a process that dies."""
+CHECKPOINTS = "ckpt-*.index"  # one file per saved checkpoint
 
 
 def _config(root, checkpoints, **overrides):
     from tf_pipeline.train import TFTrainConfig
 
-    values = {**SETTINGS, "output_dir": root / "models", "log_dir": root / "runs", "checkpoint_dir": checkpoints}
-    return TFTrainConfig(**{**values, **overrides})
+    return pipeline_checks.checkpoint_config(TFTrainConfig, SETTINGS, root, checkpoints, **overrides)
 
 
 def _weights(result) -> dict[str, np.ndarray]:
@@ -61,18 +55,10 @@ def resumed(tmp_path_factory, digits):
     from tf_pipeline import train as training
 
     root = tmp_path_factory.mktemp("tf_resumed")
-
-    def crash(*arguments, **keywords):
-        raise SimulatedCrash
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "evaluate", crash)  # first called after the last step of epoch 1
-        with pytest.raises(SimulatedCrash):
-            training.train(_config(root, root / "checkpoints", run_name=None), digits)
-    saved = sorted(path.name for path in (root / "checkpoints").glob("ckpt-*.index"))
-    assert saved == ["ckpt-20.index", "ckpt-30.index"], "the crash should come 7 steps after a checkpoint"
     # No --run-name either time: the restart must find its run's timestamped name in the checkpoint folder.
-    return root, training.train(_config(root, root / "checkpoints", run_name=None), digits)
+    config = _config(root, root / "checkpoints", run_name=None)
+    expected_saved = ["ckpt-20.index", "ckpt-30.index"]
+    return root, pipeline_checks.crash_and_restart(training, config, digits, CHECKPOINTS, expected_saved)
 
 
 def test_resumed_run_has_the_weights_of_an_uninterrupted_run(uninterrupted, resumed):
@@ -82,10 +68,7 @@ def test_resumed_run_has_the_weights_of_an_uninterrupted_run(uninterrupted, resu
 
 
 def test_resumed_run_logs_into_the_same_tensorboard_run_and_exports_once(resumed):
-    root, result = resumed
-    run_name = json.loads((root / "checkpoints" / "run.json").read_text())["run_name"]
-    assert [path.name for path in (root / "runs" / "tf").iterdir()] == [run_name] == [result.run_dir.name]
-    assert [path.name for path in (root / "models" / "tf" / "digits").iterdir()] == ["1"]
+    pipeline_checks.assert_one_run_and_one_export(*resumed, framework="tf")
 
 
 def test_checkpointing_leaves_training_unchanged_and_keeps_the_two_newest(tmp_path, digits, uninterrupted):
@@ -94,33 +77,29 @@ def test_checkpointing_leaves_training_unchanged_and_keeps_the_two_newest(tmp_pa
     plain = train(_config(tmp_path, None), digits)
     _assert_same_weights(_weights(uninterrupted), _weights(plain))
     # 111 steps: checkpoints at 10, ..., 110 and the finished weights at 111; the two newest stay.
-    kept = sorted(path.name for path in (uninterrupted.run_dir.parents[2] / "checkpoints").glob("ckpt-*.index"))
+    kept = pipeline_checks.checkpoint_files(uninterrupted.run_dir.parents[2] / "checkpoints", CHECKPOINTS)
     assert kept == ["ckpt-110.index", "ckpt-111.index"]
 
 
 def test_a_folder_of_another_runs_checkpoints_is_refused(uninterrupted, digits):
     from tf_pipeline.train import train
 
-    checkpoints = uninterrupted.run_dir.parents[2] / "checkpoints"
-    with pytest.raises(UsageError, match=r"batch_size 32, not 64"):
-        train(_config(uninterrupted.run_dir.parents[2] / "other", checkpoints, batch_size=64), digits)
+    root = uninterrupted.run_dir.parents[2]
+    config = _config(root / "other", root / "checkpoints", batch_size=64)
+    pipeline_checks.assert_another_runs_checkpoints_refused(train, config, digits)
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_checkpoint_every_must_be_positive(value, capsys):
     from tf_pipeline.train import main
 
-    assert main(["--checkpoint-every", value]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"--checkpoint-every must be a positive integer, got {value}.")
+    pipeline_checks.assert_checkpoint_every_must_be_positive(main, value, capsys)
 
 
 def test_the_launcher_refuses_another_runs_checkpoints_before_starting_workers(tmp_path, capsys):
-    from experiment.checkpoints import write_run_record
     from tf_pipeline.launch import main
     from tf_pipeline.train import TFTrainConfig
 
-    write_run_record(tmp_path / "checkpoints", "old", TFTrainConfig(batch_size=64).resume_settings("digits"))
-    places = ["--output-dir", str(tmp_path / "models"), "--log-dir", str(tmp_path / "runs")]
-    assert main(["--nproc", "2", "--", "--checkpoint-dir", str(tmp_path / "checkpoints"), *places]) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and "batch_size 64, not 32" in error and "Traceback" not in error
+    pipeline_checks.assert_launcher_refuses_another_runs_checkpoints(
+        main, ["--nproc", "2"], TFTrainConfig, tmp_path, capsys
+    )
