@@ -142,14 +142,14 @@ class FlaskGeventWorker(GeventWorker):
     def handle_request(self, listener_name, req, sock, addr) -> bool:
         """Read the whole body (deadline, limit) before the app sees the request; refuse it in JSON otherwise."""
         try:
-            self._buffer_body(req)
+            self._buffer_body(req, sock)
         except BodyRefused as refusal:
             self.log.info("Refused a request body from %s: %s", addr[0] if addr else "?", refusal.message)
             self._answer_and_close(sock, refusal.status, refusal.message)
             raise StopIteration() from None
         return super().handle_request(listener_name, req, sock, addr)
 
-    def _buffer_body(self, req) -> None:
+    def _buffer_body(self, req, sock) -> None:
         """Replace req.body by its bytes, read within body_timeout seconds and up to body_limit bytes."""
         if req.body is None:
             return
@@ -157,6 +157,10 @@ class FlaskGeventWorker(GeventWorker):
         declared = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), None)
         if limit is not None and declared is not None and declared.isdigit() and int(declared) > limit:
             raise BodyRefused(413, self._too_large(limit))
+        if getattr(req, "_expected_100_continue", False):
+            # The client waits for this before sending its body; gunicorn would send it only once the app runs.
+            req._expected_100_continue = False
+            sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         reader = getattr(req.body, "reader", None)
         if limit is not None and isinstance(reader, ChunkedReader):
             parse_chunk_size = reader.parse_chunk_size
