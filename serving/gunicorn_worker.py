@@ -24,6 +24,7 @@ import io
 import json
 import time
 from functools import partial
+from ssl import SSLError
 from typing import Any
 
 import gevent
@@ -73,6 +74,8 @@ class _BytesReader:
 
 def describe_parse_error(error: BaseException) -> tuple[int, str]:
     """The status and the sentence for one of gunicorn's request parsing errors (500 for anything else)."""
+    if isinstance(error, (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)):
+        return 500, "Internal server error; see the server log."  # a header the app wrote: not the client's fault
     if isinstance(error, errors.LimitRequestLine):
         return 414, "The request line is too long."
     if isinstance(error, errors.LimitRequestHeaders):
@@ -90,13 +93,9 @@ def describe_parse_error(error: BaseException) -> tuple[int, str]:
         return 400, "The request method is not valid."
     if isinstance(error, errors.InvalidHTTPVersion):
         return 400, "The request's HTTP version is not supported; use HTTP/1.0 or HTTP/1.1."
-    if isinstance(error, (errors.InvalidHeader, errors.InvalidHeaderName, errors.ObsoleteFolding)) and not isinstance(
-        error, (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
-    ):
+    if isinstance(error, (errors.InvalidHeader, errors.InvalidHeaderName, errors.ObsoleteFolding)):
         return 400, "A request header is malformed."
-    if isinstance(error, (errors.ParseException, errors.NoMoreData)) and not isinstance(
-        error, (errors.InvalidResponseHeader, errors.InvalidResponseHeaderName)
-    ):
+    if isinstance(error, (errors.ParseException, errors.NoMoreData, SSLError)):
         return 400, "The request is not valid HTTP/1.1."
     return 500, "Internal server error; see the server log."
 
@@ -191,8 +190,10 @@ class FlaskGeventWorker(GeventWorker):
             ) from None
         except errors.NoMoreData:
             raise BodyRefused(400, "The request body ended before its declared length.") from None
-        except (errors.ParseException, ValueError) as error:
+        except errors.ParseException as error:
             raise BodyRefused(*describe_parse_error(error)) from None
+        except ValueError:
+            raise BodyRefused(400, "The request body could not be read.") from None
         req.body = Body(_BytesReader(b"".join(pieces)))
 
     @staticmethod

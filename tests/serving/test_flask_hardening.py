@@ -339,3 +339,22 @@ def test_sigterm_under_load_loses_no_accepted_request(torch_smoke_run, tmp_path)
     assert exit_code == 0
     assert outcomes.get("200", 0) > 0
     assert {outcome for outcome in outcomes if outcome not in ("200", "refused")} == set(), outcomes
+
+
+def test_every_request_parsing_error_of_gunicorn_maps_to_a_4xx_sentence():
+    import inspect
+
+    from gunicorn.http import errors
+
+    from serving.gunicorn_worker import describe_parse_error
+
+    refusals = [
+        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.ParseException) and "Response" not in cls.__name__
+    ]  # fmt: skip
+    assert len(refusals) > 10
+    for cls in refusals:
+        error = cls.__new__(cls)  # the sentence depends on the class only, not on the constructor's arguments
+        status, message = describe_parse_error(error)
+        assert 400 <= status < 500 and message.endswith(".") and cls.__name__ not in message, cls
+    assert describe_parse_error(errors.InvalidResponseHeader.__new__(errors.InvalidResponseHeader))[0] == 500
