@@ -159,11 +159,16 @@ class ModelManager(VersionWatcher[LoadedModel]):
     def newer_failure(self) -> VersionStatus | None:
         """The newest version above the served one that failed to load, when the served version is a fallback."""
         model = self.versions(self.name)
-        served = self.current
-        failure = model.failure() if model is not None else None
-        if failure is None or (served is not None and failure.version < served.version):
+        if model is None:
             return None
-        return failure
+        served = self.current
+        present = set(artifacts.list_versions(self.base_path))  # a failed folder since removed is no news
+        failed = [
+            status for status in model.statuses.values()
+            if status.error_code != "OK" and status.version in present
+            and (served is None or status.version > served.version)
+        ]  # fmt: skip
+        return max(failed, key=lambda status: status.version) if failed else None
 
     @property
     def current(self) -> LoadedModel | None:

@@ -266,8 +266,14 @@ def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_
     assert "serving version 2" in statuses[1]["status"]["error_message"]
     assert any("Serving version 2" in record.getMessage() and "version 4" in record.getMessage() for record in caplog.records)
 
-    # Once the newest folder is fixed, it is loaded and replaces the fallback.
+    # A failed folder that is removed is no longer reported; the next newest failure is.
     shutil.rmtree(base_path / "4")
+    app.extensions["model_manager"].poll_once()
+    assert [status["version"] for status in client.get("/v1/models/digits").get_json()["model_version_status"]] == [
+        "2", "3"
+    ]  # fmt: skip
+
+    # Once the newest folder holds a good export, it is loaded and replaces the fallback.
     shutil.copytree(torch_smoke_run.export_path, base_path / "4")
     app.extensions["model_manager"].poll_once()
     assert client.get("/readyz").get_json()["version"] == 4
