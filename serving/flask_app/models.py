@@ -19,10 +19,6 @@ from serving.versions import ModelSource, VersionPolicy, VersionStatus, VersionW
 
 logger = logging.getLogger("serving.flask_app")
 
-# Scans one poll may make while versions fail one after another (newest first); each scan tries one more.
-MAX_FALLBACK_SCANS = 8
-
-
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """One loaded version: immutable, so a request that took a reference keeps a consistent model during a swap."""
@@ -71,34 +67,14 @@ def load_version(name: str, version_dir: Path) -> LoadedModel:
     return loaded
 
 
-@dataclasses.dataclass(frozen=True)
-class NewestLoadablePolicy(VersionPolicy):
-    """The newest version, and when it failed to load, every older one down to the newest that has not failed.
-
-    The failed ones stay selected so that the watcher retries them when their folder changes; the older one that
-    loads is what is served meanwhile (the last good version), including in a worker that starts after the failure.
-    """
-
-    has_failed: Callable[[int], bool] = lambda version: False
-
-    def select(self, present: list[int]) -> set[int]:
-        """Newest first, up to and including the first version not known to fail."""
-        selected: set[int] = set()
-        for version in reversed(present):
-            selected.add(version)
-            if not self.has_failed(version):
-                break
-        return selected
-
-
 class ModelManager(VersionWatcher[LoadedModel]):
     """Keeps the served version current, like TF Serving's file-system poller with the 'latest 1 version' policy.
 
     A new version is loaded completely before it replaces the old one, and requests read `current` once, so a swap
     never fails a request: in-flight ones finish on the old module, later ones use the new. A version whose folder
     disappears keeps serving until another one has loaded. A newest version that fails to load is skipped: the newest
-    older version that loads is served (at start too), the status lists the failed one, the log says so, and the
-    failed one is tried again when its folder changes.
+    older version that loads is served (at start too, serving.versions' last-good rule), the status lists the failed
+    one, the log says so, and the failed one is tried again when its folder changes.
     """
 
     def __init__(
@@ -112,10 +88,9 @@ class ModelManager(VersionWatcher[LoadedModel]):
         self.name = name
         self.base_path = Path(base_path)
         self.pinned_version = pinned_version
-        policy: VersionPolicy = NewestLoadablePolicy(has_failed=self._has_failed)
+        policy = VersionPolicy()  # the newest version, or the newest that loads when it fails
         if pinned_version is not None:  # a pinned version is served or nothing is: no fallback
             policy = VersionPolicy("specific", versions=frozenset({pinned_version}))
-        self._announced_fallback: tuple[int, int] | None = None
         super().__init__(
             [ModelSource(name, self.base_path, policy)],
             lambda model_name, version, path: load_version(model_name, path),
@@ -123,38 +98,6 @@ class ModelManager(VersionWatcher[LoadedModel]):
             on_change,
             keep_vanished_until_replaced=True,
         )
-
-    def _has_failed(self, version: int) -> bool:
-        """True when this version's last load failed (its folder unchanged since)."""
-        model = self.versions(self.name)
-        status = model.statuses.get(version) if model is not None else None
-        return status is not None and status.error_code != "OK"
-
-    def poll_once(self) -> None:
-        """Scan the base path; when the newest version fails to load, go on to older ones in the same scan."""
-        for _ in range(MAX_FALLBACK_SCANS):
-            failed_before = self._failed_versions()
-            super().poll_once()
-            if self._failed_versions() <= failed_before:
-                break  # no new failure: the selection is settled
-        self._announce_fallback()
-
-    def _failed_versions(self) -> set[int]:
-        model = self.versions(self.name)
-        if model is None:
-            return set()
-        return {version for version, status in model.statuses.items() if status.error_code != "OK"}
-
-    def _announce_fallback(self) -> None:
-        """Log once per change when the served version is older than a newer one that failed to load."""
-        served, failure = self.current, self.newer_failure()
-        fallback = (served.version, failure.version) if served is not None and failure is not None else None
-        if fallback is not None and fallback != self._announced_fallback:
-            logger.warning(
-                "Serving version %d of model %s: version %d failed to load (%s); it is tried again when its "
-                "folder changes.", served.version, self.name, failure.version, failure.error_message,
-            )  # fmt: skip
-        self._announced_fallback = fallback
 
     def newer_failure(self) -> VersionStatus | None:
         """The newest version above the served one that failed to load, when the served version is a fallback."""

@@ -255,7 +255,7 @@ def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_
     shutil.copytree(torch_smoke_run.export_path, base_path / "2")
     corrupt_version(base_path, 3, torch_smoke_run.export_path)
     corrupt_version(base_path, 4, torch_smoke_run.export_path)
-    with caplog.at_level("WARNING", logger="serving.flask_app"):
+    with caplog.at_level("WARNING", logger="serving.versions"):
         app = create_app({"MODEL_BASE_PATH": str(base_path), "MODEL_POLL_SECONDS": 0})  # a fresh worker
     client = app.test_client()
     assert client.get("/readyz").get_json()["version"] == 2
@@ -264,7 +264,10 @@ def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_
     assert statuses[0] == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
     assert statuses[1]["version"] == "4" and statuses[1]["state"] == "END"
     assert "serving version 2" in statuses[1]["status"]["error_message"]
-    assert any("Serving version 2" in record.getMessage() and "version 4" in record.getMessage() for record in caplog.records)
+    assert any(
+        "serving version 2" in record.getMessage() and "version 4 failed" in record.getMessage()
+        for record in caplog.records
+    )
 
     # A failed folder that is removed is no longer reported; the next newest failure is.
     shutil.rmtree(base_path / "4")
