@@ -82,6 +82,15 @@ compare-quick: setup
 test: setup
 	$(PYTHON) -m pytest $(ARGS)
 
+# deploy/ (docs/scaling.md): check every manifest against Kubernetes' and the CRDs' schemas; lay out the latest
+# TorchServe archive under models/kserve/ the way KServe's TorchServe runtime reads it.
+.PHONY: validate-manifests kserve-layout
+validate-manifests: setup
+	$(PYTHON) -m deploy.validate
+
+kserve-layout: setup
+	$(PYTHON) -m deploy.kserve_storage $(ARGS)
+
 # docker-compose.yml built and run here end to end, with local stand-ins for the two official images (root; a few
 # minutes; docs/docker.md). Installs docker.io, docker-compose and mmdebstrap if missing, starts dockerd if none
 # runs (and stops it again). TORCH_INDEX_URL, as for setup, where pip cannot find torch's CPU build otherwise.

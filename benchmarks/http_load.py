@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from benchmarks import stats
-from benchmarks.labels import Endpoint
+from benchmarks.labels import EndpointLabel
 
 GENERATORS = ("hey", "wrk")
 WARMUP_REQUESTS = 200
@@ -40,7 +40,7 @@ file:close()
 class Target:
     """One REST endpoint to drive: where to POST the body, and any extra headers (TorchServe's key)."""
 
-    endpoint: Endpoint
+    endpoint: EndpointLabel
     url: str
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
@@ -73,7 +73,7 @@ class ExternalPoint:
 class ExternalEndpoint:
     """One endpoint at every concurrency, or why it could not be measured."""
 
-    endpoint: Endpoint
+    endpoint: EndpointLabel
     url: str
     points: list[ExternalPoint]
     error: str | None = None

@@ -14,7 +14,7 @@ SERVER_NAMES = {"tfserving": TF_SERVER, "flask": FLASK_SERVER, "torchserve": TOR
 
 
 @dataclasses.dataclass(frozen=True)
-class Endpoint:
+class EndpointLabel:
     """One endpoint of the serving stack: whose model it serves and which server answers."""
 
     key: str  # the runtime's endpoint name: "tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"
@@ -28,7 +28,7 @@ class Endpoint:
         """'TorchServe, REST'."""
         return f"{self.server}, {self.protocol}"
 
-    def given_by_environment(self, address: str) -> Endpoint:
+    def given_by_environment(self, address: str) -> EndpointLabel:
         """The same endpoint answered by a server this run did not start (for example docker compose's)."""
         return dataclasses.replace(self, server=f"server at {address} (given by {self.variable})")
 
@@ -36,10 +36,10 @@ class Endpoint:
 ENDPOINTS = {
     endpoint.key: endpoint
     for endpoint in (
-        Endpoint("tf-grpc", "tf", TF_SERVER, "gRPC", "TFSERVING_GRPC"),
-        Endpoint("tf-rest", "tf", TF_SERVER, "REST", "TFSERVING_REST"),
-        Endpoint("flask-rest", "torch", FLASK_SERVER, "REST", "FLASK_URL"),
-        Endpoint("torchserve-rest", "torch", TORCHSERVE, "REST", "TORCHSERVE_URL"),
-        Endpoint("torchserve-grpc", "torch", TORCHSERVE, "gRPC", "TORCHSERVE_GRPC"),
+        EndpointLabel("tf-grpc", "tf", TF_SERVER, "gRPC", "TFSERVING_GRPC"),
+        EndpointLabel("tf-rest", "tf", TF_SERVER, "REST", "TFSERVING_REST"),
+        EndpointLabel("flask-rest", "torch", FLASK_SERVER, "REST", "FLASK_URL"),
+        EndpointLabel("torchserve-rest", "torch", TORCHSERVE, "REST", "TORCHSERVE_URL"),
+        EndpointLabel("torchserve-grpc", "torch", TORCHSERVE, "gRPC", "TORCHSERVE_GRPC"),
     )
 }

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from benchmarks import http_load, load
-from benchmarks.labels import ENDPOINTS, Endpoint
+from benchmarks.labels import ENDPOINTS, EndpointLabel
 
 START_TIMEOUT_SECONDS = 240.0
 CONCURRENCIES = (1, 4, 16)
@@ -32,7 +32,7 @@ ClientFactory = Callable[[], Any]  # a new client of one endpoint, as its server
 class EndpointSweep:
     """One endpoint at every concurrency, or why it could not be measured."""
 
-    endpoint: Endpoint
+    endpoint: EndpointLabel
     points: list[load.LoadResult]
     error: str | None = None
 
@@ -64,7 +64,7 @@ def given_endpoints(environment: Mapping[str, str] = os.environ) -> list[Any] | 
 
 
 def _sweep_endpoint(
-    endpoint: Endpoint, make_client: ClientFactory, image: np.ndarray, concurrencies: Sequence[int], settings: load.LoadSettings
+    endpoint: EndpointLabel, make_client: ClientFactory, image: np.ndarray, concurrencies: Sequence[int], settings: load.LoadSettings
 ) -> EndpointSweep:
     batch = np.asarray(image, dtype=np.float32)[np.newaxis]  # (1, H, W)
     try:
@@ -75,7 +75,7 @@ def _sweep_endpoint(
         return EndpointSweep(endpoint, [], f"{type(error).__name__}: {error}"[:300])
 
 
-def rest_target(endpoint: Any, label: Endpoint, key_file: Path | None) -> http_load.Target | None:
+def rest_target(endpoint: Any, label: EndpointLabel, key_file: Path | None) -> http_load.Target | None:
     """Where an external generator POSTs a predict body to one of the runtime's REST endpoints (None: not REST)."""
     if endpoint.protocol != "REST":
         return None

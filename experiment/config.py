@@ -42,6 +42,12 @@ class TrainConfig:
     )
     output_dir: Path = config_field(Path("models"), "where exports go: <output-dir>/<framework>/<model>/<version>/")
     log_dir: Path = config_field(Path("runs"), "where TensorBoard logs go: <log-dir>/<framework>/<run-name>/")
+    checkpoint_dir: Path | None = config_field(
+        None,
+        "folder for training checkpoints: one is saved every --checkpoint-every steps and a restarted run resumes "
+        "from the latest; every process of a distributed run must see the same folder; default: no checkpoints",
+    )
+    checkpoint_every: int = config_field(100, "optimizer steps between two checkpoints (with --checkpoint-dir)")
 
     framework: typing.ClassVar[str] = ""
 
@@ -54,6 +60,8 @@ class TrainConfig:
             raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}.")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.checkpoint_every <= 0:
+            raise UsageError(f"--checkpoint-every must be a positive integer, got {self.checkpoint_every}.")
         if self.run_name is not None and (not self.run_name or "/" in self.run_name or self.run_name.startswith(".")):
             raise UsageError(f"--run-name {self.run_name!r} must be a plain folder name.")
 
@@ -110,6 +118,19 @@ class TrainConfig:
             "optimizer": "adam",
             "adam_epsilon": ADAM_EPSILON,
         }
+
+    def resume_settings(self, dataset_name: str) -> dict[str, Any]:
+        """What a checkpoint must have been made with to be resumed by this config: all but the epoch count."""
+        settings = {
+            "framework": self.framework,
+            "dataset": dataset_name,
+            **self.hyperparameters(),
+            "hidden_sizes": list(self.hidden_sizes),
+            "activation": self.activation,
+            "dropout": self.dropout,
+        }
+        del settings["epochs"]  # more epochs than the interrupted run asked for is how a user extends a run
+        return settings
 
     def tensorboard_hparams(self) -> dict[str, Any]:
         """Scalar-only hyperparameters for TensorBoard's HParams dashboard, the same keys on both sides."""

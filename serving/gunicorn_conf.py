@@ -16,12 +16,19 @@ bind = ["127.0.0.1:5000"]
 # Processes, each with its own copy of the model and one torch thread: on a small CPU model, several single-threaded
 # workers serve more requests than one worker whose torch threads fight over the same cores.
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, min(4, os.cpu_count() or 1))))
-# Threads inside a worker keep HTTP connections alive between requests; TorchScript releases the GIL while it runs.
-worker_class = "gthread"
-threads = 4
+# gevent (serving/gunicorn_worker.py says why): a connection costs a greenlet, not a thread, so idle and slow
+# clients cannot take a worker's capacity; the worker adds read deadlines, a bounded body and JSON errors.
+worker_class = "serving.gunicorn_worker.FlaskGeventWorker"
+worker_connections = 1000  # open connections per worker; more wait in the listen queue
+# Seconds a connection may stay idle, and the deadline for a request's line and headers to arrive (the gevent
+# worker's keep-alive timeout covers both); the body's deadline is the app's FLASK_BODY_TIMEOUT_SECONDS.
 keepalive = 5
 timeout = 30
 graceful_timeout = 20
+# gunicorn's defaults, spelled out: longer lines and headers are refused (414, 431) before any of the app runs.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
 # No preloading: each worker imports torch, loads the model and starts its own version poller after the fork
 # (a thread started in the master would not survive the fork).
 preload_app = False
@@ -44,14 +51,7 @@ def on_starting(server) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """In each new worker: one torch thread, and the app's log lines in gunicorn's error log."""
-    import torch
-
-    torch.set_num_threads(1)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # only settable before torch's first parallel work; harmless to skip
+    """In each new worker: the app's log lines in gunicorn's error log (the worker pins torch to one thread)."""
     serving_logger = logging.getLogger("serving")
     serving_logger.setLevel(logging.INFO)
     serving_logger.handlers = list(server.log.error_log.handlers)

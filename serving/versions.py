@@ -2,7 +2,10 @@
 
 The rules are TensorFlow Serving's availability-preserving ones: a new version is loaded (the loader also warms it
 up) before an old one is unloaded, and a version that fails to load leaves the old one serving and is not retried
-until something in its folder changes. Each server supplies only its framework-specific loader.
+until something in its folder changes. One rule goes further than TensorFlow Serving: when no version the policy
+wants loads (a corrupt newest version at start, or after a restart), the newest older version that does load is
+served instead, until a wanted version loads (the last good version). Each server supplies only its
+framework-specific loader.
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ class VersionWatcher(Generic[Model]):
 
     keep_vanished_until_replaced: TensorFlow Serving unloads a version as soon as its folder disappears; with this
     set, a vanished version keeps serving until a version the policy wants has loaded (the Flask app's rule).
+    fall_back_to_last_good (on by default): under a "latest" policy, when none of the wanted versions loads and no
+    other version still on disk is loaded, the newest older version that loads is served (and logged as such)
+    until a wanted version loads; the failed ones stay END with their error in the statuses. A "specific" policy
+    never falls back: the operator named the versions to serve.
     """
 
     def __init__(
@@ -104,12 +111,14 @@ class VersionWatcher(Generic[Model]):
         on_change: Callable[[], None] | None = None,
         error_code: Callable[[BaseException], str] = default_error_code,
         keep_vanished_until_replaced: bool = False,
+        fall_back_to_last_good: bool = True,
     ) -> None:
         self.poll_wait_seconds = poll_wait_seconds
         self._loader = loader
         self._on_change = on_change or (lambda: None)
         self._error_code = error_code
         self._keep_vanished = keep_vanished_until_replaced
+        self._fall_back = fall_back_to_last_good
         self._lock = threading.Lock()  # one writer at a time replaces entries of _models
         self._models: dict[str, ModelVersions[Model]] = {source.name: ModelVersions(source) for source in sources}
         self._failed: dict[tuple[str, int], tuple] = {}  # (model, version) → fingerprint of a folder that failed
@@ -165,6 +174,9 @@ class VersionWatcher(Generic[Model]):
             if version not in self._models[name].loaded:
                 self._load(source, version)
         loaded = set(self._models[name].loaded)
+        if self._fall_back and source.policy.kind == "latest" and wanted and not loaded & set(present):
+            self._fall_back_to_last_good(source, present, wanted)
+            loaded = set(self._models[name].loaded)
         # Unload only once something wanted is serving; a vanished folder is unloaded regardless (unless kept).
         serving_wanted = loaded & wanted
         for version in sorted(loaded - wanted):
@@ -172,6 +184,16 @@ class VersionWatcher(Generic[Model]):
             if not serving_wanted and (not vanished or self._keep_vanished):
                 continue
             self._unload(name, version)
+
+    def _fall_back_to_last_good(self, source: ModelSource, present: list[int], wanted: set[int]) -> None:
+        """No wanted version loaded: load the newest older version on disk that loads, and say which one serves."""
+        for version in sorted(set(present) - wanted, reverse=True):
+            if self._load(source, version):
+                logger.warning(
+                    "Model %s: version %s failed to load; serving version %d, the newest version that loads, instead.",
+                    source.name, ", ".join(str(number) for number in sorted(wanted, reverse=True)), version,
+                )  # fmt: skip
+                return
 
     def _update(self, name: str, version: int, status: VersionStatus, model: Model | None = None) -> None:
         """Record version's new status; add model to the loaded versions, or drop the version when model is None."""
@@ -187,11 +209,12 @@ class VersionWatcher(Generic[Model]):
             statuses = {**current.statuses, version: status}
             self._models[name] = dataclasses.replace(current, loaded=loaded, statuses=statuses)
 
-    def _load(self, source: ModelSource, version: int) -> None:
+    def _load(self, source: ModelSource, version: int) -> bool:
+        """Load one version (True), or record why it failed (False, also for a failure not retried)."""
         name, path = source.name, source.base_path / str(version)
         fingerprint = _fingerprint(path)
         if self._failed.get((name, version)) == fingerprint:
-            return  # failed before and nothing in the folder has changed since: do not retry or re-log
+            return False  # failed before and nothing in the folder has changed since: do not retry or re-log
         self._update(name, version, VersionStatus(version, LOADING))
         started = time.monotonic()
         try:
@@ -201,11 +224,12 @@ class VersionWatcher(Generic[Model]):
             self._failed[(name, version)] = fingerprint
             self._update(name, version, VersionStatus(version, END, self._error_code(error), message))
             logger.error("Failed to load model %s version %d from %s: %s", name, version, path, message)
-            return
+            return False
         self._failed.pop((name, version), None)
         self._update(name, version, VersionStatus(version, AVAILABLE), model)
         logger.info("Loaded model %s version %d from %s in %.2f s.", name, version, path, time.monotonic() - started)
         self._on_change()
+        return True
 
     def _unload(self, name: str, version: int) -> None:
         # Requests already holding the model finish with it; new ones no longer find it.

@@ -11,6 +11,8 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The shared checks are plain functions; rewritten like test code, their failures show the values compared.
+pytest.register_assert_rewrite("tests.pipeline_checks")
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +31,11 @@ def _tf_train(root, digits, **overrides):
 
 
 def _torch_train(root, digits, **overrides):
+    # torch_pipeline.summaries points TensorBoard at its TensorFlow stub when TensorFlow is not loaded yet (the torch
+    # CLI then starts without it), and TensorBoard keeps that choice for the process. A test session that trains
+    # Keras after torch needs the real API, so it is loaded first.
+    import tensorflow  # noqa: F401
+
     from torch_pipeline.train import TorchTrainConfig, train
 
     config = TorchTrainConfig(output_dir=root / "models", log_dir=root / "runs", progress=False, **overrides)

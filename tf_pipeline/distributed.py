@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 from typing import TYPE_CHECKING
 
+from experiment import processes
 from experiment.errors import UsageError
 
 if TYPE_CHECKING:
@@ -61,13 +61,8 @@ def check_port_free(address: str) -> None:
         port = int(port_text)
     except ValueError:
         raise UsageError(f"Worker address {address!r} must end in :<port>.") from None
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("", port))
-        except OSError:
-            raise UsageError(
-                f"Port {port} (worker address {address}) is already in use; pick another port for this worker."
-            ) from None
+    if not processes.port_is_free(port):
+        raise UsageError(f"Port {port} (worker address {address}) is already in use; pick another port for this worker.")
 
 
 def strategy_for(role: WorkerRole) -> "tf.distribute.Strategy":

@@ -1,21 +1,22 @@
 """Start N local tf_pipeline.train workers with TF_CONFIG for MultiWorkerMirroredStrategy, and watch them.
 
     python -m tf_pipeline.launch --nproc 2 -- --epochs 5 --run-name two-workers
+    python -m tf_pipeline.launch --nproc 2 --max-restarts 3 -- --checkpoint-dir checkpoints/tf --epochs 40
 
 Each worker gets its own TF_CONFIG naming every worker's address; worker 0 is the chief that logs and exports.
-If a worker dies, the others (blocked in collectives, waiting for it) are stopped and the launcher exits non-zero
-naming the worker, before anything is exported. Across machines, skip this launcher: set TF_CONFIG on each host
-and run `python -m tf_pipeline.train` there (docs/distributed.md).
+If a worker dies, the others (blocked in collectives, waiting for it) are stopped. With --max-restarts N the whole
+group is then started again, up to N times, and with --checkpoint-dir the workers resume from the latest
+checkpoint (what torchrun --max-restarts does for the torch side); otherwise, or once the restarts are spent, the
+launcher exits non-zero naming the worker, before anything is exported. Across machines, skip this launcher: set
+TF_CONFIG on each host and run `python -m tf_pipeline.train` there (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,16 +24,19 @@ import typing
 from typing import Sequence
 
 from experiment import artifacts
+from experiment import checkpoints as run_checkpoints
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
+from experiment.data import dataset_name_for
 from experiment.errors import UsageError
-from experiment.processes import port_is_free, split_arguments
+from experiment.processes import free_ports, port_is_free, split_arguments
 
 PROG = "python -m tf_pipeline.launch"
 HOST = "127.0.0.1"
 POLL_SECONDS = 0.1
 # How long a stopped worker gets to exit after SIGTERM before it is killed.
 TERMINATE_GRACE_SECONDS = 5.0
+USAGE_ERROR = 2  # the exit status of a user mistake (experiment.cli.run_main)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="worker i listens on base-port + i on 127.0.0.1 (default: free ports picked by the system)",
     )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        help="times to restart every worker after one fails; they resume from --checkpoint-dir (default: 0)",
+    )
     return parser
 
 
@@ -65,12 +75,7 @@ def choose_ports(count: int, base_port: int | None) -> list[int]:
             if not port_is_free(port):
                 raise UsageError(f"Port {port} for worker {index} is already in use; choose another --base-port.")
         return ports
-    with contextlib.ExitStack() as stack:
-        # Hold every socket open until all are chosen, so the system cannot hand the same port out twice.
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for probe in sockets:
-            probe.bind((HOST, 0))
-        return [probe.getsockname()[1] for probe in sockets]
+    return free_ports(count, HOST)
 
 
 def tf_config(addresses: list[str], index: int) -> str:
@@ -117,19 +122,43 @@ def watch(workers: list[subprocess.Popen]) -> tuple[int, int] | None:
         time.sleep(POLL_SECONDS)
 
 
-def launch(num_workers: int, train_argv: list[str], base_port: int | None = None) -> int:
-    """Start the workers, wait for them, and return 0 or, when one failed, 1 after stopping the rest."""
+def launch(num_workers: int, train_argv: list[str], base_port: int | None = None, max_restarts: int = 0) -> int:
+    """Start the workers and wait for them; when one fails, stop the rest and start them all again up to
+    max_restarts times. Returns 0, or 1 once a failure finds no restart left."""
     from tf_pipeline.train import PROG as TRAIN_PROG
     from tf_pipeline.train import TFTrainConfig
 
     if num_workers < 1:
         raise UsageError(f"--nproc must be a positive integer, got {num_workers}.")
+    if max_restarts < 0:
+        raise UsageError(f"--max-restarts must be 0 or more, got {max_restarts}.")
     # Check the training flags here, once, rather than as N identical errors from N workers.
     config = parse_config(TFTrainConfig, train_argv, TRAIN_PROG, "")
     per_replica_batch_size(config.batch_size, num_workers)
     artifacts.check_writable(config.output_dir)
     artifacts.check_writable(config.log_dir)
+    run_checkpoints.check_resumable(config.checkpoint_dir, config.resume_settings(dataset_name_for(config.data_dir)))
 
+    for attempt in range(max_restarts + 1):
+        failure = run_workers(num_workers, train_argv, base_port)
+        if failure is None:
+            return 0
+        index, pid, returncode = failure
+        what = f"worker {index} (pid {pid}) {describe_exit(returncode)}"
+        if attempt == max_restarts or returncode == USAGE_ERROR:
+            break  # no restarts left, or a mistake in the flags that a restart would only repeat
+        print(
+            f"{PROG}: {what}; restarting all {num_workers} workers (restart {attempt + 1} of {max_restarts}).",
+            file=sys.stderr,
+            flush=True,
+        )
+    print(f"{PROG}: error: {what}; stopped the other workers, nothing was exported.", file=sys.stderr)
+    return 1
+
+
+def run_workers(num_workers: int, train_argv: list[str], base_port: int | None) -> tuple[int, int, int] | None:
+    """One attempt: start every worker on fresh ports and wait; None when all exit 0, else the first failure's
+    (index, pid, return code) after the others have been stopped."""
     addresses = [f"{HOST}:{port}" for port in choose_ports(num_workers, base_port)]
     command = [sys.executable, "-m", "tf_pipeline.train", *train_argv]
     workers: list[subprocess.Popen] = []
@@ -146,22 +175,17 @@ def launch(num_workers: int, train_argv: list[str], base_port: int | None = None
         stop_workers(workers)
         raise
     if failure is None:
-        return 0
+        return None
     index, returncode = failure
     stop_workers(workers)
-    print(
-        f"{PROG}: error: worker {index} (pid {workers[index].pid}) {describe_exit(returncode)}; "
-        f"stopped the other workers, nothing was exported.",
-        file=sys.stderr,
-    )
-    return 1
+    return index, workers[index].pid, returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     launcher_argv, train_argv = split_arguments(sys.argv[1:] if argv is None else argv)
     arguments = build_parser().parse_args(launcher_argv)
-    return run_main(PROG, lambda: launch(arguments.nproc, train_argv, arguments.base_port))
+    return run_main(PROG, lambda: launch(arguments.nproc, train_argv, arguments.base_port, arguments.max_restarts))
 
 
 if __name__ == "__main__":

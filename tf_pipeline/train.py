@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from experiment import artifacts, metrics
+from experiment import artifacts, metrics, runs
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
@@ -60,22 +60,6 @@ class TFTrainConfig(TrainConfig):
             raise UsageError(f"--steps-per-execution must be a positive integer, got {self.steps_per_execution}.")
         if self.verbose not in (0, 1, 2):
             raise UsageError(f"--verbose must be 0, 1 or 2, got {self.verbose}.")
-
-
-class WorkerLost(RuntimeError):
-    """A collective with the other workers failed (one of them died or became unreachable); nothing is exported."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingResult:
-    """What a finished run produced; a non-chief worker of a multi-worker run exports nothing (None fields)."""
-
-    version: int | None
-    export_path: Path | None
-    run_dir: Path
-    test_accuracy: float
-    test_loss: float
-    training_seconds: float
 
 
 def training_dataset(split: Split, batch_size: int, seed: int) -> "tf.data.Dataset":
@@ -143,7 +127,7 @@ def _weights_checksum(model: "keras.Model", strategy: "tf.distribute.Strategy") 
     ]
 
 
-def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResult:
+def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.TrainingResult:
     """Train (data-parallel when TF_CONFIG lists several workers), evaluate, log and export on the chief."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
     from tf_pipeline import distributed
@@ -153,8 +137,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     per_replica_batch_size(config.batch_size, role.num_workers)  # one replica per worker on CPU
     dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
     base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
-    run_name = config.resolved_run_name(dataset.name)
-    run_dir = Path(config.log_dir) / FRAMEWORK / run_name
+    run_name, run_dir = runs.start_run(config, dataset.name, role.is_chief)
     if role.is_chief:
         artifacts.check_writable(base_path)
         artifacts.check_writable(run_dir)
@@ -165,14 +148,10 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     import keras
     import tensorflow as tf
 
-    from tf_pipeline import export, summaries
+    from tf_pipeline import checkpoints, export, summaries
     from tf_pipeline.model import build_model
 
     per_replica_batch_size(config.batch_size, strategy.num_replicas_in_sync)  # several GPUs per worker
-    checksum_file = None
-    if config.weight_checksums is not None:
-        checksum_file = open(Path(config.weight_checksums) / f"worker-{role.index}.txt", "w")  # noqa: SIM115
-
     keras.utils.set_random_seed(config.seed)
     spec = config.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
     with strategy.scope():
@@ -188,6 +167,17 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             aggregation=tf.VariableAggregation.SUM,
         )
     loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    saver = resumed = None
+    if config.checkpoint_dir is not None:
+        saver = checkpoints.TrainingCheckpoints(config.checkpoint_dir, model, optimizer, role.is_chief)
+        resumed = saver.restore_latest()
+        if resumed and role.is_chief:
+            print(f"resuming run {run_name} from the checkpoint of step {resumed.step}", flush=True)
+    checksum_file = None
+    if config.weight_checksums is not None:
+        # A resumed run adds to the lines its first attempt wrote.
+        checksum_path = Path(config.weight_checksums) / f"worker-{role.index}.txt"
+        checksum_file = open(checksum_path, "a" if resumed else "w")  # noqa: SIM115
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
         # One replica's share of a global batch: images (b, H, W), labels (b,), weights (b,) = 1 / global batch.
@@ -208,9 +198,14 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
             strategy.run(replica_step, args=next(iterator))
         return totals.read_value()
 
-    batches = training_dataset(dataset.train, config.batch_size, config.seed)
+    global_step = resumed.step if resumed else 0
+    # The seeded stream is the same in every run: skipping the steps a checkpoint holds puts a resumed run on the
+    # batch an uninterrupted one would train on next.
+    batches = training_dataset(dataset.train, config.batch_size, config.seed).skip(global_step)
     iterator = iter(strategy.experimental_distribute_dataset(batches))  # each replica's slice of every global batch
     steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
+    first_epoch, skipped = divmod(global_step, steps_per_epoch)
+    seconds_before = resumed.training_seconds if resumed else 0.0
     steps_per_call = 1 if checksum_file else config.steps_per_execution
     writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if role.is_chief else None
     if writers:
@@ -220,22 +215,35 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
     metric_names = ["accuracy", "loss", "val_accuracy", "val_loss"]
 
     started = time.perf_counter()
+
+    def save_checkpoint(epoch_totals: np.ndarray) -> None:
+        seconds = seconds_before + time.perf_counter() - started
+        saver.save(checkpoints.LoopState(global_step, tuple(float(value) for value in epoch_totals), seconds))
+
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(first_epoch, config.epochs):
             if verbose:
                 print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
             progress = keras.utils.Progbar(
                 steps_per_epoch, verbose=verbose, stateful_metrics=metric_names, unit_name="step"
             )
             totals.assign(tf.zeros([3]))
-            step = 0
+            step, earlier_totals = 0, np.zeros(3)
+            if epoch == first_epoch and resumed:
+                step, earlier_totals = skipped, np.asarray(resumed.epoch_totals)  # the epoch's restored share
             while step < steps_per_epoch:
                 num_steps = min(steps_per_call, steps_per_epoch - step)
-                loss_sum, correct, examples = train_steps(iterator, tf.constant(num_steps)).numpy()
+                if saver:  # stop each call at a checkpoint boundary
+                    num_steps = min(num_steps, config.checkpoint_every - global_step % config.checkpoint_every)
+                epoch_totals = earlier_totals + train_steps(iterator, tf.constant(num_steps)).numpy()
+                loss_sum, correct, examples = epoch_totals
                 step += num_steps
+                global_step += num_steps
                 if checksum_file:
                     for replica, checksum in enumerate(_weights_checksum(model, strategy)):
-                        checksum_file.write(f"{epoch * steps_per_epoch + step} {replica} {checksum}\n")
+                        checksum_file.write(f"{global_step} {replica} {checksum}\n")
+                if saver and global_step % config.checkpoint_every == 0:
+                    save_checkpoint(epoch_totals)
                 if verbose == 1 and step < steps_per_epoch:
                     progress.update(step, [("accuracy", correct / examples), ("loss", loss_sum / examples)])
             train_loss, train_accuracy = float(loss_sum / examples), float(correct / examples)
@@ -249,43 +257,39 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
                     ("val_loss", validation_loss),
                 ]
                 progress.update(steps_per_epoch, logs, finalize=True)
+        if saver and global_step % config.checkpoint_every != 0:
+            save_checkpoint(np.zeros(3))  # the finished weights: a restart from here goes straight to export
     except tf.errors.OpError as error:
         if role.num_workers == 1:
             raise
         # A peer that died (or became unreachable) aborts the collectives of everyone still waiting on it.
-        raise WorkerLost(
+        raise runs.WorkerLost(
             f"worker {role.index} stopped: a collective with the other workers failed ({type(error).__name__}); "
             "nothing was exported."
         ) from None
     finally:
         if checksum_file:
             checksum_file.close()
-    training_seconds = time.perf_counter() - started
+        if saver:
+            saver.close()
+    training_seconds = seconds_before + time.perf_counter() - started
     if not writers:  # a worker other than the chief
-        return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
+        return runs.TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
 
     # The chief exports a plain copy built outside the strategy: the SavedModel then holds ordinary variables,
     # the same artifact a single-process run writes.
     serving_model = build_model(spec, seed=config.seed)
     serving_model.set_weights(model.get_weights())
-    test_loss, test_accuracy, predictions = evaluate(serving_model, dataset.test)
-    writers.write_final_summaries(
-        hparams=config.tensorboard_hparams(),
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        confusion=metrics.confusion_matrix(dataset.test.labels, predictions, dataset.num_classes),
-        step=config.epochs,
-    )
-    writers.close()
+    evaluation = runs.Evaluation(*evaluate(serving_model, dataset.test))
+    runs.finish_summaries(writers, config, dataset, evaluation)
 
-    metadata = artifacts.build_metadata(
+    metadata = runs.export_metadata(
         framework="tensorflow",
         framework_version=tf.__version__,
-        dataset=dataset.name,
-        network=spec.to_dict(),
+        dataset=dataset,
+        spec=spec,
         hyperparameters={**config.hyperparameters(), "steps_per_execution": config.steps_per_execution},
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
+        evaluation=evaluation,
         training_seconds=training_seconds,
         run_name=run_name,
         extra={
@@ -301,7 +305,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> TrainingResu
         export.write_saved_model(serving_model, spec, staging)
         artifacts.write_metadata(staging, metadata)
         version, export_path = artifacts.publish_version(staging, base_path)
-    return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
+    return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -311,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(TFTrainConfig, argv, PROG, "Train the Keras model and export a SavedModel.")
         try:
             result = train(config)
-        except WorkerLost as error:
+        except runs.WorkerLost as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
         if result.export_path is None:

@@ -51,8 +51,31 @@ def join_process_group() -> ProcessGroup:
     else:
         device = torch.device("cpu")
         backend = "gloo"
-    distributed.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+    distributed.init_process_group(
+        backend=backend, timeout=COLLECTIVE_TIMEOUT, store=_restart_store(rank, world_size), rank=rank,
+        world_size=world_size,
+    )
     return ProcessGroup(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def _restart_store(rank: int, world_size: int) -> distributed.Store:
+    """The rendezvous store of torchrun's MASTER_ADDR:MASTER_PORT, with keys private to this restart of the group.
+
+    torchrun's elastic agent keeps one TCPStore for every restart of the worker group, and workers connect to it
+    without a per-restart prefix: after --max-restarts restarts a group, the new ranks would read the addresses
+    the dead ranks published and fail to connect. TORCHELASTIC_RESTART_COUNT (0 on the first start) separates them.
+    """
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    # Under the elastic agent the agent hosts the store; a plain launch (static MASTER_ADDR) has rank 0 host it.
+    hosted_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = distributed.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=world_size,
+        is_master=rank == 0 and not hosted_by_agent,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    return distributed.PrefixStore(f"restart-{restart}", store)
 
 
 def leave_process_group(group: ProcessGroup) -> None:
@@ -68,3 +91,13 @@ def sum_over_ranks(values: list[float], group: ProcessGroup) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=group.device)
     distributed.all_reduce(tensor, op=distributed.ReduceOp.SUM)
     return tensor.tolist()
+
+
+
+def broadcast_int(value: int, group: ProcessGroup) -> int:
+    """Rank 0's integer on every rank (a lone process returns it unchanged)."""
+    if not group.is_distributed:
+        return value
+    tensor = torch.tensor([value if group.is_main else 0], dtype=torch.int64, device=group.device)
+    distributed.broadcast(tensor, src=0)
+    return int(tensor.item())

@@ -7,7 +7,8 @@ Everything before `--` is a torchrun option (--nproc-per-node, --nnodes, --node-
 `torchrun <options> -m torch_pipeline.train <flags>`, run through torch.distributed.run in this process, plus:
 the training flags and the global batch split are checked once before any worker starts, a rendezvous port that
 is already taken is reported in one sentence, and a worker that dies is named by rank (torchrun itself stops the
-other workers).
+other workers). With torchrun's --max-restarts N and the training flag --checkpoint-dir, torchrun restarts the
+whole group after a failure and every rank resumes from the latest checkpoint (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import sys
 from typing import Sequence
 
 from experiment import artifacts
+from experiment import checkpoints as run_checkpoints
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
+from experiment.data import dataset_name_for
 from experiment.errors import UsageError
 from experiment.processes import port_is_free, split_arguments
 
@@ -80,6 +83,7 @@ def launch(torchrun_argv: list[str], train_argv: list[str]) -> int:
     if arguments.node_rank == 0:
         artifacts.check_writable(config.output_dir)
         artifacts.check_writable(config.log_dir)
+    run_checkpoints.check_resumable(config.checkpoint_dir, config.resume_settings(dataset_name_for(config.data_dir)))
     check_rendezvous_port(arguments)
     try:
         torchrun.run(arguments)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from experiment import artifacts, metrics
+from experiment import artifacts, metrics, runs
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
@@ -44,22 +44,6 @@ class TorchTrainConfig(TrainConfig):
     )
 
     framework = FRAMEWORK
-
-
-class WorkerLost(RuntimeError):
-    """A collective with the other ranks failed (one of them died or became unreachable); nothing is exported."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingResult:
-    """What a finished run produced; ranks other than 0 of a distributed run export nothing (None fields)."""
-
-    version: int | None
-    export_path: Path | None
-    run_dir: Path
-    test_accuracy: float
-    test_loss: float
-    training_seconds: float
 
 
 def _tensors(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +76,12 @@ def _weights_checksum(model: torch.nn.Module) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingResult:
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """A generator seed for one rank's step, independent for every (seed, rank, step)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> runs.TrainingResult:
     """Train (data-parallel under torchrun), evaluate, log and export on rank 0; returns where everything went."""
     import torch
     from torch.nn import functional
@@ -110,53 +99,79 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         dataset = dataset or load_dataset(config.data_dir, seed=config.seed)
         base_path = artifacts.model_base_path(config.output_dir, FRAMEWORK, dataset.name)
         model_store = artifacts.model_store_path(config.output_dir)
-        run_name = config.resolved_run_name(dataset.name)
-        run_dir = Path(config.log_dir) / FRAMEWORK / run_name
+        run_name, run_dir = runs.start_run(config, dataset.name, group.is_main)
         if group.is_main:
             for directory in (base_path, model_store, run_dir):
                 artifacts.check_writable(directory)
         if config.weight_checksums is not None:
             artifacts.check_writable(config.weight_checksums)
-            checksum_file = open(Path(config.weight_checksums) / f"rank-{group.rank}.txt", "w")  # noqa: SIM115
         # Imported after the user-mistake checks: torch.utils.tensorboard loads TensorFlow when it is installed,
         # whose start-up messages would bury a one-sentence error.
-        from torch_pipeline import export, summaries
+        from torch_pipeline import checkpoints, export, summaries
 
-        # Each rank draws its own dropout masks, as one process would for different parts of a global batch.
-        torch.manual_seed(config.seed + group.rank)
         spec = config.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
         network = build_model(spec, seed=config.seed).to(group.device)  # the same initial weights on every rank
+        optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, eps=ADAM_EPSILON)
+        resumed = None
+        if config.checkpoint_dir is not None:
+            contents = checkpoints.load_latest(config.checkpoint_dir, group)
+            resumed = checkpoints.restore(contents, network, optimizer) if contents is not None else None
+            if resumed and group.is_main:
+                print(f"resuming run {run_name} from the checkpoint of step {resumed.step}", flush=True)
         # DDP averages gradients over ranks during backward(); the constant rescaling buffer needs no per-step sync.
+        # Wrapped after restoring: DDP's constructor broadcasts rank 0's weights, which every rank now shares anyway.
         model = DistributedDataParallel(network, forward_sync_buffers=False) if group.is_distributed else network
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, eps=ADAM_EPSILON)
+
+        if config.weight_checksums is not None:
+            # A resumed run adds to the lines its first attempt wrote.
+            checksum_file = open(  # noqa: SIM115
+                Path(config.weight_checksums) / f"rank-{group.rank}.txt", "a" if resumed else "w"
+            )
 
         train_images, train_labels = _tensors(dataset.train)
         # A DistributedSampler in every run (one replica when alone): rank r takes every world_size-th index of one
         # seeded permutation, so each step's global batch holds the same examples however many processes share it.
-        # Whole batches are sliced out of the tensors at once (batch_size=None + a BatchSampler) rather than
-        # gathered item by item and collated: the per-item path costs more than this small model's step.
+        # Whole batches are sliced out of the tensors at once (batch_size=None + a list of index batches) rather
+        # than gathered item by item and collated: the per-item path costs more than this small model's step.
         shard = torch_data.DistributedSampler(
             train_images, num_replicas=group.world_size, rank=group.rank, shuffle=True, seed=config.seed
         )
-        loader = torch_data.DataLoader(
-            torch_data.TensorDataset(train_images, train_labels),
-            sampler=torch_data.BatchSampler(shard, batch_size, drop_last=False),
-            batch_size=None,
-        )
+        examples_per_step = torch_data.TensorDataset(train_images, train_labels)
+        steps_per_epoch = math.ceil(len(shard) / batch_size)
 
         writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if group.is_main else None
         if writers:
             writers.add_graph(network, train_images[:1].to(group.device))
         show_progress = config.progress and group.is_main
-        step = 0
+        step = resumed.step if resumed else 0
+        first_epoch, skipped = divmod(step, steps_per_epoch)
+        seconds_before = resumed.training_seconds if resumed else 0.0
         started = time.perf_counter()
-        for epoch in range(config.epochs):
+
+        def save_checkpoint(totals: list[float]) -> None:
+            # Every rank's share of the epoch's totals, summed, so the resumed epoch logs the whole epoch.
+            totals = distributed.sum_over_ranks(totals, group)
+            if group.is_main:
+                state = checkpoints.LoopState(step, tuple(totals), seconds_before + time.perf_counter() - started)
+                checkpoints.save(config.checkpoint_dir, network, optimizer, state)
+
+        for epoch in range(first_epoch, config.epochs):
             shard.set_epoch(epoch)  # a new permutation each epoch, the same on every rank
-            model.train()
+            batches = list(torch_data.BatchSampler(shard, batch_size, drop_last=False))
             loss_sum, correct, examples = 0.0, 0, 0
-            batches = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not show_progress)
-            for images, labels in batches:  # (b, H, W), (b,) with b = global batch / world size
+            if epoch == first_epoch and skipped:
+                batches = batches[skipped:]  # the steps the checkpoint already holds
+                if group.is_main:  # the other ranks' shares are in rank 0's restored sums
+                    loss_sum, correct, examples = resumed.epoch_totals
+            loader = torch_data.DataLoader(examples_per_step, sampler=batches, batch_size=None)
+            model.train()
+            description = f"epoch {epoch + 1}/{config.epochs}"
+            for images, labels in tqdm(loader, desc=description, leave=False, disable=not show_progress):
+                # (b, H, W), (b,) with b = global batch / world size
                 images, labels = images.to(group.device), labels.to(group.device)
+                # Dropout masks drawn from (seed, rank, step): a run resumed at any step draws what an
+                # uninterrupted one would, without carrying every rank's generator state in the checkpoint.
+                torch.manual_seed(_step_seed(config.seed, group.rank, step))
                 logits = model(images)  # (b, C)
                 loss = functional.cross_entropy(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
@@ -168,6 +183,8 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
                 step += 1
                 if checksum_file:
                     checksum_file.write(f"{step} {_weights_checksum(network)}\n")
+                if config.checkpoint_dir is not None and step % config.checkpoint_every == 0:
+                    save_checkpoint([loss_sum, correct, examples])
             # One all-reduce per epoch for the logged training metrics of the whole global batch stream.
             loss_sum, correct, examples = distributed.sum_over_ranks([loss_sum, correct, examples], group)
             train_loss, train_accuracy = loss_sum / examples, correct / examples
@@ -179,16 +196,18 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
                         f"epoch {epoch + 1}/{config.epochs}: loss {train_loss:.4f} accuracy {train_accuracy:.4f} "
                         f"val_loss {validation_loss:.4f} val_accuracy {validation_accuracy:.4f}"
                     )
-        training_seconds = time.perf_counter() - started
+        if config.checkpoint_dir is not None and step % config.checkpoint_every != 0:
+            save_checkpoint([0.0, 0.0, 0.0])  # the finished weights: a restart from here goes straight to export
+        training_seconds = seconds_before + time.perf_counter() - started
         if not writers:
-            return TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
+            return runs.TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
     except RuntimeError as error:
         if not group.is_distributed:
             raise
         # A peer that died (or became unreachable) breaks the collectives of every rank still waiting on it.
         # gloo's message starts with "[source.cc:line] "; keep its first sentence.
         detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip().splitlines() or [""])[0]).split(". ")[0]
-        raise WorkerLost(
+        raise runs.WorkerLost(
             f"rank {group.rank} stopped: a collective with the other ranks failed ({detail or type(error).__name__}); "
             "nothing was exported."
         ) from None
@@ -198,24 +217,16 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         distributed.leave_process_group(group)
 
     network = network.cpu()  # the exported TorchScript must load on a CPU-only server
-    test_loss, test_accuracy, predictions = evaluate(network, dataset.test)
-    writers.write_final_summaries(
-        hparams=config.tensorboard_hparams(),
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        confusion=metrics.confusion_matrix(dataset.test.labels, predictions, dataset.num_classes),
-        step=config.epochs,
-    )
-    writers.close()
+    evaluation = runs.Evaluation(*evaluate(network, dataset.test))
+    runs.finish_summaries(writers, config, dataset, evaluation)
 
-    metadata = artifacts.build_metadata(
+    metadata = runs.export_metadata(
         framework="torch",
         framework_version=torch.__version__,
-        dataset=dataset.name,
-        network=spec.to_dict(),
+        dataset=dataset,
+        spec=spec,
         hyperparameters=config.hyperparameters(),
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
+        evaluation=evaluation,
         training_seconds=training_seconds,
         run_name=run_name,
         extra={
@@ -230,7 +241,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> TrainingR
         archive = export.write_model_archive(staging, dataset.name, artifacts.next_version(base_path), archive_dir)
         version, export_path = artifacts.publish_version(staging, base_path)
         export.publish_model_archive(archive, model_store, dataset.name)
-    return TrainingResult(version, export_path, run_dir, test_accuracy, test_loss, training_seconds)
+    return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export TorchScript and a .mar.")
         try:
             result = train(config)
-        except WorkerLost as error:
+        except runs.WorkerLost as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             return 1
         if result.export_path is None:

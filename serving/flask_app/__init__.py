@@ -26,7 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "MODEL_VERSION": None,  # serve this version only; None: the highest, switching when a newer one appears
     "MODEL_POLL_SECONDS": 1.0,  # TF Serving's --file_system_poll_wait_seconds; 0 turns polling off
     "MAX_BATCH_SIZE": rest.MAX_BATCH_SIZE,  # instances per request; more is a 400
-    "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bytes per request body; more is a 413
+    "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bytes per request body, chunked or not; more is a 413
+    # Seconds a request body may take to arrive under gunicorn (serving/gunicorn_worker.py); then 408.
+    "BODY_TIMEOUT_SECONDS": 10.0,
 }
 
 
@@ -76,7 +78,7 @@ def _check_config(config: Mapping[str, Any]) -> None:
     version = config["MODEL_VERSION"]
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise ValueError(f"FLASK_MODEL_VERSION must be a positive integer, got {version!r}.")
-    for name, minimum in (("MAX_BATCH_SIZE", 1), ("MODEL_POLL_SECONDS", 0)):
+    for name, minimum in (("MAX_BATCH_SIZE", 1), ("MODEL_POLL_SECONDS", 0), ("BODY_TIMEOUT_SECONDS", 0.001)):
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
             raise ValueError(f"FLASK_{name} must be a number ≥ {minimum}, got {value!r}.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,8 +15,9 @@ import torch
 from experiment import artifacts
 from experiment.spec import CLASSES, INPUT_NAME, OUTPUT_NAMES, PROBABILITIES, SIGNATURE_NAME
 from serving.protocol.signatures import SignatureSpec, classifier_signature
-from serving.versions import ModelSource, VersionPolicy, VersionWatcher
+from serving.versions import ModelSource, VersionPolicy, VersionStatus, VersionWatcher
 
+logger = logging.getLogger("serving.flask_app")
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
@@ -70,7 +72,9 @@ class ModelManager(VersionWatcher[LoadedModel]):
 
     A new version is loaded completely before it replaces the old one, and requests read `current` once, so a swap
     never fails a request: in-flight ones finish on the old module, later ones use the new. A version whose folder
-    disappears keeps serving until another one has loaded.
+    disappears keeps serving until another one has loaded. A newest version that fails to load is skipped: the newest
+    older version that loads is served (at start too, serving.versions' last-good rule), the status lists the failed
+    one, the log says so, and the failed one is tried again when its folder changes.
     """
 
     def __init__(
@@ -84,8 +88,8 @@ class ModelManager(VersionWatcher[LoadedModel]):
         self.name = name
         self.base_path = Path(base_path)
         self.pinned_version = pinned_version
-        policy = VersionPolicy()  # the highest version
-        if pinned_version is not None:
+        policy = VersionPolicy()  # the newest version, or the newest that loads when it fails
+        if pinned_version is not None:  # a pinned version is served or nothing is: no fallback
             policy = VersionPolicy("specific", versions=frozenset({pinned_version}))
         super().__init__(
             [ModelSource(name, self.base_path, policy)],
@@ -94,6 +98,20 @@ class ModelManager(VersionWatcher[LoadedModel]):
             on_change,
             keep_vanished_until_replaced=True,
         )
+
+    def newer_failure(self) -> VersionStatus | None:
+        """The newest version above the served one that failed to load, when the served version is a fallback."""
+        model = self.versions(self.name)
+        if model is None:
+            return None
+        served = self.current
+        present = set(artifacts.list_versions(self.base_path))  # a failed folder since removed is no news
+        failed = [
+            status for status in model.statuses.values()
+            if status.error_code != "OK" and status.version in present
+            and (served is None or status.version > served.version)
+        ]  # fmt: skip
+        return max(failed, key=lambda status: status.version) if failed else None
 
     @property
     def current(self) -> LoadedModel | None:
@@ -104,7 +122,7 @@ class ModelManager(VersionWatcher[LoadedModel]):
         """Why nothing is served yet, as one sentence."""
         failure = self.versions(self.name).failure()
         if failure is not None:
-            return f"Version {failure.version} of {self.name} failed to load: {failure.error_message}."
+            return f"Version {failure.version} of {self.name} failed to load: {failure.error_message.rstrip('.')}."
         if self.pinned_version is not None:
             return f"Version {self.pinned_version} of model {self.name} is not in {self.base_path} (yet)."
         return (

@@ -56,10 +56,19 @@ def _served_model(name: str, version: int | None) -> LoadedModel:
 def predict(name: str, version: int | None = None) -> Response:
     """TensorFlow Serving's predict: row ("instances") or columnar ("inputs") body, answered in the same format."""
     model = _served_model(name, version)
-    body = rest.load_json(request.get_data(cache=False))  # 413 here if over MAX_CONTENT_LENGTH
-    parsed = rest.parse_predict_body(
-        body, model.signature.inputs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
-    )
+    data = request.get_data(cache=False)  # 413 here if over MAX_CONTENT_LENGTH
+    try:
+        body = rest.load_json(data)
+        parsed = rest.parse_predict_body(
+            body, model.signature.inputs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
+        )
+    except RequestError:
+        raise
+    except RecursionError:
+        raise RequestError("The request body is nested too deeply to decode.") from None
+    except (ValueError, OverflowError, TypeError):
+        # Whatever else the decoder refuses (an integer with thousands of digits, ...) is still the body's fault.
+        raise RequestError("The request body holds a value that cannot be decoded as a number.") from None
     require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
     return json_response(rest.format_predict_response(outputs, parsed.row_format))
@@ -71,10 +80,25 @@ def predict(name: str, version: int | None = None) -> Response:
 @api.get("/v1/models/<model_name:name>")
 @api.get("/v1/models/<model_name:name>/versions/<int:version>")
 def model_status(name: str, version: int | None = None) -> Response:
-    """TensorFlow Serving's model status: the loaded version, state AVAILABLE."""
+    """TensorFlow Serving's model status: the loaded version, state AVAILABLE, first.
+
+    When it is a fallback (a newer version failed to load), the failed version follows with state END, its error
+    code and a message saying which version is served instead.
+    """
     model = _served_model(name, version)
     status = {"version": str(model.version), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-    return json_response({"model_version_status": [status]})
+    statuses = [status]
+    failure = _manager().newer_failure()
+    if version is None and failure is not None and failure.version > model.version:
+        message = (
+            f"Version {failure.version} failed to load ({failure.error_message.rstrip('.')}); "
+            f"serving version {model.version}, the newest that loads."
+        )
+        statuses.append(
+            {"version": str(failure.version), "state": "END",
+             "status": {"error_code": failure.error_code, "error_message": message}}
+        )  # fmt: skip
+    return json_response({"model_version_status": statuses})
 
 
 @api.get("/v1/models/<model_name:name>/metadata")
@@ -167,4 +191,4 @@ def handle_unexpected_error(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
     current_app.logger.exception("Unhandled error on %s %s", request.method, request.path)
-    return json_response({"error": f"Internal server error ({type(error).__name__}); see the server log."}, 500)
+    return json_response({"error": "Internal server error; see the server log."}, 500)

@@ -19,15 +19,7 @@ import numpy as np
 import requests
 
 from experiment.spec import CLASSES, PROBABILITIES
-from serving.clients import (
-    RestClient,
-    ServerUnavailableError,
-    ServingError,
-    TFServingGrpcClient,
-    TorchServeClient,
-    TorchServeError,
-    TorchServeGrpcClient,
-)
+from serving import clients
 
 logger = logging.getLogger("serving.playground")
 # A page waits for every card; a server that hangs should not hold it for long.
@@ -116,7 +108,7 @@ def stack_is_running(run_dir: Path | str) -> bool:
 # ---- adapters: one per kind of client, so that an endpoint is one line below -----------------------------------
 
 
-def _grpc_endpoint(client: TFServingGrpcClient) -> Caller:
+def _grpc_endpoint(client: clients.TFServingGrpcClient) -> Caller:
     """TensorFlow Serving's PredictResponse names the version that answered in its model_spec."""
 
     def predict(images: np.ndarray) -> Answer:
@@ -134,14 +126,14 @@ def _grpc_endpoint(client: TFServingGrpcClient) -> Caller:
     return Caller(predict, client.close)
 
 
-def _rest_endpoint(client: RestClient) -> Caller:
+def _rest_endpoint(client: clients.RestClient) -> Caller:
     """TensorFlow Serving's REST predict body carries no version: ask the model status right after the call."""
 
     def predict(images: np.ndarray) -> Answer:
         (probabilities, classes), latency_ms = _timed(client.description, lambda: client.predict(images))
         try:
             statuses = client.get_status()
-        except (ServingError, requests.RequestException) as error:
+        except (clients.ServingError, requests.RequestException) as error:
             logger.warning("Model status of %s failed after a prediction: %s", client.description, error)
             statuses = []
         available = [int(status["version"]) for status in statuses
@@ -153,7 +145,7 @@ def _rest_endpoint(client: RestClient) -> Caller:
     return Caller(predict, client.close)
 
 
-def _torchserve_endpoint(client: TorchServeClient | TorchServeGrpcClient) -> Caller:
+def _torchserve_endpoint(client: clients.TorchServeClient | clients.TorchServeGrpcClient) -> Caller:
     """TorchServe's answer carries no version: its management API names the default version, which answered."""
 
     def predict(images: np.ndarray) -> Answer:
@@ -161,7 +153,7 @@ def _torchserve_endpoint(client: TorchServeClient | TorchServeGrpcClient) -> Cal
         (probabilities, classes), latency_ms = _timed(description, lambda: client.predict(images))
         try:
             version = client.describe().get("modelVersion")
-        except (ServingError, requests.RequestException, ValueError, AttributeError) as error:
+        except (clients.ServingError, requests.RequestException, ValueError, AttributeError) as error:
             logger.warning("TorchServe's management API failed after a prediction: %s", error)
             version = None
         return Answer(probabilities, classes, latency_ms, None if version is None else str(version), MANAGEMENT_API)
@@ -176,18 +168,20 @@ Adapter = Callable[[StackAddresses], Caller]
 # key (stable, used by the page and tests), label (the card's title), how to reach it.
 ENDPOINTS: tuple[tuple[str, str, Adapter], ...] = (
     ("tf-grpc", "TensorFlow Serving · gRPC",
-     lambda at: _grpc_endpoint(TFServingGrpcClient(at.tf_grpc, at.model_name, timeout_s=CALL_TIMEOUT_S))),
+     lambda at: _grpc_endpoint(clients.TFServingGrpcClient(at.tf_grpc, at.model_name, timeout_s=CALL_TIMEOUT_S))),
     ("tf-rest", "TensorFlow Serving · REST",
-     lambda at: _rest_endpoint(RestClient(at.tf_rest, at.model_name, timeout_s=CALL_TIMEOUT_S))),
+     lambda at: _rest_endpoint(clients.RestClient(at.tf_rest, at.model_name, timeout_s=CALL_TIMEOUT_S))),
     ("flask-rest", "Flask · REST",
-     lambda at: _rest_endpoint(RestClient(at.flask, at.model_name, timeout_s=CALL_TIMEOUT_S))),
+     lambda at: _rest_endpoint(clients.RestClient(at.flask, at.model_name, timeout_s=CALL_TIMEOUT_S))),
     ("torchserve-rest", "TorchServe · REST",
-     lambda at: _torchserve_endpoint(TorchServeClient(at.torchserve, at.model_name, at.torchserve_key_file,
-                                                      at.torchserve_management, timeout=CALL_TIMEOUT_S))),
+     lambda at: _torchserve_endpoint(clients.TorchServeClient(at.torchserve, at.model_name, at.torchserve_key_file,
+                                                              at.torchserve_management, timeout=CALL_TIMEOUT_S))),
     ("torchserve-grpc", "TorchServe · gRPC",
-     lambda at: _torchserve_endpoint(TorchServeGrpcClient(at.torchserve_grpc, at.model_name, at.torchserve_key_file,
-                                                          at.torchserve_grpc_management, timeout=CALL_TIMEOUT_S,
-                                                          token_url=at.torchserve_management))),
+     lambda at: _torchserve_endpoint(clients.TorchServeGrpcClient(at.torchserve_grpc, at.model_name,
+                                                                  at.torchserve_key_file,
+                                                                  at.torchserve_grpc_management,
+                                                                  timeout=CALL_TIMEOUT_S,
+                                                                  token_url=at.torchserve_management))),
 )  # fmt: skip
 
 
@@ -206,12 +200,18 @@ def connect(addresses: StackAddresses) -> list[Endpoint]:
 _ADDRESS = re.compile(r"(?:[a-z]+://)?(?:\[[0-9a-f:]+\]|[\w.-]+):\d{2,5}[^\s,;)]*", re.IGNORECASE)
 
 
+# What a client raises when its server cannot answer (the servers' own errors, transport errors, odd responses).
+_CLIENT_FAILURES = (
+    clients.ServingError, clients.TorchServeError, requests.RequestException, TimeoutError, KeyError, ValueError
+)
+
+
 def _timed(description: str, call: Callable[[], Any]) -> tuple[Any, float]:
     """call()'s result and its milliseconds; every client failure becomes EndpointError (the full error is logged)."""
     started = time.perf_counter()
     try:
         result = call()
-    except (ServingError, TorchServeError, requests.RequestException, TimeoutError, KeyError, ValueError) as error:
+    except _CLIENT_FAILURES as error:
         logger.warning("%s failed: %s", description, error)
         raise EndpointError(_sentence(error, description)) from None
     return result, (time.perf_counter() - started) * 1000
@@ -224,9 +224,9 @@ def _sentence(error: Exception, description: str) -> str:
         return f"No answer within {CALL_TIMEOUT_S:g} s."
     if status == 503:
         return "The server is up but has no model version ready (HTTP 503)."
-    if isinstance(error, (ServerUnavailableError, requests.ConnectionError)):
+    if isinstance(error, (clients.ServerUnavailableError, requests.ConnectionError)):
         return "Not reachable: the server is stopped, still starting or shutting down."
-    if isinstance(error, (ServingError, TorchServeError)):
+    if isinstance(error, (clients.ServingError, clients.TorchServeError)):
         detail = str(error).replace(description, "the server")
         detail = _ADDRESS.sub("the server", detail).strip().rstrip(".")
         return detail[:1].upper() + detail[1:] + "."

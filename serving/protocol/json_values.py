@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import math
+import re
 from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import RequestError
+from .limits import MAX_JSON_DEPTH, MAX_REQUEST_ELEMENTS
 from .signatures import DATA_TYPE_NAMES
 
 # DataType name → (NumPy dtype, TensorFlow's short name, which JSON numbers it takes). Only these convert from JSON.
@@ -62,9 +65,14 @@ def type_name(dtype_name: str) -> str:
     return JSON_DTYPES[dtype_name][1] if dtype_name in JSON_DTYPES else dtype_name.removeprefix("DT_").lower()
 
 
+_MESSAGE_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True, ensure_ascii=False, default=str)
+
+
 def value_text(value: Any) -> str:
     """A JSON value as it appears in a message (NaN and Infinity as tokens), cut to a readable length."""
-    text = json.dumps(value, separators=(",", ":"), allow_nan=True, ensure_ascii=False, default=str)
+    # iterencode writes lazily: a 64 MiB document costs the few pieces before the cut, not a whole copy
+    pieces = itertools.islice(_MESSAGE_ENCODER.iterencode(value), MESSAGE_VALUE_LIMIT + 1)
+    text = "".join(pieces)
     return text if len(text) <= MESSAGE_VALUE_LIMIT else text[: MESSAGE_VALUE_LIMIT - 3] + "..."
 
 
@@ -77,17 +85,149 @@ def json_type(value: Any) -> str:
     return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
 
 
+class JsonSyntaxError(ValueError):
+    """A body that is not JSON as rapidjson (the real server's parser) reads it: its reason and offset."""
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(f"{reason} at offset: {offset}")
+        self.reason = reason
+        self.offset = offset
+
+
+class _NumberTooBig(ValueError):
+    def __init__(self, token: str) -> None:
+        super().__init__(token)
+        self.token = token
+
+
+# Byte maps for the scans below, which run at C speed over the whole body before json parses it: digits become "0"
+# and exponent marks "e" (a run of 20 digits, beyond int64, or an exponent of three digits, beyond a double perhaps,
+# are the numbers that need the slow per-number conversion); "[" and "{" become 1, "]" and "}" become -1, and every
+# other byte is deleted, leaving one signed byte per bracket to sum.
+_NUMBER_SHAPES = bytes(ord("0") if 48 <= byte <= 57 else ord("e") if chr(byte) in "eE" else 32 for byte in range(256))
+_SIGNS = b"+-"  # deleted, so that "1e-400" reads "0e000"
+_FEW_EXPONENTS = 256
+_BRACKET_STEPS = bytes(1 if chr(byte) in "[{" else 255 if chr(byte) in "]}" else 0 for byte in range(256))
+_NOT_BRACKETS = bytes(byte for byte in range(256) if chr(byte) not in "[]{}")
+_DEPTH_CHUNK = 4 * 1024 * 1024  # brackets summed at once: 32 MiB of running sums
+# Strings are blanked in two linear passes: escape pairs first (valid JSON has backslashes only inside strings, and
+# reading pairs from the left agrees with reading them from each string's start), then quote to quote. One pattern
+# for "a string with escapes" would backtrack: a body of 20,000 \" pairs after a quote took it 14 s.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_STRING = re.compile(rb'"[^"]*"')
+_UINT64_MAX = 2**64 - 1
+_INT64_MIN = -(2**63)
+
+
+def _rapidjson_integer(token: str) -> int | float:
+    """An integer token as rapidjson reads it: an integer while it fits 64 bits, else a double (or too big)."""
+    digits = len(token) - token.startswith("-")
+    if digits <= 20:  # Python's int() is exact and cheap here; past 4300 digits it would refuse
+        value = int(token)
+        if _INT64_MIN <= value <= _UINT64_MAX:
+            return value
+    return _rapidjson_double(token)
+
+
+def _rapidjson_double(token: str) -> float:
+    value = float(token)  # never raises for a JSON number token; overflows to inf
+    if math.isinf(value):
+        raise _NumberTooBig(token)
+    return value
+
+
+def _has_long_number(utf8: bytes) -> bool:
+    """Whether the text holds a run of 20 digits or an exponent of three (perhaps inside a string: harmless)."""
+    shapes = utf8.translate(_NUMBER_SHAPES, _SIGNS)
+    if b"0" * 20 in shapes:
+        return True
+    if shapes.count(b"e") > _FEW_EXPONENTS:
+        return b"e000" in shapes
+    position = shapes.find(b"e")  # few: look at each (a search for "e000" crawls over bodies full of digits)
+    while position >= 0:
+        if shapes.startswith(b"000", position + 1):
+            return True
+        position = shapes.find(b"e", position + 1)
+    return False
+
+
+def _utf8(raw: bytes | bytearray | str) -> bytes:
+    """The body as UTF-8 bytes (json accepts UTF-16 and UTF-32 too, whose bytes the scans below cannot read)."""
+    if isinstance(raw, str):
+        return raw.encode("utf-8", errors="surrogatepass")
+    raw = bytes(raw)
+    encoding = json.detect_encoding(raw)
+    return raw if encoding == "utf-8" else raw.decode(encoding, errors="replace").encode("utf-8")
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in a JSON text, counted without parsing it (so without recursion).
+
+    Brackets inside strings do not count. A few passes at C speed; the one array it builds has an entry per bracket.
+    """
+    text = _ESCAPE.sub(b"_", raw) if b"\\" in raw else raw
+    text = _STRING.sub(b'""', text) if b'"' in text else text
+    steps = np.frombuffer(text.translate(_BRACKET_STEPS, _NOT_BRACKETS), np.int8)  # one byte per bracket: +1 or -1
+    deepest = level = 0
+    for start in range(0, steps.size, _DEPTH_CHUNK):  # chunks bound the running sums' memory for any body
+        levels = np.cumsum(steps[start : start + _DEPTH_CHUNK], dtype=np.int64) + level
+        deepest, level = max(deepest, int(levels.max())), int(levels[-1])
+    return deepest
+
+
+def _too_many_values() -> RequestError:
+    return RequestError(f"The request holds more than {MAX_REQUEST_ELEMENTS} values, this server's limit per request.")
+
+
+def check_json_bounds(raw: bytes) -> None:
+    """Refuse, before parsing, a UTF-8 body nested deeper than MAX_JSON_DEPTH or holding more than
+    MAX_REQUEST_ELEMENTS values (counted by its commas, an upper bound found without building anything)."""
+    # Every value but the last is followed by a comma; a body under twice the cap cannot hold that many commas.
+    if len(raw) >= 2 * MAX_REQUEST_ELEMENTS and raw.count(b",") >= MAX_REQUEST_ELEMENTS:
+        raise _too_many_values()
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return  # so few brackets cannot nest too deep: small bodies skip the scan
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise RequestError(
+            f"The request nests {depth} levels of arrays and objects; this server accepts at most {MAX_JSON_DEPTH}."
+        )
+
+
+def parse_json(raw: bytes | bytearray | str) -> Any:
+    """A request body decoded as the real server's parser reads it, within this server's bounds.
+
+    Numbers follow rapidjson: integers that fit 64 bits stay integers, longer ones become doubles, and a number
+    beyond a double's range is an error (json alone would say Infinity, or refuse an integer of 4300 digits with a
+    ValueError). NaN and Infinity are accepted, as the real server accepts them. Raises JsonSyntaxError for text that
+    is not JSON and RequestError for a body over the bounds of serving.protocol.limits.
+    """
+    utf8 = _utf8(raw)
+    check_json_bounds(utf8)
+    try:
+        if _has_long_number(utf8):
+            return json.loads(utf8, parse_int=_rapidjson_integer, parse_float=_rapidjson_double)
+        return json.loads(utf8)
+    except UnicodeDecodeError:
+        raise JsonSyntaxError("Invalid encoding in string.", 0) from None
+    except json.JSONDecodeError as error:
+        reason = next((theirs for ours, theirs in _PARSE_ERRORS if error.msg.startswith(ours)), error.msg + ".")
+        raise JsonSyntaxError(reason, error.pos) from None
+    except _NumberTooBig as error:
+        offset = max(utf8.find(error.token.encode()), 0)  # the first place the token appears: where rapidjson stops
+        raise JsonSyntaxError("Number too big to be stored in double.", offset) from None
+    except RecursionError:  # unreachable after the depth check; kept so that no body can ever become a 500
+        raise RequestError(f"The request nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects.") from None
+
+
 def load_document(raw: bytes | str) -> Any:
     """Parse a request body; mistakes read as the real server's 'JSON Parse error: ...'; the top level must be an object."""
     if not raw or not (raw.strip() if isinstance(raw, (bytes, str)) else raw):
         raise RequestError("JSON Parse error: The document is empty")
     try:
-        document = json.loads(raw)
-    except UnicodeDecodeError:
-        raise RequestError("JSON Parse error: Invalid encoding in string.") from None
-    except json.JSONDecodeError as error:
-        reason = next((theirs for ours, theirs in _PARSE_ERRORS if error.msg.startswith(ours)), error.msg + ".")
-        raise RequestError(f"JSON Parse error: {reason} at offset: {error.pos}") from None
+        document = parse_json(raw)
+    except JsonSyntaxError as error:
+        raise RequestError(f"JSON Parse error: {error.reason} at offset: {error.offset}") from None
     if not isinstance(document, dict):
         raise RequestError(f"JSON Value: {value_text(document)} Is not object")
     return document
@@ -170,6 +310,12 @@ def dense_shape(value: Any) -> list[int]:
     return shape
 
 
+def check_element_count(shape: list[int]) -> None:
+    """Refuse a tensor of more than MAX_REQUEST_ELEMENTS values before anything is allocated for it."""
+    if math.prod(shape) > MAX_REQUEST_ELEMENTS:
+        raise _too_many_values()
+
+
 def _fill(value: Any, level: int, shape: list[int], dtype_name: str, flat: list) -> None:
     """Walk value depth-first, checking it is dense with shape and collecting converted leaves (FillTensorProto)."""
     if not isinstance(value, list):
@@ -245,6 +391,7 @@ def fast_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> 
 
 def to_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> np.ndarray:
     """One JSON value (scalar or nested lists) as a tensor of dtype_name, refused in the real server's words."""
+    check_element_count(dense_shape(value))
     fast = fast_tensor(value, dtype_name, may_hold_booleans) if dtype_name in JSON_DTYPES else None
     return fast if fast is not None else _exact_array(value, dtype_name)
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import RequestError
-from .json_values import float_tokens
+from .json_values import JsonSyntaxError, check_element_count, dense_shape, float_tokens, parse_json
 from .signatures import TensorSpec
 
 # Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
@@ -32,18 +32,25 @@ class PredictRequest:
 
 
 def load_json(raw: bytes | str) -> Any:
-    """Decode a request body; bad JSON becomes a RequestError (400) naming what json found wrong."""
+    """Decode a request body; bad JSON becomes a RequestError (400) naming what was wrong and where.
+
+    Bounded as every server's bodies are (serving.protocol.limits): nesting deeper than MAX_JSON_DEPTH or more than
+    MAX_REQUEST_ELEMENTS values is refused before parsing; a number beyond a double's range (1e999, an integer of
+    thousands of digits) is refused, not read as infinity; NaN and Infinity are read (parse_predict_body decides).
+    """
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(f"The request body is not valid JSON: {error}.") from None
+        return parse_json(raw)
+    except JsonSyntaxError as error:
+        raise RequestError(f"The request body is not valid JSON: {error.reason[:1].lower()}{error.reason[1:-1]} "
+                           f"at offset {error.offset}.") from None  # fmt: skip
 
 
 def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np.ndarray:
     """Convert JSON values to spec's dtype, refusing strings, booleans, ragged lists and wrong shapes."""
+    check_element_count(dense_shape(values))
     try:
         array = np.asarray(values)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise RequestError(f"Input '{spec.name}' is ragged: every list at one depth must have the same length.") from None
     if array.dtype.kind not in "iuf":
         if array.dtype.kind == "O":

@@ -2,6 +2,8 @@
 
 Answers are written the two ways TensorFlow writes tensors: typed repeated fields (float_val, int64_val, ...: what
 TensorFlow Serving's Predict returns) or raw bytes in tensor_content (what this project's client sends).
+A request's tensors must carry exactly the values their shapes declare, and no more elements than
+serving.protocol.limits allows: both are checked before any array is allocated.
 Only TensorFlow's generated protobuf modules are used (never the TensorFlow API), so decoding is the same in every
 process that speaks the gRPC API, with or without a model loaded.
 """
@@ -9,11 +11,13 @@ process that speaks the gRPC API, with or without a model loaded.
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from .errors import RequestError
+from .limits import MAX_REQUEST_ELEMENTS
 from .signatures import DATA_TYPE_NAMES
 
 # The dtypes whose TensorProto can carry raw little-endian bytes in tensor_content.
@@ -53,16 +57,20 @@ def _parsing_error(name: str, detail: str) -> RequestError:
     return RequestError(f"tensor parsing error: {name}. {detail}")
 
 
-def tensor_to_array(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.ndarray:
-    """Decode a TensorProto as TensorFlow's Tensor::FromProto does; a malformed one raises RequestError (INVALID_ARGUMENT)."""
-    if proto.tensor_shape.unknown_rank:
-        raise _parsing_error(name, "Its shape has an unknown rank; give every dimension.")
-    shape = tuple(dimension.size for dimension in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
-        raise _parsing_error(name, f"Its shape {list(shape)} has a negative dimension.")
-    count = math.prod(shape)
+def tensor_to_array(
+    proto: tensor_pb2.TensorProto, name: str = "tensor", max_elements: int = MAX_REQUEST_ELEMENTS, fill: bool = False
+) -> np.ndarray:
+    """Decode a TensorProto; a malformed one raises RequestError (INVALID_ARGUMENT) before anything is allocated.
+
+    The values must fill the shape exactly: as many typed values (float_val, ...) as the shape has elements, or
+    exactly the shape's bytes of tensor_content. fill=True applies TensorFlow's Tensor::FromProto rule to a short
+    typed field instead (the last value repeats, no values means zeros), for trusted input such as a model's own
+    warm-up records; a request never gets it, because a few bytes could then declare gigabytes.
+    """
+    shape, count = _checked_shape(proto, name, max_elements)
     if proto.dtype == types_pb2.DT_STRING:
-        return _fill_to_shape(np.array(list(proto.string_val), dtype=object), shape, name, b"")
+        _check_value_count(name, shape, len(proto.string_val), count, fill)
+        return _fill_to_shape(np.array(list(proto.string_val), dtype=object), shape, b"")
     numpy_dtype = NUMPY_BY_DTYPE.get(proto.dtype)
     if numpy_dtype is None:
         raise _parsing_error(name, f"Its dtype {dtype_name(proto.dtype)} cannot be decoded by this server.")
@@ -75,18 +83,48 @@ def tensor_to_array(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np.n
             )
         # (N, ...) view on the request's bytes: no copy, no per-element conversion.
         return np.frombuffer(proto.tensor_content, dtype=numpy_dtype).reshape(shape)
+    field = "half_val" if proto.dtype == types_pb2.DT_HALF else _VALUE_FIELD[proto.dtype]
+    parts = 2 if numpy_dtype.kind == "c" else 1  # complex values travel as (real, imaginary) pairs
+    raw = getattr(proto, field)
+    _check_value_count(name, shape, len(raw) // parts if len(raw) % parts == 0 else -1, count, fill, parts)
     if proto.dtype == types_pb2.DT_HALF:
-        values = np.asarray(proto.half_val, dtype=np.uint16).view(np.float16)
-    elif numpy_dtype.kind == "c":
-        parts = np.asarray(getattr(proto, _VALUE_FIELD[proto.dtype]), dtype=numpy_dtype.type(0).real.dtype)
-        values = parts[: parts.size - parts.size % 2].view(numpy_dtype)  # (real, imaginary) pairs
+        values = np.asarray(raw, dtype=np.uint16).view(np.float16)
+    elif parts == 2:
+        values = np.asarray(raw, dtype=numpy_dtype.type(0).real.dtype).view(numpy_dtype)
     else:
-        values = np.asarray(getattr(proto, _VALUE_FIELD[proto.dtype]), dtype=numpy_dtype)
-    return _fill_to_shape(values, shape, name, numpy_dtype.type(0))
+        values = np.asarray(raw, dtype=numpy_dtype)
+    return _fill_to_shape(values, shape, numpy_dtype.type(0))
 
 
-def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], name: str, default: object) -> np.ndarray:
-    """values (count,) reshaped to shape by TensorFlow's rules: fewer values repeat the last one, none means zeros."""
+def _checked_shape(proto: tensor_pb2.TensorProto, name: str, max_elements: int) -> tuple[tuple[int, ...], int]:
+    """The shape and its element count; RequestError for an unknown rank, a negative size, or too many elements."""
+    if proto.tensor_shape.unknown_rank:
+        raise _parsing_error(name, "Its shape has an unknown rank; give every dimension.")
+    shape = tuple(dimension.size for dimension in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise _parsing_error(name, f"Its shape {list(shape)} has a negative dimension.")
+    count = math.prod(shape)  # a Python int: a shape of 2^40 elements is just a large number here
+    if count > max_elements:
+        raise _parsing_error(
+            name, f"Its shape {list(shape)} has {count} elements, more than the {max_elements} a request may hold."
+        )
+    return shape, count
+
+
+def _check_value_count(name: str, shape: tuple[int, ...], values: int, count: int, fill: bool, parts: int = 1) -> None:
+    """Refuse typed values that do not fill the shape exactly (fill: TensorFlow's rule, fewer values may repeat)."""
+    if values == count or (fill and 0 <= values < count):
+        return
+    if values < 0:
+        held = "an odd number of numbers for (real, imaginary) pairs"
+    else:
+        held = f"{values} value{'' if values == 1 else 's'}"
+    per_value = "" if parts == 1 else f" of {parts} numbers each"
+    raise _parsing_error(name, f"It holds {held} but its shape {list(shape)} needs exactly {count}{per_value}.")
+
+
+def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], default: object) -> np.ndarray:
+    """values (count or fewer, checked) reshaped to shape: fewer values repeat the last one, none means zeros."""
     count = math.prod(shape)
     if values.size == count:
         return values.reshape(shape)
@@ -94,9 +132,20 @@ def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], name: str, defaul
         filled = np.empty(count, dtype=values.dtype)
         filled[:] = default
         return filled.reshape(shape)
-    if values.size < count:
-        return np.concatenate([values, np.full(count - values.size, values[-1], dtype=values.dtype)]).reshape(shape)
-    raise _parsing_error(name, f"It holds {values.size} values but its shape {list(shape)} has room for {count}.")
+    return np.concatenate([values, np.full(count - values.size, values[-1], dtype=values.dtype)]).reshape(shape)
+
+
+def tensors_to_arrays(
+    protos: Mapping[str, tensor_pb2.TensorProto], max_elements: int = MAX_REQUEST_ELEMENTS
+) -> dict[str, np.ndarray]:
+    """Decode a request's named tensors; INVALID_ARGUMENT when together they declare more than max_elements."""
+    # Every shape is checked before any tensor is decoded, so a request over the cap allocates nothing.
+    total = sum(_checked_shape(proto, alias, max_elements)[1] for alias, proto in protos.items())
+    if total > max_elements:
+        raise RequestError(
+            f"The request's tensors hold {total} elements together, more than the {max_elements} a request may hold."
+        )
+    return {alias: tensor_to_array(proto, alias, max_elements) for alias, proto in protos.items()}
 
 
 def _fill_shape_and_dtype(proto: tensor_pb2.TensorProto, array: np.ndarray) -> int | None:

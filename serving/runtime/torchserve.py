@@ -33,6 +33,7 @@ from serving.torchserve import rollout as rollout_module
 from serving.torchserve.config import TorchServePorts
 
 NAME = "torchserve"
+FALLBACK_FILE = "fallback.txt"  # in the run folder: which newer archives did not load, and what serves instead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,11 +160,18 @@ def spec(
     """TorchServe serving model_store/<model_name>.mar from instance's folder and ports, REST and gRPC.
 
     rollout: also roll out each newer <model>-<version>.mar of the store while TorchServe runs (polling every
-    poll_seconds). batch_size, max_batch_delay_ms and workers override the archives' own settings, for the version
+    poll_seconds); only with token authorization, which guards the model API the roll-out needs. batch_size,
+    max_batch_delay_ms and workers override the archives' own settings, for the version
     loaded at start and for every version rolled out.
     """
     model_store = Path(model_store).resolve()
     run_dir = Path(instance.run_dir).resolve()
+    notes = []
+    if instance.token_auth:
+        notes.append(f"TorchServe token authorization is on; its keys are in {display_path(instance.key_file)}.")
+    # The roll-out needs the model API, which without keys would let any local user register an archive: without
+    # token authorization both stay off (the launcher says so).
+    rollout = rollout and instance.token_auth
     instance = dataclasses.replace(instance, run_dir=run_dir)  # TorchServe runs in its own working folder
     executable = torchserve_executable(python)
     config_path = run_dir / "config.properties"
@@ -188,8 +196,9 @@ def spec(
         instance.temp_dir.mkdir(parents=True, exist_ok=True)
         instance.log_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / config.KEY_FILE).unlink(missing_ok=True)  # a stale key file would hand clients expired keys
+        choice = serving_archive(model_store, model_name, run_dir)
         config.write_config(config_path, model_store, ports, model_name, instance.token_auth, batch_size,
-                            max_batch_delay_ms, workers, model_api=rollout)  # fmt: skip
+                            max_batch_delay_ms, workers, model_api=rollout, archive=choice.archive)  # fmt: skip
 
     # --foreground keeps the launcher alive as the JVM's parent: its exit tells that TorchServe died.
     command = [executable, "--start", "--foreground", "--ncs", "--ts-config", str(config_path),
@@ -199,7 +208,7 @@ def spec(
     if rollout:
         watcher = [python, "-m", "serving.runtime.torchserve_rollout", "--model-store", str(model_store),
                    "--model-name", model_name, "--management-url", instance.management_url,
-                   "--poll-seconds", f"{poll_seconds:g}"]  # fmt: skip
+                   "--poll-seconds", f"{poll_seconds:g}", "--fallback-file", str(run_dir / FALLBACK_FILE)]  # fmt: skip
         if instance.key_file is not None:
             watcher += ["--key-file", str(instance.key_file)]
         for flag, value in (("--batch-size", batch_size), ("--max-batch-delay-ms", max_batch_delay_ms),
@@ -221,9 +230,7 @@ def spec(
         is_ready=is_ready,
         endpoints=found,
         examples=_examples(instance, rest, model_name, python),
-        notes=[f"TorchServe token authorization is on; its keys are in {display_path(instance.key_file)}."]
-        if instance.key_file is not None
-        else [],
+        notes=notes,
         environment={
             # The pid file goes into the temporary folder: one folder per instance keeps instances apart.
             "TEMP": str(instance.temp_dir),
@@ -237,6 +244,28 @@ def spec(
         needs=("torch-archive",),
         remove_after_stop=(run_dir / config.KEY_FILE,),
     )
+
+
+def serving_archive(model_store: Path, model_name: str, run_dir: Path) -> config.ArchiveChoice:
+    """The archive TorchServe loads at start: the newest that loads (config.choose_archive).
+
+    When newer archives are passed over, it says so on stderr (the launcher's output) and in the run folder's
+    FALLBACK_FILE, which the roll-out watcher copies into the server's log at start and `python -m
+    serving.torchserve.launch status` prints; the roll-out then logs, once, that it refuses the newer version.
+    """
+    fallback = Path(run_dir) / FALLBACK_FILE
+    fallback.unlink(missing_ok=True)
+    choice = config.choose_archive(model_store, model_name)
+    if choice.message:
+        print(f"TorchServe: {choice.message}", file=sys.stderr, flush=True)
+        fallback.write_text(choice.message + "\n")
+    return choice
+
+
+def fallback_message(run_dir: Path) -> str | None:
+    """The sentence serving_archive wrote when the newest archive did not load; None when it did."""
+    path = Path(run_dir) / FALLBACK_FILE
+    return path.read_text().strip() if path.is_file() else None
 
 
 def _examples(instance: TorchServeInstance, endpoint: Endpoint, model_name: str, python: str) -> list[Example]:

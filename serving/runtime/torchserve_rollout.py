@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Sequence
 
 from experiment.cli import run_main
@@ -34,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description="Run TorchServe and roll new model versions out into it.",
                                      usage=f"{PROG} [options] -- TORCHSERVE COMMAND...")  # fmt: skip
     rollout_module.add_arguments(parser)
+    parser.add_argument("--fallback-file", type=Path,
+                        help="a file whose sentence (newer archives that did not load) goes into the log at start")
     arguments = parser.parse_args(arguments_list[:split])
 
     def body() -> int:
@@ -41,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("Give the TorchServe command after `--`.")
         rollout = rollout_module.from_arguments(arguments)
         rollout_module.configure_logging()
+        if arguments.fallback_file is not None and arguments.fallback_file.is_file():
+            rollout_module.logger.warning("%s", arguments.fallback_file.read_text().strip())
         stop = threading.Event()
         # Ctrl-C and SIGTERM reach the whole group: TorchServe's launcher stops itself, this process waits for it.
         for number in (signal.SIGTERM, signal.SIGINT):

@@ -52,6 +52,8 @@ class ServerOptions:
     monitoring: PrometheusSettings | None = None  # Prometheus text on the REST port, when configured
     intra_op_threads: int = 0  # TensorFlow's threads per op; 0: the cores divided among the workers
     inter_op_threads: int = 0  # TensorFlow's threads running ops side by side; 0: as intra_op_threads
+    # Folders a HandleReloadConfigRequest may name base paths under; by default the base paths served at start.
+    allowed_model_roots: tuple[Path, ...] = ()
 
 
 def parse_bool(text: str) -> bool:
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000"
     )
+    parser.add_argument(
+        "--allowed_model_roots", default="",
+        help="comma-separated folders HandleReloadConfigRequest may serve models from (default: the base paths at start)",
+    )  # fmt: skip
     parser.add_argument("--monitoring_config_file", type=Path, help="text-format MonitoringConfig (Prometheus metrics on the REST port)")
     for name, what in (("session", "both pools below"), ("intra_op", "one op"), ("inter_op", "ops side by side")):
         parser.add_argument(f"--tensorflow_{name}_parallelism", type=int, default=0, help=f"TensorFlow threads for {what} (0: auto)")
@@ -141,6 +147,41 @@ def sources_from_config(config: model_server_config_pb2.ModelServerConfig) -> li
             )
         )
     return sources
+
+
+def check_reload_base_paths(config: model_server_config_pb2.ModelServerConfig, roots: tuple[Path, ...]) -> None:
+    """Refuse a reloaded config naming a base path that is not an existing folder under one of roots.
+
+    The refusal is the same sentence whether the path is outside the roots, missing, or a file, so a client cannot
+    learn which paths exist on the server.
+    """
+    if config.WhichOneof("config") != "model_config_list":
+        return  # sources_from_config refuses it with its own sentence
+    for entry in config.model_config_list.config:
+        if entry.base_path and not _is_folder_under(entry.base_path, roots):
+            raise UsageError(
+                f"The base_path of model {entry.name!r} is not an existing folder under the server's allowed model "
+                "roots (--allowed_model_roots); the config was not applied."
+            )
+
+
+def _is_folder_under(base_path: str, roots: tuple[Path, ...]) -> bool:
+    try:
+        # Symbolic links resolved first, so that neither '..' nor a link inside a root leads out of it.
+        resolved = Path(base_path).expanduser().resolve()
+        return any(resolved.is_relative_to(root) for root in roots) and resolved.is_dir()
+    except (OSError, RuntimeError):  # unreadable, or a symbolic-link loop
+        return False
+
+
+def allowed_roots(text: str, sources: list[ModelSource]) -> tuple[Path, ...]:
+    """--allowed_model_roots as resolved folders; empty text means the base paths of sources (those served at start)."""
+    if not text.strip():
+        return tuple(dict.fromkeys(Path(source.base_path).resolve() for source in sources))
+    roots = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        roots.append(_existing_directory(Path(item), "--allowed_model_roots entry"))
+    return tuple(dict.fromkeys(roots))
 
 
 def _policy(entry: model_server_config_pb2.ModelConfig) -> VersionPolicy:
@@ -304,4 +345,5 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         monitoring=read_monitoring_config(arguments.monitoring_config_file) if arguments.monitoring_config_file else None,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
+        allowed_model_roots=allowed_roots(arguments.allowed_model_roots, sources),
     )

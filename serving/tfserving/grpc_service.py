@@ -8,6 +8,7 @@ float_val and friends; the model spec of the version that answered); refusals ca
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Callable
 
 import grpc
@@ -26,8 +27,9 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from experiment.errors import UsageError
 from serving.protocol.errors import RequestError
-from serving.protocol.tensors import fill_tensor_fields, tensor_to_array
+from serving.protocol.tensors import fill_tensor_fields, tensors_to_arrays
 from serving.tfserving import inference
+from serving.tfserving.config import check_reload_base_paths
 from serving.tfserving.manager import LabelError, ModelManager
 from serving.tfserving.predictor import Predictor
 from serving.versions import ModelSource
@@ -118,7 +120,8 @@ def run_predict(predictor: Predictor, request: predict_pb2.PredictRequest, timeo
     """Predict's answer, outputs in the typed fields as the real server writes them; raises RequestError."""
     servable = _servable_for(predictor, request)
     signature = servable.signature(request.model_spec.signature_name)
-    inputs = {alias: tensor_to_array(tensor, alias) for alias, tensor in request.inputs.items()}
+    # Shapes and value counts are checked before anything is allocated: a few bytes never become gigabytes.
+    inputs = tensors_to_arrays(request.inputs)
     outputs = predictor.predict(servable, signature, inputs, request.output_filter, timeout_s)
     response = predict_pb2.PredictResponse()
     inference.fill_model_spec(response.model_spec, request.model_spec.name, signature.name, servable.version)
@@ -182,19 +185,23 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self,
         manager: ModelManager,
         sources_from_config: Callable[[model_server_config_pb2.ModelServerConfig], list[ModelSource]],
+        allowed_roots: tuple[Path, ...],
     ) -> None:
         self.manager = manager
         self.sources_from_config = sources_from_config
+        self.allowed_roots = allowed_roots
 
     def GetModelStatus(self, request, context: grpc.ServicerContext):
         """States of one model's versions (START, LOADING, AVAILABLE, UNLOADING, END) with load errors."""
         return _answer(context, "GetModelStatus", lambda: build_status_response(self.manager, request))
 
     def HandleReloadConfigRequest(self, request, context: grpc.ServicerContext):
-        """Serve the models of request.config from now on (as tensorflow_model_server does)."""
+        """Serve the models of request.config from now on (as tensorflow_model_server does), if every base path
+        lies under an allowed root; models the config leaves out are unloaded, as the real server does."""
 
         def build():
             try:
+                check_reload_base_paths(request.config, self.allowed_roots)
                 sources = self.sources_from_config(request.config)
                 self.manager.reconfigure(sources)
             except LabelError as error:

@@ -8,16 +8,33 @@ idle client holds a few kilobytes, never a thread. The body is read in full (up 
 event loop before a pool thread runs the route, so threads only ever run model calls; the batch scheduler sees
 REST and gRPC requests alike. The metrics page and its request counts live here too: they belong to the port,
 not to the API's routes.
+
+What a client cannot do to the port (each answered with {"error": "..."} and the connection closed):
+- send a body over --max_request_bytes: 413, read to its end (for up to LINGER_SECONDS) before the connection
+  closes, so that the client reads the answer instead of a reset; a client waiting for "100 Continue" is refused
+  before it sends anything;
+- send what is not HTTP/1.1 (a bad request line, header or chunked framing): 400, where uvicorn alone answers
+  plain text; headers over MAX_HEADER_BYTES: 431;
+- take more than read_timeout_seconds to finish its headers, pause longer than that inside its body, or take
+  more than body_timeout_seconds over the whole body: 408 (a chunk size of ffffffffffffffff is such a pause);
+- stay connected idle: a connection with no request is closed after keep_alive_seconds, from the moment it
+  opens (uvicorn alone starts counting only after a first answer);
+- exhaust the open files: at most max_connections are open (by default three quarters of the open-file limit,
+  which the server raises to its hard maximum); when a new one arrives at the limit, the longest-idle connection
+  is closed to make room, and only when none is idle does the new one get 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
+import functools
 import io
 import logging
 import re
+import resource
 import socket
 import sys
 import threading
@@ -25,8 +42,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httptools
 import uvicorn
 import uvloop
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from serving.protocol.errors import HTTP_STATUS, RequestError
 from serving.protocol.rest import dumps
@@ -40,20 +59,274 @@ DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 LISTEN_BACKLOG = 2048
 # The inference paths the real server counts in its metrics: /v1/models/<name>[/versions/<n>|/labels/<l>]:<verb>
 INFERENCE_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?P<verb>predict|classify|regress)$", re.I)
-STATUS_CODE_NAMES = {200: "OK", **{status: code for code, status in reversed(HTTP_STATUS.items())}}
+STATUS_CODE_NAMES = {
+    200: "OK",
+    408: "DEADLINE_EXCEEDED",  # a request too slow to arrive (TF Serving's own 504 means a model too slow to answer)
+    **{status: code for code, status in reversed(HTTP_STATUS.items())},
+}
 JSON_HEADERS = [(b"content-type", b"application/json")]
 INTERNAL_ERROR = {"error": "The request failed inside the server; see the server log."}
+# Request line and headers of one request; real clients send well under 8 KiB. More is 431.
+MAX_HEADER_BYTES = 64 * 1024
+READ_TIMEOUT_SECONDS = 10.0
+BODY_TIMEOUT_SECONDS = 60.0
+# After an answer that ends the connection while the client is still sending its body (a 413), the rest of the body
+# is read and dropped for up to this long before closing: closing on unread data makes the kernel reset the
+# connection, and the client would see the reset instead of the answer.
+LINGER_SECONDS = 2.0
+# Open files kept for everything but REST connections (models, gRPC, logs) when the limit follows the open-file limit.
+FILE_RESERVE_FRACTION = 4
+MAX_CONNECTIONS_CEILING = 16384
 
 
 @dataclasses.dataclass(frozen=True)
 class FrontEndSettings:
-    """How the port behaves: body limit, pool size, idle keep-alive, and the metrics page (None: no page)."""
+    """How the port behaves: body limit, pool size, idle keep-alive, read deadlines, connection limit (None: from
+    the open-file limit), and the metrics page (None: no page)."""
 
     max_body_bytes: int
     threads: int
     keep_alive_seconds: float
     metrics_path: str | None = None
     metrics: Any = None  # serving.tfserving.monitoring.ServerMetrics when metrics_path is set
+    read_timeout_seconds: float = READ_TIMEOUT_SECONDS
+    body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
+    max_connections: int | None = None
+    max_header_bytes: int = MAX_HEADER_BYTES
+
+
+def connection_limit() -> int:
+    """REST connections one process may hold: the open-file limit, raised to its hard maximum, less a reserve.
+
+    Raising the soft limit is what a server facing many clients is expected to do (the common default of 1024 would
+    let 1,000 idle sockets take every file); a quarter is kept for models, gRPC and logs.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_CEILING
+    wanted = max(soft, MAX_CONNECTIONS_CEILING * 2) if hard == resource.RLIM_INFINITY else hard
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # some systems refuse; the soft limit then stays what it was
+            pass
+    return max(16, min(MAX_CONNECTIONS_CEILING, soft - soft // FILE_RESERVE_FRACTION))
+
+
+def _json_answer(status: int, message: str) -> bytes:
+    """A whole HTTP response, {"error": message}, that closes the connection (for answers given before any app)."""
+    content = _json({"error": message})
+    head = STATUS_LINE[status] + b"content-type: application/json\r\nconnection: close\r\n"
+    return head + b"content-length: " + str(len(content)).encode() + b"\r\n\r\n" + content
+
+
+class _ConnectionGuard:
+    """What every connection of one port shares: the settings and the idle connections, oldest first."""
+
+    def __init__(self, settings: FrontEndSettings, max_connections: int) -> None:
+        self.settings = settings
+        self.max_connections = max_connections
+        self.idle: collections.OrderedDict[Any, None] = collections.OrderedDict()
+        self.evicted = 0
+        self.refused = 0
+
+
+class _RecordingParser:
+    """httptools' parser, remembering why it refused the last data (uvicorn's own answer drops the reason)."""
+
+    def __init__(self, parser: Any) -> None:
+        self.parser = parser
+        self.error = ""
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise
+        except httptools.HttpParserError as error:
+            self.error = str(error)
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+class _LingeringTransport:
+    """The transport uvicorn writes one request's answer to: its close() waits for the rest of the body (see
+    LINGER_SECONDS); everything else is the connection's own transport."""
+
+    def __init__(self, protocol: "GuardedProtocol") -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+
+    def close(self) -> None:
+        self.protocol.close_after_body()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class _HeadersTooLarge(Exception):
+    """Raised inside a parser callback to stop reading a request whose headers are over the limit."""
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with JSON answers for protocol errors, read deadlines, a header size limit,
+    an idle timer from the moment a connection opens, and the connection limit (see the module's docstring)."""
+
+    def __init__(self, *args: Any, guard: _ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+        self.parser = _RecordingParser(self.parser)
+        self.in_request = False  # from a request's first byte until its last
+        self.headers_done = False  # from a request's end of headers until the next request begins
+        self.header_bytes = 0  # bytes received since the last request's headers ended
+        self.parsed_header_bytes = 0  # bytes of this request's URL and headers
+        self.read_deadline: asyncio.TimerHandle | None = None
+        self.lingering = False
+
+    # connection life ---------------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        guard = self.guard
+        if len(self.connections) > guard.max_connections and not self._evict_idle():
+            guard.refused += 1
+            self.transport.write(_json_answer(503, "The server has too many open connections; try again."))
+            self.transport.close()
+            return
+        self._become_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.idle.pop(self, None)
+        self._cancel_read_deadline()
+        self._unset_keepalive_if_required()
+        super().connection_lost(exc)
+
+    def _evict_idle(self) -> bool:
+        """Close the connection idle longest to make room for this one; False when none is idle."""
+        idle = self.guard.idle
+        while idle:
+            oldest, _ = idle.popitem(last=False)
+            if not oldest.transport.is_closing():
+                self.guard.evicted += 1
+                oldest.transport.close()
+                return True
+        return False
+
+    def _become_idle(self) -> None:
+        """No request in progress: count as idle and close after keep_alive_seconds unless a request begins."""
+        self.guard.idle[self] = None
+        self.guard.idle.move_to_end(self)
+        if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+            handler = self.timeout_keep_alive_handler
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, handler)
+
+    def _is_between_requests(self) -> bool:
+        return not self.in_request and (self.cycle is None or self.cycle.response_complete)
+
+    # reading -----------------------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if not self.headers_done:
+            self.header_bytes += len(data)
+        super().data_received(data)
+        if self.transport.is_closing():
+            return
+        if not self.headers_done and self.header_bytes > self.guard.settings.max_header_bytes:
+            self._refuse_large_headers()
+        elif self._is_between_requests():
+            self._become_idle()  # bytes that start no request (blank lines) do not keep a connection open for ever
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_request = True
+        self.headers_done = False
+        self.parsed_header_bytes = 0
+        self.guard.idle.pop(self, None)
+        self._cancel_read_deadline()
+        self.read_deadline = self.loop.call_later(self.guard.settings.read_timeout_seconds, self._headers_too_slow)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, size: int) -> None:
+        # Headers that arrive whole in one read are measured here; data_received measures those still arriving.
+        self.parsed_header_bytes += size
+        if self.parsed_header_bytes > self.guard.settings.max_header_bytes:
+            raise _HeadersTooLarge()  # stops the parser; uvicorn then calls send_400_response
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+        self.header_bytes = 0
+        self._cancel_read_deadline()
+        super().on_headers_complete()
+        if self.cycle is not None and not isinstance(self.cycle.transport, _LingeringTransport):
+            self.cycle.transport = _LingeringTransport(self)
+
+    def close_after_body(self) -> None:
+        """Close now, or, while the client is still sending this request's body, once it is read (or after
+        LINGER_SECONDS)."""
+        if not self.in_request or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.lingering = True
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+        super().on_message_complete()
+        if self.lingering:
+            self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self._is_between_requests():
+            self.guard.idle[self] = None  # uvicorn has armed its keep-alive timer
+            self.guard.idle.move_to_end(self)
+
+    def _headers_too_slow(self) -> None:
+        self.read_deadline = None
+        if not self.headers_done and not self.transport.is_closing():
+            seconds = self.guard.settings.read_timeout_seconds
+            self._refuse(408, f"The request's headers did not arrive within {seconds:g} seconds.")
+
+    def _cancel_read_deadline(self) -> None:
+        if self.read_deadline is not None:
+            self.read_deadline.cancel()
+            self.read_deadline = None
+
+    # answers before any app --------------------------------------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        if self.parsed_header_bytes > self.guard.settings.max_header_bytes:
+            self._refuse_large_headers()
+            return
+        reason = self.parser.error.rstrip(".") if isinstance(self.parser, _RecordingParser) else ""
+        detail = f" ({reason})" if reason else ""
+        self._refuse(400, f"The request is not valid HTTP/1.1{detail}.")
+
+    def _refuse_large_headers(self) -> None:
+        limit = self.guard.settings.max_header_bytes
+        self._refuse(431, f"The request's headers are larger than this server's limit of {limit} bytes.")
+
+    def _refuse(self, status: int, message: str) -> None:
+        self._cancel_read_deadline()
+        if self.cycle is not None and not self.cycle.response_complete:
+            if self.cycle.response_started:  # an answer is already on its way: it cannot be replaced, only cut
+                self.transport.close()
+                return
+            self.cycle.response_complete = True  # the app's answer, should it come, is dropped
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.write(_json_answer(status, message))
+        self.transport.close()
 
 
 def listening_socket(host: str, port: int, share_port: bool) -> socket.socket:
@@ -80,9 +353,10 @@ class RestFrontEnd:
         self.app = app
         self.sock = sock
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rest")
+        self.guard = _ConnectionGuard(settings, settings.max_connections or connection_limit())
         config = uvicorn.Config(
             _Bridge(app, settings, self.executor),
-            http="httptools",
+            http=functools.partial(GuardedProtocol, guard=self.guard),  # type: ignore[arg-type]
             ws="none",
             lifespan="off",
             interface="asgi3",
@@ -142,27 +416,40 @@ class _Bridge:
             return  # the client left before sending its whole body
         if isinstance(body, RequestError):
             status, headers, content = body.http_status, [*JSON_HEADERS, (b"connection", b"close")], _json(body.body())
+            if isinstance(body, _TooSlow):
+                status = 408
         else:
             try:
                 status, headers, content = await loop.run_in_executor(self.executor, self._call, _environ(scope, body))
             except Exception:  # a bug in the app: logged with its traceback, answered 500, the server keeps running
-                logger.exception("REST %s %s failed unexpectedly.", scope["method"], scope["path"])
+                logger.exception("REST %s %s failed unexpectedly.", scope["method"], scope["path"][:200])
                 status, headers, content = 500, JSON_HEADERS, _json(INTERNAL_ERROR)
         await _respond(send, status, headers, content)
         if settings.metrics is not None:
             self._count(scope["path"], status, time.perf_counter() - started)
 
     async def _read_body(self, scope: dict, receive: Receive) -> bytes | RequestError | None:
-        """The whole body; a RequestError (413) past the limit; None when the client disconnected."""
-        limit = self.settings.max_body_bytes
+        """The whole body; a RequestError past the limit (413) or the read deadlines (408); None when the client
+        disconnected."""
+        settings = self.settings
+        limit = settings.max_body_bytes
         too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED")
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit + DRAIN_LIMIT_BYTES:
-            return too_large
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            # A client waiting for "100 Continue" has sent nothing yet: refuse before it sends (uvicorn says 100
+            # Continue only once the body is read). Others are drained a little, so that they see the answer.
+            waiting = (_header(scope, b"expect") or "").lower() == "100-continue"
+            if waiting or int(declared) > limit + DRAIN_LIMIT_BYTES:
+                return too_large
         chunks: list[bytes] = []
         size = 0
+        deadline = asyncio.get_running_loop().time() + settings.body_timeout_seconds
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await asyncio.wait_for(receive(), settings.read_timeout_seconds)
+            except TimeoutError:
+                return _TooSlow(settings)
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -195,6 +482,17 @@ class _Bridge:
         if match is not None:
             code = STATUS_CODE_NAMES.get(status, "UNKNOWN")
             self.settings.metrics.record(match["name"], match["verb"].lower(), "REST", code, seconds)
+
+
+class _TooSlow(RequestError):
+    """A body that missed its deadlines: HTTP 408 (Request Timeout), a client's fault, not the server's 504."""
+
+    def __init__(self, settings: FrontEndSettings) -> None:
+        super().__init__(
+            f"The request body did not arrive in time (a pause over {settings.read_timeout_seconds:g} seconds, or "
+            f"over {settings.body_timeout_seconds:g} seconds in all).",
+            "DEADLINE_EXCEEDED",
+        )
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:

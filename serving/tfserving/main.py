@@ -23,6 +23,8 @@ HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.servi
 # (clients have seen UNAVAILABLE and backed off or moved on), but never longer than SETTLE_LIMIT_SECONDS.
 QUIET_SECONDS = 0.5
 SETTLE_LIMIT_SECONDS = 5.0
+# The drain ends this long before the grace period does: closing the ports and leaving the process take the rest.
+EXIT_MARGIN_SECONDS = 1.0
 # How often a worker compares its state with the other workers' (readiness, a reloaded model config).
 SHARE_INTERVAL_SECONDS = 0.25
 # An idle kept-alive REST connection is closed after this long.
@@ -75,11 +77,16 @@ def _grpc_server(options: config.ServerOptions, group: workers.WorkerGroup, serv
     return server
 
 
-def _rest_front_end(options: config.ServerOptions, group: workers.WorkerGroup, predictor: Any, metrics: Any) -> Any:
+def _rest_front_end(
+    options: config.ServerOptions, group: workers.WorkerGroup, predictor: Any, metrics: Any, drain_gate: Any
+) -> Any:
+    from serving.tfserving.draining import DrainingWsgiApp
     from serving.tfserving.http_server import FrontEndSettings, RestFrontEnd, listening_socket
     from serving.tfserving.rest import RestApp
 
-    app = RestApp(predictor, options.max_request_bytes, options.rest_timeout_s, options.rest_threads)
+    # REST requests pass the same gate as gRPC calls: one drain, one quiet period for both ports.
+    rest_app = RestApp(predictor, options.max_request_bytes, options.rest_timeout_s, options.rest_threads)
+    app = DrainingWsgiApp(rest_app, drain_gate)
     settings = FrontEndSettings(
         max_body_bytes=options.max_request_bytes,
         threads=options.rest_threads,
@@ -160,7 +167,7 @@ def _serve_worker(
     # Like tensorflow_model_server, load what is on disk before opening the ports.
     manager.poll_once()
     sharing.refresh(manager)
-    drain_gate = DrainGate()
+    drain_gate = DrainGate(group.folder / "last-refusal" if group.count > 1 else None)
     interceptors: list = [DrainingInterceptor(drain_gate)]
     if metrics is not None:
         from serving.tfserving.monitoring import MetricsInterceptor
@@ -170,12 +177,12 @@ def _serve_worker(
     def add_services(server: Any) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(manager, sharing.sources_from_config), server
+            ModelServicer(manager, sharing.sources_from_config, options.allowed_model_roots), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
     grpc_server = _grpc_server(options, group, add_services, interceptors)
-    rest_server = _rest_front_end(options, group, predictor, metrics) if options.rest_port else None
+    rest_server = _rest_front_end(options, group, predictor, metrics, drain_gate) if options.rest_port else None
     grpc_server.start()
     if rest_server is not None:
         rest_server.start()
@@ -218,21 +225,22 @@ def _serve_worker(
 
 def _drain_and_stop(grace_seconds: float, health_servicer: Any, drain_gate: Any, grpc_server: Any, rest_server: Any) -> None:
     """Refuse new requests (UNAVAILABLE / 503), finish running ones within grace_seconds, then stop both servers."""
-    deadline = time.monotonic() + grace_seconds
+    deadline = time.monotonic() + max(grace_seconds - EXIT_MARGIN_SECONDS, grace_seconds / 2)
 
     def remaining() -> float:
         return max(deadline - time.monotonic(), 0.0)
 
     health_servicer.enter_graceful_shutdown()
-    # The gate, not grpc_server.stop(), refuses new gRPC calls: stop() would cancel those its core already holds.
+    # The gate, not the servers' own stop(), refuses new requests on both ports while both keep listening: grpc's
+    # stop() would cancel the calls its core already holds, uvicorn's would reset connections that just sent one.
     drain_gate.start_draining()
-    if rest_server is not None and not rest_server.stop(remaining()):
-        logger.warning("Some REST requests were still running after the grace period.")
     if not drain_gate.wait_until_idle(remaining()):
-        logger.warning("Some gRPC requests were still running after the grace period.")
+        logger.warning("Some requests were still running after the grace period.")
     if not drain_gate.wait_until_quiet(QUIET_SECONDS, min(SETTLE_LIMIT_SECONDS, remaining())):
-        logger.warning("gRPC clients were still sending when the server stopped; calls arriving now may be cancelled.")
-    # Nothing admitted is running any more; the remaining grace covers calls grpc matched but had not started yet.
+        logger.warning("Clients were still sending when the server stopped; requests arriving now may be cut off.")
+    # Nothing admitted is running any more; what is left of the grace covers requests read but not yet admitted.
+    if rest_server is not None and not rest_server.stop(remaining()):
+        logger.warning("Some REST connections were still open after the grace period.")
     grpc_server.stop(remaining()).wait()
 
 

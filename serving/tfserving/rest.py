@@ -89,7 +89,7 @@ class RestApp:
         except RequestError as error:
             return _error(error, close=error.http_status == 413)
         except Exception:  # unexpected: logged with traceback, answered 500, server keeps running
-            logger.exception("REST %s %s failed unexpectedly.", request.method, request.path)
+            logger.exception("REST %s %s failed unexpectedly.", request.method, request.path[:200])
             return _json(500, {"error": "The request failed inside the server; see the server log."})
 
     def _route(self, request: Request) -> Response:

@@ -40,15 +40,19 @@ from serving.tfserving.servable import DEFAULT_SIGNATURE
 
 logger = logging.getLogger("serving.tfserving")
 
-# The real server's patterns (http_rest_api_util.cc), matched against the whole path.
+# The real server's patterns (http_rest_api_util.cc), matched against the whole path. Its RE2 \d is ASCII only, so
+# these are too: a version of full-width or Arabic-Indic digits is a malformed request, not version 123.
 API_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 PREDICTION_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE | re.ASCII,
 )
 STATUS_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE | re.ASCII
 )
 INT64_MAX = 2**63 - 1
+INT64_DIGITS = len(str(INT64_MAX))
+QUOTED_LIMIT = 200  # characters of a path or version quoted in an error message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,8 +87,9 @@ def _route(http_method: str, path: str) -> _Route:
     name, version, label, method = match.groups()
     route = _Route(urllib.parse.unquote(name or ""), None, None, method or "", True)
     if version:
-        if int(version) > INT64_MAX:
-            raise RequestError(f"Failed to convert version: {version} to numeric.")
+        # Compared as text first: int() of thousands of digits is slow, and past 4300 refuses with a ValueError.
+        if len(version.lstrip("0")) > INT64_DIGITS or int(version) > INT64_MAX:
+            raise RequestError(f"Failed to convert version: {_quoted(version)} to numeric.")
         route.version = int(version)
     if label:
         route.label = urllib.parse.unquote(label)
@@ -101,7 +106,7 @@ class RestHandler:
     def handle(self, http_method: str, path: str, body: bytes = b"") -> RestAnswer:
         """The answer to one request: 200 and the result, or TensorFlow Serving's status and {"error": ...}."""
         if not API_PATH.fullmatch(path):
-            return _error(RequestError(f"Not found: {path}; the API lives under /v1/models/.", "NOT_FOUND"))
+            return _error(RequestError(f"Not found: {_quoted(path)}; the API lives under /v1/models/.", "NOT_FOUND"))
         route = _Route()
         try:
             route = _route(http_method, path)
@@ -109,7 +114,7 @@ class RestHandler:
         except RequestError as error:
             return _error(error, route)
         except Exception:  # unexpected: logged with traceback, answered 500, the server keeps running
-            logger.exception("REST %s %s failed unexpectedly.", http_method, path)
+            logger.exception("REST %s %s failed unexpectedly.", http_method, _quoted(path))
             return _error(RequestError("The request failed inside the server; see the server log.", "INTERNAL"), route)
 
     def _dispatch(self, http_method: str, path: str, route: _Route, body: bytes) -> str:
@@ -119,7 +124,7 @@ class RestHandler:
             if not route.model_name:
                 raise RequestError("Missing model name in request.")
             return self._metadata(route) if route.method == "metadata" else self._status(route)
-        raise RequestError(f"Malformed request: {http_method} {path}")
+        raise RequestError(f"Malformed request: {http_method} {_quoted(path)}")
 
     def _status(self, route: _Route) -> str:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -209,6 +214,10 @@ def _fill_spec(spec, route: _Route) -> None:
 def _to_dict(message) -> dict:
     # TensorFlow Serving's REST layer prints its protos this way: field names as in the .proto, defaults included.
     return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _quoted(text: str) -> str:
+    return text if len(text) <= QUOTED_LIMIT else text[: QUOTED_LIMIT - 3] + "..."
 
 
 def _error(error: RequestError, route: _Route | None = None) -> RestAnswer:

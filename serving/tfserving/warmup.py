@@ -36,7 +36,8 @@ def replay(servable: Servable, record: prediction_log_pb2.PredictionLog) -> None
     if kind == "predict_log":
         request = record.predict_log.request
         signature = servable.signature(request.model_spec.signature_name)
-        inputs = {alias: tensor_to_array(tensor, alias) for alias, tensor in request.inputs.items()}
+        # The model's own records: TensorFlow's rule for short typed fields applies, as in the real server.
+        inputs = {alias: tensor_to_array(tensor, alias, fill=True) for alias, tensor in request.inputs.items()}
         signature.run(inputs, check_predict(signature, inputs, request.output_filter))
     elif kind == "classify_log":
         inference.classify(servable, record.classify_log.request, _run)

@@ -27,6 +27,19 @@ CLASSES = "classes"
 SIGNATURE_NAME = "serving_default"
 JSON_CONTENT_TYPE = "application/json"
 LOADED_VERSION_METRIC = "ModelVersionLoaded"
+BAD_REQUEST = 400
+REASON_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
+
+
+def unreadable_body_message(error: BaseException) -> str:
+    """One sentence for a body the parser could not read for a reason other than a RequestError."""
+    if isinstance(error, RecursionError):
+        return "The request body is nested too deeply."
+    if isinstance(error, ValueError) and "digits" in str(error):
+        return "The request body holds a number with too many digits."
+    if isinstance(error, MemoryError):
+        return "The request body is too large to decode."
+    return "The request body could not be read as a predict request."
 
 
 class DigitsHandler(BaseHandler):
@@ -70,7 +83,12 @@ class DigitsHandler(BaseHandler):
         context.metrics.add_metric(LOADED_VERSION_METRIC, version, "version", metric_type=MetricTypes.GAUGE)
 
     def parse_request(self, body: Any) -> tuple[np.ndarray, bool]:
-        """One body → (images float32 (N, H, W), row_format); a client mistake raises PredictionException 400."""
+        """One body → (images float32 (N, H, W), row_format); any failure to read it raises PredictionException 4xx.
+
+        Whatever a body makes the parser raise (a RequestError, but also Python's RecursionError for JSON nested
+        thousands deep or ValueError for an integer of thousands of digits) is this request's mistake alone: it
+        becomes a 400 here, so that it can never escape into TorchServe and fail the whole batch with 503.
+        """
         try:
             if isinstance(body, (bytes, bytearray)):
                 body = rest.load_json(body)
@@ -80,6 +98,8 @@ class DigitsHandler(BaseHandler):
             require_signature(parsed.signature_name, self.signature.name)
         except RequestError as error:
             raise PredictionException(error.message, error.http_status) from None
+        except Exception as error:  # noqa: BLE001 - the handler boundary: nothing from one body may fail its batch
+            raise PredictionException(unreadable_body_message(error), BAD_REQUEST) from None
         return parsed.inputs[INPUT_NAME], parsed.row_format
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
@@ -92,7 +112,8 @@ class DigitsHandler(BaseHandler):
                 images, row_format = self.parse_request(body)
             except PredictionException as error:
                 # Answer this request alone with the error; raising would fail every request in the batch.
-                self.context.set_response_status(error.error_code, "Bad Request", index)
+                self.context.set_response_status(error.error_code, REASON_PHRASES.get(error.error_code, "Bad Request"),
+                                                 index)  # fmt: skip
                 self.request_plans.append(error.message)
                 continue
             batches.append(images)

@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if arguments.action == "status":
             print(f"TorchServe is running (pid {running.pid})." if running else "TorchServe is not running.")
+            fallback = torchserve.fallback_message(run_dir)
+            if running and fallback:
+                print(fallback)
             return 0 if running else 3
         if running is not None:
             raise UsageError(f"TorchServe is already running from {run_dir}; stop it first.")
@@ -77,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"TorchServe is ready: {instance.inference_url}/predictions/{arguments.model_name}")
         if instance.key_file is not None:
             print(f"Keys (token authorization is on): {instance.key_file}")
+        else:
+            print("Token authorization is off, so the model API and the live roll-out of new versions are off too.")
         return 0
 
     return run_main(PROG, body)

@@ -8,10 +8,14 @@ TorchServe answers `/predictions/<model>` with (its default version) and, when t
    model-config.yaml, or from the overrides TorchServe was started with;
 2. wait until at least minWorkers of its workers are READY, while the old version goes on answering;
 3. make it the default version (`PUT /models/<model>/<version>/set-default`);
-4. give the requests already queued on the old version a moment, then unregister it (`DELETE /models/<model>/<old>`).
+4. give the requests already queued on the old version a moment, scale it to no workers
+   (`PUT /models/<model>/<old>?min_worker=0&max_worker=0`) and wait until they are gone, then unregister it
+   (`DELETE /models/<model>/<old>`), retrying a few times: unregistering a version whose workers are still being
+   torn down fails with 500 "Interrupted while cleaning resources".
 
 Until the old version is unregistered, `/predictions/<model>/<version>` reaches either version by name, as TorchServe
-documents. As `serving.versions` does for a version folder, an archive that cannot be read, that TorchServe refuses,
+documents. As `serving.versions` does for a version folder, an archive that cannot be read, whose model does not
+load (checked before registering it), that TorchServe refuses,
 or whose workers are not READY in time is unregistered again and not retried until the file changes: the old version
 keeps serving throughout.
 
@@ -25,6 +29,7 @@ keeps serving throughout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import re
@@ -36,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from experiment.errors import UsageError
-from serving.torchserve.config import archive_version
+from serving.torchserve.config import archive_problem, archive_version
 
 if TYPE_CHECKING:
     from serving.clients import TorchServeClient
@@ -49,6 +54,12 @@ DEFAULT_POLL_SECONDS = 1.0  # tensorflow_model_server's --file_system_poll_wait_
 DEFAULT_READY_TIMEOUT_SECONDS = 120.0
 # Requests that reached the old version's queue just before the switch finish in milliseconds (batch delay 2 ms).
 DEFAULT_DRAIN_SECONDS = 1.0
+# How long an old version's workers get to stop once scaled to none, and how often its unregistering is tried.
+RETIRE_TIMEOUT_SECONDS = 30.0
+UNREGISTER_ATTEMPTS = 5
+UNREGISTER_RETRY_SECONDS = 1.0
+# How long the default version may run short of READY workers (a replacement still loading) before a warning.
+CAPACITY_WARNING_SECONDS = 30.0
 
 
 def archive_pattern(model_name: str) -> re.Pattern[str]:
@@ -87,6 +98,14 @@ class RolloutSettings:
     batch_size: int | None = None
     max_batch_delay_ms: int | None = None
     workers: int | None = None
+    retire_timeout_seconds: float = RETIRE_TIMEOUT_SECONDS
+    capacity_warning_seconds: float = CAPACITY_WARNING_SECONDS
+    check_model: bool = True  # load each archive's model before registering it (config.archive_problem)
+    # Roll back to the newest older archive that loads once the default version has been short of READY workers
+    # for capacity_warning_seconds.
+    revert_short_versions: bool = True
+    unregister_attempts: int = UNREGISTER_ATTEMPTS
+    unregister_retry_seconds: float = UNREGISTER_RETRY_SECONDS
 
 
 class Rollout:
@@ -99,21 +118,56 @@ class Rollout:
         self.settings = settings
         self._failed: dict[int, tuple[int, int]] = {}  # version → fingerprint of the archive that failed
         self._last_problem: str | None = None
+        self._short_since: float | None = None  # since when the default version has had too few READY workers
+        self._short_warned = False
 
     def default_version(self) -> int | None:
         """The version TorchServe answers /predictions/<model> with; None while TorchServe or the model is not up."""
         from serving.clients import ServingError
 
         try:
-            version = self.client.describe().get("modelVersion")
+            description = self.client.describe()
         except ServingError as error:
             self._note(f"TorchServe cannot tell its default version yet: {error}")
             return None
+        version = description.get("modelVersion")
+        self._check_capacity(description)
         try:
             return int(version)
         except (TypeError, ValueError):
             self._note(f"TorchServe serves {self.model_name} version {version!r}, not an integer; not rolling out.")
             return None
+
+    def _check_capacity(self, description: dict) -> None:
+        """Warn once when the default version has had fewer READY workers than minWorkers for a while.
+
+        TorchServe replaces a worker that dies, but a replacement that cannot load the model (its extracted
+        model.pt damaged on disk, say) is retried with a growing back-off and never becomes READY: capacity stays
+        reduced without any failed request to show it. This says so in the log, and again when it recovers;
+        poll_once then rolls back to the newest older archive that loads (_revert). Only a version with some but not
+        all workers READY counts: with none READY it is still starting (TorchServe reports a loading worker and a
+        failing one alike) or down, which readiness probes and failed requests already show.
+        """
+        from serving.clients.torchserve import READY
+
+        workers = description.get("workers") or []
+        ready = sum(1 for worker in workers if worker.get("status") == READY)
+        wanted = max(1, int(description.get("minWorkers", 1) or 1))
+        now = time.monotonic()
+        if ready >= wanted or ready == 0:
+            if self._short_warned and ready >= wanted:
+                logger.info("%s version %s has all its %d workers READY again.",
+                            self.model_name, description.get("modelVersion"), wanted)  # fmt: skip
+            self._short_since, self._short_warned = None, False
+            return
+        if self._short_since is None:
+            self._short_since = now
+        elif not self._short_warned and now - self._short_since >= self.settings.capacity_warning_seconds:
+            logger.warning("Only %d of %d workers of %s version %s have been READY for %.0f s: a replacement worker "
+                           "cannot load the model (see TorchServe's model_log), and capacity is reduced.",
+                           ready, wanted, self.model_name, description.get("modelVersion"),
+                           now - self._short_since)  # fmt: skip
+            self._short_warned = True
 
     def _note(self, problem: str) -> None:
         """Log a reason for not rolling out once, not at every poll."""
@@ -123,12 +177,14 @@ class Rollout:
 
     def poll_once(self) -> int | None:
         """Roll out the newest archive if it is newer than the default version; the version rolled out, or None."""
+        current = self.default_version()  # also watches its workers (_check_capacity)
         archives = versioned_archives(self.model_store, self.model_name)
-        if not archives:
+        if current is None or not archives:
             return None
+        if self._short_warned and self.settings.revert_short_versions:
+            return self._revert(current, archives)
         newest = max(archives)
-        current = self.default_version()
-        if current is None or newest <= current:
+        if newest <= current:
             return None
         try:
             fingerprint = _fingerprint(archives[newest])
@@ -143,6 +199,30 @@ class Rollout:
         self._failed[newest] = fingerprint
         return None
 
+    def _revert(self, current: int, archives: dict[int, Path]) -> int | None:
+        """Roll back from a default version short of READY workers to the newest older archive that loads.
+
+        The replacement workers of `current` cannot load its model (TorchServe's extracted copy damaged, say), and
+        TorchServe cannot re-extract a version while it is registered: the newest older version takes over with all
+        its workers, and `current` is not rolled out again until its archive file changes. None when no older
+        archive loads (the warning stands) or the roll-back fails.
+        """
+        for version in sorted((older for older in archives if older < current), reverse=True):
+            problem = archive_problem(archives[version]) if self.settings.check_model else None
+            if problem is not None:
+                continue
+            logger.warning("Rolling %s back from version %d, short of READY workers, to version %d.",
+                           self.model_name, current, version)  # fmt: skip
+            if not self.roll_out(version, archives[version], current):
+                self._short_since, self._short_warned = time.monotonic(), False  # wait as long again before retrying
+                return None
+            self._short_since, self._short_warned = None, False
+            if current in archives:
+                with contextlib.suppress(OSError):
+                    self._failed[current] = _fingerprint(archives[current])  # not rolled out again until changed
+            return version
+        return None
+
     def roll_out(self, version: int, archive: Path, current: int) -> bool:
         """Register, wait for READY, make default, unregister current; False (current still default) on failure."""
         from serving.clients import ServingError
@@ -153,6 +233,11 @@ class Rollout:
             in_archive = archive_version(archive)
             if in_archive != str(version):
                 raise RolloutError(f"its manifest says version {in_archive}, not {version}")
+            # Checked here rather than by TorchServe: workers that cannot load the model would retry until the
+            # ready timeout, taking CPU from the version that serves.
+            problem = archive_problem(archive) if self.settings.check_model else None
+            if problem is not None:
+                raise RolloutError(problem)
             registered = {description.get("modelVersion") for description in self.client.list_versions()}
             if str(version) not in registered:
                 self.client.register(archive.name, self.settings.batch_size, self.settings.max_batch_delay_ms)
@@ -196,13 +281,49 @@ class Rollout:
         timeout = self.settings.ready_timeout_seconds
         poll_until(check, timeout, lambda problem: f"its workers were not READY within {timeout:g} s ({problem})")
 
-    def _unregister(self, version: int) -> None:
+    def _unregister(self, version: int) -> bool:
+        """Scale the version to no workers, wait until they are gone, then unregister it, retrying; True if done.
+
+        Unregistering a version whose workers are still running (or still being torn down) can fail with 500
+        "Interrupted while cleaning resources"; with its workers stopped first, and a few tries, it goes through.
+        """
         from serving.clients import ServingError
+        from serving.clients.base import poll_until
 
         try:
-            self.client.unregister(version)
+            self.client.scale_workers(version, 0)
         except ServingError as error:
-            logger.warning("Could not unregister %s version %d: %s", self.model_name, version, _sentence(error))
+            if getattr(error, "status", None) == 404:
+                return True  # already gone
+            logger.warning("Could not scale %s version %d to no workers: %s",
+                           self.model_name, version, _sentence(error))  # fmt: skip
+
+        def workers_left() -> str | None:
+            try:
+                workers = self.client.describe(version=version).get("workers") or []
+            except ServingError as error:
+                if getattr(error, "status", None) == 404:
+                    return None  # unregistered meanwhile
+                raise
+            return f"{len(workers)} workers left" if workers else None
+
+        try:
+            poll_until(workers_left, self.settings.retire_timeout_seconds, lambda problem: problem)
+        except (TimeoutError, ServingError):
+            pass  # unregistering below stops whatever is left, or says why not
+        for attempt in range(1, self.settings.unregister_attempts + 1):
+            try:
+                self.client.unregister(version)
+                return True
+            except ServingError as error:
+                if getattr(error, "status", None) == 404:
+                    return True
+                if attempt == self.settings.unregister_attempts:
+                    logger.warning("Could not unregister %s version %d after %d tries: %s",
+                                   self.model_name, version, attempt, _sentence(error))  # fmt: skip
+                    return False
+                time.sleep(self.settings.unregister_retry_seconds)
+        return False
 
     def watch(self, stop: threading.Event, poll_seconds: float = DEFAULT_POLL_SECONDS) -> None:
         """poll_once every poll_seconds until stop is set; an unexpected failure is logged and polling goes on."""

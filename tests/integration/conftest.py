@@ -38,22 +38,12 @@ def stack(request, tmp_path_factory):
     if external is not None:
         yield StackUnderTest(Path(os.environ.get("MODELS_DIR", "models")), external, {})
         return
-    from serving.runtime import Ports, Stack
+    from tests.local_stack import local_stack
 
     tf_trained = request.getfixturevalue("tf_trained")
     torch_trained = request.getfixturevalue("torch_trained")
-    root = tmp_path_factory.mktemp("stack")
-    models_dir = root / "models"
-    models_dir.mkdir()
-    # One models/ folder holding both pipelines' exports, as `make serve` sees it.
-    (models_dir / "tf").symlink_to(tf_trained.export_path.parent.parent, target_is_directory=True)
-    (models_dir / "torch").symlink_to(torch_trained.export_path.parent.parent, target_is_directory=True)
-    running = Stack(ports=Ports.free(), run_dir=root / "run", models_dir=models_dir)
-    seconds = running.start(train=False, report=lambda line: None)
-    try:
-        yield StackUnderTest(models_dir, running.endpoints(), seconds)
-    finally:
-        running.stop(report=lambda line: None)
+    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("stack")) as running:
+        yield StackUnderTest(running.models_dir, running.stack.endpoints(), running.startup_seconds)
 
 
 def endpoint_for(stack: StackUnderTest, name: str) -> Endpoint:

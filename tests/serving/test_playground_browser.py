@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.local_stack import local_stack
+
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
@@ -31,20 +33,8 @@ STOPPED = "Not reachable: the server is stopped, still starting or shutting down
 @pytest.fixture(scope="module")
 def stack(tf_trained, torch_trained, tmp_path_factory):
     """Every server, ready on free ports, serving the models the two pipelines just trained."""
-    from serving.runtime import Ports, Stack
-
-    root = tmp_path_factory.mktemp("playground_stack")
-    models_dir = root / "models"
-    models_dir.mkdir()
-    # One models/ folder holding both pipelines' exports, as `make serve` sees it.
-    (models_dir / "tf").symlink_to(tf_trained.export_path.parent.parent, target_is_directory=True)
-    (models_dir / "torch").symlink_to(torch_trained.export_path.parent.parent, target_is_directory=True)
-    running = Stack(ports=Ports.free(), run_dir=root / "run", models_dir=models_dir)
-    running.start(train=False, report=lambda line: None)
-    try:
-        yield running
-    finally:
-        running.stop(report=lambda line: None)
+    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("playground_stack")) as running:
+        yield running.stack
 
 
 @pytest.fixture(scope="module")

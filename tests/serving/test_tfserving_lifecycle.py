@@ -5,6 +5,7 @@ The companion of test_tfserving.py (whose helpers start the servers), kept apart
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -16,64 +17,45 @@ import requests
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from serving.clients import RestClient, ServerUnavailableError, ServingError, TFServingGrpcClient
+from tests.serving.load_recorder import LoadRecorder
 from tests.serving.test_tfserving import POLL_SECONDS, in_process, new_base_path, publish_version, start_server  # noqa: F401
 
 
 # ---- versions --------------------------------------------------------------------------------------------
 
 
-class VersionRecorder:
-    """8 gRPC clients predicting in a loop, recording (time, version answered) and every failure."""
+class VersionRecorder(LoadRecorder[int]):
+    """8 gRPC clients predicting in a loop, recording (time, client, version answered) and every failure."""
 
     def __init__(self, address: str, images: np.ndarray, client_count: int = 8) -> None:
-        self.answers: list[tuple[float, int]] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._work, args=(address, images[index : index + 1]), daemon=True)
-            for index in range(client_count)
+        self._clients = [TFServingGrpcClient(address, timeout_s=60) for _ in range(client_count)]
+        askers = [
+            (f"client {index}", functools.partial(_answered_version, client, images[index : index + 1]))
+            for index, client in enumerate(self._clients)
         ]
-
-    def _work(self, address: str, image: np.ndarray) -> None:
-        client = TFServingGrpcClient(address, timeout_s=60)
-        try:
-            while not self._stop.is_set():
-                try:
-                    response = client.predict_response(image)
-                    with self._lock:
-                        self.answers.append((time.monotonic(), response.model_spec.version.value))
-                except ServingError as error:
-                    with self._lock:
-                        self.failures.append(str(error))
-                time.sleep(0.005)
-        finally:
-            client.close()
-
-    def __enter__(self) -> "VersionRecorder":
-        for thread in self._threads:
-            thread.start()
-        return self
+        super().__init__(askers, failure_types=(ServingError,), pause_s=0.005, join_timeout_s=120)
 
     def __exit__(self, *exception: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=120)
+        super().__exit__(*exception)
+        for client in self._clients:
+            client.close()
 
     def first_answer_from(self, version: int, since: float, timeout: float) -> float | None:
         """Seconds from since until version first answered, waiting up to timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                times = [at for at, answered in self.answers if answered == version and at >= since]
+            times = [at for at, _, answered in self.since(since) if answered == version]
             if times:
                 return min(times) - since
             time.sleep(0.05)
         return None
 
     def versions_since(self, since: float) -> set[int]:
-        with self._lock:
-            return {version for at, version in self.answers if at >= since}
+        return {version for _, _, version in self.since(since)}
+
+
+def _answered_version(client: TFServingGrpcClient, image: np.ndarray) -> int:
+    return client.predict_response(image).model_spec.version.value
 
 
 def _status(address: str) -> dict[int, get_model_status_pb2.ModelVersionStatus]:

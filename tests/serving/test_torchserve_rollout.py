@@ -3,10 +3,11 @@ while a new version is trained, and a corrupt archive dropped into its model sto
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import shutil
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from serving.clients import ServingError, TorchServeClient, TorchServeError
 from serving.torchserve import rollout
 from serving.torchserve.rollout import Rollout, RolloutSettings
+from tests.serving.load_recorder import LoadRecorder
 
 MODEL_CONFIG = Path(__file__).resolve().parents[2] / "serving" / "torchserve" / "model-config.yaml"
 
@@ -39,6 +41,7 @@ class FakeManagement:
 
     def __init__(self, default: int = 1, workers_become_ready: bool = True, refuse_register: bool = False) -> None:
         self.versions = {str(default): "READY"}
+        self.workers: dict[str, int] = {}  # version → workers, once scaled
         self.default = str(default)
         self.workers_become_ready = workers_become_ready
         self.refuse_register = refuse_register
@@ -49,7 +52,8 @@ class FakeManagement:
         if version not in self.versions:
             raise TorchServeError(f"Model version: {version} does not exist for model: digits", 404)
         status = self.versions[version]
-        return {"modelVersion": version, "minWorkers": 2, "workers": [{"status": status}, {"status": status}]}
+        workers = [{"status": status}] * self.workers.get(version, 2)
+        return {"modelVersion": version, "minWorkers": 2, "workers": workers}
 
     def list_versions(self) -> list[dict]:
         return [{"modelVersion": version} for version in self.versions]
@@ -60,9 +64,11 @@ class FakeManagement:
             raise TorchServeError(f"Failed to save model: {archive}", 500)
         version = archive.removeprefix("digits-").removesuffix(".mar")
         self.versions[version] = "READY" if self.workers_become_ready else "UNLOADING"
+        self.workers.pop(version, None)
 
     def scale_workers(self, version, workers: int) -> None:
         self.calls.append(("scale", str(version), workers))
+        self.workers[str(version)] = workers
 
     def set_default(self, version) -> None:
         self.calls.append(("set-default", str(version)))
@@ -75,7 +81,8 @@ class FakeManagement:
         del self.versions[str(version)]
 
 
-FAST = RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0.0)
+FAST = RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0.0, retire_timeout_seconds=0.5,
+                       unregister_retry_seconds=0.0, check_model=False)  # fmt: skip
 
 
 def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregistered(tmp_path):
@@ -83,7 +90,8 @@ def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregis
     write_archive(tmp_path, 2)
     management = FakeManagement(default=1)
     assert Rollout(management, tmp_path, FAST).poll_once() == 2
-    assert management.calls == [("register", "digits-2.mar", None, None), ("set-default", "2"), ("unregister", "1")]
+    assert management.calls == [("register", "digits-2.mar", None, None), ("set-default", "2"), ("scale", "1", 0),
+                                ("unregister", "1")]  # fmt: skip
     assert management.versions == {"2": "READY"} and management.default == "2"
 
 
@@ -99,7 +107,7 @@ def test_nothing_happens_while_the_newest_archive_is_the_default_version(tmp_pat
 def test_overrides_of_the_archives_settings_reach_each_new_version(tmp_path):
     write_archive(tmp_path, 2)
     management = FakeManagement(default=1)
-    settings = RolloutSettings(0.5, 0.0, batch_size=1, max_batch_delay_ms=50, workers=1)
+    settings = dataclasses.replace(FAST, batch_size=1, max_batch_delay_ms=50, workers=1)
     Rollout(management, tmp_path, settings).poll_once()
     assert management.calls[:2] == [("register", "digits-2.mar", 1, 50), ("scale", "2", 1)]
 
@@ -179,40 +187,14 @@ def test_the_watcher_command_refuses_a_missing_model_store_in_one_sentence(tmp_p
 # ---- a real TorchServe -------------------------------------------------------------------------------------------
 
 
-class AnswerRecorder:
-    """Clients predicting one image in a loop, recording (time, probabilities) per answer and every failure."""
+def _answer_recorder(clients: list, image: np.ndarray) -> LoadRecorder[np.ndarray]:
+    """Clients predicting one image in a loop, recording (time, client, probabilities) per answer and every failure."""
+    return LoadRecorder([(client.description, functools.partial(_probabilities, client, image)) for client in clients])
 
-    def __init__(self, clients: list, image: np.ndarray) -> None:
-        self.answers: list[tuple[float, str, np.ndarray]] = []
-        self.failures: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, args=(client, image), daemon=True) for client in clients]
 
-    def _work(self, client, image: np.ndarray) -> None:
-        while not self._stop.is_set():
-            try:
-                probabilities, _ = client.predict(image)
-            except Exception as error:  # counted, so that one failure does not hide the others
-                with self._lock:
-                    self.failures.append(f"{client.description}: {type(error).__name__}: {error}")
-                continue
-            with self._lock:
-                self.answers.append((time.monotonic(), client.description, probabilities[0]))
-
-    def __enter__(self) -> "AnswerRecorder":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exception: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def since(self, moment: float) -> list[tuple[float, str, np.ndarray]]:
-        with self._lock:
-            return [answer for answer in self.answers if answer[0] >= moment]
+def _probabilities(client, image: np.ndarray) -> np.ndarray:
+    probabilities, _ = client.predict(image)
+    return probabilities[0]
 
 
 def _in_process(models_dir: Path, version: int, image: np.ndarray) -> np.ndarray:
@@ -251,7 +233,7 @@ def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_is_refuse
         clients = [rest.client(timeout=30), rest.client(timeout=30), grpc.client(timeout=30), grpc.client(timeout=30)]
         manager = rest.client()
         try:
-            with AnswerRecorder(clients, image) as recorder:
+            with _answer_recorder(clients, image) as recorder:
                 _wait_for(lambda: len(recorder.answers) >= 20, 30, "20 answers from version 1")
                 # Another seed: version 2's probabilities differ from version 1's, so each answer names its version.
                 result = train(TorchTrainConfig(output_dir=models_dir, log_dir=tmp_path / "runs", epochs=5, seed=7,

@@ -151,3 +151,49 @@ def test_the_background_thread_picks_up_a_new_version(tmp_path):
         watcher.stop()
     assert served(watcher) == [2]
 
+
+
+@pytest.mark.parametrize("keep_vanished", [False, True], ids=["TF Serving's rule", "the Flask app's rule"])
+def test_a_corrupt_newest_version_at_start_falls_back_to_the_newest_that_loads(tmp_path, caplog, keep_vanished):
+    for version in ("1", "2", "3"):
+        (tmp_path / version).mkdir()
+    watcher, loader = watch(tmp_path, keep_vanished_until_replaced=keep_vanished)
+    loader.broken[3] = ValueError("version 3 is corrupt")
+    loader.broken[2] = ValueError("version 2 is corrupt too")
+    with caplog.at_level("INFO", logger="serving.versions"):
+        watcher.poll_once()
+        watcher.poll_once()  # nothing changed: no retry, no second fallback
+    assert served(watcher) == [1] and watcher.versions("digits").latest().version == 1
+    assert loader.events == ["load 3 while serving None", "load 2 while serving None", "load 1 while serving None"]
+    statuses = watcher.versions("digits").statuses
+    assert [(statuses[v].state, statuses[v].error_code) for v in (3, 2, 1)] == [
+        (versions.END, "UNKNOWN"), (versions.END, "UNKNOWN"), (versions.AVAILABLE, "OK")]  # fmt: skip
+    assert watcher.versions("digits").failure().version == 3  # what a status page reports as the failure
+    fallbacks = [record.getMessage() for record in caplog.records if "instead" in record.getMessage()]
+    assert fallbacks == ["Model digits: version 3 failed to load; serving version 1, the newest version that loads, instead."]
+    (tmp_path / "4").mkdir()  # a good newer version replaces the fallback
+    watcher.poll_once()
+    assert served(watcher) == [4]
+
+
+def test_the_fallback_also_covers_a_served_version_whose_folder_vanishes(tmp_path):
+    for version in ("1", "2"):
+        (tmp_path / version).mkdir()
+    watcher, loader = watch(tmp_path)
+    watcher.poll_once()
+    loader.broken[3] = ValueError("corrupt")
+    (tmp_path / "3").mkdir()
+    shutil.rmtree(tmp_path / "2")  # the served version goes while the newest fails: the one before it serves
+    watcher.poll_once()
+    assert served(watcher) == [1]
+
+
+def test_no_fallback_for_a_pinned_version_or_when_turned_off(tmp_path):
+    for version in ("1", "2"):
+        (tmp_path / version).mkdir()
+    pinned, pinned_loader = watch(tmp_path, versions.VersionPolicy("specific", versions=frozenset({2})))
+    strict, strict_loader = watch(tmp_path, fall_back_to_last_good=False)
+    for watcher, loader in ((pinned, pinned_loader), (strict, strict_loader)):
+        loader.broken[2] = ValueError("corrupt")
+        watcher.poll_once()
+        assert served(watcher) == [] and loader.events == ["load 2 while serving None"]

@@ -6,22 +6,12 @@ import json
 
 import pytest
 
-from experiment import artifacts, metrics
-from tests.event_files import tags_by_plugin
+from experiment import artifacts
+from tests.pipeline_checks import assert_keras_tensorboard_layout
 
 
 def test_smoke_run_writes_tensorboard_tags(tf_smoke_run):
-    run_dir = tf_smoke_run.run_dir
-    for subdir in (metrics.TRAIN_SUBDIR, metrics.VALIDATION_SUBDIR):
-        assert tags_by_plugin(run_dir / subdir)["scalars"] == set(metrics.SCALAR_TAGS)
-    train_tags = tags_by_plugin(run_dir / metrics.TRAIN_SUBDIR)
-    assert {"hidden_0/kernel/histogram", "logits/bias/histogram"} <= train_tags["histograms"]
-    assert train_tags["graph"], "the op graph is missing"
-    assert train_tags["conceptual_graph"] == {metrics.CONCEPTUAL_GRAPH}
-    root_tags = tags_by_plugin(run_dir)
-    assert {metrics.TEST_ACCURACY, metrics.TEST_LOSS} <= root_tags["scalars"]
-    assert metrics.CONFUSION_MATRIX in root_tags["images"]
-    assert root_tags["hparams"] == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    assert_keras_tensorboard_layout(tf_smoke_run.run_dir)
 
 
 def test_smoke_run_exports_a_versioned_saved_model(tf_smoke_run):

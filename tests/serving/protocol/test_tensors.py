@@ -29,20 +29,72 @@ def test_tensor_round_trip_through_tensor_content(dtype):
     np.testing.assert_array_equal(decoded, array)
 
 
-def test_typed_values_and_tensorflows_repeat_last_value_rule():
+def test_typed_values_must_fill_the_shape_exactly():
     proto = _proto(types_pb2.DT_FLOAT, (2, 2), float_val=[1.0, 2.0])
-    np.testing.assert_array_equal(tensors.tensor_to_array(proto), [[1.0, 2.0], [2.0, 2.0]])
-    proto.float_val.extend([3.0, 4.0, 5.0])
-    with pytest.raises(RequestError, match="tensor parsing error: tensor. It holds 5 values"):
+    with pytest.raises(RequestError, match=r"tensor parsing error: tensor. It holds 2 values but its shape \[2, 2\] needs exactly 4"):
         tensors.tensor_to_array(proto)
+    proto.float_val.extend([3.0, 4.0, 5.0])
+    with pytest.raises(RequestError, match="It holds 5 values"):
+        tensors.tensor_to_array(proto)
+    with pytest.raises(RequestError, match="It holds 0 values"):  # TensorFlow would fill zeros
+        tensors.tensor_to_array(_proto(types_pb2.DT_INT64, (2,)))
+    with pytest.raises(RequestError, match="odd number of numbers"):
+        tensors.tensor_to_array(_proto(types_pb2.DT_COMPLEX64, (1,), scomplex_val=[1.0, 2.0, 3.0]))
+
+
+def test_fill_applies_tensorflows_repeat_last_value_rule_for_trusted_records():
+    proto = _proto(types_pb2.DT_FLOAT, (2, 2), float_val=[1.0, 2.0])
+    np.testing.assert_array_equal(tensors.tensor_to_array(proto, fill=True), [[1.0, 2.0], [2.0, 2.0]])
     # No values at all: TensorFlow fills the shape with zeros (empty strings for DT_STRING).
-    np.testing.assert_array_equal(tensors.tensor_to_array(_proto(types_pb2.DT_INT64, (2,))), [0, 0])
-    assert tensors.tensor_to_array(_proto(types_pb2.DT_STRING, (2,))).tolist() == [b"", b""]
+    np.testing.assert_array_equal(tensors.tensor_to_array(_proto(types_pb2.DT_INT64, (2,)), fill=True), [0, 0])
+    assert tensors.tensor_to_array(_proto(types_pb2.DT_STRING, (2,)), fill=True).tolist() == [b"", b""]
+    proto.float_val.extend([3.0, 4.0, 5.0])
+    with pytest.raises(RequestError, match="It holds 5 values"):  # more values than room: refused either way
+        tensors.tensor_to_array(proto, fill=True)
+
+
+@pytest.mark.parametrize(
+    "shape, values",
+    [((1 << 20, 8, 8), {"float_val": [1.0]}), ((1 << 40,), {"float_val": [1.0]}), ((1 << 62, 4), {}),
+     ((1 << 20, 8, 8), {"bool_val": [True]})],
+    ids=["2^26 elements from one value", "2^40 elements", "beyond int64", "one bool"],
+)  # fmt: skip
+def test_a_few_bytes_never_declare_a_huge_tensor(shape, values):
+    import tracemalloc
+
+    dtype = types_pb2.DT_BOOL if "bool_val" in values else types_pb2.DT_FLOAT
+    proto = _proto(dtype, shape, **values)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestError) as raised:
+            tensors.tensor_to_array(proto, "images")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert raised.value.code == "INVALID_ARGUMENT" and raised.value.message.startswith("tensor parsing error: images.")
+    assert "\n" not in raised.value.message and peak < 1 << 20  # refused before any array was allocated
+
+
+def test_the_element_cap_holds_for_one_tensor_and_for_a_whole_request():
+    from serving.protocol.limits import MAX_REQUEST_ELEMENTS
+
+    exact = tensors.array_to_tensor(np.zeros((4, 4), np.uint8))
+    assert tensors.tensor_to_array(exact, max_elements=16).shape == (4, 4)
+    with pytest.raises(RequestError, match="16 elements, more than the 15 a request may hold"):
+        tensors.tensor_to_array(exact, "images", max_elements=15)
+    arrays = tensors.tensors_to_arrays({"a": exact, "b": exact}, max_elements=32)
+    assert set(arrays) == {"a", "b"}
+    with pytest.raises(RequestError, match="hold 32 elements together, more than the 31"):
+        tensors.tensors_to_arrays({"a": exact, "b": exact}, max_elements=31)
+    half = _proto(types_pb2.DT_UINT8, (MAX_REQUEST_ELEMENTS // 2 + 1,))  # each alone under the cap, not together
+    with pytest.raises(RequestError, match="together") as raised:
+        tensors.tensors_to_arrays({"a": half, "b": half})
+    assert raised.value.code == "INVALID_ARGUMENT"
 
 
 TYPED_PROTOS = {
     "float": _proto(types_pb2.DT_FLOAT, (3,), float_val=[1.5, -2.0, 3.25]),
-    "int32 repeated": _proto(types_pb2.DT_INT32, (2, 2), int_val=[7]),
+    "int32": _proto(types_pb2.DT_INT32, (2, 2), int_val=[7, -7, 0, 2**31 - 1]),
     "int64": _proto(types_pb2.DT_INT64, (2,), int64_val=[2**40, -3]),
     "uint8": _proto(types_pb2.DT_UINT8, (2,), int_val=[0, 255]),
     "bool": _proto(types_pb2.DT_BOOL, (3,), bool_val=[True, False, True]),
@@ -50,7 +102,7 @@ TYPED_PROTOS = {
     "complex64": _proto(types_pb2.DT_COMPLEX64, (2,), scomplex_val=[1.0, 2.0, 3.0, -4.0]),
     "strings": _proto(types_pb2.DT_STRING, (2,), string_val=[b"seven", b"\xff"]),
     "empty": _proto(types_pb2.DT_FLOAT, (0, 8)),
-    "no values for a shape": _proto(types_pb2.DT_DOUBLE, (2, 2)),
+    "scalar": _proto(types_pb2.DT_DOUBLE, (), double_val=[2.5]),
 }
 
 
@@ -80,7 +132,7 @@ def test_encoded_tensors_are_what_tensorflow_reads(array):
     [(tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={"unknown_rank": True}), "unknown rank"),
      (_proto(types_pb2.DT_FLOAT, (-1, 8)), "negative dimension"),
      (_proto(types_pb2.DT_BFLOAT16, (1,), half_val=[1]), "dtype DT_BFLOAT16 cannot be decoded"),
-     (_proto(types_pb2.DT_STRING, (1,), string_val=[b"a", b"b"]), "holds 2 values but its shape [1] has room for 1")],
+     (_proto(types_pb2.DT_STRING, (1,), string_val=[b"a", b"b"]), "holds 2 values but its shape [1] needs exactly 1")],
 )  # fmt: skip
 def test_malformed_tensors_are_one_sentence_invalid_argument(proto, message):
     with pytest.raises(RequestError) as raised:

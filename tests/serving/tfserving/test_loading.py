@@ -14,7 +14,13 @@ import grpc
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
-from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, prediction_log_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_log_pb2,
+    prediction_service_pb2_grpc,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from experiment.errors import UsageError
@@ -190,6 +196,61 @@ def test_handle_reload_config_request_moves_labels_by_the_real_servers_rules(ser
     assert _labelled_version(model_service, "stable") == 123
 
 
+def _config_naming(*base_paths: str) -> model_server_config_pb2.ModelServerConfig:
+    model_config = model_server_config_pb2.ModelServerConfig()
+    for index, base_path in enumerate(base_paths):
+        model_config.model_config_list.config.add(name=f"model{index}", base_path=base_path, model_platform="tensorflow")
+    return model_config
+
+
+def test_reload_base_paths_must_be_folders_under_the_allowed_roots(tmp_path):
+    root, outside = tmp_path / "models", tmp_path / "outside"
+    (root / "digits" / "1").mkdir(parents=True)
+    (outside / "secret").mkdir(parents=True)
+    (root / "escape").symlink_to(outside / "secret")  # a link inside the root that leads out of it
+    (root / "file").write_text("not a folder")
+    roots = config.allowed_roots("", [versions.ModelSource("digits", root)])
+    assert roots == (root.resolve(),)
+    config.check_reload_base_paths(_config_naming(str(root / "digits"), str(root)), roots)  # the root and below
+    refusals = set()
+    for base_path in ("/etc", str(outside / "secret"), str(outside / "missing"), str(root / "missing"),
+                      str(root / "digits" / ".." / ".." / "outside" / "secret"), str(root / "escape"), str(root / "file")):  # fmt: skip
+        with pytest.raises(UsageError) as raised:
+            config.check_reload_base_paths(_config_naming(str(root / "digits"), base_path), roots)
+        refusals.add(str(raised.value))
+    # One sentence for every case: whether a path exists never shows, and no path is echoed.
+    assert refusals == {
+        "The base_path of model 'model1' is not an existing folder under the server's allowed model roots "
+        "(--allowed_model_roots); the config was not applied."
+    }
+
+
+def test_allowed_model_roots_flag(tmp_path, models_dir):
+    base = models_dir / "half_plus_two"
+    assert config.parse_options([f"--model_base_path={base}"]).allowed_model_roots == (base.resolve(),)
+    options = config.parse_options([f"--model_base_path={base}", f"--allowed_model_roots={tmp_path}, {models_dir}"])
+    assert options.allowed_model_roots == (tmp_path.resolve(), models_dir.resolve())
+    with pytest.raises(UsageError, match="--allowed_model_roots entry"):
+        config.parse_options([f"--model_base_path={base}", f"--allowed_model_roots={tmp_path / 'missing'}"])
+
+
+@pytest.mark.slow
+def test_reload_outside_the_allowed_roots_is_refused_alike_and_changes_nothing(served, model_service, prediction):
+    require_ours(served, "the real server accepts any base path")
+    models_dir = served.models_dir
+    details = set()
+    for base_path in ("/etc", str(models_dir.parent / "missing"), str(models_dir / "half_plus_two" / ".." / ".."),
+                      str(models_dir / "half_plus_two" / "missing")):  # fmt: skip
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.model_config_list.config.add(name="half_plus_two", base_path=base_path, model_platform="tensorflow")
+        error = rpc_error(model_service.HandleReloadConfigRequest, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details.add(error.details())
+    assert len(details) == 1 and "/" not in details.pop()
+    # Nothing was applied: every model of the start-up config still answers.
+    assert prediction.Predict(x_request("half_plus_three", output_filter=()), RPC_TIMEOUT_S).outputs["y"].float_val == [4.0]
+
+
 @pytest.mark.slow
 def test_model_config_is_not_reread_with_a_zero_poll_period(served, prediction):  # testModelConfigReloadWithZeroPollPeriod
     require_ours(served, "it rewrites the config file the server was started with")
@@ -224,3 +285,22 @@ def test_model_config_file_is_polled(served, models_dir, tmp_path):  # testModel
                 assert error.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() < deadline, error.details()
                 time.sleep(0.5)
         assert answer.outputs["y"].float_val == [4.0]
+
+
+@pytest.mark.slow
+def test_a_corrupt_newest_version_at_start_falls_back_to_the_newest_that_loads(served, models_dir, tmp_path):
+    require_ours(served, "it starts a server of its own (the real server would serve nothing)")
+    base_path = tmp_path / "half_plus_two"
+    shutil.copytree(models_dir / "half_plus_two", base_path)
+    (base_path / "124").mkdir()
+    (base_path / "124" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    spec = tfserving.spec(tfserving.TFServingPorts.free(rest=False), "default", base_path, ["--workers=1"])
+    with runtime.start(spec, tmp_path / "tfserving.log", 180) as server, grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel:
+        answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(x_request(), RPC_TIMEOUT_S)
+        assert answer.outputs["y"].float_val == [3.0] and answer.model_spec.version.value == 123
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = "default"
+        statuses = {s.version: s for s in model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, RPC_TIMEOUT_S).model_version_status}
+        assert statuses[124].state == get_model_status_pb2.ModelVersionStatus.END and statuses[124].status.error_code != 0
+        assert statuses[123].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        assert "version 124 failed to load; serving version 123" in server.log()

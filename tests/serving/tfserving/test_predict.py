@@ -151,3 +151,33 @@ def test_labels_choose_the_version(prediction):
     request.model_spec.version.value = 125
     error = rpc_error(prediction.Predict, request)
     assert error.code() == grpc.StatusCode.NOT_FOUND and "Servable not found for request: Specific(half_plus_two_2_versions, 125)" in error.details()
+
+
+def _memory_mib(pid: int) -> tuple[int, int]:
+    """(resident, peak resident) MiB of a process, from /proc."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [float_tensor(1.0, shape=(1 << 20, 8, 8)), float_tensor(1.0, shape=(1 << 40,)), float_tensor(shape=(1 << 16, 1)),
+     float_tensor(1.0, 2.0, 3.0, shape=(2, 1))],
+    ids=["2^26 elements from one value", "2^40 elements", "no values", "more values than the shape"],
+)  # fmt: skip
+def test_value_count_disagreeing_with_the_shape_is_refused_before_allocation(served, prediction, tensor):
+    import time
+
+    from tests.serving.tfserving.support import require_ours
+
+    require_ours(served, "the real server fills a short float_val with its last value (docs/tfserving.md)")
+    request = request_for("default", x=tensor)
+    before = _memory_mib(served.process.pid)[1]
+    started = time.monotonic()
+    error = rpc_error(prediction.Predict, request)
+    seconds = time.monotonic() - started
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert error.details().startswith("tensor parsing error: x.") and "\n" not in error.details()
+    # Before: 5 s and a 4 GiB peak for the first case, INTERNAL (MemoryError) for the second.
+    assert seconds < 2 and _memory_mib(served.process.pid)[1] - before < 64
+    assert list(prediction.Predict(x_request(), RPC_TIMEOUT_S).outputs["y"].float_val) == [3.0]  # still serving

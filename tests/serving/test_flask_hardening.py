@@ -1,0 +1,369 @@
+"""The Flask app's front end against idle, slow and malformed clients, its last-good-version fallback, and SIGTERM.
+
+gunicorn runs as `make serve` runs it (serving/gunicorn_conf.py, two workers) on a free port, with a small body limit
+and a short body deadline so that the limits are reached quickly.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from experiment import artifacts
+from serving import runtime
+from serving.flask_app import create_app
+from serving.runtime import flask_app
+
+START_TIMEOUT_S = 180  # workers importing torch on a busy 2-core machine
+BODY_LIMIT = 1024 * 1024
+BODY_TIMEOUT_S = 2
+KEEPALIVE_S = 5  # serving/gunicorn_conf.py's keepalive: the idle and request-head deadline
+IMAGE = [[float((row * 8 + column) % 17) for column in range(8)] for row in range(8)]
+BODY = json.dumps({"instances": [IMAGE]}).encode()
+PREDICT = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+
+
+def start_server(export_path, folder):
+    """gunicorn + the app on a free port serving a copy of export_path as version 1; returns (server, port)."""
+    base_path = folder / "digits"
+    shutil.copytree(export_path, base_path / "1")
+    port = runtime.free_port()
+    environment = {
+        "WEB_CONCURRENCY": "2",
+        "FLASK_MAX_CONTENT_LENGTH": str(BODY_LIMIT),
+        "FLASK_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT_S),
+    }
+    spec = flask_app.spec(port, base_path=base_path, environment=environment)
+    return runtime.start(spec, folder / "gunicorn.log", START_TIMEOUT_S), port
+
+
+@pytest.fixture(scope="module")
+def server_port(torch_smoke_run, tmp_path_factory):
+    server, port = start_server(torch_smoke_run.export_path, tmp_path_factory.mktemp("flask_hardening"))
+    with server:
+        yield port
+
+
+def post(port: int, body: bytes = BODY, timeout: float = 10.0) -> tuple[int, float]:
+    """One predict on a new connection: (status, seconds)."""
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", "/v1/models/digits:predict", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.monotonic() - started
+    finally:
+        connection.close()
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+    """Send raw bytes, read until the server closes: (status, headers, body) of the last response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError:
+            pass  # the server may answer and close before taking everything
+        received = b""
+        while True:
+            try:
+                piece = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not piece:
+                break
+            received += piece
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def assert_one_json_sentence(headers: dict, body: bytes) -> None:
+    assert headers["content-type"].startswith("application/json")
+    document = json.loads(body)
+    assert list(document) == ["error"] and document["error"].endswith(".")
+    assert "<" not in document["error"] and "Error" not in document["error"] and "Traceback" not in document["error"]
+
+
+# --- idle and slow clients ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_idle_connections_and_slow_senders_do_not_delay_a_valid_request(server_port):
+    idle = [socket.create_connection(("127.0.0.1", server_port)) for _ in range(200)]
+    slow = [socket.create_connection(("127.0.0.1", server_port)) for _ in range(64)]
+    # Half send their headers one byte a second, half their body: each holds a connection open all along.
+    pending = [
+        (PREDICT + b"X-Slow: " + b"a" * 100) if index % 2 else (PREDICT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+        for index, _ in enumerate(slow)
+    ]
+    for sock, data in zip(slow, pending):
+        sock.sendall(data[: len(data) - 50])
+    stop = threading.Event()
+
+    def trickle() -> None:
+        offset = len(pending[0]) - 50
+        while not stop.wait(1.0):
+            for sock, data in zip(slow, pending):
+                try:
+                    sock.send(data[offset : offset + 1])
+                except OSError:
+                    pass
+            offset += 1
+
+    sender = threading.Thread(target=trickle)
+    sender.start()
+    try:
+        latencies = []
+        for _ in range(3):
+            time.sleep(1.0)
+            for _ in range(3):
+                status, seconds = post(server_port, timeout=5.0)
+                assert status == 200
+                latencies.append(seconds)
+    finally:
+        stop.set()
+        sender.join()
+        for sock in idle + slow:
+            sock.close()
+    assert max(latencies) < 1.0, latencies
+
+
+@pytest.mark.slow
+def test_idle_connections_and_unfinished_headers_are_closed_after_the_keepalive_deadline(server_port):
+    idle = socket.create_connection(("127.0.0.1", server_port), timeout=KEEPALIVE_S + 5)
+    unfinished = socket.create_connection(("127.0.0.1", server_port), timeout=KEEPALIVE_S + 5)
+    unfinished.sendall(PREDICT)  # no blank line: the head never ends
+    started = time.monotonic()
+    with idle, unfinished:
+        assert idle.recv(100) == b""
+        assert unfinished.recv(100) == b""
+    assert time.monotonic() - started < KEEPALIVE_S + 3
+
+
+@pytest.mark.slow
+def test_a_body_that_does_not_arrive_in_time_is_408(server_port):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server_port), timeout=BODY_TIMEOUT_S + 5) as sock:
+        sock.sendall(PREDICT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY[:10])
+        received = b""
+        while piece := sock.recv(65536):
+            received += piece
+    assert received.startswith(b"HTTP/1.1 408 ")
+    assert BODY_TIMEOUT_S <= time.monotonic() - started < BODY_TIMEOUT_S + 2
+    assert_one_json_sentence({"content-type": "application/json"}, received.partition(b"\r\n\r\n")[2])
+
+
+# --- malformed requests ------------------------------------------------------------------------------------------
+
+MALFORMED = {
+    "request line": (b"GARBAGE\r\n\r\n", 400),
+    "http version": (b"GET /healthz HTTP/9.9\r\nHost: test\r\n\r\n", 400),
+    "header name": (b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Name: 1\r\n\r\n", 400),
+    "transfer coding": (PREDICT + b"Transfer-Encoding: gzip\r\n\r\n", 400),
+    "chunk size": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
+    "chunk terminator": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n", 400),
+    "header too large": (b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    "too many headers": (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431),
+    "request line too long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: test\r\n\r\n", 414),
+    "chunk declaring more than the limit": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab", 413),
+    "content-length over the limit": (PREDICT + b"Content-Length: %d\r\n\r\n" % (BODY_LIMIT + 1), 413),
+    "body shorter than declared": (PREDICT + b"Content-Length: 100\r\nConnection: close\r\n\r\n" + b"{", 400),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("request_bytes, status", MALFORMED.values(), ids=MALFORMED.keys())
+def test_the_front_ends_own_refusals_are_one_json_sentence(server_port, request_bytes, status):
+    if status == 400 and request_bytes.endswith(b"{"):
+        # The client closes its side after the short body: the server sees the end before the declared length.
+        with socket.create_connection(("127.0.0.1", server_port), timeout=10) as sock:
+            sock.sendall(request_bytes)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while piece := sock.recv(65536):
+                answer += piece
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert_one_json_sentence({"content-type": "application/json"}, body)
+        return
+    answered_status, headers, body = exchange(server_port, request_bytes)
+    assert answered_status == status
+    assert_one_json_sentence(headers, body)
+
+
+@pytest.mark.slow
+def test_a_chunked_body_over_the_limit_is_413_not_cut(server_port):
+    piece = b" " * 65536
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(BODY_LIMIT // len(piece) + 2))
+    status, headers, body = exchange(server_port, PREDICT + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    assert status == 413
+    assert_one_json_sentence(headers, body)
+
+
+@pytest.mark.slow
+def test_chunked_and_expect_continue_bodies_within_the_limit_are_served(server_port):
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (BODY[:100], BODY[100:])) + b"0\r\n\r\n"
+    status, _, body = exchange(
+        server_port, PREDICT + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked
+    )
+    assert status == 200 and "predictions" in json.loads(body)
+    with socket.create_connection(("127.0.0.1", server_port), timeout=10) as sock:
+        sock.sendall(PREDICT + b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(BODY)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000 + b"]" * 100_000, b'{"instances": [' + b"9" * 5000 + b"]}", b'{"instances": ' * 5000],
+    ids=["deep nesting", "huge integer", "deep unclosed"],
+)
+def test_bodies_the_decoder_cannot_take_are_400_not_500(tmp_path, torch_smoke_run, body):
+    shutil.copytree(torch_smoke_run.export_path, tmp_path / "digits" / "1")
+    app = create_app({"MODEL_BASE_PATH": str(tmp_path / "digits"), "MODEL_POLL_SECONDS": 0})
+    response = app.test_client().post("/v1/models/digits:predict", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert_one_json_sentence({"content-type": response.content_type}, response.data)
+
+
+# --- the last good version ---------------------------------------------------------------------------------------
+
+
+def corrupt_version(base_path, version: int, export_path) -> None:
+    folder = base_path / str(version)
+    folder.mkdir()
+    (folder / artifacts.TORCHSCRIPT_FILE).write_bytes(b"not a TorchScript archive")
+    shutil.copy(export_path / artifacts.METADATA_FILE, folder / artifacts.METADATA_FILE)
+
+
+def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_loads(tmp_path, torch_smoke_run, caplog):
+    base_path = tmp_path / "digits"
+    shutil.copytree(torch_smoke_run.export_path, base_path / "1")
+    shutil.copytree(torch_smoke_run.export_path, base_path / "2")
+    corrupt_version(base_path, 3, torch_smoke_run.export_path)
+    corrupt_version(base_path, 4, torch_smoke_run.export_path)
+    with caplog.at_level("WARNING", logger="serving.versions"):
+        app = create_app({"MODEL_BASE_PATH": str(base_path), "MODEL_POLL_SECONDS": 0})  # a fresh worker
+    client = app.test_client()
+    assert client.get("/readyz").get_json()["version"] == 2
+    assert client.post("/v1/models/digits:predict", json={"instances": [IMAGE]}).status_code == 200
+    statuses = client.get("/v1/models/digits").get_json()["model_version_status"]
+    assert statuses[0] == {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+    assert statuses[1]["version"] == "4" and statuses[1]["state"] == "END"
+    assert "serving version 2" in statuses[1]["status"]["error_message"]
+    assert any(
+        "serving version 2" in record.getMessage() and "version 4 failed" in record.getMessage()
+        for record in caplog.records
+    )
+
+    # A failed folder that is removed is no longer reported; the next newest failure is.
+    shutil.rmtree(base_path / "4")
+    app.extensions["model_manager"].poll_once()
+    assert [status["version"] for status in client.get("/v1/models/digits").get_json()["model_version_status"]] == [
+        "2", "3"
+    ]  # fmt: skip
+
+    # Once the newest folder holds a good export, it is loaded and replaces the fallback.
+    shutil.copytree(torch_smoke_run.export_path, base_path / "4")
+    app.extensions["model_manager"].poll_once()
+    assert client.get("/readyz").get_json()["version"] == 4
+    assert len(client.get("/v1/models/digits").get_json()["model_version_status"]) == 1
+
+
+def test_a_pinned_version_that_fails_does_not_fall_back(tmp_path, torch_smoke_run):
+    base_path = tmp_path / "digits"
+    shutil.copytree(torch_smoke_run.export_path, base_path / "1")
+    corrupt_version(base_path, 2, torch_smoke_run.export_path)
+    app = create_app({"MODEL_BASE_PATH": str(base_path), "MODEL_POLL_SECONDS": 0, "MODEL_VERSION": 2})
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503 and "Version 2 of digits failed to load" in response.get_json()["error"]
+
+
+# --- SIGTERM -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_loses_no_accepted_request(torch_smoke_run, tmp_path):
+    server, port = start_server(torch_smoke_run.export_path, tmp_path)
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def count(outcome: str) -> None:
+        with lock:
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    def client(keep_alive: bool) -> None:
+        connection = None
+        while not stop.is_set():
+            connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                connection.request("POST", "/v1/models/digits:predict", BODY, {"Content-Type": "application/json"})
+            except ConnectionRefusedError:
+                count("refused")  # after the listener closed: refused cleanly, never sent
+                connection = None
+                stop.wait(0.05)
+                continue
+            try:
+                response = connection.getresponse()
+                response.read()
+                count(str(response.status))
+                closing = response.getheader("Connection", "").lower() == "close"
+            except OSError as error:  # sent, then reset or closed without an answer: lost
+                count(f"lost ({type(error).__name__})")
+                closing = True
+            except http.client.HTTPException as error:
+                count(f"lost ({type(error).__name__})")
+                closing = True
+            if closing or not keep_alive:
+                connection.close()
+                connection = None
+
+    threads = [threading.Thread(target=client, args=(index % 2 == 0,)) for index in range(8)]
+    with server:
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1.5)
+            server.send_signal(signal.SIGTERM)
+            exit_code = server.wait(30)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert exit_code == 0
+    assert outcomes.get("200", 0) > 0
+    assert {outcome for outcome in outcomes if outcome not in ("200", "refused")} == set(), outcomes
+
+
+def test_every_request_parsing_error_of_gunicorn_maps_to_a_4xx_sentence():
+    import inspect
+
+    from gunicorn.http import errors
+
+    from serving.gunicorn_worker import describe_parse_error
+
+    refusals = [
+        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        if issubclass(cls, errors.ParseException) and "Response" not in cls.__name__
+    ]  # fmt: skip
+    assert len(refusals) > 10
+    for cls in refusals:
+        error = cls.__new__(cls)  # the sentence depends on the class only, not on the constructor's arguments
+        status, message = describe_parse_error(error)
+        assert 400 <= status < 500 and message.endswith(".") and cls.__name__ not in message, cls
+    assert describe_parse_error(errors.InvalidResponseHeader.__new__(errors.InvalidResponseHeader))[0] == 500

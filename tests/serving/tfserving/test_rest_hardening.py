@@ -1,0 +1,349 @@
+"""What a hostile or broken REST client gets from the TF server: a 4xx with one JSON sentence, never a 500 or a hang.
+
+Bodies and URLs go to the reference server (started once for the session); the read deadlines, idle timer and
+connection limit are checked on the bare front end with short settings, so that no test waits long.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from serving.protocol.limits import MAX_JSON_DEPTH
+from serving.tfserving.http_server import FrontEndSettings, RestFrontEnd, listening_socket
+from tests.serving.tfserving.support import require_ours
+
+PREDICT = "/v1/models/default:predict"
+CLASSIFY = "/v1/models/default:classify"
+
+
+def exchange(port: int, data: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a new connection; the status, headers and body of the answer (read until it is whole)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(data)
+        return read_answer(connection)
+
+
+def read_answer(connection: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP answer from a connection (Content-Length framed, as every answer of this server is)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        piece = connection.recv(65536)
+        if not piece:
+            raise ConnectionError(f"closed without an answer after {received!r}")
+        received += piece
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        piece = connection.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return int(lines[0].split()[1]), headers, body
+
+
+def post(path: str, body: bytes) -> bytes:
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def get(path: bytes) -> bytes:
+    return b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def one_sentence(answer: tuple[int, dict[str, str], bytes]) -> str:
+    """The error of a JSON answer {"error": "..."}, checked to be all the body holds."""
+    _, headers, body = answer
+    assert headers["content-type"] == "application/json"
+    document = json.loads(body)
+    assert list(document) == ["error"] and "\n" not in document["error"] and "Traceback" not in document["error"]
+    return document["error"]
+
+
+@pytest.fixture(scope="module")
+def rest_port(served) -> int:
+    return int(served.rest_url.rsplit(":", 1)[1])
+
+
+# ---- bodies --------------------------------------------------------------------------------------------------------
+
+DEEP = MAX_JSON_DEPTH + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b'{"instances": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"}",
+        b'{"instances": [1.0], "unused": ' + b'{"a":' * 900 + b"1" + b"}" * 900 + b"}",
+    ],
+    ids=["lists 10000 deep", f"lists {DEEP} deep", "objects 900 deep in an unused key"],
+)
+def test_deep_nesting_is_400(served, rest_port, body):
+    require_ours(served, "the real server has no depth limit (it recurses until its stack ends)")
+    answer = exchange(rest_port, post(PREDICT, body))
+    assert answer[0] == 400 and f"at most {MAX_JSON_DEPTH}" in one_sentence(answer)
+
+
+@pytest.mark.slow
+def test_nesting_within_the_limit_reaches_the_tensor_checks(served, rest_port):
+    depth = MAX_JSON_DEPTH - 2  # the body and "instances" take two levels
+    answer = exchange(rest_port, post(PREDICT, b'{"instances": ' + b"[" * depth + b"1" + b"]" * depth + b"}"))
+    assert answer[0] in (200, 400) and "at most" not in json.loads(answer[2]).get("error", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        (PREDICT, b'{"instances": [' + b"9" * 5000 + b"]}"),  # past the 4300 digits Python's int() reads
+        (PREDICT, b'{"instances": [1e999]}'),
+        (PREDICT, b'{"instances": [' + b"9" * 400 + b".5]}"),
+        (CLASSIFY, b'{"examples": [{"x": ' + b"9" * 5000 + b"}]}"),
+    ],
+    ids=["integer of 5000 digits", "1e999", "400-digit decimal", "classify with a 5000-digit integer"],
+)
+def test_numbers_beyond_a_double_are_400_as_the_real_server_says(served, rest_port, path, body):
+    answer = exchange(rest_port, post(path, body))
+    assert answer[0] == 400 and "Number too big to be stored in double" in one_sentence(answer)
+
+
+@pytest.mark.slow
+def test_integers_beyond_64_bits_read_as_doubles_as_rapidjson_does(served, rest_port):
+    status, _, body = exchange(rest_port, post(PREDICT, b'{"instances": [' + b"1" + b"0" * 29 + b"]}"))
+    assert status == 200 and json.loads(body) == {"predictions": [5e28]}  # 0.5 x + 2, x = 1e29 as a float
+
+
+@pytest.mark.slow
+def test_nan_and_infinity_are_read_as_the_real_server_reads_them(served, rest_port):
+    status, _, body = exchange(rest_port, post(PREDICT, b'{"instances": [NaN, -Infinity]}'))
+    assert status == 200 and body == b'{"predictions":[NaN,-Infinity]}'
+
+
+# ---- URLs ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "path, status, words",
+    [
+        (b"/v1/models/default/versions/99999999999999999999", 400, "Failed to convert version"),
+        (b"/v1/models/default/versions/" + b"9" * 5000, 400, "Failed to convert version"),
+        (b"/v1/models/default/versions/" + b"9" * 5000 + b"/metadata", 400, "Failed to convert version"),
+        (b"/v1/models/default/versions/%EF%BC%91%EF%BC%92%EF%BC%93", 400, "Malformed request"),  # full-width 123
+        (b"/v1/models/default/versions/9223372036854775807", 404, "Could not find version"),
+    ],
+    ids=["20 digits", "5000 digits", "5000 digits metadata", "full-width digits", "int64 max"],
+)
+def test_absurd_versions_are_4xx(served, rest_port, path, status, words):
+    answer = exchange(rest_port, get(path))
+    assert answer[0] == status and words in one_sentence(answer)
+    assert len(json.loads(answer[2])["error"]) < 400  # a 5000-digit version is not echoed whole
+
+
+# ---- HTTP framing --------------------------------------------------------------------------------------------------
+
+CHUNKED = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", "chunk size"),
+        (CHUNKED + b"1ffffffffffffffff\r\n{}\r\n0\r\n\r\n", "overflow"),
+        (b"GARBAGE\r\n\r\n", "method"),
+        (b"GET /v1/models/default HTTP/1.1\r\nHo st: x\r\n\r\n", "header"),
+        (
+            f"POST {PREDICT} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(),
+            "Content-Length",
+        ),
+    ],
+    ids=["bad chunk size", "chunk size over 64 bits", "bad request line", "bad header name", "length and chunked"],
+)
+def test_what_is_not_http_is_a_json_400(served, rest_port, data, words):
+    require_ours(served, "the words of the HTTP parser")
+    answer = exchange(rest_port, data)
+    assert answer[0] == 400 and answer[1]["connection"] == "close"
+    message = one_sentence(answer)
+    assert message.startswith("The request is not valid HTTP/1.1") and words in message
+
+
+@pytest.mark.slow
+def test_headers_over_the_limit_are_431(served, rest_port):
+    require_ours(served, "this server's header limit")
+    answer = exchange(rest_port, b"GET /v1/models/default HTTP/1.1\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert answer[0] == 431 and "headers are larger" in one_sentence(answer)
+
+
+@pytest.mark.slow
+def test_a_valid_request_is_answered_within_a_second_beside_200_idle_and_64_slow_clients(served, rest_port):
+    require_ours(served, "a front end of this project")
+    idle = [socket.create_connection(("127.0.0.1", rest_port)) for _ in range(200)]
+    slow = [socket.create_connection(("127.0.0.1", rest_port)) for _ in range(64)]
+    try:
+        head = post(PREDICT, b" " * 1000)[:-1000]
+        for index, connection in enumerate(slow):  # half stuck in their headers, half in their bodies
+            connection.sendall(head[:20] if index % 2 else head + b"{")
+        stop = threading.Event()
+
+        def trickle() -> None:  # one more byte a second from each slow client
+            while not stop.wait(1.0):
+                for index, connection in enumerate(slow):
+                    try:
+                        connection.sendall(b" " if index % 2 == 0 else head[20:21])
+                    except OSError:
+                        pass
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        try:
+            for _ in range(3):
+                started = time.perf_counter()
+                status, _, body = exchange(rest_port, post(PREDICT, b'{"instances": [1.0, 2.0]}'))
+                assert status == 200 and json.loads(body) == {"predictions": [2.5, 3.0]}
+                assert time.perf_counter() - started < 1.0
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            sender.join(5)
+    finally:
+        for connection in idle + slow:
+            connection.close()
+
+
+# ---- the front end's deadlines and limits, on short settings ----------------------------------------------------
+
+
+class EchoApp:
+    """A WSGI app answering 200 with the body it was given."""
+
+    def __call__(self, environ, start_response):
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"length": len(body)}).encode()]
+
+    def drain(self, timeout_s: float) -> bool:
+        return True
+
+
+READ_TIMEOUT_S = 0.5
+BODY_TIMEOUT_S = 1.5
+KEEP_ALIVE_S = 1
+MAX_CONNECTIONS = 8
+
+
+@pytest.fixture
+def front_end():
+    settings = FrontEndSettings(
+        1000, threads=2, keep_alive_seconds=KEEP_ALIVE_S, read_timeout_seconds=READ_TIMEOUT_S,
+        body_timeout_seconds=BODY_TIMEOUT_S, max_connections=MAX_CONNECTIONS,
+    )  # fmt: skip
+    server = RestFrontEnd(EchoApp(), listening_socket("127.0.0.1", 0, share_port=False), settings)
+    server.start()
+    yield server
+    server.stop(5)
+
+
+def timed_exchange(port: int, data: bytes) -> tuple[float, tuple[int, dict[str, str], bytes]]:
+    started = time.monotonic()
+    answer = exchange(port, data, timeout=10)
+    return time.monotonic() - started, answer
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n{}\r\n0\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}",
+    ],
+    ids=["chunk size ffffffffffffffff", "body shorter than its Content-Length"],
+)
+def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(front_end, data):
+    seconds, answer = timed_exchange(front_end.port, data)
+    assert answer[0] == 408 and answer[1]["connection"] == "close" and "did not arrive in time" in one_sentence(answer)
+    assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
+
+
+def test_a_client_expecting_100_continue_gets_413_before_it_sends_a_body_too_large(front_end):
+    head = b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        connection.sendall(head)
+        answer = read_answer(connection)
+    assert answer[0] == 413 and "larger than this server's limit of 1000 bytes" in one_sentence(answer)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_far_over_the_limit_still_lets_the_client_read_its_413(front_end, chunked):
+    megabyte = b" " * (1 << 20)
+    size = 40  # MiB: past the limit and the 16 MiB drained before answering
+    if chunked:
+        head, pieces = b"Transfer-Encoding: chunked", [b"100000\r\n" + megabyte + b"\r\n"] * size + [b"0\r\n\r\n"]
+    else:
+        head, pieces = f"Content-Length: {size << 20}".encode(), [megabyte] * size
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        connection.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n\r\n")
+        for piece in pieces:  # as http.client sends: the whole body first, then it reads the answer
+            connection.sendall(piece)
+        answer = read_answer(connection)
+    assert answer[0] == 413 and "larger than this server's limit" in one_sentence(answer)
+
+
+def test_headers_that_do_not_finish_are_408_after_the_read_timeout(front_end):
+    seconds, answer = timed_exchange(front_end.port, b"POST /x HTTP/1.1\r\nHost: x\r\n")
+    assert answer[0] == 408 and "headers did not arrive" in one_sentence(answer)
+    assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
+
+
+def test_a_body_trickling_in_is_408_after_the_body_timeout(front_end):
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        started = time.monotonic()
+        connection.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n")
+        connection.settimeout(0.2)
+        answer = None
+        while answer is None and time.monotonic() - started < 10:
+            connection.sendall(b" ")  # a byte every 0.2 s: never a pause long enough for the read timeout
+            try:
+                answer = read_answer(connection)
+            except TimeoutError:
+                continue
+    assert answer is not None and answer[0] == 408 and "did not arrive in time" in one_sentence(answer)
+    assert BODY_TIMEOUT_S * 0.9 <= time.monotonic() - started < BODY_TIMEOUT_S + 2
+
+
+def test_an_idle_connection_is_closed_after_the_keep_alive_even_before_its_first_request(front_end):
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        started = time.monotonic()
+        assert connection.recv(100) == b""  # closed by the server, with nothing said
+        assert KEEP_ALIVE_S * 0.9 <= time.monotonic() - started < KEEP_ALIVE_S + 2
+
+
+def test_at_the_connection_limit_the_longest_idle_connection_makes_room(front_end):
+    idle = [socket.create_connection(("127.0.0.1", front_end.port), timeout=10) for _ in range(MAX_CONNECTIONS * 3)]
+    try:
+        status, _, body = exchange(front_end.port, post("/x", b"{}"))
+        assert status == 200 and json.loads(body) == {"length": 2}
+        assert idle[0].recv(100) == b""  # the oldest were closed to make room
+        assert front_end.guard.evicted >= MAX_CONNECTIONS * 2
+    finally:
+        for connection in idle:
+            connection.close()
+
+
+def test_at_the_connection_limit_with_no_idle_connection_a_new_one_gets_503(front_end):
+    busy = [socket.create_connection(("127.0.0.1", front_end.port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        for connection in busy:
+            connection.sendall(b"POST /x HTTP/1.1\r\n")  # a request begun: not idle
+        time.sleep(0.1)
+        answer = exchange(front_end.port, post("/x", b"{}"))
+        assert answer[0] == 503 and "too many open connections" in one_sentence(answer)
+    finally:
+        for connection in busy:
+            connection.close()
