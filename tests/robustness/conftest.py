@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.local_stack import local_stack
 from tests.robustness import servers
 
 # The fast suite's sizes, and the soak's.
@@ -20,13 +21,8 @@ SOAK_SECONDS = 60.0
 @pytest.fixture(scope="package")
 def robust_stack(tf_trained, torch_trained, tmp_path_factory):
     """The three servers (TF Serving-compatible, Flask, TorchServe) over the trained exports, shared by the package."""
-    root = tmp_path_factory.mktemp("robust_stack")
-    models_dir = servers.models_folder(root, tf_trained.export_path, torch_trained.export_path)
-    stack = servers.start_stack(models_dir, root / "run")
-    try:
-        yield servers.stack_servers(stack)
-    finally:
-        stack.stop(report=lambda line: None)
+    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("robust_stack")) as started:
+        yield servers.stack_servers(started.stack)
 
 
 @pytest.fixture(params=servers.SERVERS)

@@ -1,5 +1,6 @@
-"""The servers under test, started through serving.runtime on free ports: the whole stack, or one server alone over a
-models folder the caller prepared (a corrupt newest version, say).
+"""The servers under test, started through serving.runtime on free ports: the whole stack over a models folder (the
+tests use tests.local_stack over freshly trained exports), or one server alone over a copy the caller may change
+first (a corrupt newest version, say).
 """
 
 from __future__ import annotations
@@ -29,18 +30,8 @@ class Running:
     folder: Path | None = None  # the base path or model store a server of its own serves
 
 
-def models_folder(root: Path, tf_export: Path, torch_export: Path) -> Path:
-    """A models/ folder holding both pipelines' exports (as `make serve` sees it), by symbolic links."""
-    models_dir = root / "models"
-    models_dir.mkdir(parents=True, exist_ok=True)
-    # export paths are models/<framework>/digits/<version>: link the framework folders.
-    (models_dir / "tf").symlink_to(tf_export.parent.parent, target_is_directory=True)
-    (models_dir / "torch").symlink_to(torch_export.parent.parent, target_is_directory=True)
-    return models_dir
-
-
 def start_stack(models_dir: Path, run_dir: Path) -> Stack:
-    """The three servers over models_dir on free ports, ready; the caller stops the stack."""
+    """The three servers over an existing models folder (the probe's) on free ports, ready; the caller stops it."""
     stack = Stack(ports=Ports.free(), run_dir=run_dir, models_dir=models_dir)
     stack.start(timeout=START_TIMEOUT_S, train=False, report=lambda line: None)
     return stack
