@@ -37,6 +37,7 @@ ROWS = (
     ("no answer", "closed or reset without an answer"),
     ("bad error bodies", "a 4xx that is not one JSON sentence"),
     ("wrong 4xx", "a 4xx other than the 413 required"),
+    ("refused by Netty", "TorchServe's front end's own refusal: empty 4xx or closed connection (not a failure)"),
     ("poisoned-batch failures", "valid requests failed beside malformed ones"),
     ("stalled by slow clients", "valid requests not answered within 1 s"),
     ("gRPC shape failures", "shape cases not INVALID_ARGUMENT within 1 s"),
@@ -44,7 +45,7 @@ ROWS = (
     ("lost on SIGTERM", "accepted requests reset or left unanswered"),
     ("refused on SIGTERM", "requests refused cleanly after SIGTERM (not a failure)"),
 )
-NOT_FAILURES = ("malformed sent", "refused on SIGTERM")
+NOT_FAILURES = ("malformed sent", "refused on SIGTERM", "refused by Netty")
 
 
 @dataclasses.dataclass
@@ -95,6 +96,7 @@ def probe_stack(arguments: argparse.Namespace, work_dir: Path, results: dict[str
                 "silent cuts": report.silent_cuts + int(over_limit_cut),
                 "no answer": report.no_answer + int(over_limit.outcome == "no answer"),
                 "bad error bodies": report.bad_error_bodies,
+                "refused by Netty": report.netty_refusals,
                 "wrong 4xx": report.wrong_status + int(over_limit.status is not None and 400 <= over_limit.status < 500
                                                         and over_limit.status != 413),
             })  # fmt: skip

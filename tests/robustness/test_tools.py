@@ -38,8 +38,11 @@ def test_every_case_is_a_complete_request_line_for_each_server(server):
     for case in bodies.malformed_cases(17, 300):
         data = case.request(target)
         if data is None:
-            # TorchServe has no status route, and answers predictions whatever the method.
-            assert server == "torchserve" and ("status" in case.description or case.category == "wrong method")
+            # TorchServe has no status route, and answers predictions whatever the method; the TF server, as the real
+            # one, hands a rank-4 batch of one image's elements to the graph.
+            left_out = {"torchserve": "status" in case.description or case.category == "wrong method",
+                        "tfserving": (case.category, case.description) == ("wrong shape", "rank4")}  # fmt: skip
+            assert left_out[server], case
             continue
         request_line = data.split(b"\r\n", 1)[0]
         assert request_line.endswith(b" HTTP/1.1") and b"\r\n\r\n" in data, case
