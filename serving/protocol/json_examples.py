@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import RequestError
+from .errors import RequestError, quoted
 from .json_values import FLOAT32_MAX, decode_base64, float_tokens, is_base64_object, json_type, value_text
 
 # A feature: its kind ("float_list", "int64_list", "bytes_list"; None while it has no value) and its values.
@@ -63,12 +63,12 @@ def _add_value(name: str, value: Any, feature: list) -> None:
             raise RequestError(f"Cannot convert JSON value: {value_text(value)} to float without loss of precision.")
     elif isinstance(value, int):
         if value > INT64_MAX:
-            raise RequestError(f"Feature: {name} has uint64 element. Only int64 is supported.")
+            raise RequestError(f"Feature: {quoted(name)} has uint64 element. Only int64 is supported.")
         kind, converted = "int64_list", value
     else:
-        raise RequestError(f"Feature: {name} has element with unexpected JSON type: {json_type(value)}")
+        raise RequestError(f"Feature: {quoted(name)} has element with unexpected JSON type: {json_type(value)}")
     if feature[0] not in (None, kind):
-        raise RequestError(f"Unexpected element type in feature: {name} expecting type: {_KIND_NAMES[feature[0]]}")
+        raise RequestError(f"Unexpected element type in feature: {quoted(name)} expecting type: {_KIND_NAMES[feature[0]]}")
     feature[0] = kind
     feature[1].append(converted)
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import RequestError
+from .errors import RequestError, quoted
 from .json_values import fast_tensor, is_base64_object, nest, tensor_tokens, to_tensor, value_text
 
 BYTES_SUFFIX = "_bytes"  # DT_STRING outputs named like this are written as {"b64": ...}
@@ -28,7 +28,7 @@ def parse_predict(
     `false` anywhere in the body) lets numeric tensors convert in one NumPy call.
     """
     if not input_dtypes:
-        raise RequestError(f"Failed to get input map for signature: {document.get('signature_name') or 'DEFAULT'}")
+        raise RequestError(f"Failed to get input map for signature: {quoted(document.get('signature_name') or 'DEFAULT')}")
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
         raise RequestError(
@@ -59,7 +59,7 @@ def _parse_columns(value: Any, input_dtypes: Mapping[str, str], may_hold_boolean
     tensors = {}
     for alias, dtype_name in sorted(input_dtypes.items()):  # names the request adds beyond these are ignored
         if alias not in value:
-            raise RequestError(f"Missing named input: {alias} in 'inputs' object.")
+            raise RequestError(f"Missing named input: {quoted(alias)} in 'inputs' object.")
         tensors[alias] = to_tensor(value[alias], dtype_name, may_hold_booleans)
     return tensors
 
@@ -128,10 +128,10 @@ def _parse_rows_one_by_one(instances: list, input_dtypes: Mapping[str, str]) -> 
         for key, value in item.items():
             if key not in columns:
                 raise RequestError(
-                    f"Failed to process element: {index} key: {key} of 'instances' list. Error: INVALID_ARGUMENT: "
+                    f"Failed to process element: {index} key: {quoted(key)} of 'instances' list. Error: INVALID_ARGUMENT: "
                     f"JSON object: does not have named input: {key}"
                 )
-            _add(columns[key], value, f"Failed to process element: {index} key: {key} of 'instances' list.")
+            _add(columns[key], value, f"Failed to process element: {index} key: {quoted(key)} of 'instances' list.")
         if set(item) != set(names):
             raise RequestError(
                 f"Failed to process element: {index} of 'instances' list. JSON object: {value_text(item)} must only "
@@ -165,11 +165,11 @@ def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:
     for name in names:
         shape = outputs[name].shape
         if not shape:
-            raise RequestError(f"Tensor name: {name} has no shape information ")
+            raise RequestError(f"Tensor name: {quoted(name)} has no shape information ")
         if shape[0] < 1:
-            raise RequestError(f"Tensor name: {name} has invalid batch size: {shape[0]}")
+            raise RequestError(f"Tensor name: {quoted(name)} has invalid batch size: {shape[0]}")
         if batch_size and shape[0] != batch_size:
-            raise RequestError(f"Tensor name: {name} has inconsistent batch size: {shape[0]} expecting: {batch_size}")
+            raise RequestError(f"Tensor name: {quoted(name)} has inconsistent batch size: {shape[0]} expecting: {batch_size}")
         batch_size = shape[0]
     rows = {name: nest(_tokens(name, outputs[name]), outputs[name].shape, keep=1) for name in names}
     if single:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import RequestError
+from .errors import RequestError, quoted
 from .json_values import JsonSyntaxError, check_element_count, dense_shape, float_tokens, parse_json
 from .signatures import TensorSpec
 
@@ -139,7 +139,7 @@ def _columnar_values(values: Any, inputs: Mapping[str, TensorSpec]) -> dict[str,
 def _check_names(names: set[str], inputs: Mapping[str, TensorSpec]) -> None:
     unknown = sorted(names - set(inputs))
     if unknown:
-        raise RequestError(f"Unknown input {unknown[0]!r}; this signature's inputs are {sorted(inputs)}.")
+        raise RequestError(f"Unknown input {quoted(repr(unknown[0]))}; this signature's inputs are {sorted(inputs)}.")
     missing = sorted(set(inputs) - names)
     if missing:
         raise RequestError(f"Missing input {missing[0]!r}; this signature's inputs are {sorted(inputs)}.")

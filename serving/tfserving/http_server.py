@@ -12,11 +12,12 @@ not to the API's routes.
 What a client cannot do to the port (each answered with {"error": "..."} and the connection closed):
 - send a body over --max_request_bytes: 413, read to its end (for up to LINGER_SECONDS) before the connection
   closes, so that the client reads the answer instead of a reset; a client waiting for "100 Continue" is refused
-  before it sends anything;
+  before it sends anything, and so is a chunked body as soon as a chunk declares more than the limit allows (a
+  chunk size of ffffffffffffffff is answered at once, not after a deadline);
 - send what is not HTTP/1.1 (a bad request line, header or chunked framing): 400, where uvicorn alone answers
   plain text; headers over MAX_HEADER_BYTES: 431;
 - take more than read_timeout_seconds to finish its headers, pause longer than that inside its body, or take
-  more than body_timeout_seconds over the whole body: 408 (a chunk size of ffffffffffffffff is such a pause);
+  more than body_timeout_seconds over the whole body: 408;
 - stay connected idle: a connection with no request is closed after keep_alive_seconds, from the moment it
   opens (uvicorn alone starts counting only after a first answer);
 - exhaust the open files: at most max_connections are open (by default three quarters of the open-file limit,
@@ -77,6 +78,9 @@ LINGER_SECONDS = 2.0
 # Open files kept for everything but REST connections (models, gRPC, logs) when the limit follows the open-file limit.
 FILE_RESERVE_FRACTION = 4
 MAX_CONNECTIONS_CEILING = 16384
+# Raw bytes kept from the previous read, where the start of a chunk-size line split across two reads is found.
+CHUNK_LINE_TAIL_BYTES = 1024
+HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +189,10 @@ class GuardedProtocol(HttpToolsProtocol):
         self.parsed_header_bytes = 0  # bytes of this request's URL and headers
         self.read_deadline: asyncio.TimerHandle | None = None
         self.lingering = False
+        self.body_bytes = 0  # body bytes of this request so far (de-chunked)
+        self.chunk_bytes: int | None = None  # body bytes since the last chunk-size line, while inside that chunk
+        self.chunk_started = False  # whether a chunk-size line ended in the data being read
+        self.raw_tail = b""  # the last bytes read, for a chunk-size line that began in the previous read
 
     # connection life ---------------------------------------------------------------------------------------------
 
@@ -231,9 +239,15 @@ class GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self.headers_done:
             self.header_bytes += len(data)
+        self.chunk_started = False
         super().data_received(data)
         if self.transport.is_closing():
             return
+        if self.chunk_started and self.chunk_bytes is not None and not self.lingering:
+            self._check_chunk_size(data)
+            if self.transport.is_closing():
+                return
+        self.raw_tail = (self.raw_tail + data[-CHUNK_LINE_TAIL_BYTES:])[-CHUNK_LINE_TAIL_BYTES:]
         if not self.headers_done and self.header_bytes > self.guard.settings.max_header_bytes:
             self._refuse_large_headers()
         elif self._is_between_requests():
@@ -244,6 +258,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_request = True
         self.headers_done = False
         self.parsed_header_bytes = 0
+        self.body_bytes = 0
+        self.chunk_bytes = None
         self.guard.idle.pop(self, None)
         self._cancel_read_deadline()
         self.read_deadline = self.loop.call_later(self.guard.settings.read_timeout_seconds, self._headers_too_slow)
@@ -279,8 +295,50 @@ class GuardedProtocol(HttpToolsProtocol):
         self.lingering = True
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.chunk_bytes is not None:
+            self.chunk_bytes += len(body)
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        # httptools calls this once a chunk-size line has been read (its CRLF included), but does not say the size.
+        self.chunk_bytes = 0
+        self.chunk_started = True
+
+    def on_chunk_complete(self) -> None:
+        self.chunk_bytes = None
+
+    def _check_chunk_size(self, data: bytes) -> None:
+        """Refuse at once (413) a chunk whose declared size takes the body past the limit, instead of waiting for
+        bytes that a limit would refuse anyway; called after a read that ended inside a chunk's data.
+
+        Every byte after that chunk's size line was chunk data, so the line ends chunk_bytes before the end of the
+        read. A line that cannot be found or read is left to the parser and the read deadlines.
+        """
+        end = len(data) - self.chunk_bytes
+        start = data.rfind(b"\n", 0, max(end - 2, 0))
+        # The line with its CRLF; it may have begun in the previous read (perhaps only its LF is in this one).
+        text = data[start + 1 : end] if start >= 0 else self.raw_tail + data[:end]
+        if not text.endswith(b"\r\n"):
+            return
+        line_start = text.rfind(b"\n", 0, len(text) - 2) + 1 if start < 0 else 0
+        if start < 0 and line_start == 0:
+            return  # no line start within the tail: a line this long is not one to guess about
+        line = text[line_start:-2]
+        size_text = line.split(b";", 1)[0].strip(b" \t")  # chunk extensions (";name=value") do not count
+        if not 0 < len(size_text) <= 16 or not HEX_DIGITS.issuperset(size_text):
+            return
+        size = int(size_text, 16)
+        declared = self.body_bytes - self.chunk_bytes + size
+        limit = self.guard.settings.max_body_bytes
+        if declared > limit:
+            message = f"The request body is larger than this server's limit of {limit} bytes (a chunk declares {size})."
+            self._refuse(413, message, linger=True)
+
     def on_message_complete(self) -> None:
         self.in_request = False
+        self.chunk_bytes = None
         super().on_message_complete()
         if self.lingering:
             self.transport.close()
@@ -316,7 +374,9 @@ class GuardedProtocol(HttpToolsProtocol):
         limit = self.guard.settings.max_header_bytes
         self._refuse(431, f"The request's headers are larger than this server's limit of {limit} bytes.")
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, linger: bool = False) -> None:
+        """Answer {"error": message} in place of the app and close; with linger, once the body is read (see
+        close_after_body), so that a client still sending reads the answer instead of a reset."""
         self._cancel_read_deadline()
         if self.cycle is not None and not self.cycle.response_complete:
             if self.cycle.response_started:  # an answer is already on its way: it cannot be replaced, only cut
@@ -326,7 +386,11 @@ class GuardedProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.write(_json_answer(status, message))
-        self.transport.close()
+        if linger:
+            self.flow.resume_reading()  # paused while the app had unread body; it will read no more of this one
+            self.close_after_body()
+        else:
+            self.transport.close()
 
 
 def listening_socket(host: str, port: int, share_port: bool) -> socket.socket:

@@ -16,7 +16,7 @@ from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2, model_pb2, regression_pb2
 
-from serving.protocol.errors import RequestError
+from serving.protocol.errors import RequestError, quoted
 from serving.protocol.tensors import DTYPE_BY_NUMPY
 from serving.tfserving.servable import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Servable, Signature
 
@@ -54,7 +54,7 @@ def _signature(servable: Servable, name: str, method: str) -> Signature:
     name = name or DEFAULT_SIGNATURE
     signature = servable.signatures.get(name)
     if signature is None:
-        raise RequestError(f"No signature was found with the name: {name}")
+        raise RequestError(f"No signature was found with the name: {quoted(name)}")
     if signature.method_name != method:
         raise RequestError(f"Expected {_WHAT[method]} signature method_name to be {method}. Was: {signature.method_name}")
     return signature
@@ -188,10 +188,10 @@ def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceReq
         model_name = task.model_spec.name
         name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if any(name == planned.name for planned, _, _ in plans):
-            raise RequestError(f"Duplicate evaluation of signature: {name}")
+            raise RequestError(f"Duplicate evaluation of signature: {quoted(name)}")
         signature = servable.signatures.get(name)
         if signature is None:
-            raise RequestError(f"Requested signature not found in model graph: {name}")
+            raise RequestError(f"Requested signature not found in model graph: {quoted(name)}")
         if task.method_name == CLASSIFY_METHOD:
             aliases = classification_outputs(signature.definition)
         elif task.method_name == REGRESS_METHOD:

@@ -18,7 +18,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2
 
 from experiment.errors import UsageError
-from serving.protocol.errors import RequestError
+from serving.protocol.errors import RequestError, quoted
 from serving.tfserving import warmup
 from serving.tfserving.config import TFModelSource
 from serving.tfserving.servable import Servable
@@ -95,9 +95,9 @@ class ModelManager(VersionWatcher[Servable]):
         if label is not None:
             labels = model.source.labels if model is not None else {}
             if label not in labels:
-                raise RequestError(f"Unrecognized servable version label: {label}")
+                raise RequestError(f"Unrecognized servable version label: {quoted(label)}")
             version = labels[label]
-        request = f"Latest({model_name})" if version is None else f"Specific({model_name}, {version})"
+        request = f"Latest({quoted(model_name)})" if version is None else f"Specific({quoted(model_name)}, {version})"
         if model is None:
             raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
         servable = model.latest() if version is None else model.loaded.get(version)
@@ -110,17 +110,17 @@ class ModelManager(VersionWatcher[Servable]):
         model = self.versions(model_name)
         labels = model.source.labels if model is not None else {}
         if label not in labels:
-            raise RequestError(f"Unrecognized servable version label: {label}")
+            raise RequestError(f"Unrecognized servable version label: {quoted(label)}")
         return labels[label]
 
     def statuses(self, model_name: str, version: int | None = None) -> list[VersionStatus]:
         """Version states, newest first; NOT_FOUND for an unknown model or version."""
         model = self.versions(model_name)
         if model is None or not model.statuses:
-            raise RequestError(f"Could not find any versions of model {model_name}", "NOT_FOUND")
+            raise RequestError(f"Could not find any versions of model {quoted(model_name)}", "NOT_FOUND")
         if version is not None:
             if version not in model.statuses:
-                raise RequestError(f"Could not find version {version} of model {model_name}", "NOT_FOUND")
+                raise RequestError(f"Could not find version {version} of model {quoted(model_name)}", "NOT_FOUND")
             return [model.statuses[version]]
         return [model.statuses[number] for number in sorted(model.statuses, reverse=True)]
 

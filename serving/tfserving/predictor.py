@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
-from serving.protocol.errors import RequestError
+from serving.protocol.errors import RequestError, quoted
 from serving.tfserving.batching import BatchScheduler
 from serving.tfserving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, Servable, Signature
 
@@ -35,25 +35,25 @@ def check_predict(signature: Signature, inputs: Mapping[str, np.ndarray], output
     if len(sent) != len(expected):
         extra, missing = sorted(set(sent) - set(expected)), sorted(set(expected) - set(sent))
         raise RequestError(
-            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{','.join(sent)}}}) != "
-            f"len({{{','.join(expected)}}}). Sent extra: {{{','.join(extra)}}}. "
+            f"input size does not match signature: {len(sent)}!={len(expected)} len({{{quoted(','.join(sent))}}}) != "
+            f"len({{{','.join(expected)}}}). Sent extra: {{{quoted(','.join(extra))}}}. "
             f"Missing but required: {{{','.join(missing)}}}."
         )
     for alias in sent:
         if alias not in definition.inputs:
             raise RequestError(
-                f"input tensor alias not found in signature: {alias}. "
+                f"input tensor alias not found in signature: {quoted(alias)}. "
                 f"Inputs expected to be in the set {{{','.join(expected)}}}."
             )
     chosen: list[str] = []
     for alias in output_filter:
         if alias not in definition.outputs:
             raise RequestError(
-                f"output tensor alias not found in signature: {alias} "
+                f"output tensor alias not found in signature: {quoted(alias)} "
                 f"Outputs expected to be in the set {{{','.join(sorted(definition.outputs))}}}."
             )
         if alias in chosen:
-            raise RequestError(f"duplicate output tensor alias: {alias}")
+            raise RequestError(f"duplicate output tensor alias: {quoted(alias)}")
         chosen.append(alias)
     return tuple(chosen) or signature.outputs
 

@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving.protocol.errors import RequestError
+from serving.protocol.errors import RequestError, quoted
 from serving.protocol.json_examples import Feature, format_classifications, format_regressions, parse_examples
 from serving.protocol.json_predict import format_predict, parse_predict
 from serving.protocol.json_values import load_document, signature_name
@@ -52,7 +52,6 @@ STATUS_PATH = re.compile(
 )
 INT64_MAX = 2**63 - 1
 INT64_DIGITS = len(str(INT64_MAX))
-QUOTED_LIMIT = 200  # characters of a path or version quoted in an error message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +88,7 @@ def _route(http_method: str, path: str) -> _Route:
     if version:
         # Compared as text first: int() of thousands of digits is slow, and past 4300 refuses with a ValueError.
         if len(version.lstrip("0")) > INT64_DIGITS or int(version) > INT64_MAX:
-            raise RequestError(f"Failed to convert version: {_quoted(version)} to numeric.")
+            raise RequestError(f"Failed to convert version: {quoted(version)} to numeric.")
         route.version = int(version)
     if label:
         route.label = urllib.parse.unquote(label)
@@ -106,7 +105,7 @@ class RestHandler:
     def handle(self, http_method: str, path: str, body: bytes = b"") -> RestAnswer:
         """The answer to one request: 200 and the result, or TensorFlow Serving's status and {"error": ...}."""
         if not API_PATH.fullmatch(path):
-            return _error(RequestError(f"Not found: {_quoted(path)}; the API lives under /v1/models/.", "NOT_FOUND"))
+            return _error(RequestError(f"Not found: {quoted(path)}; the API lives under /v1/models/.", "NOT_FOUND"))
         route = _Route()
         try:
             route = _route(http_method, path)
@@ -114,7 +113,7 @@ class RestHandler:
         except RequestError as error:
             return _error(error, route)
         except Exception:  # unexpected: logged with traceback, answered 500, the server keeps running
-            logger.exception("REST %s %s failed unexpectedly.", http_method, _quoted(path))
+            logger.exception("REST %s %s failed unexpectedly.", http_method, quoted(path))
             return _error(RequestError("The request failed inside the server; see the server log.", "INTERNAL"), route)
 
     def _dispatch(self, http_method: str, path: str, route: _Route, body: bytes) -> str:
@@ -124,7 +123,7 @@ class RestHandler:
             if not route.model_name:
                 raise RequestError("Missing model name in request.")
             return self._metadata(route) if route.method == "metadata" else self._status(route)
-        raise RequestError(f"Malformed request: {http_method} {_quoted(path)}")
+        raise RequestError(f"Malformed request: {http_method} {quoted(path)}")
 
     def _status(self, route: _Route) -> str:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -148,7 +147,7 @@ class RestHandler:
         servable = self.predictor.servable(route.model_name, route.version, route.label)
         signature = servable.signatures.get(name)
         if signature is None:
-            raise RequestError(f'Serving signature name: "{name}" not found in signature def')
+            raise RequestError(f'Serving signature name: "{quoted(name)}" not found in signature def')
         # No true/false anywhere in the body: numbers can convert in one NumPy call per input.
         may_hold_booleans = b"true" in body or b"false" in body
         inputs, row_format = parse_predict(document, signature.input_dtypes(), may_hold_booleans)
@@ -214,10 +213,6 @@ def _fill_spec(spec, route: _Route) -> None:
 def _to_dict(message) -> dict:
     # TensorFlow Serving's REST layer prints its protos this way: field names as in the .proto, defaults included.
     return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-def _quoted(text: str) -> str:
-    return text if len(text) <= QUOTED_LIMIT else text[: QUOTED_LIMIT - 3] + "..."
 
 
 def _error(error: RequestError, route: _Route | None = None) -> RestAnswer:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2, error_codes_pb2, meta_graph_pb2
 
-from serving.protocol.errors import RequestError
+from serving.protocol.errors import RequestError, quoted
 
 SERVE_TAG = "serve"
 DEFAULT_SIGNATURE = "serving_default"
@@ -102,7 +102,7 @@ class Servable:
         signature = self.signatures.get(name)
         if signature is None:
             raise RequestError(
-                f'Serving signature key "{name}" not found. This model version has {sorted(self.signatures)}.',
+                f'Serving signature key "{quoted(name)}" not found. This model version has {sorted(self.signatures)}.',
                 "FAILED_PRECONDITION",
             )
         return signature

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.protocol.errors import RequestError
+from serving.protocol.errors import MAX_MESSAGE_CHARS, QUOTED_LIMIT, RequestError, quoted
 
 
 @pytest.mark.parametrize(
@@ -21,3 +21,20 @@ def test_a_refusal_is_invalid_argument_by_default_with_a_one_sentence_body():
     error = RequestError("The request body is not valid JSON.")
     assert error.code == "INVALID_ARGUMENT" and error.http_status == 400
     assert error.body() == {"error": "The request body is not valid JSON."} and str(error) == error.message
+
+
+def test_quoted_cuts_a_long_name_and_keeps_a_short_one():
+    assert quoted("digits") == "digits" and quoted(17) == "17"
+    cut = quoted("x" * 5000)
+    assert len(cut) == QUOTED_LIMIT and cut.endswith("...") and cut.startswith("x" * 100)
+
+
+def test_a_sentence_is_cut_to_the_limit_whatever_it_quotes():
+    error = RequestError("Model " + "x" * 5000 + " is unknown.")
+    assert len(error.message) == MAX_MESSAGE_CHARS and error.message.endswith("...") and str(error) == error.message
+
+
+def test_a_lone_surrogate_in_a_sentence_is_escaped_so_that_utf8_can_encode_it():
+    error = RequestError('Serving signature name: "\ud800" not found in signature def')
+    assert error.message == 'Serving signature name: "\\ud800" not found in signature def'
+    error.message.encode("utf-8")

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from serving.protocol.errors import QUOTED_LIMIT
 from serving.protocol.limits import MAX_JSON_DEPTH
 from serving.tfserving.http_server import FrontEndSettings, RestFrontEnd, listening_socket
 from tests.serving.tfserving.support import require_ours
@@ -127,6 +128,35 @@ def test_nan_and_infinity_are_read_as_the_real_server_reads_them(served, rest_po
 
 
 # ---- URLs ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (get(b"/v1/models/" + b"x" * 5000), 404),
+        (get(b"/v1/models/" + b"x" * 5000 + b"/metadata"), 404),
+        (post("/v1/models/" + "x" * 5000 + ":predict", b'{"instances": [1.0]}'), 404),
+        (post("/v1/models/default/labels/" + "x" * 5000 + ":predict", b'{"instances": [1.0]}'), 400),
+        (post(PREDICT, json.dumps({"signature_name": "x" * 5000, "instances": [1.0]}).encode()), 400),
+    ],
+    ids=["status", "metadata", "predict", "label", "signature name"],
+)
+def test_a_5000_character_name_is_cut_in_the_error_sentence(served, rest_port, data, status):
+    require_ours(served, "the real server echoes names whole")
+    answer = exchange(rest_port, data)
+    message = one_sentence(answer)
+    assert answer[0] == status and len(answer[2]) < 500
+    assert "x" * (QUOTED_LIMIT - 3) + "..." in message and "x" * QUOTED_LIMIT not in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\ud800\\u0041"])
+def test_a_lone_surrogate_is_a_400_as_rapidjson_refuses_it(served, rest_port, escape):
+    body = b'{"signature_name": "' + escape.encode() + b'", "instances": [1.0]}'
+    answer = exchange(rest_port, post(PREDICT, body))
+    assert answer[0] == 400
+    assert one_sentence(answer) == "JSON Parse error: The surrogate pair in string is invalid. at offset: 20"
 
 
 @pytest.mark.slow
@@ -260,15 +290,60 @@ def timed_exchange(port: int, data: bytes) -> tuple[float, tuple[int, dict[str, 
 @pytest.mark.parametrize(
     "data",
     [
-        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n{}\r\n0\r\n\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n{}",
         b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}",
     ],
-    ids=["chunk size ffffffffffffffff", "body shorter than its Content-Length"],
+    ids=["chunk shorter than its size", "body shorter than its Content-Length"],
 )
 def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(front_end, data):
     seconds, answer = timed_exchange(front_end.port, data)
     assert answer[0] == 408 and answer[1]["connection"] == "close" and "did not arrive in time" in one_sentence(answer)
     assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
+
+
+CHUNKED_HEAD = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "pieces, declared",
+    [
+        ([b"ffffffffffffffff\r\n{}"], 2**64 - 1),
+        ([b"3e9\r\n{}"], 1001),  # one byte over the limit of 1000
+        ([b"258\r\n" + b" " * 600 + b"\r\n1f4\r\n{}"], 500),  # 600 + 500 over the limit
+        ([b"258\r\n" + b" " * 600, b"\r\n1f4\r", b"\n{}"], 500),  # the same, its second size line split
+        ([b"fff", b"fffff;name=value\r\n"], 0xFFFFFFFF),  # a size line split between reads, with an extension
+        ([b"ffffffff\r", b"\n"], 0xFFFFFFFF),  # only the LF in the second read
+    ],
+    ids=["ffffffffffffffff", "one byte over", "running total", "running total split", "line split", "LF alone"],
+)
+def test_a_chunk_declaring_more_than_the_limit_is_413_at_once(front_end, pieces, declared):
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        connection.sendall(CHUNKED_HEAD)
+        for piece in pieces:
+            time.sleep(0.05)  # a read of its own for each piece
+            connection.sendall(piece)
+        answer = read_answer(connection)
+    assert time.monotonic() - started < READ_TIMEOUT_S  # answered before any deadline, not after it
+    assert answer[0] == 413 and answer[1]["connection"] == "close"
+    assert one_sentence(answer) == (
+        f"The request body is larger than this server's limit of 1000 bytes (a chunk declares {declared})."
+    )
+
+
+def test_chunks_within_the_limit_arrive_whole_however_they_are_split(front_end):
+    body = b"a" * 300 + b"\r\n" * 100 + b"b" * 400  # 900 bytes, CRLFs inside the data
+    framing = b"12c\r\n" + body[:300] + b"\r\n" + b"258;x=y\r\n" + body[300:] + b"\r\n0\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
+        connection.sendall(CHUNKED_HEAD)
+        for start in range(0, len(framing), 97):
+            time.sleep(0.005)
+            connection.sendall(framing[start : start + 97])
+        status, _, answer = read_answer(connection)
+        assert status == 200 and json.loads(answer) == {"length": 900}
+        connection.sendall(CHUNKED_HEAD + b"3e8\r\n" + b" " * 1000 + b"\r\n0\r\n\r\n")  # exactly the limit
+        status, _, answer = read_answer(connection)
+        assert status == 200 and json.loads(answer) == {"length": 1000}
 
 
 def test_a_client_expecting_100_continue_gets_413_before_it_sends_a_body_too_large(front_end):
