@@ -1,7 +1,9 @@
 """gunicorn settings for the Flask app: gunicorn -c serving/gunicorn_conf.py 'serving.flask_app:create_app()'.
 
 Command-line flags win over this file (e.g. -b 127.0.0.1:5001); WEB_CONCURRENCY sets the number of workers.
-SIGTERM (or SIGINT) stops gracefully: workers finish the requests they hold, for up to graceful_timeout seconds.
+SIGTERM stops gracefully, within graceful_timeout seconds: the workers answer new requests 503 while the ones they
+hold finish, and close the port once no new request has arrived for half a second (serving/gunicorn_worker.py).
+SIGINT and SIGQUIT stop at once.
 """
 
 from __future__ import annotations

@@ -14,14 +14,25 @@ What this worker adds to gunicorn's gevent worker:
   MAX_CONTENT_LENGTH, for chunked bodies too (413 as soon as the limit is passed or a chunk declares more);
 - gunicorn's own refusals (bad request line, bad chunk framing, headers too large, ...) are one JSON sentence with a
   4xx status instead of an HTML page;
-- on SIGTERM the connections already waiting in the listen queue are accepted and answered before the listening
-  socket closes, so closing it resets none of them; requests in flight finish within graceful_timeout.
+- a drain on SIGTERM (gunicorn's graceful stop) that loses no request, described below.
+
+Why the drain keeps listening: the master closes its copies of the listening sockets at once, but the kernel keeps
+handing connections to the workers' copies until the last one is closed, and closing it resets every connection still
+in its accept queue (the client has connected and sent its request: a lost request, not a refusal). So each worker
+keeps accepting and answers every new request 503 with `Connection: close`, lets the admitted requests finish, and
+closes its listeners and idle kept-alive connections only once the whole group has seen no new connection or request
+for QUIET_SECONDS: clients told 503 have moved on by then, so nothing is left in the queue to reset.
+A worker stopped while the master keeps its listeners (a reload, a restart after max_requests) needs none of this:
+the master's copy keeps the queue for the other workers, so it stops accepting and lets its requests finish.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import mmap
+import os
+import struct
 import time
 from functools import partial
 from ssl import SSLError
@@ -36,7 +47,18 @@ from gunicorn.http.body import Body, ChunkedReader
 from gunicorn.workers.ggevent import GeventWorker
 
 DEFAULT_BODY_TIMEOUT_SECONDS = 10.0
-SHUTDOWN_POLL_SECONDS = 0.1  # how soon the worker notices SIGTERM and stops listening
+SHUTDOWN_POLL_SECONDS = 0.1  # how soon the worker notices SIGTERM, and how often it checks the drain's progress
+# The listeners close once the worker group has seen no new connection or request for this long while draining.
+QUIET_SECONDS = 0.5
+# Listeners close at the latest this long before graceful_timeout ends, whatever still arrives, so that the requests
+# refused or admitted until then can finish; the requests still running FORCE_MARGIN_SECONDS before the end are cut
+# (gunicorn's master kills the worker at graceful_timeout).
+CLOSE_MARGIN_SECONDS = 3.0
+# A stopping worker waits up to this long to see whether the master closes its listeners too (a whole-server stop,
+# when SIGTERM reached the workers with the master, or first) or keeps them (a worker of a running server stops).
+MASTER_CLOSE_WAIT_SECONDS = 1.0
+FORCE_MARGIN_SECONDS = 1.5
+SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry on another server."
 REASONS = {
     400: "Bad Request",
     403: "Forbidden",
@@ -46,6 +68,7 @@ REASONS = {
     417: "Expectation Failed",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
 
 
@@ -112,11 +135,44 @@ def json_error(status: int, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+class GroupClock:
+    """The latest activity (a monotonic time) of a group of forked workers, in memory the forks share.
+
+    Created in the master before it forks the workers (a MAP_SHARED anonymous mapping survives fork); CLOCK_MONOTONIC
+    is the same clock in every process of the machine, so the workers' times compare.
+    """
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, 8)
+        self.mark(0.0)
+
+    def mark(self, moment: float) -> None:
+        """Record activity at moment (an aligned 8-byte store: no lock needed for a single timestamp)."""
+        struct.pack_into("d", self._memory, 0, moment)
+
+    def latest(self) -> float:
+        """The latest moment any worker of the group marked."""
+        return struct.unpack_from("d", self._memory, 0)[0]
+
+
 class FlaskGeventWorker(GeventWorker):
     """gunicorn's gevent worker with read deadlines, a bounded body, JSON errors and a lossless stop."""
 
     body_limit: int | None = None
     body_timeout: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    # One clock for every worker a master forks: gunicorn builds each worker object in the master, before the fork.
+    group_clock: GroupClock | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if FlaskGeventWorker.group_clock is None:
+            FlaskGeventWorker.group_clock = GroupClock()
+        self.draining = False
+        # Greenlets of kept-alive connections waiting for their next request: the only ones the drain closes.
+        self._idle: set = set()
+
+    def _mark_activity(self) -> None:
+        self.group_clock.mark(time.monotonic())
 
     def load_wsgi(self) -> None:
         """Load the app, then take the body limits from its configuration (FLASK_MAX_CONTENT_LENGTH, ...)."""
@@ -138,15 +194,42 @@ class FlaskGeventWorker(GeventWorker):
 
     # ---- requests ----------------------------------------------------------------------------------------------
 
-    def handle_request(self, listener_name, req, sock, addr) -> bool:
-        """Read the whole body (deadline, limit) before the app sees the request; refuse it in JSON otherwise."""
+    def handle(self, listener, client, addr) -> None:
+        """Serve one connection; its arrival counts as activity for the drain's quiet period."""
+        self._mark_activity()
         try:
-            self._buffer_body(req, sock)
-        except BodyRefused as refusal:
-            self.log.info("Refused a request body from %s: %s", addr[0] if addr else "?", refusal.message)
-            self._answer_and_close(sock, refusal.status, refusal.message)
-            raise StopIteration() from None
-        return super().handle_request(listener_name, req, sock, addr)
+            super().handle(listener, client, addr)
+        finally:
+            self._idle.discard(gevent.getcurrent())
+
+    def handle_request(self, listener_name, req, sock, addr) -> bool:
+        """Read the whole body (deadline, limit) before the app sees the request; refuse it in JSON otherwise.
+
+        While draining, every request is answered 503 with `Connection: close` once its body is read (closing with
+        the body unread would reset the connection before the client reads the answer).
+        """
+        current = gevent.getcurrent()
+        self._idle.discard(current)
+        self._mark_activity()
+        kept_alive = False
+        try:
+            try:
+                self._buffer_body(req, sock)
+            except BodyRefused as refusal:
+                self.log.info("Refused a request body from %s: %s", addr[0] if addr else "?", refusal.message)
+                self._answer_and_close(sock, refusal.status, refusal.message)
+                raise StopIteration() from None
+            if self.draining:
+                self._answer_and_close(sock, 503, SHUTTING_DOWN_MESSAGE)
+                raise StopIteration()
+            # gunicorn's gevent worker returns None where its base returns True: a request that returns (rather than
+            # raising StopIteration) leaves its connection open for the next one.
+            super().handle_request(listener_name, req, sock, addr)
+            kept_alive = True
+            return True
+        finally:
+            if kept_alive:
+                self._idle.add(current)
 
     def _buffer_body(self, req, sock) -> None:
         """Replace req.body by its bytes, read within body_timeout seconds and up to body_limit bytes."""
@@ -210,6 +293,8 @@ class FlaskGeventWorker(GeventWorker):
 
     def handle_error(self, req, client, addr, exc) -> None:
         """gunicorn's own refusals as one JSON sentence (its default answers an HTML page)."""
+        if isinstance(exc, gevent.GreenletExit):
+            return  # an idle connection closed by the drain: nothing was asked, nothing to answer
         status, message = describe_parse_error(exc)
         if status == 500:
             self.log.exception("Error handling request")
@@ -220,7 +305,7 @@ class FlaskGeventWorker(GeventWorker):
     # ---- the serving loop --------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until SIGTERM; then accept what is queued, close the listeners and let requests finish."""
+        """Serve until SIGTERM, then drain: refuse new requests (503) until the group is quiet, close, finish."""
         servers = []
         for listener in self.sockets:
             listener.setblocking(1)
@@ -233,12 +318,33 @@ class FlaskGeventWorker(GeventWorker):
         while self.alive:
             self.notify()
             gevent.sleep(SHUTDOWN_POLL_SECONDS)
+        self._drain(servers)
 
+    def _drain(self, servers: list[StreamServer]) -> None:
+        """Stop serving within graceful_timeout without resetting a connection: drain when the whole server stops."""
+        began = time.monotonic()
+        grace = float(self.cfg.graceful_timeout)
+        close_by = began + max(grace - CLOSE_MARGIN_SECONDS, 0.0)
+        force_at = began + max(grace - FORCE_MARGIN_SECONDS, 0.0)
+        for server in servers:
+            server.stop_accepting()  # while the master holds the listeners, the other workers take the connections
+        whole_server_stops = not self._master_holds_listeners(servers)
+        while not whole_server_stops and time.monotonic() < began + MASTER_CLOSE_WAIT_SECONDS:
+            self.notify()
+            gevent.sleep(SHUTDOWN_POLL_SECONDS)
+            whole_server_stops = not self._master_holds_listeners(servers)
+        if whole_server_stops:
+            self._refuse_until_quiet(servers, began, close_by)
         for server in servers:
             self._accept_queued(server)
             server.close()
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        while any(len(server.pool) for server in servers) and time.monotonic() < deadline:
+        if whole_server_stops:
+            # Kept-alive connections waiting for a next request: no client is sending (the group is quiet), so
+            # closing them now resets nothing. Requests in progress, and connections whose first request has yet to
+            # arrive (those accepted from the queue just now among them), keep running: the head deadline bounds them.
+            for greenlet in list(self._idle):
+                greenlet.kill(block=False)
+        while any(len(server.pool) for server in servers) and time.monotonic() < force_at:
             self.notify()
             gevent.sleep(SHUTDOWN_POLL_SECONDS)
         if any(len(server.pool) for server in servers):
@@ -246,8 +352,39 @@ class FlaskGeventWorker(GeventWorker):
             for server in servers:
                 server.stop(timeout=1)
 
+    def _refuse_until_quiet(self, servers: list[StreamServer], began: float, close_by: float) -> None:
+        """Accept again and answer every request 503 until the group has been quiet for QUIET_SECONDS (or close_by)."""
+        self.draining = True
+        self._mark_activity()
+        for server in servers:
+            server.start_accepting()
+        self.log.info("Draining (pid:%s): new requests are answered 503 until none arrives.", self.pid)
+        while True:
+            now = time.monotonic()
+            quiet_at = max(self.group_clock.latest(), began) + QUIET_SECONDS
+            if now >= quiet_at or now >= close_by:
+                return
+            self.notify()
+            gevent.sleep(min(quiet_at - now, SHUTDOWN_POLL_SECONDS))
+
+    def _master_holds_listeners(self, servers: list[StreamServer]) -> bool:
+        """Whether the master still has a listening socket open (Linux's /proc; False when that cannot be told)."""
+        names = {f"socket:[{os.fstat(server.socket.fileno()).st_ino}]" for server in servers}
+        folder = f"/proc/{self.ppid}/fd"
+        try:
+            descriptors = os.listdir(folder)
+        except OSError:
+            return False  # the drain is the safe side
+        for descriptor in descriptors:
+            try:
+                if os.readlink(os.path.join(folder, descriptor)) in names:
+                    return True
+            except OSError:
+                continue
+        return False
+
     def _accept_queued(self, server: StreamServer) -> None:
-        """Accept every connection the kernel has queued: closing the listener would reset them."""
+        """Accept every connection the kernel has queued before the listener closes (closing would reset them)."""
         server.stop_accepting()
         listener = _ClosedListener(server.socket.getsockname())
         while True:

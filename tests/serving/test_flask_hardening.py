@@ -347,7 +347,71 @@ def test_sigterm_under_load_loses_no_accepted_request(torch_smoke_run, tmp_path)
                 thread.join()
     assert exit_code == 0
     assert outcomes.get("200", 0) > 0
-    assert {outcome for outcome in outcomes if outcome not in ("200", "refused")} == set(), outcomes
+    # 503 is the drain's answer to a request that arrives after SIGTERM; refused, once the listeners have closed.
+    assert {outcome for outcome in outcomes if outcome not in ("200", "503", "refused")} == set(), outcomes
+
+
+def post_fully(port: int, connection: http.client.HTTPConnection | None = None) -> tuple[int, dict, bytes]:
+    """One predict (on connection, else on a new one): (status, lower-cased headers, body)."""
+    connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("POST", "/v1/models/digits:predict", BODY, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    body = response.read()
+    return response.status, {name.lower(): value for name, value in response.getheaders()}, body
+
+
+@pytest.mark.slow
+def test_while_draining_new_requests_are_503_and_idle_connections_close_once_quiet(torch_smoke_run, tmp_path):
+    server, port = start_server(torch_smoke_run.export_path, tmp_path)
+    with server:
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        assert post_fully(port, kept)[0] == 200
+        assert post_fully(port, idle)[0] == 200
+        idle_since = time.monotonic()
+        server.send_signal(signal.SIGTERM)  # gunicorn's graceful stop: the master closes its listeners, signals workers
+
+        statuses: list[int] = []
+        refusal: tuple[int, dict, bytes] | None = None
+        deadline = time.monotonic() + 10
+        while refusal is None and time.monotonic() < deadline:
+            answer = post_fully(port)  # never refused: new connections keep the drain from reaching its quiet end
+            statuses.append(answer[0])
+            if answer[0] == 503:
+                refusal = answer
+            time.sleep(0.05)
+        assert refusal is not None and set(statuses) <= {200, 503}, statuses
+        assert refusal[1]["connection"].lower() == "close"
+        assert_one_json_sentence(refusal[1], refusal[2])
+
+        # Keep arriving on new connections while a kept-alive one asks again, so that both workers are draining.
+        stop = threading.Event()
+        during: list[int] = []
+
+        def keep_asking() -> None:
+            while not stop.wait(0.05):
+                during.append(post_fully(port)[0])
+
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            time.sleep(0.3)
+            status, headers, body = post_fully(port, kept)
+        finally:
+            stop.set()
+            asker.join()
+        assert status == 503 and headers["connection"].lower() == "close", (status, headers)
+        assert_one_json_sentence(headers, body)
+        assert 503 in during and set(during) <= {200, 503}, during
+
+        # Once nothing arrives, the idle kept-alive connection is closed well before its keep-alive deadline, and the
+        # server exits.
+        idle.sock.settimeout(KEEPALIVE_S + 5)
+        assert idle.sock.recv(100) == b""
+        assert time.monotonic() - idle_since < KEEPALIVE_S, "an idle connection was left to its keep-alive deadline"
+        assert server.wait(10) == 0
+        kept.close()
+        idle.close()
 
 
 def test_every_request_parsing_error_of_gunicorn_maps_to_a_4xx_sentence():
