@@ -308,13 +308,16 @@ def test_sigterm_under_load_loses_no_accepted_request(torch_smoke_run, tmp_path)
 
     def client(keep_alive: bool) -> None:
         connection = None
-        while not stop.is_set():
+        refused_since = None
+        # Like a load balancer, a client stops sending after a second of refusals (503 or connection refused).
+        while not stop.is_set() and (refused_since is None or time.monotonic() - refused_since < 1.0):
             connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
                 connection.request("POST", "/v1/models/digits:predict", BODY, {"Content-Type": "application/json"})
             except ConnectionRefusedError:
                 count("refused")  # after the listener closed: refused cleanly, never sent
                 connection = None
+                refused_since = refused_since or time.monotonic()
                 stop.wait(0.05)
                 continue
             try:
@@ -322,6 +325,9 @@ def test_sigterm_under_load_loses_no_accepted_request(torch_smoke_run, tmp_path)
                 response.read()
                 count(str(response.status))
                 closing = response.getheader("Connection", "").lower() == "close"
+                if response.status == 503:
+                    refused_since = refused_since or time.monotonic()
+                    stop.wait(0.05)
             except OSError as error:  # sent, then reset or closed without an answer: lost
                 count(f"lost ({type(error).__name__})")
                 closing = True
