@@ -28,9 +28,8 @@ from serving.protocol import rest
 from serving.torchserve import config
 from serving.torchserve.config import TorchServePorts
 from serving.torchserve.rollout import Rollout, RolloutSettings
-from tests.serving.test_torchserve_handler import IMAGE, FakeContext, handle
-
-handler_module = pytest.importorskip("serving.torchserve.handler")
+from tests.serving.test_torchserve_handler import IMAGE, handle
+from tests.serving.test_torchserve_handler import handler_and_context  # noqa: F401  (the fixture, shared)
 
 GOOD = {"instances": [IMAGE]}
 DEEP = b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
@@ -62,14 +61,6 @@ def store_with_corrupt_newest(source_store: Path, target: Path) -> Path:
 
 
 # ---- the handler: one bad body fails only itself ----------------------------------------------------------------
-
-
-@pytest.fixture
-def handler_and_context(torch_smoke_run):
-    context = FakeContext(torch_smoke_run.export_path)
-    handler = handler_module.DigitsHandler()
-    handler.initialize(context)
-    return handler, context
 
 
 @pytest.mark.parametrize(
