@@ -64,11 +64,10 @@ def predict(name: str, version: int | None = None) -> Response:
         )
     except RequestError:
         raise
-    except RecursionError:
-        raise RequestError("The request body is nested too deeply to decode.") from None
-    except (ValueError, OverflowError, TypeError):
-        # Whatever else the decoder refuses (an integer with thousands of digits, ...) is still the body's fault.
-        raise RequestError("The request body holds a value that cannot be decoded as a number.") from None
+    except (RecursionError, ValueError, OverflowError, TypeError):
+        # serving.protocol bounds depth and numbers before decoding; anything else a body makes it raise is still
+        # the body's fault, never a 500.
+        raise RequestError(rest.UNREADABLE_BODY) from None
     require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
     return json_response(rest.format_predict_response(outputs, parsed.row_format))

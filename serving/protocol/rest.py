@@ -20,6 +20,9 @@ from .signatures import TensorSpec
 
 # Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
 MAX_BATCH_SIZE = 1024
+# The one sentence for a body the parser failed on in a way it did not name itself (its own checks bound depth,
+# numbers and size first): servers answer it with 400 rather than let one body fail with a 500.
+UNREADABLE_BODY = "The request body could not be read as a predict request."
 
 
 @dataclasses.dataclass(frozen=True)

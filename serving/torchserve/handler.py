@@ -31,17 +31,6 @@ BAD_REQUEST = 400
 REASON_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
 
 
-def unreadable_body_message(error: BaseException) -> str:
-    """One sentence for a body the parser could not read for a reason other than a RequestError."""
-    if isinstance(error, RecursionError):
-        return "The request body is nested too deeply."
-    if isinstance(error, ValueError) and "digits" in str(error):
-        return "The request body holds a number with too many digits."
-    if isinstance(error, MemoryError):
-        return "The request body is too large to decode."
-    return "The request body could not be read as a predict request."
-
-
 class DigitsHandler(BaseHandler):
     """Parses {"instances": [...]} or {"inputs": ...}, runs the TorchScript model, answers each request separately.
 
@@ -85,9 +74,9 @@ class DigitsHandler(BaseHandler):
     def parse_request(self, body: Any) -> tuple[np.ndarray, bool]:
         """One body → (images float32 (N, H, W), row_format); any failure to read it raises PredictionException 4xx.
 
-        Whatever a body makes the parser raise (a RequestError, but also Python's RecursionError for JSON nested
-        thousands deep or ValueError for an integer of thousands of digits) is this request's mistake alone: it
-        becomes a 400 here, so that it can never escape into TorchServe and fail the whole batch with 503.
+        Whatever a body makes the parser raise (its RequestError, or anything its own bounds did not foresee) is this
+        request's mistake alone: it becomes a 400 here, so that it can never escape into TorchServe and fail the
+        whole batch with 503.
         """
         try:
             if isinstance(body, (bytes, bytearray)):
@@ -98,8 +87,8 @@ class DigitsHandler(BaseHandler):
             require_signature(parsed.signature_name, self.signature.name)
         except RequestError as error:
             raise PredictionException(error.message, error.http_status) from None
-        except Exception as error:  # noqa: BLE001 - the handler boundary: nothing from one body may fail its batch
-            raise PredictionException(unreadable_body_message(error), BAD_REQUEST) from None
+        except Exception:  # noqa: BLE001 - the handler boundary: nothing from one body may fail its batch
+            raise PredictionException(rest.UNREADABLE_BODY, BAD_REQUEST) from None
         return parsed.inputs[INPUT_NAME], parsed.row_format
 
     def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
