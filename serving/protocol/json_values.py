@@ -12,7 +12,9 @@ fit 64 bits, doubles beyond) and refuses what rapidjson refuses; whatever it ref
 real server reads, numbers beyond a double, lone surrogates, other encodings, syntax errors) goes through the
 standard library's parser with the checks below, which give the real server's reading and words.
 
-NumPy, orjson and the standard library only, so serving.protocol.rest (and the TorchServe archive) can use it.
+NumPy, orjson and the standard library only, so serving.protocol.rest (and the TorchServe archive) can use it; an
+image without orjson (the TorchServe archive carries this package into images it does not build) takes the exact
+path for every body.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ import re
 from typing import Any, Mapping
 
 import numpy as np
-import orjson
+
+try:
+    import orjson
+except ImportError:  # a TorchServe image that lacks it: the .mar's copy of this package parses on the exact path
+    orjson = None
 
 from .errors import QUOTED_LIMIT, RequestError, quoted
 from .limits import MAX_JSON_DEPTH, MAX_REQUEST_ELEMENTS
@@ -230,7 +236,7 @@ def parse_json(raw: bytes | bytearray | str) -> Any:
     """
     # UTF-8 text (the first byte of any other encoding's JSON is a NUL or a byte order mark) goes to orjson, after the
     # bounds; what orjson refuses, the exact path reads or names as rapidjson would.
-    if isinstance(raw, (bytes, bytearray)) and raw[:1] not in _NOT_UTF8_STARTS:
+    if orjson is not None and isinstance(raw, (bytes, bytearray)) and raw[:1] not in _NOT_UTF8_STARTS:
         check_json_bounds(raw)
         try:
             return orjson.loads(raw)

@@ -84,3 +84,9 @@ def test_the_answer_text_is_json_dumps_of_the_answer(rows, row_format):
 def test_edge_values_are_written_as_json_dumps_writes_them(values, row_format):
     outputs = {"y": np.array(values, np.float32), "z": np.arange(len(values), dtype=np.int32)}
     assert rest.predict_response_json(outputs, row_format) == rest.dumps(rest.format_predict_response(outputs, row_format))
+
+
+@pytest.mark.parametrize("body", [*BODIES, b'{"a": [NaN]}'])
+def test_without_orjson_every_body_takes_the_exact_path(monkeypatch, body):
+    monkeypatch.setattr(json_values, "orjson", None)  # a TorchServe image without orjson runs the archive's copy
+    assert same(json_values.parse_json(body), json_values._parse_json_exactly(body))
