@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from experiment import library_logs
 from experiment.errors import UsageError
 from serving.runtime.process import tail
 from serving.runtime.spec import DEFAULT_MODEL_NAME, ServerError, display_path
@@ -25,7 +26,7 @@ PROG = "python -m serving.stack"
 
 
 def _port_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("ports (DESIGN.md's defaults)")
+    group = parser.add_argument_group("ports (defaults as in docs/architecture.md)")
     for field in dataclasses.fields(Ports):
         group.add_argument(f"--{field.name.replace('_', '-')}-port", type=int, default=field.default,
                            dest=f"port_{field.name}", metavar="PORT")  # fmt: skip
@@ -137,6 +138,7 @@ def _follow(paths: list[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m serving.stack`."""
     arguments = _build_parser().parse_args(argv)
+    library_logs.quiet()
     handlers = {"start": _command_start, "stop": _command_stop, "status": _command_status, "logs": _command_logs}
     try:
         return handlers[arguments.command](arguments)
