@@ -6,6 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:
+    from benchmarks.floors import FloorsResult
     from benchmarks.measure import Comparison
     from benchmarks.serving_tf import TFServingResult
     from benchmarks.serving_torch import TorchServingResult
@@ -205,32 +206,35 @@ def predict_vs_direct(comparison: Comparison) -> Ratio:
     )  # fmt: skip
 
 
-def tf_rest_vs_flask(comparison: Comparison) -> list[Ratio]:
-    """Under the external generator: TF REST throughput at 16 connections ≥ Flask's; its 1-connection p50 ≤ 1.2 ×."""
-    external = comparison.sweep.external if comparison.sweep else None
-    names = (("TF REST / Flask REST throughput, 16 connections (external generator)", "≥ 1"),
-             ("TF REST / Flask REST p50, one connection (external generator)", "≤ 1.2"))  # fmt: skip
-    found = [(external.at("tf-rest", clients), external.at("flask-rest", clients)) if external else (None, None)
-             for clients in (16, 1)]  # fmt: skip
-    if external is None or not all(tf and flask for tf, flask in found):
-        reason = "neither hey nor wrk is installed" if comparison.sweep and external is None else comparison.reason("sweep")
-        return [_missing(*name, "the external generator's TF REST and Flask points", reason) for name in names]
-    (tf_16, flask_16), (tf_1, flask_1) = found
-    throughput = tf_16.throughput_per_second / flask_16.throughput_per_second
-    latency = tf_1.p50_ms / flask_1.p50_ms if tf_1.p50_ms and flask_1.p50_ms else float("nan")
-    tool = external.generator
-    return [
-        Ratio(*names[0], throughput, throughput >= 1,
-              f"{tf_16.throughput_per_second:.0f}/s / {flask_16.throughput_per_second:.0f}/s ({tool})",
-              "Each TF server worker is a process of its own with a C HTTP parser; requests wait for the model, "
-              "not for the front end." if throughput >= 1 else
-              "The TF server's workers and the generator compete for the same cores; more --workers (up to one per "
-              "core) or a generator on another machine closes it."),
-        Ratio(*names[1], latency, latency <= 1.2, f"{tf_1.p50_ms:.2f} ms / {flask_1.p50_ms:.2f} ms ({tool})",
-              "Both HTTP front ends cost little next to the model call." if latency <= 1.2 else
-              "A TensorFlow signature call costs more Python than a TorchScript call (binding and converting the "
-              "inputs); see the in-process inference table."),
-    ]  # fmt: skip
+# The floors: HTTP alone, answered by nginx with a fixed body, measured in the same run (benchmarks.floors).
+P50_OVER_FLOOR = 3.0
+RATE_SHARES = {"flask": 0.08, "tfserving": 0.075}
+FLOOR_TITLES = {"flask": "Flask", "tfserving": "TF server REST"}
+
+
+def floor_ratios(floors: FloorsResult | None, reason: str = "not run") -> list[Ratio]:
+    """Per Python REST server, under wrk in one run: (p50 at 1 connection - model p50 in process) ≤ 3 × nginx's p50,
+    and its rate at 16 connections ≥ 8% (Flask) or 7.5% (TF server) of nginx's."""
+    found = []
+    for server, share in RATE_SHARES.items():
+        title = FLOOR_TITLES[server]
+        names = ((f"{title}: (p50, 1 connection − model p50) / nginx p50 (wrk)", f"≤ {P50_OVER_FLOOR:g}"),
+                 (f"{title}: req/s at 16 connections / nginx's (wrk)", f"≥ {share:g}"))  # fmt: skip
+        measured = floors.servers.get(server) if floors is not None else None
+        nginx = floors.servers.get("nginx") if floors is not None else None
+        if measured is None or nginx is None:
+            why = reason if floors is None else "nginx is not installed (apt-get install nginx-light)"
+            found += [_missing(*name, "the floors run", why) for name in names]
+            continue
+        overhead = measured.median_p50_ms - (measured.model_p50_ms or 0.0)
+        value = overhead / nginx.median_p50_ms
+        found.append(Ratio(*names[0], value, value <= P50_OVER_FLOOR,
+                           f"({measured.median_p50_ms:.3f} ms − {measured.model_p50_ms or 0.0:.3f} ms) / "
+                           f"{nginx.median_p50_ms:.3f} ms ({floors.generator}, load {floors.machine.get('load', '?')})"))
+        rate = measured.median_rate / nginx.median_rate
+        found.append(Ratio(*names[1], rate, rate >= share,
+                           f"{measured.median_rate:,.0f}/s / {nginx.median_rate:,.0f}/s ({floors.generator})"))
+    return found
 
 
 def compute_ratios(comparison: Comparison) -> list[Ratio]:
@@ -239,7 +243,7 @@ def compute_ratios(comparison: Comparison) -> list[Ratio]:
     return [
         _if_measured(comparison.tf_serving, tf_grpc_overhead, TF_GRPC,
                      "benchmarks.serving_tf gave no gRPC and identity-model p50", tf_reason),
-        *tf_rest_vs_flask(comparison),
+        *floor_ratios(comparison.floors, comparison.reason("floors")),
         torchserve_vs_flask(comparison),
         _if_measured(comparison.torch_serving, flask_overhead, FLASK,
                      "benchmarks.serving_torch gave no Flask predict and no-op p50", torch_reason),
