@@ -165,7 +165,7 @@ class FloorsResult:
     generator: str = "wrk"
 
 
-def measure(tf_models: Path, torch_models: Path, rounds: int = 2, seconds: float = 4.0) -> FloorsResult:
+def measure(tf_models: Path, torch_models: Path, rounds: int = 3, seconds: float = 4.0) -> FloorsResult:
     """Everything this module measures, in a folder of its own (for make compare)."""
     with tempfile.TemporaryDirectory(prefix="floors-") as work:
         results, machine = run(tf_models.resolve(), torch_models.resolve(), rounds, seconds, Path(work))
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tf-models", type=Path, required=True, help="the TF export's model folder")
     parser.add_argument("--torch-models", type=Path, required=True, help="the PyTorch export's model folder")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds taking turns; figures are their medians")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per wrk run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args(argv)
