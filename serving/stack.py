@@ -25,7 +25,7 @@ PROG = "python -m serving.stack"
 
 
 def _port_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("ports (DESIGN.md's defaults)")
+    group = parser.add_argument_group("ports (defaults as in docs/architecture.md)")
     for field in dataclasses.fields(Ports):
         group.add_argument(f"--{field.name.replace('_', '-')}-port", type=int, default=field.default,
                            dest=f"port_{field.name}", metavar="PORT")  # fmt: skip

@@ -1,4 +1,4 @@
-"""DESIGN.md's layering: the shared package is framework-free, the pipelines ignore each other, serving reads artifacts."""
+"""The layers of docs/architecture.md: a framework-free shared package, pipelines apart, serving reads artifacts."""
 
 from __future__ import annotations
 

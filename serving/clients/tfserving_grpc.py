@@ -72,7 +72,7 @@ class TFServingGrpcClient:
         try:
             probabilities = tensor_to_array(response.outputs[PROBABILITIES], PROBABILITIES)
             classes = tensor_to_array(response.outputs[CLASSES], CLASSES)
-        except Exception as error:  # a response without the outputs DESIGN.md promises
+        except Exception as error:  # a response without the outputs the serving signature promises
             raise ServingError(f"{self.description} answered without usable outputs: {error}") from None
         return probabilities.astype(np.float32, copy=False), classes.astype(np.int64, copy=False)
 

@@ -45,7 +45,7 @@ DEFAULT_START_TIMEOUT_SECONDS = 180.0
 
 @dataclasses.dataclass(frozen=True)
 class Ports:
-    """Every port the stack listens on (DESIGN.md, 'Ports'); all bound to 127.0.0.1."""
+    """Every port the stack listens on (docs/architecture.md, 'Ports'); all bound to 127.0.0.1."""
 
     tf_grpc: int = tfserving.TFServingPorts.grpc
     tf_rest: int = tfserving.TFServingPorts.rest

@@ -24,7 +24,7 @@ TITLE = "TF Serving (compatible)"
 
 @dataclasses.dataclass(frozen=True)
 class TFServingPorts:
-    """gRPC and REST ports (DESIGN.md's defaults); rest=None runs gRPC alone, as tensorflow_model_server's default."""
+    """gRPC and REST ports (docs/architecture.md); rest=None: gRPC alone, as tensorflow_model_server's default."""
 
     grpc: int = 8500
     rest: int | None = 8501
