@@ -119,10 +119,15 @@ def _die_with(parent: int) -> None:
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
-    """UsageError when another program holds one of the ports (probed without SO_REUSEPORT, so a second server
-    started on the same ports is refused instead of silently sharing them)."""
+    """UsageError when another program listens on one of the ports.
+
+    The probe sets SO_REUSEADDR as the servers' own sockets do, so connections a stopped server left in TIME_WAIT
+    do not block a restart; it leaves SO_REUSEPORT off, so a second server started on the same ports is refused
+    instead of silently sharing them.
+    """
     for port in ports:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as error:
