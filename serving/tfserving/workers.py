@@ -317,3 +317,30 @@ class StateSharing:
         """Wait for the threads after stop was set (the manager's own watcher stops with the manager)."""
         for thread in self._threads:
             thread.join(timeout=10)
+
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+def health_check_refresher(sharing: StateSharing) -> Any:
+    """A gRPC interceptor that brings this worker's health answer up to date with the group before each Check.
+
+    The workers share the ports, so a client's next connection may reach another worker than its last. Each worker
+    learns that the others are ready from the shared folder on its own schedule, and on a busy machine that lags: a
+    probe that saw SERVING from the last worker to load could then see NOT_SERVING from another. Refreshing from
+    the shared folder before answering gives every worker the same answer the moment the last one is ready.
+    """
+    from serving.tfserving.interceptors import UnaryMethodInterceptor
+
+    class HealthCheckRefresher(UnaryMethodInterceptor):
+        def wrap(self, method: str, behaviour: Any) -> Any:
+            if method != HEALTH_CHECK_METHOD:
+                return None
+
+            def refreshed(request: Any, context: Any) -> Any:
+                sharing.refresh(sharing.manager)
+                return behaviour(request, context)
+
+            return refreshed
+
+    return HealthCheckRefresher()
