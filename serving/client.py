@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
 from serving.clients import (  # noqa: F401 (re-exported for scripts that import the clients from this module)
@@ -144,6 +145,7 @@ def run(arguments: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m serving.client`; unreachable servers end in one sentence and exit 1."""
     arguments = build_parser().parse_args(argv)
+    library_logs.quiet()  # the gRPC clients' protobuf imports load TensorFlow
 
     def body() -> int:
         try:

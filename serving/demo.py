@@ -6,7 +6,6 @@ Run with `python -m serving.demo` (`--no-train` reuses the newest exports; `--fr
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.data import load_dataset
 from serving.runtime import Ports, Stack
@@ -92,9 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--free-ports", action="store_true",
                         help="serve on ports the system picks, with the servers' state in a temporary folder")
     arguments = parser.parse_args(argv)
+    library_logs.quiet()  # the gRPC client imports TensorFlow
 
     def body() -> int:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC client's TensorFlow import is chatty
         if not arguments.no_train:
             train_both(arguments.models_dir)
         if not arguments.free_ports:

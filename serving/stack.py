@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from experiment import library_logs
 from experiment.errors import UsageError
 from serving.runtime.process import tail
 from serving.runtime.spec import DEFAULT_MODEL_NAME, ServerError, display_path
@@ -137,6 +138,7 @@ def _follow(paths: list[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m serving.stack`."""
     arguments = _build_parser().parse_args(argv)
+    library_logs.quiet()
     handlers = {"start": _command_start, "stop": _command_stop, "status": _command_status, "logs": _command_logs}
     try:
         return handlers[arguments.command](arguments)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from experiment import artifacts, metrics, runs
+from experiment import artifacts, library_logs, metrics, runs
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
@@ -168,7 +167,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.Trainin
 
 def _set_up(config: TFTrainConfig, dataset: Dataset | None) -> _Run:
     """Check the user's settings and folders, then build the strategy, the model and the optimizer."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
+    library_logs.quiet()  # keep TensorFlow's C++ start-up chatter off the terminal
     from tf_pipeline import distributed
 
     # User mistakes first, before TensorFlow is imported and prints its start-up messages.
@@ -385,6 +384,14 @@ def _evaluate_and_export(run: _Run, training_seconds: float) -> runs.TrainingRes
     return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 
 
+def _device() -> str:
+    """Where training ran, in the summary's words: the GPUs TensorFlow found, or the CPU on a machine without one."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "the CPU (TensorFlow found no GPU on this machine)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
 
@@ -399,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"worker finished after {result.training_seconds:.1f} s of training; worker 0 logs and exports")
             return 0
         print(
-            f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training\n"
+            f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training on {_device()}\n"
             f"TensorBoard run: {result.run_dir}\n"
             f"SavedModel:      {result.export_path} (version {result.version})"
         )

@@ -316,6 +316,14 @@ def _evaluate_and_export(run: _Run, training_seconds: float) -> runs.TrainingRes
     return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 
 
+def _device() -> str:
+    """Where training ran, in the summary's words: the GPUs PyTorch found, or the CPU on a machine without one."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    return f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "the CPU (PyTorch found no GPU on this machine)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
 
@@ -329,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if result.export_path is None:
             return 0  # a rank other than 0: rank 0 reports and exports
         print(
-            f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training\n"
+            f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training on {_device()}\n"
             f"TensorBoard run: {result.run_dir}\n"
             f"TorchScript:     {result.export_path / artifacts.TORCHSCRIPT_FILE} (version {result.version})\n"
             f"TorchServe:      {artifacts.model_store_path(config.output_dir) / (result.export_path.parent.name + '.mar')}"

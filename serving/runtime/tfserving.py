@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from experiment import processes
+from experiment import library_logs, processes
 from serving.runtime.spec import (
     DEFAULT_MODEL_NAME,
     HOST,
@@ -104,6 +104,6 @@ def spec(
         is_ready=lambda: is_serving(grpc_address, ports.rest),
         endpoints=endpoints(grpc_address, rest_url, model_name),
         examples=examples,
-        environment={"TF_CPP_MIN_LOG_LEVEL": "2"},
+        environment=library_logs.quiet_environment({}),
         needs=("tf",),
     )
