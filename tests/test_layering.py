@@ -73,9 +73,10 @@ def _python_files(*places: str) -> list[Path]:
 
 
 def _protocol_may_import(name: str) -> bool:
-    """The standard library, NumPy, protobuf and TensorFlow's generated message modules (*_pb2), nothing else."""
+    """The standard library, NumPy, orjson (a C JSON parser), protobuf and TensorFlow's generated message modules
+    (*_pb2), nothing else."""
     top_level = name.split(".")[0]
-    if top_level in sys.stdlib_module_names or top_level in ("numpy", "google"):
+    if top_level in sys.stdlib_module_names or top_level in ("numpy", "orjson", "google"):
         return top_level != "google" or name.startswith("google.protobuf")
     return name in ("tensorflow.core.framework", "tensorflow.core.protobuf") or (
         name.startswith(("tensorflow.core.framework.", "tensorflow.core.protobuf.")) and name.endswith("_pb2")
