@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import signal
 import socket
 import sys
@@ -20,6 +19,7 @@ from typing import Sequence
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
 
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if arguments.port is not None and not 0 < arguments.port < 65536:
             raise UsageError(f"--port must be between 1 and 65535, got {arguments.port}.")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC client's protobuf import loads TensorFlow
+        library_logs.quiet()  # the gRPC client's protobuf import loads TensorFlow
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         from serving.playground import create_app, endpoints
