@@ -160,7 +160,8 @@ class Stack:
     def _default_specs(self) -> list[ServerSpec]:
         ports, name, python = self.ports, self.model_name, self.python
         return [
-            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path, (), python),
+            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path,
+                           (f"--monitoring_config_file={tfserving.MONITORING_CONFIG}",), python),  # fmt: skip
             flask_app.spec(ports.flask, name, self.torch_base_path, python=python),
             torchserve.spec(self.torchserve_instance, self.model_store, name, python=python),
         ]

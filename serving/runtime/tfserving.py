@@ -11,6 +11,7 @@ from experiment import library_logs, processes
 from serving.runtime.spec import (
     DEFAULT_MODEL_NAME,
     HOST,
+    PROJECT_ROOT,
     Endpoint,
     Example,
     ServerSpec,
@@ -20,6 +21,8 @@ from serving.runtime.spec import (
 
 NAME = "tfserving"
 TITLE = "TF Serving (compatible)"
+# Prometheus metrics on the REST port at /monitoring/prometheus/metrics, as `make serve` runs the server.
+MONITORING_CONFIG = PROJECT_ROOT / "serving" / "tfserving" / "monitoring.config"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +52,7 @@ def endpoints(grpc_address: str | None, rest_url: str | None, model_name: str = 
     if rest_url:
         found.append(
             Endpoint("tf-rest", NAME, TITLE, "tf", "REST", rest_url, model_name,
-                     lambda model, timeout: RestClient(rest_url, model, timeout))
+                     lambda model, timeout: RestClient(rest_url, model, timeout, "TensorFlow Serving (REST)"))
         )  # fmt: skip
     return found
 

@@ -8,24 +8,38 @@ session) needs inputs with a batch dimension of equal size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 import numpy as np
 
 from serving.protocol.errors import RequestError, quoted
 from serving.tfserving.batching import BatchScheduler
-from serving.tfserving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, Servable, Signature
-
-if TYPE_CHECKING:  # the manager warms versions up with check_predict, so it imports this module
-    from serving.tfserving.manager import ModelManager
+from serving.tfserving.servable import (
+    CLASSIFY_METHOD,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    Servable,
+    Signature,
+    method_name_check,
+)
 
 CALLABLE_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
+
+
+# The model manager, as the predictor sees it. Named by its one method, not imported: the manager imports this
+# module (through the warm-up), and a type-only import back would close a cycle.
+class Servables(Protocol):
+    """Finds the servable version a model spec names."""
+
+    def servable(self, model_name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The version a model spec names."""
+        ...
 
 
 def check_predict(signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Iterable[str]) -> tuple[str, ...]:
     """The output aliases a Predict on signature returns; RequestError for what the real server refuses."""
     definition = signature.definition
-    if definition.method_name not in CALLABLE_METHODS:
+    if method_name_check() and definition.method_name not in CALLABLE_METHODS:
         raise RequestError(
             "Expected prediction signature method_name to be one of {" + ", ".join(CALLABLE_METHODS) + "}. "
             f"Was: {definition.method_name}",
@@ -73,7 +87,7 @@ def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
 class Predictor:
     """Resolves model specs against the ModelManager and runs signatures, through the batch scheduler when enabled."""
 
-    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None = None) -> None:
+    def __init__(self, manager: Servables, scheduler: BatchScheduler | None = None) -> None:
         self.manager = manager
         self.scheduler = scheduler
 
@@ -98,7 +112,7 @@ class Predictor:
     ) -> dict[str, np.ndarray]:
         """One call of signature, merged with concurrent ones when batching is on."""
         if self.scheduler is None:
-            return signature.run(inputs, output_aliases)
+            return signature.run(inputs, output_aliases, timeout_s)
         rows = batch_size(inputs)
         return self.scheduler.run(servable, signature, inputs, rows, output_aliases, timeout_s)
 
