@@ -6,7 +6,6 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:
-    from benchmarks.floors import FloorsResult
     from benchmarks.measure import Comparison
     from benchmarks.serving_tf import TFServingResult
     from benchmarks.serving_torch import TorchServingResult
@@ -206,35 +205,13 @@ def predict_vs_direct(comparison: Comparison) -> Ratio:
     )  # fmt: skip
 
 
-# The floors: HTTP alone, answered by nginx with a fixed body, measured in the same run (benchmarks.floors).
-P50_OVER_FLOOR = 3.0
-RATE_SHARES = {"flask": 0.08, "tfserving": 0.075}
-FLOOR_TITLES = {"flask": "Flask", "tfserving": "TF server REST"}
+def floor_ratios(floors: Any, reason: str = "not run") -> list[Ratio]:
+    """The targets of benchmarks.floors (the Python REST servers against nginx, in one wrk run) as Ratios."""
+    from benchmarks.floors import targets
 
-
-def floor_ratios(floors: FloorsResult | None, reason: str = "not run") -> list[Ratio]:
-    """Per Python REST server, under wrk in one run: (p50 at 1 connection - model p50 in process) ≤ 3 × nginx's p50,
-    and its rate at 16 connections ≥ 8% (Flask) or 7.5% (TF server) of nginx's."""
-    found = []
-    for server, share in RATE_SHARES.items():
-        title = FLOOR_TITLES[server]
-        names = ((f"{title}: (p50, 1 connection − model p50) / nginx p50 (wrk)", f"≤ {P50_OVER_FLOOR:g}"),
-                 (f"{title}: req/s at 16 connections / nginx's (wrk)", f"≥ {share:g}"))  # fmt: skip
-        measured = floors.servers.get(server) if floors is not None else None
-        nginx = floors.servers.get("nginx") if floors is not None else None
-        if measured is None or nginx is None:
-            why = reason if floors is None else "nginx is not installed (apt-get install nginx-light)"
-            found += [_missing(*name, "the floors run", why) for name in names]
-            continue
-        overhead = measured.median_p50_ms - (measured.model_p50_ms or 0.0)
-        value = overhead / nginx.median_p50_ms
-        found.append(Ratio(*names[0], value, value <= P50_OVER_FLOOR,
-                           f"({measured.median_p50_ms:.3f} ms − {measured.model_p50_ms or 0.0:.3f} ms) / "
-                           f"{nginx.median_p50_ms:.3f} ms ({floors.generator}, load {floors.machine.get('load', '?')})"))
-        rate = measured.median_rate / nginx.median_rate
-        found.append(Ratio(*names[1], rate, rate >= share,
-                           f"{measured.median_rate:,.0f}/s / {nginx.median_rate:,.0f}/s ({floors.generator})"))
-    return found
+    return [Ratio(**target) if target["measured"] is not None else _missing(target["name"], target["target"],
+                                                                            "the floors run", target["note"] or reason)
+            for target in targets(floors)]  # fmt: skip
 
 
 def compute_ratios(comparison: Comparison) -> list[Ratio]:
