@@ -48,7 +48,7 @@ train-tf-multiworker: setup
 
 TENSORBOARD_PORT ?= 6006
 tensorboard: setup
-	$(PYTHON) -m tensorboard.main --logdir runs --host 127.0.0.1 --port $(TENSORBOARD_PORT)
+	$(PYTHON) -m experiment.tensorboard --logdir runs --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 # Train both, serve all three servers, query every endpoint, print a side-by-side table, stop.
 demo: setup
