@@ -66,11 +66,17 @@ def test_your_data_page_runs_end_to_end(tmp_path):
         answers["torchserve"] = [row["classes"] for row in answer.json()["predictions"]]
         assert len(set(map(tuple, answers.values()))) == 1, answers
 
-        # An 8×8 body is refused with one sentence naming the shape the model takes, as the page says.
+        # An 8×8 body is refused with HTTP 400 and one sentence; Flask's names the shape the model takes.
         small = json.dumps({"instances": np.zeros((1, 8, 8)).tolist()})
-        refused = requests.post(f"http://127.0.0.1:{sandbox.port_map[8501]}/v1/models/{MODEL}:predict", data=small,
-                                timeout=30)  # fmt: skip
-        assert refused.status_code == 400 and "28, 28" in refused.json()["error"], refused.text
+        for default in (8501, 5000):
+            refused = requests.post(f"http://127.0.0.1:{sandbox.port_map[default]}/v1/models/{MODEL}:predict",
+                                    data=small, timeout=30)  # fmt: skip
+            assert refused.status_code == 400 and refused.json()["error"], refused.text
+        sentence = "Input 'images' has shape [1, 8, 8]; the model expects [N, 28, 28]."
+        assert refused.json()["error"] == sentence, refused.text
+        refused = requests.post(f"http://127.0.0.1:{sandbox.port_map[8080]}/predictions/{MODEL}", data=small,
+                                headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        assert refused.status_code == 400 and refused.json()["error"] == sentence, refused.text
 
         # The playground names the model and says in one sentence that it draws for 8×8 models only.
         playground = subprocess.run([sys.executable, "-m", "serving.playground", "--port", "1"], cwd=tmp_path,
