@@ -29,7 +29,8 @@ OWN = {".run", "models", "runs", "reports", "checkpoints", ".git", ".pytest_cach
 PRELUDE = r"""
 set -eo pipefail
 trap 'echo "DOCS-TEST-FAILED $((LINENO - PRELUDE_LINES)) $BASH_COMMAND" >&2' ERR
-curl() { command curl --fail-with-body --max-time 120 "$@"; }
+# Each stand-in ends in `|| return`: errexit then stops at the documented command's line, which the trap names.
+curl() { command curl --fail-with-body --max-time 120 "$@" || return $?; }
 _until_answering() {  # run a server command until its page answers, then stop it
     local url="$1"; shift
     local log; log=$(mktemp)
@@ -51,7 +52,8 @@ _with_args() {  # make with extra ARGS: appended to an ARGS=... argument, else g
     done
     if [ -n "$given" ]; then command make "${arguments[@]}"; else ARGS="${ARGS-$extra}" command make "${arguments[@]}"; fi
 }
-make() {
+make() { _make "$@" || return $?; }
+_make() {
     case "$1" in
         serve) if [ -s .run/stack.json ]; then echo "(docs test: the shared stack runs already)"; return 0; fi
                _with_args "$SERVE_ARGS" "$@" ;;
@@ -107,7 +109,7 @@ class Sandbox:
         output = result.stdout + result.stderr
         if result.returncode != 0:
             failed = re.search(r"DOCS-TEST-FAILED (\d+) (.*)", result.stderr)
-            line = block.line + int(failed.group(1)) if failed else block.line
+            line = block.line + 1 + int(failed.group(1)) if failed else block.line
             command = failed.group(2) if failed else "?"
             pytest.fail(f"{block.path.relative_to(blocks.ROOT)}:{line}: `{command}` failed (exit {result.returncode}):\n"
                         f"{output[-4000:]}")  # fmt: skip
