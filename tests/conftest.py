@@ -19,7 +19,7 @@ pytest.register_assert_rewrite("tests.pipeline_checks")
 # fixture, gets the marker `training` or `server`, and `slow`: `make test-fast` (-m "not slow") leaves it out.
 TRAINING_FIXTURES = frozenset({"tf_smoke_run", "torch_smoke_run", "tf_trained", "torch_trained"})
 SERVER_FIXTURES = frozenset(
-    {"stack", "robust_stack", "fresh_server", "served", "flask_server", "torchserve_server", "browser"}
+    {"shared_stack", "stack", "robust_stack", "fresh_server", "served", "flask_server", "torchserve_server", "browser"}
 )
 
 
@@ -83,3 +83,17 @@ def tf_trained(tmp_path_factory, digits):
 def torch_trained(tmp_path_factory, digits):
     """A torch model trained with the default settings, exported as models/torch/digits/1 and digits.mar."""
     return _torch_train(tmp_path_factory.mktemp("torch_trained"), digits, run_name="trained")
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tf_trained, torch_trained, tmp_path_factory):
+    """The three servers on free ports over tf_trained and torch_trained, started once for the whole session.
+
+    For the tests that only send requests (integration, robustness): they share one TorchServe JVM and one of each
+    Python server instead of starting a stack each. A test that stops, restarts or changes a server starts its own
+    (the playground's browser test stops TorchServe at its end).
+    """
+    from tests.local_stack import local_stack
+
+    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("shared_stack")) as running:
+        yield running
