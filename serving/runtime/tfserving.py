@@ -52,7 +52,7 @@ def endpoints(grpc_address: str | None, rest_url: str | None, model_name: str = 
     if rest_url:
         found.append(
             Endpoint("tf-rest", NAME, TITLE, "tf", "REST", rest_url, model_name,
-                     lambda model, timeout: RestClient(rest_url, model, timeout))
+                     lambda model, timeout: RestClient(rest_url, model, timeout, "TensorFlow Serving (REST)"))
         )  # fmt: skip
     return found
 
