@@ -27,6 +27,9 @@ import requests
 from tests.docs import blocks
 from tests.docs.sandbox import DEFAULT_PORTS, make_sandbox, wait_until_current
 
+# The sandbox's stack and the README's training: `make test-fast` leaves these out.
+pytestmark = [pytest.mark.server, pytest.mark.training]
+
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):

@@ -13,11 +13,15 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import requests
 
 from experiment.data import write_idx
 from tests.docs import blocks
 from tests.docs.sandbox import make_sandbox, wait_until_current
+
+# Trains both frameworks and starts a stack: `make test-fast` leaves it out.
+pytestmark = [pytest.mark.server, pytest.mark.training]
 
 PAGE = blocks.ROOT / "docs" / "your-data.md"
 MODEL = "fashion"
