@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import math
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TextIO
 

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import math
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence, TextIO
 
