@@ -22,7 +22,9 @@ import numpy as np
 
 from experiment import artifacts, metrics, runs
 from experiment.cli import run_main
-from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
+from experiment.config import (
+    ADAM_EPSILON, TrainConfig, config_field, parse_config, parse_torch_formats, per_replica_batch_size,
+)
 from experiment.data import Dataset, Split, load_dataset
 
 if TYPE_CHECKING:  # torch itself is imported inside the functions, after the flags have been checked
@@ -41,6 +43,12 @@ class TorchTrainConfig(TrainConfig):
         None,
         "folder where each rank writes a checksum of its weights after every step (rank-<rank>.txt), "
         "to check that replicas stay identical",
+    )
+    formats: tuple[str, ...] = config_field(
+        ("onnx",),
+        "export formats, comma-separated, from onnx (ONNX Runtime), pt2 (AOTInductor package, compiles C++ for "
+        "tens of seconds) and torchscript (deprecated by PyTorch); onnx is always needed",
+        parse=parse_torch_formats,
     )
 
     framework = FRAMEWORK
@@ -216,7 +224,7 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> runs.Trai
             checksum_file.close()
         distributed.leave_process_group(group)
 
-    network = network.cpu()  # the exported TorchScript must load on a CPU-only server
+    network = network.cpu()  # the exports must load on a CPU-only server
     evaluation = runs.Evaluation(*evaluate(network, dataset.test))
     runs.finish_summaries(writers, config, dataset, evaluation)
 
@@ -236,7 +244,8 @@ def train(config: TorchTrainConfig, dataset: Dataset | None = None) -> runs.Trai
     )
     # Both artifacts are finished in hidden staging folders before either is published.
     with artifacts.staging_directory(base_path) as staging, artifacts.staging_directory(model_store) as archive_dir:
-        export.write_torchscript(network, staging)
+        cache_dir = artifacts.model_base_path(config.output_dir, FRAMEWORK, export.INDUCTOR_CACHE_FOLDER)
+        metadata["artifacts"] = export.export_formats(network, staging, config.formats, cache_dir)
         artifacts.write_metadata(staging, metadata)
         archive = export.write_model_archive(staging, dataset.name, artifacts.next_version(base_path), archive_dir)
         version, export_path = artifacts.publish_version(staging, base_path)
@@ -248,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
 
     def body() -> int:
-        config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export TorchScript and a .mar.")
+        config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export ONNX (and more) and a .mar.")
         try:
             result = train(config)
         except runs.WorkerLost as error:
@@ -259,8 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training\n"
             f"TensorBoard run: {result.run_dir}\n"
-            f"TorchScript:     {result.export_path / artifacts.TORCHSCRIPT_FILE} (version {result.version})\n"
-            f"TorchServe:      {artifacts.model_store_path(config.output_dir) / (result.export_path.parent.name + '.mar')}"
+            + "".join(
+                f"{record['format'] + ':':<16} {result.export_path / record['file']} (version {result.version}, "
+                f"{record['bytes']:,} bytes, exported in {record['export_seconds']:.1f} s)\n"
+                for record in artifacts.read_metadata(result.export_path)["artifacts"]
+            )
+            + f"TorchServe:      {artifacts.model_store_path(config.output_dir) / (result.export_path.parent.name + '.mar')}"
         )
         return 0
 

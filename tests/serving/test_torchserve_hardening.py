@@ -37,12 +37,12 @@ HUGE_INTEGER = b'{"instances": [[[' + b"9" * 5_000 + b"]]]}"
 
 
 def corrupt_copy(archive: Path, target: Path, version: int) -> Path:
-    """A copy of archive as another version whose model.pt is garbage (a valid zip, a model that does not load)."""
+    """A copy of archive as another version whose model.onnx is garbage (a valid zip, a model that does not load)."""
     with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as copy:
         for item in source.infolist():
             data = source.read(item)
-            if item.filename == "model.pt":
-                data = b"not a TorchScript file" * 50
+            if item.filename == "model.onnx":
+                data = b"not an ONNX model" * 50
             elif item.filename == "MAR-INF/MANIFEST.json":
                 manifest = json.loads(data)
                 manifest["model"]["modelVersion"] = str(version)
