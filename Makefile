@@ -53,7 +53,7 @@ tensorboard: setup
 demo: setup
 	$(PYTHON) -m serving.demo $(ARGS)
 
-# The three servers natively on 127.0.0.1 (DESIGN.md's ports), trained first if no export exists; state in .run/.
+# The three servers natively on 127.0.0.1 (docs/architecture.md), trained first if no export exists; state in .run/.
 serve: setup
 	$(PYTHON) -m serving.stack start $(ARGS)
 

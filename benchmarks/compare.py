@@ -22,6 +22,7 @@ from benchmarks.report import html as report_html
 from benchmarks.report import render
 from benchmarks.report.markdown import table
 from benchmarks.report.summary import RATIO_HEADERS, ratio_rows
+from experiment import library_logs
 
 PROG = "python -m benchmarks.compare"
 REPORT_FILE = "comparison.md"
@@ -99,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
     settings = build_settings(arguments)
     shutil.rmtree(settings.work_dir, ignore_errors=True)
     settings.output_dir.mkdir(parents=True, exist_ok=True)

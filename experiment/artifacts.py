@@ -137,7 +137,7 @@ def build_metadata(
     run_name: str,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metadata.json content every export carries (DESIGN.md, 'Names and places')."""
+    """The metadata.json content every export carries (docs/architecture.md, 'Names and places')."""
     return {
         "framework": framework,
         "framework_version": framework_version,

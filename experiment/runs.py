@@ -8,6 +8,7 @@ is written here once.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +35,38 @@ class TrainingResult:
     test_accuracy: float
     test_loss: float
     training_seconds: float
+
+
+class ResumedState(Protocol):
+    """What a pipeline's checkpoints.LoopState tells the loop: the step, the epoch's totals so far, earlier seconds."""
+
+    @property
+    def step(self) -> int: ...
+
+    @property
+    def epoch_totals(self) -> tuple[float, float, float]: ...
+
+    @property
+    def training_seconds(self) -> float: ...
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a training loop stands: its global step and the checkpoint it resumed from (None for a fresh run)."""
+
+    step: int
+    resumed: ResumedState | None
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @classmethod
+    def resuming(cls, resumed: ResumedState | None) -> "Position":
+        """At the checkpoint's step, or at step 0."""
+        return cls(resumed.step if resumed else 0, resumed)
+
+    def training_seconds(self) -> float:
+        """Seconds of training, those of the attempts before a resume included."""
+        before = self.resumed.training_seconds if self.resumed else 0.0
+        return before + time.perf_counter() - self.started
 
 
 @dataclasses.dataclass(frozen=True)

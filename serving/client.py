@@ -1,7 +1,8 @@
 """`python -m serving.client tf|flask|torchserve`: query a model server with the project's clients and time each call.
 
 The client family itself is `serving.clients`; which client speaks to which endpoint comes from the servers' specs
-in `serving.runtime`, as it does for the stack, the demo and the tests.
+in `serving.runtime`, as it does for the stack, the demo and the tests. Without an address, a client talks to the
+stack `make serve` runs (its ports, model name and TorchServe key, from `.run/`), or to the default ports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
 from serving.clients import (  # noqa: F401 (re-exported for scripts that import the clients from this module)
@@ -29,17 +31,18 @@ from serving.clients import (  # noqa: F401 (re-exported for scripts that import
 from serving.clients.base import DEFAULT_TIMEOUT_S
 
 PROG = "python -m serving.client"
-DEFAULT_ADDRESSES = {"tf": "127.0.0.1:8500", "flask": "http://127.0.0.1:5000", "torchserve": "http://127.0.0.1:8080"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`tf`, `flask` and `torchserve` subcommands sharing the sample and timing options."""
     parser = argparse.ArgumentParser(prog=PROG, description="Query a model server and time each call.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model-name", default="digits", help="served model name (default digits)")
+    common.add_argument("--model-name", default=None,
+                        help="served model name (default: the one `make serve` serves, else digits)")  # fmt: skip
     source = common.add_mutually_exclusive_group()
     source.add_argument("--sample", type=int, default=10, help="send the first N test-split images (default 10)")
-    source.add_argument("--images", type=Path, help="send the images in this .npy file, shape (N, 8, 8) or (8, 8)")
+    source.add_argument("--images", type=Path,
+                        help="send the images in this .npy file, shape (N, H, W) or (H, W): (N, 8, 8) for digits")  # fmt: skip
     common.add_argument("--batch-size", type=int, default=1, help="images per call (default 1: one call per image)")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per call (default 10)")
     common.add_argument("--wait", type=float, default=0.0, help="first wait up to this many seconds for the model")
@@ -47,36 +50,46 @@ def build_parser() -> argparse.ArgumentParser:
     tf_help = "TensorFlow Serving (real or python -m serving.tfserving)"
     tf_parser = commands.add_parser("tf", parents=[common], help=tf_help)
     endpoint = tf_parser.add_mutually_exclusive_group()
-    endpoint.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address (the default: 127.0.0.1:8500)")
+    endpoint.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address (default: the running stack's, else 127.0.0.1:8500)")
     endpoint.add_argument("--rest", metavar="URL", help="REST base URL, e.g. http://127.0.0.1:8501")
     flask_parser = commands.add_parser("flask", parents=[common], help="the Flask app (REST)")
     flask_parser.add_argument(
-        "--rest", metavar="URL", default=DEFAULT_ADDRESSES["flask"], help="base URL (default %(default)s)"
+        "--rest", metavar="URL", help="base URL (default: the running stack's, else http://127.0.0.1:5000)"
     )
     torchserve_parser = commands.add_parser("torchserve", parents=[common], help="TorchServe's inference API")
     torchserve_endpoint = torchserve_parser.add_mutually_exclusive_group()
     torchserve_endpoint.add_argument(
-        "--rest", metavar="URL", help=f"inference API base URL (the default: {DEFAULT_ADDRESSES['torchserve']})"
+        "--rest", metavar="URL", help="inference API base URL (default: the running stack's, else http://127.0.0.1:8080)"
     )
     torchserve_endpoint.add_argument(
         "--grpc", metavar="HOST:PORT", help="TorchServe's own gRPC inference API, e.g. 127.0.0.1:7070"
     )
-    torchserve_parser.add_argument("--key-file", type=Path, help="TorchServe's key file, when token auth is on")
+    torchserve_parser.add_argument("--key-file", type=Path,
+                                   help="TorchServe's key file, when token auth is on (default: the one of the stack "
+                                        "`make serve` runs, .run/torchserve/key_file.json)")  # fmt: skip
     return parser
 
 
 def make_client(arguments: argparse.Namespace) -> PredictionClient:
-    """The client of the endpoint the subcommand names, as that server's spec builds it."""
-    from serving.runtime import flask_app, tfserving, torchserve
+    """The client of the endpoint the subcommand names, as that server's spec builds it.
 
+    What the command line leaves out comes from the stack `make serve` runs (.run/), else from the default ports.
+    """
+    from serving.runtime import Stack, flask_app, tfserving, torchserve
+    from serving.runtime.stack import DEFAULT_RUN_DIR
+
+    stack = Stack.from_run_dir(DEFAULT_RUN_DIR)  # the default ports and names when no stack left its state there
+    addresses = {endpoint.name: endpoint.address for endpoint in stack.endpoints()}
+    arguments.model_name = arguments.model_name or stack.model_name
     if arguments.server == "tf":
-        grpc_address = None if arguments.rest else arguments.grpc or DEFAULT_ADDRESSES["tf"]
+        grpc_address = None if arguments.rest else arguments.grpc or addresses["tf-grpc"]
         [endpoint] = tfserving.endpoints(grpc_address, arguments.rest, arguments.model_name)
     elif arguments.server == "flask":
-        [endpoint] = flask_app.endpoints(arguments.rest, arguments.model_name)
+        [endpoint] = flask_app.endpoints(arguments.rest or addresses["flask-rest"], arguments.model_name)
     else:
-        rest_url = None if arguments.grpc else arguments.rest or DEFAULT_ADDRESSES["torchserve"]
-        [endpoint] = torchserve.endpoints(rest_url, key_file=arguments.key_file, model_name=arguments.model_name,
+        key_file = arguments.key_file or (stack.torchserve_key_file if stack.torchserve_key_file.exists() else None)
+        rest_url = None if arguments.grpc else arguments.rest or addresses["torchserve-rest"]
+        [endpoint] = torchserve.endpoints(rest_url, key_file=key_file, model_name=arguments.model_name,
                                           grpc_address=arguments.grpc)  # fmt: skip
     return endpoint.client(timeout=arguments.timeout)
 
@@ -144,6 +157,7 @@ def run(arguments: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m serving.client`; unreachable servers end in one sentence and exit 1."""
     arguments = build_parser().parse_args(argv)
+    library_logs.quiet()  # the gRPC clients' protobuf imports load TensorFlow
 
     def body() -> int:
         try:

@@ -1,12 +1,13 @@
 """`make demo`: train both models, serve them, query every endpoint, print a side-by-side table, stop.
 
-Run with `python -m serving.demo` (`--no-train` reuses the newest exports; `--free-ports` runs beside `make serve`).
+Run with `python -m serving.demo` (`--no-train` reuses the newest exports). Beside a running `make serve` it refuses
+before doing any work; `--free-ports` runs it there anyway, on ports the system picks, with its own run folder and
+its own models folder, so the running stack never sees its exports.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -17,10 +18,13 @@ from typing import Sequence
 
 import numpy as np
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.data import load_dataset
+from experiment.errors import UsageError
 from serving.runtime import Ports, Stack
-from serving.runtime.spec import PROJECT_ROOT
+from serving.runtime.spec import PROJECT_ROOT, ServerError
+from serving.runtime.stack import DEFAULT_MODELS_DIR
 
 PROG = "python -m serving.demo"
 SAMPLE_SIZE = 10
@@ -88,22 +92,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--no-train", action="store_true", help="reuse the newest exports instead of training")
     parser.add_argument("--requests", type=int, default=300, help="single-image requests timed per endpoint")
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--models-dir", type=Path, default=None,
+                        help="where to export and serve from (default: models, or a temporary folder with --free-ports)")
     parser.add_argument("--free-ports", action="store_true",
-                        help="serve on ports the system picks, with the servers' state in a temporary folder")
+                        help="serve on ports the system picks, with the servers' state and (unless --models-dir or "
+                             "--no-train) the models in a temporary folder: runs beside `make serve`")  # fmt: skip
     arguments = parser.parse_args(argv)
+    library_logs.quiet()  # the gRPC client imports TensorFlow
 
     def body() -> int:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC client's TensorFlow import is chatty
-        if not arguments.no_train:
-            train_both(arguments.models_dir)
         if not arguments.free_ports:
-            return serve_and_query(Stack(models_dir=arguments.models_dir), arguments.no_train, arguments.requests)
-        with tempfile.TemporaryDirectory(prefix="demo-run-") as scratch:
-            stack = Stack(ports=Ports.free(), run_dir=Path(scratch), models_dir=arguments.models_dir)
-            return serve_and_query(stack, arguments.no_train, arguments.requests)
+            stack = Stack(models_dir=arguments.models_dir or DEFAULT_MODELS_DIR)
+            refuse_beside_running_stack(stack)
+            return train_serve_and_query(stack, arguments)
+        with tempfile.TemporaryDirectory(prefix="demo-") as scratch:
+            own_models = DEFAULT_MODELS_DIR if arguments.no_train else Path(scratch) / "models"
+            stack = Stack(ports=Ports.free(), run_dir=Path(scratch) / "run", models_dir=arguments.models_dir or own_models)
+            return train_serve_and_query(stack, arguments)
 
     return run_main(PROG, body)
+
+
+def refuse_beside_running_stack(stack: Stack) -> None:
+    """UsageError, before any work, when a stack runs in the demo's run folder or holds one of its ports."""
+    running = [status.name for status in Stack.from_run_dir(stack.run_dir).status() if status.running]
+    if running:
+        raise UsageError(
+            f"The servers of `make serve` are running ({', '.join(running)}); stop them with `make stop`, "
+            f"or run the demo beside them with `make demo ARGS=--free-ports`."
+        )
+    try:
+        stack.check_ports()
+    except ServerError as error:
+        raise UsageError(f"{error} (`make demo ARGS=--free-ports` runs the demo on ports the system picks.)") from None
+
+
+def train_serve_and_query(stack: Stack, arguments: argparse.Namespace) -> int:
+    """Train both models into the stack's models folder (unless --no-train), then serve and query them."""
+    if not arguments.no_train:
+        train_both(stack.models_dir)
+    return serve_and_query(stack, arguments.no_train, arguments.requests)
 
 
 def serve_and_query(stack: Stack, train_missing: bool, requests: int) -> int:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from experiment import library_logs
 from experiment.errors import UsageError
 from serving.runtime.process import tail
 from serving.runtime.spec import DEFAULT_MODEL_NAME, ServerError, display_path
@@ -25,7 +26,7 @@ PROG = "python -m serving.stack"
 
 
 def _port_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("ports (DESIGN.md's defaults)")
+    group = parser.add_argument_group("ports (defaults as in docs/architecture.md)")
     for field in dataclasses.fields(Ports):
         group.add_argument(f"--{field.name.replace('_', '-')}-port", type=int, default=field.default,
                            dest=f"port_{field.name}", metavar="PORT")  # fmt: skip
@@ -90,15 +91,21 @@ def _command_stop(arguments: argparse.Namespace) -> int:
 
 
 def _command_status(arguments: argparse.Namespace) -> int:
+    """The table of servers and, when any runs, the endpoints; exit 0 whatever they do, 1 only when it cannot tell."""
     stack = Stack.from_run_dir(arguments.run_dir)
-    statuses = stack.status()
+    try:
+        statuses = stack.status()
+    except OSError as error:  # an unreadable pid file or process table: the state is unknown, not "stopped"
+        print(f"{PROG}: error: Cannot tell whether the servers in {display_path(stack.run_dir)} run: {error}.",
+              file=sys.stderr)  # fmt: skip
+        return 1
     for status in statuses:
         state = "ready" if status.ready else ("starting or not ready" if status.running else "stopped")
         pid = f"pid {status.pid}" if status.pid else ""
         print(f"{status.name:<10} {state:<22} {pid}")
     if any(status.running for status in statuses):
         print(stack.describe_endpoints())
-    return 0 if all(status.ready for status in statuses) else 1
+    return 0
 
 
 def _command_logs(arguments: argparse.Namespace) -> int:
@@ -137,6 +144,7 @@ def _follow(paths: list[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m serving.stack`."""
     arguments = _build_parser().parse_args(argv)
+    library_logs.quiet()
     handlers = {"start": _command_start, "stop": _command_stop, "status": _command_status, "logs": _command_logs}
     try:
         return handlers[arguments.command](arguments)

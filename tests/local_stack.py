@@ -1,4 +1,4 @@
-"""Every server of DESIGN.md started on free ports over the models the two pipelines just trained, for one block."""
+"""The three servers started on free ports over the models the two pipelines just trained, for one block."""
 
 from __future__ import annotations
 

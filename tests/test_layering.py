@@ -1,46 +1,76 @@
-"""DESIGN.md's layering: the shared package is framework-free, the pipelines ignore each other, serving reads artifacts."""
+"""The layers of docs/architecture.md: a framework-free shared package, pipelines apart, serving reads artifacts."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
-# package → top-level modules it must never import
-FORBIDDEN = {
-    "experiment": {"tensorflow", "keras", "torch", "tf_pipeline", "torch_pipeline", "serving", "benchmarks"},
-    "tf_pipeline": {"torch", "torch_pipeline", "serving", "benchmarks"},
-    "torch_pipeline": {"tensorflow", "keras", "tf_pipeline", "serving", "benchmarks"},
-    "serving": {"tf_pipeline", "torch_pipeline", "benchmarks"},
-}
+PACKAGES = ("experiment", "tf_pipeline", "torch_pipeline", "serving", "benchmarks", "deploy")
 
 
-def _imported_top_levels(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+def test_the_import_contracts_hold():
+    """The contracts of pyproject.toml's [tool.importlinter]: layers, forbidden imports, independence, no cycles."""
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([lint_imports, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_package_imports_respect_layering(package):
-    files = sorted((ROOT / package).rglob("*.py"))
-    assert files, f"{package} has no Python files"
-    violations = [
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in files
-        for name in sorted(_imported_top_levels(path) & FORBIDDEN[package])
+def _import_cycles() -> list[list[str]]:
+    """Groups of modules that import one another in a circle (Tarjan's strongly connected components)."""
+    import grimp
+
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)  # imports under `if TYPE_CHECKING:` included
+    index: dict[str, int] = {}
+    lowest: dict[str, int] = {}
+    stack: list[str] = []
+    cycles = []
+
+    def visit(module: str) -> None:
+        index[module] = lowest[module] = len(index)
+        stack.append(module)
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if imported not in index:
+                visit(imported)
+                lowest[module] = min(lowest[module], lowest[imported])
+            elif imported in stack:
+                lowest[module] = min(lowest[module], index[imported])
+        if lowest[module] == index[module]:
+            component = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_module_imports_itself_through_others(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    cycles = _import_cycles()
+    assert not cycles, "\n".join(" <-> ".join(cycle) for cycle in cycles)
+
+
+def test_serving_protocol_takes_only_tensorflows_generated_message_modules(monkeypatch):
+    """The one import the protocol's contract lets through: protobuf messages (*_pb2), not TensorFlow's runtime."""
+    import grimp
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    graph = grimp.build_graph("serving", include_external_packages=True, cache_dir=None)
+    lines = [
+        detail["line_contents"]
+        for module in sorted(graph.find_descendants("serving.protocol"))
+        for detail in graph.get_import_details(importer=module, imported="tensorflow")
     ]
-    assert not violations, "\n".join(violations)
+    pattern = re.compile(r"from tensorflow\.core\.(framework|protobuf) import \w+_pb2(, \w+_pb2)*")
+    assert lines, "serving.protocol.tensors converts TensorProto messages"
+    assert all(pattern.fullmatch(line) for line in lines), lines
 
 
 def test_shared_package_loads_no_framework_at_run_time():
@@ -54,44 +84,9 @@ def test_shared_package_loads_no_framework_at_run_time():
 
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """Full names of the absolute imports in path (relative ones stay inside their package)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from serving import client`
-    return names
-
-
 def _python_files(*places: str) -> list[Path]:
     paths = [ROOT / place for place in places]
     return sorted(file for path in paths for file in ([path] if path.is_file() else path.rglob("*.py")))
-
-
-def _protocol_may_import(name: str) -> bool:
-    """The standard library, NumPy, protobuf and TensorFlow's generated message modules (*_pb2), nothing else."""
-    top_level = name.split(".")[0]
-    if top_level in sys.stdlib_module_names or top_level in ("numpy", "google"):
-        return top_level != "google" or name.startswith("google.protobuf")
-    return name in ("tensorflow.core.framework", "tensorflow.core.protobuf") or (
-        name.startswith(("tensorflow.core.framework.", "tensorflow.core.protobuf.")) and name.endswith("_pb2")
-    )
-
-
-def test_protocol_imports_no_server_client_or_framework():
-    files = _python_files("serving/protocol")
-    assert files, "serving/protocol has no Python files"
-    violations = [
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in files
-        for name in sorted(_imported_modules(path))
-        if not _protocol_may_import(name)
-    ]
-    assert not violations, "\n".join(violations)
 
 
 def test_protocol_rest_loads_no_framework_so_the_torchserve_archive_can_carry_it():
@@ -101,22 +96,6 @@ def test_protocol_rest_loads_no_framework_so_the_torchserve_archive_can_carry_it
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
-
-
-# The servers answer requests; clients (and what drives servers from outside) are another layer.
-SERVERS = ("serving/tfserving", "serving/flask_app", "serving/torchserve/handler.py", "serving/versions.py")
-CLIENT_MODULES = ("serving.client", "serving.clients", "serving.torchserve.client", "serving.runtime", "serving.stack")
-
-
-def test_servers_import_no_client():
-    violations = [
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in _python_files(*SERVERS)
-        for name in sorted(_imported_modules(path))
-        if name in CLIENT_MODULES or name.startswith(tuple(module + "." for module in CLIENT_MODULES))
-        or name == "requests"
-    ]
-    assert not violations, "\n".join(violations)
 
 
 # Only serving/runtime starts server processes; everything else (the stack's and the TorchServe launcher's command

@@ -6,12 +6,13 @@ training flags) is reported before TensorFlow's start-up messages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
-from experiment import processes
+from experiment import processes, runs
 from experiment.errors import UsageError
 
 if TYPE_CHECKING:
@@ -97,3 +98,23 @@ def strategy_name(strategy: "tf.distribute.Strategy") -> str:
     if isinstance(strategy, tf.distribute.MirroredStrategy):
         return "MirroredStrategy"
     return "default"
+
+
+@contextlib.contextmanager
+def collective_failures(role: WorkerRole) -> Iterator[None]:
+    """Around a collective call: a failure of a multi-worker run's collective becomes runs.WorkerLost.
+
+    A peer that died (or became unreachable) aborts the collectives of everyone still waiting on it, which TensorFlow
+    reports as an OpError. Only collective calls sit inside this block, so a bug elsewhere keeps its own error.
+    """
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.OpError as error:
+        if role.num_workers == 1:
+            raise
+        raise runs.WorkerLost(
+            f"worker {role.index} stopped: a collective with the other workers failed ({type(error).__name__}); "
+            "nothing was exported."
+        ) from None

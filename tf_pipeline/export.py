@@ -1,4 +1,4 @@
-"""Export a trained Keras model as a SavedModel with TensorFlow Serving's signature (DESIGN.md).
+"""Export a trained Keras model as a SavedModel with TensorFlow Serving's signature (docs/architecture.md).
 
 Beside the model goes TensorFlow Serving's warm-up file, assets.extra/tf_serving_warmup_requests: a TFRecord of
 PredictionLog messages that a server replays before it serves the version (the real server with

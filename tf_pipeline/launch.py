@@ -25,6 +25,7 @@ from typing import Sequence
 
 from experiment import artifacts
 from experiment import checkpoints as run_checkpoints
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
 from experiment.data import dataset_name_for
@@ -165,7 +166,7 @@ def run_workers(num_workers: int, train_argv: list[str], base_port: int | None) 
     try:
         for index in range(num_workers):
             environment = {**os.environ, "TF_CONFIG": tf_config(addresses, index)}
-            environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+            library_logs.quiet_environment(environment)
             # Share the cores instead of every worker sizing its op thread pool to the whole machine
             # (torchrun does the same with OMP_NUM_THREADS).
             environment.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // num_workers)))

@@ -13,23 +13,25 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 
-from experiment import artifacts, metrics, runs
+from experiment import artifacts, library_logs, metrics, runs
 from experiment.cli import run_main
 from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
 from experiment.data import Dataset, Split, load_dataset
 from experiment.errors import UsageError
+from experiment.spec import NetworkSpec
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
+
+    from tf_pipeline import checkpoints, distributed, summaries
 
 FRAMEWORK = "tf"
 PROG = "python -m tf_pipeline.train"
@@ -127,9 +129,45 @@ def _weights_checksum(model: "keras.Model", strategy: "tf.distribute.Strategy") 
     ]
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one worker's training works with, built by _set_up and read by every later step."""
+
+    config: TFTrainConfig
+    dataset: Dataset
+    role: distributed.WorkerRole
+    strategy: tf.distribute.Strategy
+    run_name: str
+    run_dir: Path
+    base_path: Path
+    spec: NetworkSpec
+    model: keras.Model  # mirrored variables: one copy per replica
+    optimizer: keras.optimizers.Optimizer
+    totals: tf.Variable  # [loss sum, correct, examples] of the epoch so far; a read sums every replica's
+    writers: summaries.RunWriters | None  # the chief alone logs and exports
+    saver: checkpoints.TrainingCheckpoints | None = None
+    checksum_file: TextIO | None = None
+
+
 def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.TrainingResult:
     """Train (data-parallel when TF_CONFIG lists several workers), evaluate, log and export on the chief."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
+    run = _set_up(config, dataset)
+    position = _resume(run)
+    try:
+        _train_epochs(run, position)
+    finally:
+        if run.checksum_file:
+            run.checksum_file.close()
+        if run.saver:
+            run.saver.close()
+    if not run.writers:  # a worker other than the chief
+        return runs.TrainingResult(None, None, run.run_dir, math.nan, math.nan, position.training_seconds())
+    return _evaluate_and_export(run, position.training_seconds())
+
+
+def _set_up(config: TFTrainConfig, dataset: Dataset | None) -> _Run:
+    """Check the user's settings and folders, then build the strategy, the model and the optimizer."""
+    library_logs.quiet()  # keep TensorFlow's C++ start-up chatter off the terminal
     from tf_pipeline import distributed
 
     # User mistakes first, before TensorFlow is imported and prints its start-up messages.
@@ -148,7 +186,7 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.Trainin
     import keras
     import tensorflow as tf
 
-    from tf_pipeline import checkpoints, export, summaries
+    from tf_pipeline import summaries
     from tf_pipeline.model import build_model
 
     per_replica_batch_size(config.batch_size, strategy.num_replicas_in_sync)  # several GPUs per worker
@@ -159,25 +197,66 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.Trainin
         model = build_model(spec, seed=config.seed)
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=ADAM_EPSILON)
         optimizer.build(model.trainable_variables)
-        # [loss sum, correct, examples] of the epoch so far; each replica adds its own, a read sums them all.
-        totals = tf.Variable(
-            tf.zeros([3]),
-            trainable=False,
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.SUM,
-        )
-    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
-    saver = resumed = None
-    if config.checkpoint_dir is not None:
-        saver = checkpoints.TrainingCheckpoints(config.checkpoint_dir, model, optimizer, role.is_chief)
-        resumed = saver.restore_latest()
-        if resumed and role.is_chief:
-            print(f"resuming run {run_name} from the checkpoint of step {resumed.step}", flush=True)
-    checksum_file = None
-    if config.weight_checksums is not None:
+        # Each replica adds its own share; an ON_READ SUM variable's read adds them up.
+        totals = tf.Variable(tf.zeros([3]), trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                             aggregation=tf.VariableAggregation.SUM)  # fmt: skip
+    writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if role.is_chief else None
+    if writers:
+        writers.add_graph(model)
+    return _Run(config, dataset, role, strategy, run_name, run_dir, base_path, spec, model, optimizer, totals, writers)
+
+
+def _resume(run: _Run) -> runs.Position:
+    """Restore the latest checkpoint if there is one and open the checksum file."""
+    from tf_pipeline import checkpoints
+
+    resumed = None
+    if run.config.checkpoint_dir is not None:
+        directory, is_chief = run.config.checkpoint_dir, run.role.is_chief
+        run.saver = checkpoints.TrainingCheckpoints(directory, run.model, run.optimizer, is_chief)
+        resumed = run.saver.restore_latest()
+        if resumed and run.role.is_chief:
+            print(f"resuming run {run.run_name} from the checkpoint of step {resumed.step}", flush=True)
+    if run.config.weight_checksums is not None:
         # A resumed run adds to the lines its first attempt wrote.
-        checksum_path = Path(config.weight_checksums) / f"worker-{role.index}.txt"
-        checksum_file = open(checksum_path, "a" if resumed else "w")  # noqa: SIM115
+        path = Path(run.config.weight_checksums) / f"worker-{run.role.index}.txt"
+        run.checksum_file = open(path, "a" if resumed else "w")  # noqa: SIM115
+    return runs.Position.resuming(resumed)
+
+
+def _train_epochs(run: _Run, position: runs.Position) -> None:
+    """Every epoch the checkpoint does not hold yet, each followed by its logged evaluation, then a last checkpoint."""
+    import tensorflow as tf
+
+    # The seeded stream is the same in every run: skipping the steps a checkpoint holds puts a resumed run on the
+    # batch an uninterrupted one would train on next.
+    batches = training_dataset(run.dataset.train, run.config.batch_size, run.config.seed).skip(position.step)
+    iterator = iter(run.strategy.experimental_distribute_dataset(batches))  # each replica's slice of every batch
+    train_steps = _compiled_train_steps(run)
+    validation_logits = inference_function(run.model)  # traced once, reused every epoch
+    steps_per_epoch = math.ceil(len(run.dataset.train) / run.config.batch_size)
+    first_epoch, skipped = divmod(position.step, steps_per_epoch)
+    for epoch in range(first_epoch, run.config.epochs):
+        run.totals.assign(tf.zeros([3]))
+        step, earlier_totals = 0, np.zeros(3)
+        if epoch == first_epoch and position.resumed:
+            step, earlier_totals = skipped, np.asarray(position.resumed.epoch_totals)  # the epoch's restored share
+        progress = _progress_bar(run, epoch, steps_per_epoch)
+        loss_sum, correct, examples = _train_one_epoch(
+            run, position, train_steps, iterator, progress, step, steps_per_epoch, earlier_totals
+        )
+        _log_epoch(run, epoch, float(loss_sum / examples), float(correct / examples), progress, validation_logits)
+    if run.saver and position.step % run.config.checkpoint_every != 0:
+        _save_checkpoint(run, position, np.zeros(3))  # the finished weights: a restart goes straight to export
+
+
+def _compiled_train_steps(run: _Run) -> Callable[..., tf.Tensor]:
+    """A tf.function that runs num_steps optimizer steps on every replica and returns the epoch's totals so far."""
+    import keras
+    import tensorflow as tf
+
+    loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    model, optimizer, totals = run.model, run.optimizer, run.totals
 
     def replica_step(images: tf.Tensor, labels: tf.Tensor, weights: tf.Tensor) -> None:
         # One replica's share of a global batch: images (b, H, W), labels (b,), weights (b,) = 1 / global batch.
@@ -195,117 +274,122 @@ def train(config: TFTrainConfig, dataset: Dataset | None = None) -> runs.Trainin
     def train_steps(iterator: tf.distribute.DistributedIterator, num_steps: tf.Tensor) -> tf.Tensor:
         # Several steps per call keep Python out of the inner loop; one collective read of the totals per call.
         for _ in tf.range(num_steps):
-            strategy.run(replica_step, args=next(iterator))
+            run.strategy.run(replica_step, args=next(iterator))
         return totals.read_value()
 
-    global_step = resumed.step if resumed else 0
-    # The seeded stream is the same in every run: skipping the steps a checkpoint holds puts a resumed run on the
-    # batch an uninterrupted one would train on next.
-    batches = training_dataset(dataset.train, config.batch_size, config.seed).skip(global_step)
-    iterator = iter(strategy.experimental_distribute_dataset(batches))  # each replica's slice of every global batch
-    steps_per_epoch = math.ceil(len(dataset.train) / config.batch_size)
-    first_epoch, skipped = divmod(global_step, steps_per_epoch)
-    seconds_before = resumed.training_seconds if resumed else 0.0
-    steps_per_call = 1 if checksum_file else config.steps_per_execution
-    writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if role.is_chief else None
-    if writers:
-        writers.add_graph(model)
-    verbose = config.verbose if role.is_chief else 0
-    validation_logits = inference_function(model)  # traced once, reused every epoch
+    return train_steps
+
+
+def _train_one_epoch(
+    run: _Run, position: runs.Position, train_steps: Callable[..., tf.Tensor], iterator: Iterator[Any],
+    progress: keras.utils.Progbar, step: int, steps_per_epoch: int, earlier_totals: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """The epoch's remaining steps, several per call; returns [loss sum, correct, examples] over every replica."""
+    import tensorflow as tf
+
+    from tf_pipeline import distributed
+
+    steps_per_call = 1 if run.checksum_file else run.config.steps_per_execution
+    while step < steps_per_epoch:
+        num_steps = min(steps_per_call, steps_per_epoch - step)
+        if run.saver:  # stop each call at a checkpoint boundary
+            num_steps = min(num_steps, run.config.checkpoint_every - position.step % run.config.checkpoint_every)
+        with distributed.collective_failures(run.role):  # the gradients' all-reduce and the totals' read
+            epoch_totals = earlier_totals + train_steps(iterator, tf.constant(num_steps)).numpy()
+        loss_sum, correct, examples = epoch_totals
+        step += num_steps
+        position.step += num_steps
+        if run.checksum_file:
+            for replica, checksum in enumerate(_weights_checksum(run.model, run.strategy)):
+                run.checksum_file.write(f"{position.step} {replica} {checksum}\n")
+        if run.saver and position.step % run.config.checkpoint_every == 0:
+            _save_checkpoint(run, position, epoch_totals)
+        if progress.verbose == 1 and step < steps_per_epoch:
+            progress.update(step, [("accuracy", correct / examples), ("loss", loss_sum / examples)])
+    return epoch_totals
+
+
+def _progress_bar(run: _Run, epoch: int, steps_per_epoch: int) -> keras.utils.Progbar:
+    """Keras's progress bar for one epoch; silent on every worker but the chief."""
+    import keras
+
+    verbose = run.config.verbose if run.role.is_chief else 0
+    if verbose:
+        print(f"Epoch {epoch + 1}/{run.config.epochs}", flush=True)
     metric_names = ["accuracy", "loss", "val_accuracy", "val_loss"]
+    return keras.utils.Progbar(steps_per_epoch, verbose=verbose, stateful_metrics=metric_names, unit_name="step")
 
-    started = time.perf_counter()
 
-    def save_checkpoint(epoch_totals: np.ndarray) -> None:
-        seconds = seconds_before + time.perf_counter() - started
-        saver.save(checkpoints.LoopState(global_step, tuple(float(value) for value in epoch_totals), seconds))
+def _log_epoch(
+    run: _Run, epoch: int, train_loss: float, train_accuracy: float, progress: keras.utils.Progbar,
+    validation_logits: Callable[[tf.Tensor], tf.Tensor],
+) -> None:  # fmt: skip
+    """The chief evaluates the validation split and logs the epoch to TensorBoard and the progress bar."""
+    if not run.writers:
+        return
+    validation_loss, validation_accuracy, _ = evaluate(run.model, run.dataset.validation, validation_logits)
+    run.writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, run.model)
+    logs = [("accuracy", train_accuracy), ("loss", train_loss), ("val_accuracy", validation_accuracy),
+            ("val_loss", validation_loss)]  # fmt: skip
+    progress.update(progress.target, logs, finalize=True)
 
-    try:
-        for epoch in range(first_epoch, config.epochs):
-            if verbose:
-                print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
-            progress = keras.utils.Progbar(
-                steps_per_epoch, verbose=verbose, stateful_metrics=metric_names, unit_name="step"
-            )
-            totals.assign(tf.zeros([3]))
-            step, earlier_totals = 0, np.zeros(3)
-            if epoch == first_epoch and resumed:
-                step, earlier_totals = skipped, np.asarray(resumed.epoch_totals)  # the epoch's restored share
-            while step < steps_per_epoch:
-                num_steps = min(steps_per_call, steps_per_epoch - step)
-                if saver:  # stop each call at a checkpoint boundary
-                    num_steps = min(num_steps, config.checkpoint_every - global_step % config.checkpoint_every)
-                epoch_totals = earlier_totals + train_steps(iterator, tf.constant(num_steps)).numpy()
-                loss_sum, correct, examples = epoch_totals
-                step += num_steps
-                global_step += num_steps
-                if checksum_file:
-                    for replica, checksum in enumerate(_weights_checksum(model, strategy)):
-                        checksum_file.write(f"{global_step} {replica} {checksum}\n")
-                if saver and global_step % config.checkpoint_every == 0:
-                    save_checkpoint(epoch_totals)
-                if verbose == 1 and step < steps_per_epoch:
-                    progress.update(step, [("accuracy", correct / examples), ("loss", loss_sum / examples)])
-            train_loss, train_accuracy = float(loss_sum / examples), float(correct / examples)
-            if writers:
-                validation_loss, validation_accuracy, _ = evaluate(model, dataset.validation, validation_logits)
-                writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, model)
-                logs = [
-                    ("accuracy", train_accuracy),
-                    ("loss", train_loss),
-                    ("val_accuracy", validation_accuracy),
-                    ("val_loss", validation_loss),
-                ]
-                progress.update(steps_per_epoch, logs, finalize=True)
-        if saver and global_step % config.checkpoint_every != 0:
-            save_checkpoint(np.zeros(3))  # the finished weights: a restart from here goes straight to export
-    except tf.errors.OpError as error:
-        if role.num_workers == 1:
-            raise
-        # A peer that died (or became unreachable) aborts the collectives of everyone still waiting on it.
-        raise runs.WorkerLost(
-            f"worker {role.index} stopped: a collective with the other workers failed ({type(error).__name__}); "
-            "nothing was exported."
-        ) from None
-    finally:
-        if checksum_file:
-            checksum_file.close()
-        if saver:
-            saver.close()
-    training_seconds = seconds_before + time.perf_counter() - started
-    if not writers:  # a worker other than the chief
-        return runs.TrainingResult(None, None, run_dir, math.nan, math.nan, training_seconds)
+
+def _save_checkpoint(run: _Run, position: runs.Position, epoch_totals: np.ndarray) -> None:
+    """Save the weights, the optimizer and the loop's position (every worker takes part; the chief's copy is kept)."""
+    from tf_pipeline import checkpoints, distributed
+
+    totals = tuple(float(value) for value in epoch_totals)
+    state = checkpoints.LoopState(position.step, totals, position.training_seconds())
+    with distributed.collective_failures(run.role):
+        run.saver.save(state)
+
+
+def _evaluate_and_export(run: _Run, training_seconds: float) -> runs.TrainingResult:
+    """The chief: evaluate the test split, write the end-of-run summaries, publish the SavedModel."""
+    import keras
+    import tensorflow as tf
+
+    from tf_pipeline import distributed, export
+    from tf_pipeline.model import build_model
 
     # The chief exports a plain copy built outside the strategy: the SavedModel then holds ordinary variables,
     # the same artifact a single-process run writes.
-    serving_model = build_model(spec, seed=config.seed)
-    serving_model.set_weights(model.get_weights())
-    evaluation = runs.Evaluation(*evaluate(serving_model, dataset.test))
-    runs.finish_summaries(writers, config, dataset, evaluation)
-
+    serving_model = build_model(run.spec, seed=run.config.seed)
+    serving_model.set_weights(run.model.get_weights())
+    evaluation = runs.Evaluation(*evaluate(serving_model, run.dataset.test))
+    runs.finish_summaries(run.writers, run.config, run.dataset, evaluation)
     metadata = runs.export_metadata(
         framework="tensorflow",
         framework_version=tf.__version__,
-        dataset=dataset,
-        spec=spec,
-        hyperparameters={**config.hyperparameters(), "steps_per_execution": config.steps_per_execution},
+        dataset=run.dataset,
+        spec=run.spec,
+        hyperparameters={**run.config.hyperparameters(), "steps_per_execution": run.config.steps_per_execution},
         evaluation=evaluation,
         training_seconds=training_seconds,
-        run_name=run_name,
+        run_name=run.run_name,
         extra={
             "keras_version": keras.__version__,
             "distribution": {
-                "strategy": distributed.strategy_name(strategy),
-                "workers": role.num_workers,
-                "replicas": strategy.num_replicas_in_sync,
+                "strategy": distributed.strategy_name(run.strategy),
+                "workers": run.role.num_workers,
+                "replicas": run.strategy.num_replicas_in_sync,
             },
         },
     )
-    with artifacts.staging_directory(base_path) as staging:
-        export.write_saved_model(serving_model, spec, staging)
+    with artifacts.staging_directory(run.base_path) as staging:
+        export.write_saved_model(serving_model, run.spec, staging)
         artifacts.write_metadata(staging, metadata)
-        version, export_path = artifacts.publish_version(staging, base_path)
+        version, export_path = artifacts.publish_version(staging, run.base_path)
+    run_dir = run.run_dir
     return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
+
+
+def _device() -> str:
+    """Where training ran, in the summary's words: the GPUs TensorFlow found, or the CPU on a machine without one."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    return f"{gpus} GPU{'s' if gpus > 1 else ''}" if gpus else "the CPU (TensorFlow found no GPU on this machine)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"worker finished after {result.training_seconds:.1f} s of training; worker 0 logs and exports")
             return 0
         print(
-            f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training\n"
+            f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training on {_device()}\n"
             f"TensorBoard run: {result.run_dir}\n"
             f"SavedModel:      {result.export_path} (version {result.version})"
         )

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
+import re
+from typing import Iterator
 
 import torch
 from torch import distributed
+
+from experiment import runs
 
 # How long a rank waits in a collective for the others: generous for a slow first step, bounded so that a rank
 # whose peer vanished without torchrun noticing (another machine) does not hang for gloo's default 30 minutes.
@@ -101,3 +106,23 @@ def broadcast_int(value: int, group: ProcessGroup) -> int:
     tensor = torch.tensor([value if group.is_main else 0], dtype=torch.int64, device=group.device)
     distributed.broadcast(tensor, src=0)
     return int(tensor.item())
+
+
+@contextlib.contextmanager
+def collective_failures(group: ProcessGroup) -> Iterator[None]:
+    """Around a collective call: a failure of a distributed run's collective becomes runs.WorkerLost.
+
+    A peer that died (or became unreachable) breaks the collectives of every rank still waiting on it; gloo and NCCL
+    report it as a RuntimeError. Only collective calls sit inside this block, so a bug elsewhere keeps its own error.
+    """
+    try:
+        yield
+    except RuntimeError as error:
+        if not group.is_distributed:
+            raise
+        # gloo's message starts with "[source.cc:line] "; keep its first sentence.
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", (str(error).strip().splitlines() or [""])[0]).split(". ")[0]
+        raise runs.WorkerLost(
+            f"rank {group.rank} stopped: a collective with the other ranks failed ({detail or type(error).__name__}); "
+            "nothing was exported."
+        ) from None

@@ -8,19 +8,23 @@ import numpy as np
 
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
 from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
+from serving.clients import errors
 from serving.clients.errors import ServerUnavailableError, ServingError
 
 
 class RestClient:
     """TensorFlow Serving's REST API (also served by the Flask app): /v1/models/{name}[:predict|/metadata]."""
 
-    def __init__(self, base_url: str, model_name: str = "digits", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, base_url: str, model_name: str = "digits", timeout_s: float = DEFAULT_TIMEOUT_S, server: str = "REST server"
+    ) -> None:
+        """server names it in error sentences, e.g. "TensorFlow Serving (REST)" or "Flask (REST)"."""
         import requests
 
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
-        self.description = f"the REST server at {self.base_url}"
+        self.description = f"{server} at {self.base_url}"
         self._session = requests.Session()  # keep-alive: one TCP connection for many calls
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -30,11 +34,9 @@ class RestClient:
         try:
             response = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
         except requests.Timeout:
-            raise ServerUnavailableError(f"{self.description} did not answer within {self.timeout_s:g} s.") from None
+            raise errors.timed_out(self.description, self.timeout_s) from None
         except requests.ConnectionError:
-            raise ServerUnavailableError(
-                f"Cannot reach {self.description}: the connection was refused or dropped."
-            ) from None
+            raise errors.unreachable(self.description) from None
         try:
             document = response.json()
         except ValueError:
@@ -42,9 +44,11 @@ class RestClient:
         if response.status_code != 200:
             message = document.get("error") if isinstance(document, dict) else None
             message = message or (response.text.strip()[:200] or response.reason)
-            error_type = ServerUnavailableError if response.status_code == 503 else ServingError
             status = response.status_code
-            raise error_type(f"{self.description} answered HTTP {status}: {message}", status)
+            if status == 404:
+                raise errors.unknown_model(self.description, self.model_name, status, message)
+            raise errors.refused(self.description, status, message,
+                                 ServerUnavailableError if status == 503 else ServingError)  # fmt: skip
         if document is None:
             raise ServingError(f"{self.description} answered with a body that is not JSON.", response.status_code)
         return document

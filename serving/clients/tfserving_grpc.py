@@ -6,7 +6,8 @@ import numpy as np
 
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES, SIGNATURE_NAME
 from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
-from serving.clients.errors import ServerUnavailableError, ServingError
+from serving.clients import errors
+from serving.clients.errors import ServingError
 
 # Large enough for a whole test split in one call; the default gRPC limit of 4 MiB is not.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -72,7 +73,7 @@ class TFServingGrpcClient:
         try:
             probabilities = tensor_to_array(response.outputs[PROBABILITIES], PROBABILITIES)
             classes = tensor_to_array(response.outputs[CLASSES], CLASSES)
-        except Exception as error:  # a response without the outputs DESIGN.md promises
+        except Exception as error:  # a response without the outputs the serving signature promises
             raise ServingError(f"{self.description} answered without usable outputs: {error}") from None
         return probabilities.astype(np.float32, copy=False), classes.astype(np.int64, copy=False)
 
@@ -108,12 +109,12 @@ class TFServingGrpcClient:
         except grpc.RpcError as error:
             code, details = error.code(), error.details() or "no details"
             if code == grpc.StatusCode.UNAVAILABLE:
-                raise ServerUnavailableError(f"Cannot reach {self.description}: {details}.", code.name) from None
+                raise errors.unreachable(self.description, code.name) from None
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise ServerUnavailableError(
-                    f"{self.description} did not answer within {self.timeout_s:g} s.", code.name
-                ) from None
-            raise ServingError(f"{self.description} refused the request ({code.name}): {details}", code.name) from None
+                raise errors.timed_out(self.description, self.timeout_s, code.name) from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise errors.unknown_model(self.description, self.model_name, code.name, details) from None
+            raise errors.refused(self.description, code.name, details) from None
 
     def close(self) -> None:
         """Close the channel."""

@@ -17,6 +17,7 @@ import requests
 
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
 from serving.clients.base import as_batch, poll_until
+from serving.clients import errors
 from serving.clients.errors import ServerUnavailableError, TorchServeError
 
 READY = "READY"
@@ -137,7 +138,7 @@ class TorchServeClient:
         self.management_url = management_url.rstrip("/")
         self.timeout = timeout
         self.version = None if version is None else str(version)
-        self.description = f"torchserve at {self.base_url}"
+        self.description = f"TorchServe (REST) at {self.base_url}"
         self.session = requests.Session()
         self.keys = TorchServeKeys(key_file, self.management_url, timeout)
 
@@ -155,8 +156,11 @@ class TorchServeClient:
         try:
             return self.session.request(method, url, timeout=self.timeout, **arguments)
         except requests.RequestException as error:
-            base = self.management_url if url.startswith(self.management_url) else self.base_url
-            raise ServerUnavailableError(f"Cannot reach {base}: {type(error).__name__}.") from None
+            management = url.startswith(self.management_url) and not url.startswith(self.base_url + "/predictions")
+            description = f"TorchServe (management) at {self.management_url}" if management else self.description
+            if isinstance(error, requests.Timeout):
+                raise errors.timed_out(description, self.timeout) from None
+            raise errors.unreachable(description) from None
 
     def _request(self, method: str, url: str, api: str, **arguments: Any) -> requests.Response:
         """Send with the current key; if TorchServe says it expired (60 min by default), renew it once and resend."""
@@ -183,7 +187,16 @@ class TorchServeClient:
             data=body,
             headers={"Content-Type": "application/json"},
         )
-        return predictions_from_answer(_json_or_error(response))
+        try:
+            return predictions_from_answer(_json_or_error(response))
+        except TorchServeError as error:
+            status = response.status_code
+            if _is_key_error(response) or status == 401:
+                raise errors.key_refused(self.description, status, error.message) from None
+            if status == 404:
+                raise errors.unknown_model(self.description, self.model_name, status, error.message,
+                                           TorchServeError) from None  # fmt: skip
+            raise errors.refused(self.description, status, error.message, TorchServeError) from None
 
     def describe(self, customized: bool = False, version: str | int | None = None) -> dict[str, Any]:
         """The management API's description of the model's default version, or of `version` (workers, batching).

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, poll_until
-from serving.clients.errors import ServerUnavailableError, ServingError
+from serving.clients import errors
+from serving.clients.errors import ServingError
 from serving.clients.torchserve import (
     TorchServeKeys,
     first_description,
@@ -108,13 +109,14 @@ class TorchServeGrpcClient:
         code, details = error.code(), (error.details() or "no details").strip()
         message = details.splitlines()[0]
         if code == grpc.StatusCode.UNAVAILABLE:
-            return ServerUnavailableError(f"Cannot reach {self.description}: {message}.", code.name)
+            return errors.unreachable(self.description, code.name)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ServerUnavailableError(f"{self.description} did not answer within {self.timeout:g} s.", code.name)
+            return errors.timed_out(self.description, self.timeout, code.name)
         if code == grpc.StatusCode.INTERNAL and any(name in details for name in NOT_FOUND_EXCEPTIONS):
-            return ServingError(f"{self.description} refused the request (INTERNAL, meaning not found): {message}",
-                                "NOT_FOUND")  # fmt: skip
-        return ServingError(f"{self.description} refused the request ({code.name}): {message}", code.name)
+            return errors.unknown_model(self.description, self.model_name, "NOT_FOUND", message)
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            return errors.key_refused(self.description, code.name, message)
+        return errors.refused(self.description, code.name, message)
 
     # The common client interface ---------------------------------------------------------------------------
 
@@ -133,7 +135,7 @@ class TorchServeGrpcClient:
         except ValueError:
             raise ServingError(f"{self.description} answered with a prediction that is not JSON.") from None
         if isinstance(document, dict) and "error" in document:
-            raise ServingError(f"{self.description} refused the request: {document['error']}", "INVALID_ARGUMENT")
+            raise errors.refused(self.description, "INVALID_ARGUMENT", document["error"])
         return document
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

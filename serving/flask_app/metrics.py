@@ -43,11 +43,16 @@ class AppMetrics:
             registry=self.registry,
             multiprocess_mode="liveall",
         )
+        self._children: dict[tuple[str, str, int], tuple] = {}
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        children = self._children.get((endpoint, method, status))
+        if children is None:  # labels() costs a lock and a key per call; each combination is looked up once
+            children = self.requests.labels(endpoint, method, str(status)), self.latency.labels(endpoint)
+            self._children[(endpoint, method, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         """The text to answer /metrics with (every worker's values in multiprocess mode) and its content type."""

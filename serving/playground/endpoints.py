@@ -79,7 +79,7 @@ class StackAddresses:
 
 
 def addresses_from_run_dir(run_dir: Path | str) -> StackAddresses:
-    """The addresses of the stack `make serve` started in run_dir (DESIGN.md's default ports when none did)."""
+    """The addresses of the stack `make serve` started in run_dir (the default ports when none did)."""
     from serving.runtime import Stack
 
     stack = Stack.from_run_dir(run_dir)

@@ -1,6 +1,6 @@
 """`python -m serving.playground` (`make playground`): the page on 127.0.0.1, port 8000 or the next free one.
 
-It finds the servers through the run folder `make serve` writes (`.run/`; DESIGN.md's default ports when there is
+It finds the servers through the run folder `make serve` writes (`.run/`; the default ports when there is
 none, which is also where `docker compose up` puts them). The page is for one person on this machine, so werkzeug's
 threaded server is enough; it binds to 127.0.0.1 only.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import os
 import signal
 import socket
 import sys
@@ -20,6 +19,7 @@ from typing import Sequence
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
 
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if arguments.port is not None and not 0 < arguments.port < 65536:
             raise UsageError(f"--port must be between 1 and 65535, got {arguments.port}.")
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC client's protobuf import loads TensorFlow
+        library_logs.quiet()  # the gRPC client's protobuf import loads TensorFlow
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         from serving.playground import create_app, endpoints
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if arguments.port is None and port != DEFAULT_PORT:
                 print(f"Port {DEFAULT_PORT} is taken; using port {port} instead.")
             if not endpoints.stack_is_running(arguments.run_dir):
-                print(f"No `make serve` stack runs from {arguments.run_dir}/; asking DESIGN.md's default ports "
+                print(f"No `make serve` stack runs from {arguments.run_dir}/; asking the default ports "
                       f"(those of `docker compose up`). Start the servers with `make serve`.")  # fmt: skip
             print(f"Playground: http://{HOST}:{port}/  (Ctrl-C to stop)", flush=True)
             # SIGTERM too; and SIGINT explicitly, since a shell that starts us in the background leaves it ignored.

@@ -9,7 +9,8 @@ limits         bounds on one request (JSON depth, elements decoded) checked befo
 tensors        TensorProto ⇄ NumPy for every dtype the gRPC API carries, by TensorFlow's own rules
 signatures     tensor and signature specs, TF Serving's checks of inputs and output filters, SignatureDef JSON
 
-NumPy and protobuf only (TensorFlow's generated *_pb2 message modules, never its API): no server, client or
-framework. rest, the json modules, errors and signatures need NumPy alone, so torch-model-archiver ships this
+NumPy, orjson (the C JSON parser bodies are decoded with) and protobuf only (TensorFlow's generated *_pb2 message
+modules, never its API): no server, client or framework. rest, the json modules, errors and signatures need NumPy
+and orjson alone, so torch-model-archiver ships this
 package inside the .mar and the TorchServe handler parses bodies with the same code as the other servers.
 """

@@ -7,7 +7,14 @@ server's words (its util/json_tensor.cc). Outputs are written as it writes them:
 when those read back to the same value (else nine, or seventeen for doubles), whole floats with ".0", NaN and
 Infinity as tokens, DT_STRING outputs whose name ends in "_bytes" as {"b64": ...}.
 
-NumPy and the standard library only, so serving.protocol.rest (and the TorchServe archive) can use it.
+Bodies are decoded by orjson (C) when it reads them: it takes the same numbers as rapidjson (integers while they
+fit 64 bits, doubles beyond) and refuses what rapidjson refuses; whatever it refuses (NaN and Infinity, which the
+real server reads, numbers beyond a double, lone surrogates, other encodings, syntax errors) goes through the
+standard library's parser with the checks below, which give the real server's reading and words.
+
+NumPy, orjson and the standard library only, so serving.protocol.rest (and the TorchServe archive) can use it; an
+image without orjson (the TorchServe archive carries this package into images it does not build) takes the exact
+path for every body.
 """
 
 from __future__ import annotations
@@ -21,6 +28,11 @@ import re
 from typing import Any, Mapping
 
 import numpy as np
+
+try:
+    import orjson
+except ImportError:  # a TorchServe image that lacks it: the .mar's copy of this package parses on the exact path
+    orjson = None
 
 from .errors import QUOTED_LIMIT, RequestError, quoted
 from .limits import MAX_JSON_DEPTH, MAX_REQUEST_ELEMENTS
@@ -222,6 +234,23 @@ def parse_json(raw: bytes | bytearray | str) -> Any:
     ValueError). NaN and Infinity are accepted, as the real server accepts them. Raises JsonSyntaxError for text that
     is not JSON and RequestError for a body over the bounds of serving.protocol.limits.
     """
+    # UTF-8 text (the first byte of any other encoding's JSON is a NUL or a byte order mark) goes to orjson, after the
+    # bounds; what orjson refuses, the exact path reads or names as rapidjson would.
+    if orjson is not None and isinstance(raw, (bytes, bytearray)) and raw[:1] not in _NOT_UTF8_STARTS:
+        check_json_bounds(raw)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return _parse_json_exactly(raw)
+
+
+# A JSON text starts with whitespace or a value; these first bytes mean UTF-16/32 or a byte order mark.
+_NOT_UTF8_STARTS = (b"\x00", b"\xef", b"\xfe", b"\xff")
+
+
+def _parse_json_exactly(raw: bytes | bytearray | str) -> Any:
+    """parse_json for any body, with the standard library's parser and rapidjson's rules laid over it."""
     utf8 = _utf8(raw)
     check_json_bounds(utf8)
     try:

@@ -30,7 +30,7 @@ def endpoints(url: str | None, model_name: str = DEFAULT_MODEL_NAME) -> list[End
     if not url:
         return []
     return [Endpoint("flask-rest", NAME, "Flask + gunicorn", "torch", "REST", url, model_name,
-                     lambda model, timeout: RestClient(url, model, timeout))]  # fmt: skip
+                     lambda model, timeout: RestClient(url, model, timeout, "Flask (REST)"))]  # fmt: skip
 
 
 def is_ready(url: str) -> bool:

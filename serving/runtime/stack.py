@@ -45,7 +45,7 @@ DEFAULT_START_TIMEOUT_SECONDS = 180.0
 
 @dataclasses.dataclass(frozen=True)
 class Ports:
-    """Every port the stack listens on (DESIGN.md, 'Ports'); all bound to 127.0.0.1."""
+    """Every port the stack listens on (docs/architecture.md, 'Ports'); all bound to 127.0.0.1."""
 
     tf_grpc: int = tfserving.TFServingPorts.grpc
     tf_rest: int = tfserving.TFServingPorts.rest
@@ -160,7 +160,8 @@ class Stack:
     def _default_specs(self) -> list[ServerSpec]:
         ports, name, python = self.ports, self.model_name, self.python
         return [
-            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path, (), python),
+            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path,
+                           (f"--monitoring_config_file={tfserving.MONITORING_CONFIG}",), python),  # fmt: skip
             flask_app.spec(ports.flask, name, self.torch_base_path, python=python),
             torchserve.spec(self.torchserve_instance, self.model_store, name, python=python),
         ]

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from experiment import processes
+from experiment import library_logs, processes
 from serving.runtime.spec import (
     DEFAULT_MODEL_NAME,
     HOST,
+    PROJECT_ROOT,
     Endpoint,
     Example,
     ServerSpec,
@@ -20,11 +21,13 @@ from serving.runtime.spec import (
 
 NAME = "tfserving"
 TITLE = "TF Serving (compatible)"
+# Prometheus metrics on the REST port at /monitoring/prometheus/metrics, as `make serve` runs the server.
+MONITORING_CONFIG = PROJECT_ROOT / "serving" / "tfserving" / "monitoring.config"
 
 
 @dataclasses.dataclass(frozen=True)
 class TFServingPorts:
-    """gRPC and REST ports (DESIGN.md's defaults); rest=None runs gRPC alone, as tensorflow_model_server's default."""
+    """gRPC and REST ports (docs/architecture.md); rest=None: gRPC alone, as tensorflow_model_server's default."""
 
     grpc: int = 8500
     rest: int | None = 8501
@@ -49,7 +52,7 @@ def endpoints(grpc_address: str | None, rest_url: str | None, model_name: str = 
     if rest_url:
         found.append(
             Endpoint("tf-rest", NAME, TITLE, "tf", "REST", rest_url, model_name,
-                     lambda model, timeout: RestClient(rest_url, model, timeout))
+                     lambda model, timeout: RestClient(rest_url, model, timeout, "TensorFlow Serving (REST)"))
         )  # fmt: skip
     return found
 
@@ -104,6 +107,6 @@ def spec(
         is_ready=lambda: is_serving(grpc_address, ports.rest),
         endpoints=endpoints(grpc_address, rest_url, model_name),
         examples=examples,
-        environment={"TF_CPP_MIN_LOG_LEVEL": "2"},
+        environment=library_logs.quiet_environment({}),
         needs=("tf",),
     )

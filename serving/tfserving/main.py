@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
 from serving.tfserving import config, workers
@@ -268,6 +269,6 @@ def _watch_config_file(options: config.ServerOptions, manager: Any, stop_request
 
 def main(argv: list[str] | None = None) -> int:
     """Parse tensorflow_model_server's flags and serve."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
     arguments = list(sys.argv[1:] if argv is None else argv)
     return run_main(PROG, lambda: serve(config.parse_options(arguments), arguments))

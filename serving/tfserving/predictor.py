@@ -8,7 +8,7 @@ session) needs inputs with a batch dimension of equal size.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -16,10 +16,17 @@ from serving.protocol.errors import RequestError, quoted
 from serving.tfserving.batching import BatchScheduler
 from serving.tfserving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, Servable, Signature
 
-if TYPE_CHECKING:  # the manager warms versions up with check_predict, so it imports this module
-    from serving.tfserving.manager import ModelManager
-
 CALLABLE_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
+
+
+# The model manager, as the predictor sees it. Named by its one method, not imported: the manager imports this
+# module (through the warm-up), and a type-only import back would close a cycle.
+class Servables(Protocol):
+    """Finds the servable version a model spec names."""
+
+    def servable(self, model_name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The version a model spec names."""
+        ...
 
 
 def check_predict(signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Iterable[str]) -> tuple[str, ...]:
@@ -73,7 +80,7 @@ def batch_size(inputs: Mapping[str, np.ndarray]) -> int:
 class Predictor:
     """Resolves model specs against the ModelManager and runs signatures, through the batch scheduler when enabled."""
 
-    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None = None) -> None:
+    def __init__(self, manager: Servables, scheduler: BatchScheduler | None = None) -> None:
         self.manager = manager
         self.scheduler = scheduler
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -56,9 +57,14 @@ class Signature:
         """The output aliases, sorted."""
         return tuple(sorted(self.definition.outputs))
 
-    def input_dtypes(self) -> dict[str, str]:
-        """DataType name of each input alias ('DT_FLOAT'), which decides how a JSON value converts."""
+    @functools.cached_property
+    def _input_dtypes(self) -> dict[str, str]:
         return {alias: types_pb2.DataType.Name(info.dtype) for alias, info in self.definition.inputs.items()}
+
+    def input_dtypes(self) -> dict[str, str]:
+        """DataType name of each input alias ('DT_FLOAT'), which decides how a JSON value converts (found once per
+        loaded version; callers must not change it)."""
+        return self._input_dtypes
 
     def run(self, arrays: Mapping[str, np.ndarray], output_aliases: Iterable[str]) -> dict[str, np.ndarray]:
         """Feed arrays (by input alias) and fetch the chosen outputs (by alias)."""

@@ -1,6 +1,6 @@
 """TorchServe's configuration for one instance: its five ports and a config.properties written from the template.
 
-The template, `config.properties` beside this file, holds DESIGN.md's defaults; `write_config` copies it with other
+The template, `config.properties` beside this file, holds the default ports; `write_config` copies it with other
 ports and the model store as an absolute path. Workers and batching are not in it: they travel inside each archive
 (`model-config.yaml`, packed by torch_pipeline.export), so they hold for every version, however TorchServe starts.
 """
@@ -34,7 +34,7 @@ NO_URL_ALLOWED = "file:///no-url-is-allowed/"  # matches no URL a client can giv
 
 @dataclasses.dataclass(frozen=True)
 class TorchServePorts:
-    """The five ports one TorchServe listens on (DESIGN.md defaults)."""
+    """The five ports one TorchServe listens on (docs/architecture.md's defaults)."""
 
     inference: int = 8080
     management: int = 8081

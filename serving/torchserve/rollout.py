@@ -60,6 +60,9 @@ UNREGISTER_ATTEMPTS = 5
 UNREGISTER_RETRY_SECONDS = 1.0
 # How long the default version may run short of READY workers (a replacement still loading) before a warning.
 CAPACITY_WARNING_SECONDS = 30.0
+# How often TorchServe is asked for its default version and workers when the model store has nothing newer. The model
+# store is scanned at every poll; each question is a line in TorchServe's access log, so it is asked seldom.
+CHECK_SECONDS = 30.0
 
 
 def archive_pattern(model_name: str) -> re.Pattern[str]:
@@ -100,6 +103,7 @@ class RolloutSettings:
     workers: int | None = None
     retire_timeout_seconds: float = RETIRE_TIMEOUT_SECONDS
     capacity_warning_seconds: float = CAPACITY_WARNING_SECONDS
+    check_seconds: float = CHECK_SECONDS
     check_model: bool = True  # load each archive's model before registering it (config.archive_problem)
     # Roll back to the newest older archive that loads once the default version has been short of READY workers
     # for capacity_warning_seconds.
@@ -120,6 +124,8 @@ class Rollout:
         self._last_problem: str | None = None
         self._short_since: float | None = None  # since when the default version has had too few READY workers
         self._short_warned = False
+        self._known_default: int | None = None  # TorchServe's default version when it was last asked
+        self._asked_at: float | None = None  # when that was (time.monotonic)
 
     def default_version(self) -> int | None:
         """The version TorchServe answers /predictions/<model> with; None while TorchServe or the model is not up."""
@@ -133,10 +139,31 @@ class Rollout:
         version = description.get("modelVersion")
         self._check_capacity(description)
         try:
-            return int(version)
+            self._known_default = int(version)
         except (TypeError, ValueError):
             self._note(f"TorchServe serves {self.model_name} version {version!r}, not an integer; not rolling out.")
-            return None
+            self._known_default = None
+        self._asked_at = time.monotonic()
+        return self._known_default
+
+    def _nothing_to_ask(self, archives: dict[int, Path]) -> bool:
+        """True when the model store has nothing newer than the default version TorchServe named a moment ago, and
+        its workers were all READY then: the poll needs no request (and leaves no line in TorchServe's access log)."""
+        return (
+            self._known_default is not None
+            and self._asked_at is not None
+            and time.monotonic() - self._asked_at < self.settings.check_seconds
+            and self._short_since is None
+            and all(self._refused_unchanged(version, path) for version, path in archives.items()
+                    if version > self._known_default)  # fmt: skip
+        )
+
+    def _refused_unchanged(self, version: int, archive: Path) -> bool:
+        """True when this archive failed before and its file has not changed since (or is gone)."""
+        try:
+            return self._failed.get(version) == _fingerprint(archive)
+        except OSError:
+            return True
 
     def _check_capacity(self, description: dict) -> None:
         """Warn once when the default version has had fewer READY workers than minWorkers for a while.
@@ -176,9 +203,15 @@ class Rollout:
             self._last_problem = problem
 
     def poll_once(self) -> int | None:
-        """Roll out the newest archive if it is newer than the default version; the version rolled out, or None."""
-        current = self.default_version()  # also watches its workers (_check_capacity)
+        """Roll out the newest archive if it is newer than the default version; the version rolled out, or None.
+
+        TorchServe is asked only when the model store holds a newer archive, when the default version was short of
+        READY workers, or every check_seconds otherwise.
+        """
         archives = versioned_archives(self.model_store, self.model_name)
+        if self._nothing_to_ask(archives):
+            return None
+        current = self.default_version()  # also watches its workers (_check_capacity)
         if current is None or not archives:
             return None
         if self._short_warned and self.settings.revert_short_versions:
@@ -195,6 +228,7 @@ class Rollout:
         self._last_problem = None
         if self.roll_out(newest, archives[newest], current):
             self._failed.pop(newest, None)
+            self._known_default = newest
             return newest
         self._failed[newest] = fingerprint
         return None
@@ -217,6 +251,7 @@ class Rollout:
                 self._short_since, self._short_warned = time.monotonic(), False  # wait as long again before retrying
                 return None
             self._short_since, self._short_warned = None, False
+            self._known_default = version
             if current in archives:
                 with contextlib.suppress(OSError):
                     self._failed[current] = _fingerprint(archives[current])  # not rolled out again until changed

@@ -198,7 +198,7 @@ def test_stand_ins_serve_the_test_models_and_build_from_the_wheelhouse():
 
 
 def test_every_published_port_is_a_variable_the_test_sets():
-    # The test must be able to move every port off DESIGN.md's defaults, which other servers here may hold.
+    # The test must be able to move every port off the default ports, which other servers here may hold.
     compose = (ROOT / "docker-compose.yml").read_text()
     published = [
         entry for service in yaml.safe_load(compose)["services"].values() for entry in service.get("ports", [])

@@ -33,7 +33,7 @@ class StackUnderTest:
 
 @pytest.fixture(scope="session")
 def stack(request, tmp_path_factory):
-    """Every server of DESIGN.md, ready, serving the models the two pipelines just trained."""
+    """Every server of docs/architecture.md, ready, serving the models the two pipelines just trained."""
     external = endpoints_from_environment(os.environ)
     if external is not None:
         yield StackUnderTest(Path(os.environ.get("MODELS_DIR", "models")), external, {})

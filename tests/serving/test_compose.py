@@ -1,5 +1,5 @@
 """The container side: docker-compose.yml is valid, and it, the Makefile, TorchServe's config.properties, the Flask
-settings, serving/Dockerfile and serving.stack agree on ports, model names and paths (DESIGN.md).
+settings, serving/Dockerfile and serving.stack agree on ports, model names and paths (docs/architecture.md).
 
 No image is pulled or built here (`make test-containers` builds and runs the stack: tests/containers/).
 `docker-compose config` validates the file against the Compose schema (.ci/run installs Debian's docker-compose);
@@ -23,7 +23,7 @@ from serving.torchserve import config
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_NAME = "digits"
-# DESIGN.md, "Ports".
+# docs/architecture.md, "Ports".
 TF_PORTS = {8500, 8501}
 TORCHSERVE_PORTS = {8080, 8081, 8082, 7070, 7071}
 FLASK_PORTS = {5000}
@@ -210,7 +210,7 @@ def test_flask_settings_agree_with_compose_dockerfile_and_stack(compose):
     assert defaults["MODEL_BASE_PATH"] == f"models/torch/{MODEL_NAME}"
     mount_target = service["environment"]["FLASK_MODEL_BASE_PATH"]
     assert volumes(service) == {mount_target: (defaults["MODEL_BASE_PATH"], "ro")}
-    # gunicorn's configured bind is DESIGN.md's port; the container binds 0.0.0.0 on the same one.
+    # gunicorn's configured bind is the default port; the container binds 0.0.0.0 on the same one.
     bind = ast.literal_eval(_literal_assignments(ROOT / "serving" / "gunicorn_conf.py", "bind"))
     assert bind == [f"127.0.0.1:{Ports().flask}"]
     dockerfile = (ROOT / "serving" / "Dockerfile").read_text()

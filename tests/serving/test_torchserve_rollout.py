@@ -104,6 +104,30 @@ def test_nothing_happens_while_the_newest_archive_is_the_default_version(tmp_pat
     assert management.calls == []
 
 
+def test_polls_ask_torchserve_only_for_a_newer_archive_or_every_check_seconds(tmp_path):
+    # Each question is a line in TorchServe's access log: a poll with nothing new on disk asks nothing.
+    write_archive(tmp_path, 1)
+    asked = []
+
+    class Counting(FakeManagement):
+        def describe(self, customized=False, version=None):
+            asked.append(version)
+            return super().describe(customized, version)
+
+    management = Counting(default=1)
+    watcher = Rollout(management, tmp_path, FAST)
+    for _ in range(5):
+        assert watcher.poll_once() is None
+    assert asked == [None]  # the first poll learns the default version; the next four only scan the model store
+    write_archive(tmp_path, 2)
+    assert watcher.poll_once() == 2 and management.default == "2"
+    asked.clear()
+    assert watcher.poll_once() is None and asked == []
+    every_poll = Rollout(Counting(default=1), tmp_path, dataclasses.replace(FAST, check_seconds=0.0))
+    every_poll.poll_once(), every_poll.poll_once()
+    assert asked.count(None) >= 2  # with check_seconds 0, every poll asks again
+
+
 def test_overrides_of_the_archives_settings_reach_each_new_version(tmp_path):
     write_archive(tmp_path, 2)
     management = FakeManagement(default=1)

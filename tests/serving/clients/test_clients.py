@@ -123,7 +123,8 @@ def test_torchserve_refusal_is_a_serving_error_with_the_servers_sentence(torchse
         client.predict(np.zeros((1, 2), np.float32))
     assert isinstance(raised.value, ServingError)
     assert raised.value.status == 400 and str(raised.value) == raised.value.message
-    assert str(raised.value) == "Input 'images' has shape [1, 2]; the model expects [N, 8, 8]."
+    assert str(raised.value) == (f"TorchServe (REST) at {torchserve.server.url} refused the request (HTTP 400): "
+                                 "Input 'images' has shape [1, 2]; the model expects [N, 8, 8].")
 
 
 def test_torchserve_is_available_only_with_min_workers_ready(torchserve):
@@ -139,7 +140,7 @@ def test_unreachable_torchserve_is_server_unavailable_naming_its_url():
     with TorchServeClient(url, management_url=url, timeout=2) as client:
         with pytest.raises(ServerUnavailableError) as raised:
             client.predict(np.zeros((1, 8, 8), np.float32))
-        assert str(raised.value) == f"Cannot reach {url}: ConnectionError."
+        assert str(raised.value) == f"Cannot reach TorchServe (REST) at {url}: the connection was refused or dropped."
         assert not client.is_available()
 
 
@@ -171,8 +172,9 @@ def test_rest_client_predicts_in_the_columnar_format(rest_server):
 @pytest.mark.parametrize(
     ("model", "error_type", "status", "message"),
     [
-        ("cats", ServingError, 404, "answered HTTP 404: Servable not found for request: Latest(cats)"),
-        ("warming", ServerUnavailableError, 503, "answered HTTP 503: No version of model 'warming' is loaded yet."),
+        ("cats", ServingError, 404, "has no model 'cats' (HTTP 404): Servable not found for request: Latest(cats)."),
+        ("warming", ServerUnavailableError, 503,
+         "refused the request (HTTP 503): No version of model 'warming' is loaded yet."),
         ("text", ServingError, 200, "answered with a body that is not JSON."),
     ],
 )
@@ -182,7 +184,7 @@ def test_rest_errors_carry_the_http_status_and_the_servers_sentence(rest_server,
         client.predict(np.zeros((1, 8, 8), np.float32))
     client.close()
     assert raised.value.status == status
-    assert str(raised.value) == f"the REST server at {rest_server.url} {message}"
+    assert str(raised.value) == f"REST server at {rest_server.url} {message}"
 
 
 def test_client_command_against_torchserve(torchserve, capsys, tmp_path):
@@ -192,7 +194,7 @@ def test_client_command_against_torchserve(torchserve, capsys, tmp_path):
             "--images", str(images), "--batch-size", "2"]  # fmt: skip
     assert client_main(argv) == 0
     output = capsys.readouterr().out.splitlines()
-    assert output[0] == f"torchserve at {torchserve.server.url}, model 'digits'"
+    assert output[0] == f"TorchServe (REST) at {torchserve.server.url}, model 'digits'"
     assert [line.split()[:3] for line in output[2:5]] == [["0", "3", "-"], ["1", "3", "-"], ["2", "3", "-"]]
     assert output[-1].startswith("2 calls, median")
 
@@ -201,4 +203,53 @@ def test_client_command_with_torchserve_unreachable_is_one_sentence_and_exit_1(c
     url = f"http://127.0.0.1:{free_port()}"
     assert client_main(["torchserve", "--rest", url, "--sample", "1"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
-    assert error == [f"python -m serving.client: error: Cannot reach {url}: ConnectionError."]
+    assert error == [f"python -m serving.client: error: Cannot reach TorchServe (REST) at {url}: the connection was "
+                     "refused or dropped."]
+
+
+def _clients_of_every_kind(address: str, model_name: str = "digits", timeout: float = 2.0) -> list:
+    """The four clients (TF Serving gRPC and REST, Flask REST, TorchServe REST and gRPC) aimed at one address."""
+    from serving.clients import TFServingGrpcClient, TorchServeGrpcClient
+
+    url = f"http://{address}"
+    return [
+        TFServingGrpcClient(address, model_name, timeout_s=timeout),
+        RestClient(url, model_name, timeout, "TensorFlow Serving (REST)"),
+        RestClient(url, model_name, timeout, "Flask (REST)"),
+        TorchServeClient(url, model_name, management_url=url, timeout=timeout),
+        TorchServeGrpcClient(address, model_name, timeout=timeout),
+    ]
+
+
+def test_every_client_words_an_unreachable_server_the_same_way():
+    address = f"127.0.0.1:{free_port()}"
+    for client in _clients_of_every_kind(address):
+        with pytest.raises(ServerUnavailableError) as raised:
+            client.predict(np.zeros((1, 8, 8), np.float32))
+        client.close()
+        assert str(raised.value) == f"Cannot reach {client.description}: the connection was refused or dropped."
+        assert client.description.endswith(f" at {address}") or client.description.endswith(f" at http://{address}")
+
+
+def test_every_rest_client_words_a_timeout_the_same_way():
+    # A server that accepts the connection and never answers.
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        for client in _clients_of_every_kind(address, timeout=0.5)[1:4]:
+            with pytest.raises(ServerUnavailableError) as raised:
+                client.predict(np.zeros((1, 8, 8), np.float32))
+            client.close()
+            assert str(raised.value) == f"{client.description} did not answer within 0.5 s."
+
+
+def test_torchserve_without_its_key_is_refused_with_the_flag_that_passes_it(torchserve):
+    with TorchServeClient(torchserve.server.url, management_url=torchserve.server.url, timeout=5) as client:
+        with pytest.raises(TorchServeError) as raised:
+            client.predict(np.zeros((1, 8, 8), np.float32))
+    assert str(raised.value) == (
+        f"TorchServe (REST) at {torchserve.server.url} refused the key (HTTP 400): Token Authorization failed; pass "
+        "TorchServe's key file with --key-file (a `make serve` stack keeps it in .run/torchserve/key_file.json, which "
+        "the client finds by itself)."
+    )

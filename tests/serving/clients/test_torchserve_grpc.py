@@ -115,6 +115,9 @@ def test_grpc_client_without_the_key_is_refused_permission_denied(fakes):
     with TorchServeGrpcClient(grpc_fake.address, timeout=5) as client, pytest.raises(ServingError) as raised:
         client.predict(np.zeros((1, 8, 8), np.float32))
     assert raised.value.status == "PERMISSION_DENIED" and "Token Authorization failed" in raised.value.message
+    assert raised.value.message.startswith(f"TorchServe (gRPC) at {grpc_fake.address} refused the key (PERMISSION_DENIED)")
+    assert raised.value.message.endswith("; pass TorchServe's key file with --key-file (a `make serve` stack keeps it "
+                                         "in .run/torchserve/key_file.json, which the client finds by itself).")
 
 
 def test_an_unknown_model_is_not_found_although_torchserve_says_internal(fakes):
@@ -122,7 +125,7 @@ def test_an_unknown_model_is_not_found_although_torchserve_says_internal(fakes):
         client.model_name = "no-such-model"
         client.predict(np.zeros((1, 8, 8), np.float32))
     assert raised.value.status == "NOT_FOUND"
-    assert raised.value.message.endswith("(INTERNAL, meaning not found): Model not found: no-such-model")
+    assert raised.value.message.endswith("has no model 'no-such-model' (NOT_FOUND): Model not found: no-such-model.")
 
 
 def test_a_request_the_handler_refuses_is_invalid_argument_with_its_sentence(fakes):
