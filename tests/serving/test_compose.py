@@ -79,7 +79,12 @@ def test_compose_file_passes_docker_compose_config():
 def test_images_are_official_and_pinned(compose):
     services = compose["services"]
     assert re.fullmatch(r"tensorflow/serving:\d+\.\d+\.\d+", services["tf-serving"]["image"])
-    assert services["torchserve"]["image"] == "pytorch/torchserve:0.12.0-cpu"
+    # TorchServe: the official image plus ONNX Runtime, built from serving/torchserve/Dockerfile.
+    assert services["torchserve"]["build"] == {"context": ".", "dockerfile": "serving/torchserve/Dockerfile"}
+    torchserve_dockerfile = (ROOT / "serving" / "torchserve" / "Dockerfile").read_text()
+    assert re.search(r"^ARG TORCHSERVE_IMAGE=pytorch/torchserve:0\.12\.0-cpu$", torchserve_dockerfile, re.MULTILINE)
+    assert re.search(r"^FROM \$\{TORCHSERVE_IMAGE\}$", torchserve_dockerfile, re.MULTILINE)
+    assert "onnxruntime==" in (ROOT / "serving" / "torchserve" / "requirements-image.txt").read_text()
     assert services["flask"]["build"] == {"context": ".", "dockerfile": "serving/Dockerfile"}
     assert (ROOT / "serving" / "Dockerfile").is_file()
     for name in SERVERS:
