@@ -7,6 +7,7 @@ the run) instead of hiding the sections after it; a section that this mode leave
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -62,6 +63,7 @@ class Comparison:
     tf_serving: TFServingResult | None = None
     torch_serving: TorchServingResult | None = None
     sweep: SweepResult | None = None
+    floors: Any = None  # benchmarks.floors.FloorsResult
     distributed: DistributedResult | None = None
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -156,8 +158,13 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
         reason = "the stack under test was given by environment; this part needs servers the comparison starts"
         comparison.skipped.update({"tf serving": reason, "torch serving": reason})
         return
-    from benchmarks import serving_tf, serving_torch
+    from benchmarks import floors, serving_tf, serving_torch
 
+    if shutil.which("wrk") is None:
+        comparison.skipped["floors"] = "wrk is not installed (apt-get install wrk nginx-light)"
+    else:
+        comparison.floors = _section(comparison, "floors", lambda: floors.measure(
+            models / "tf" / "digits", models / "torch" / "digits", 1 if settings.quick else 3, 2.0 if settings.quick else 4.0))  # fmt: skip
     count = 300 if settings.quick else 2000
     comparison.tf_serving = _section(comparison, "tf serving", lambda: serving_tf.run_benchmark(
         models / "tf" / "digits", "digits", count, 1.5 if settings.quick else 6.0))  # fmt: skip

@@ -205,32 +205,13 @@ def predict_vs_direct(comparison: Comparison) -> Ratio:
     )  # fmt: skip
 
 
-def tf_rest_vs_flask(comparison: Comparison) -> list[Ratio]:
-    """Under the external generator: TF REST throughput at 16 connections ≥ Flask's; its 1-connection p50 ≤ 1.2 ×."""
-    external = comparison.sweep.external if comparison.sweep else None
-    names = (("TF REST / Flask REST throughput, 16 connections (external generator)", "≥ 1"),
-             ("TF REST / Flask REST p50, one connection (external generator)", "≤ 1.2"))  # fmt: skip
-    found = [(external.at("tf-rest", clients), external.at("flask-rest", clients)) if external else (None, None)
-             for clients in (16, 1)]  # fmt: skip
-    if external is None or not all(tf and flask for tf, flask in found):
-        reason = "neither hey nor wrk is installed" if comparison.sweep and external is None else comparison.reason("sweep")
-        return [_missing(*name, "the external generator's TF REST and Flask points", reason) for name in names]
-    (tf_16, flask_16), (tf_1, flask_1) = found
-    throughput = tf_16.throughput_per_second / flask_16.throughput_per_second
-    latency = tf_1.p50_ms / flask_1.p50_ms if tf_1.p50_ms and flask_1.p50_ms else float("nan")
-    tool = external.generator
-    return [
-        Ratio(*names[0], throughput, throughput >= 1,
-              f"{tf_16.throughput_per_second:.0f}/s / {flask_16.throughput_per_second:.0f}/s ({tool})",
-              "Each TF server worker is a process of its own with a C HTTP parser; requests wait for the model, "
-              "not for the front end." if throughput >= 1 else
-              "The TF server's workers and the generator compete for the same cores; more --workers (up to one per "
-              "core) or a generator on another machine closes it."),
-        Ratio(*names[1], latency, latency <= 1.2, f"{tf_1.p50_ms:.2f} ms / {flask_1.p50_ms:.2f} ms ({tool})",
-              "Both HTTP front ends cost little next to the model call." if latency <= 1.2 else
-              "A TensorFlow signature call costs more Python than a TorchScript call (binding and converting the "
-              "inputs); see the in-process inference table."),
-    ]  # fmt: skip
+def floor_ratios(floors: Any, reason: str = "not run") -> list[Ratio]:
+    """The targets of benchmarks.floors (the Python REST servers against nginx, in one wrk run) as Ratios."""
+    from benchmarks.floors import targets
+
+    return [Ratio(**target) if target["measured"] is not None else _missing(target["name"], target["target"],
+                                                                            "the floors run", target["note"] or reason)
+            for target in targets(floors)]  # fmt: skip
 
 
 def compute_ratios(comparison: Comparison) -> list[Ratio]:
@@ -239,7 +220,7 @@ def compute_ratios(comparison: Comparison) -> list[Ratio]:
     return [
         _if_measured(comparison.tf_serving, tf_grpc_overhead, TF_GRPC,
                      "benchmarks.serving_tf gave no gRPC and identity-model p50", tf_reason),
-        *tf_rest_vs_flask(comparison),
+        *floor_ratios(comparison.floors, comparison.reason("floors")),
         torchserve_vs_flask(comparison),
         _if_measured(comparison.torch_serving, flask_overhead, FLASK,
                      "benchmarks.serving_torch gave no Flask predict and no-op p50", torch_reason),

@@ -48,20 +48,23 @@ def write_layout(models_dir: Path, model_name: str) -> Path:
     archive = artifacts.model_store_path(models_dir) / f"{model_name}.mar"
     if not archive.is_file():
         raise UsageError(f"No {archive}; run `make train-torch` first (or pass --models-dir).")
-    version = archive_version(archive)
-    snapshot = json.dumps(model_snapshot(model_name, archive.name, version), separators=(",", ":"))
     target = layout_path(models_dir, model_name)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and swapped in, so a reader never sees half a layout.
-    with artifacts.staging_directory(target.parent) as staging:
-        (staging / "config").mkdir()
-        (staging / "model-store").mkdir()
-        config = CONFIG_TEMPLATE.read_text().rstrip("\n") + f"\nmodel_snapshot={snapshot}\n"
-        (staging / "config" / "config.properties").write_text(config)
-        shutil.copy2(archive, staging / "model-store" / archive.name)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+    # Under the torch model's publication lock, <model>.mar is the highest version and no training replaces it
+    # while it is copied; two layouts written at once follow each other.
+    with artifacts.publish_lock(artifacts.model_base_path(models_dir, "torch", model_name)):
+        version = archive_version(archive)
+        snapshot = json.dumps(model_snapshot(model_name, archive.name, version), separators=(",", ":"))
+        # Built beside the target and swapped in by renames, so a reader never sees half a layout.
+        with artifacts.staging_directory(target.parent) as staging, artifacts.staging_directory(target.parent) as old:
+            (staging / "config").mkdir()
+            (staging / "model-store").mkdir()
+            config = CONFIG_TEMPLATE.read_text().rstrip("\n") + f"\nmodel_snapshot={snapshot}\n"
+            (staging / "config" / "config.properties").write_text(config)
+            shutil.copy2(archive, staging / "model-store" / archive.name)
+            if target.exists():
+                target.rename(old / model_name)  # removed with old when the block ends
+            staging.rename(target)
     return target
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ TORCH_FORMAT_FILES = {"onnx": ONNX_FILE, "pt2": AOTI_FILE, "torchscript": TORCHS
 MODEL_STORE = "model-store"
 # Temporary export folders start with a dot, so a server scanning for integer versions never sees them.
 STAGING_PREFIX = ".staging-"
+# The lock file in a model's base path that every publication of that model holds (hidden, like staging folders).
+PUBLISH_LOCK = ".publish.lock"
 
 
 def model_base_path(output_dir: Path, framework: str, model_name: str) -> Path:
@@ -88,19 +91,47 @@ def _new_directory_mode() -> int:
     return 0o777 & ~umask
 
 
-def publish_version(staging: Path, base_path: Path) -> tuple[int, Path]:
-    """Rename a finished staging folder to the next free integer version; retries if another run took it."""
+@contextlib.contextmanager
+def publish_lock(base_path: Path) -> Iterator[None]:
+    """Hold the model's publication lock: an exclusive flock on base_path/.publish.lock, released on exit.
+
+    Every process that numbers, renames or publishes a version of this model (and its TorchServe archives) holds it,
+    so concurrent trainings into one models folder take versions one after the other and whatever each publishes
+    last (the default archive, the KServe layout) is the highest version. The lock is not reentrant: a process
+    holding it must not take it again. The kernel drops it when its holder dies, so a killed run blocks no one.
+    """
+    base_path = Path(base_path)
+    base_path.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(base_path / PUBLISH_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the only descriptor releases the flock
+
+
+def publish_version(staging: Path, base_path: Path, version: int | None = None) -> tuple[int, Path]:
+    """Rename a finished staging folder to an integer version: the one given, or the next free one.
+
+    The rename is atomic on one filesystem (a server sees all of the version or nothing) and never replaces a
+    published version: a version given that exists already is a FileExistsError, and without one, a number another
+    run took first is skipped. Callers that number anything else after the version (an archive) hold
+    publish_lock(base_path) from choosing the number until both are published.
+    """
     base_path = Path(base_path)
     while True:
-        version = next_version(base_path)
-        target = base_path / str(version)
+        target = base_path / str(version if version is not None else next_version(base_path))
+        if target.exists():  # os.rename would replace an empty folder; a version folder is never replaced
+            if version is not None:
+                raise FileExistsError(f"Version {version} exists already in {base_path}.")
+            continue
         try:
-            os.rename(staging, target)  # atomic on one filesystem: a server sees all of it or nothing
+            os.rename(staging, target)
         except OSError:
-            if target.exists():
+            if target.exists() and version is None:
                 continue  # a concurrent export published this number first
             raise
-        return version, target
+        return int(target.name), target
 
 
 def publish_file(staging_file: Path, target: Path) -> None:

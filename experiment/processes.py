@@ -18,13 +18,14 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def port_is_free(port: int, host: str = "", reuse_address: bool = False) -> bool:
+def port_is_free(port: int, host: str = "", reuse_address: bool = True) -> bool:
     """Whether a TCP server could listen on host:port right now.
 
-    reuse_address=True probes as servers that set SO_REUSEADDR bind (torch's TCPStore does): a port whose old
-    connections linger in TIME_WAIT is then no conflict.
+    The probe binds with SO_REUSEADDR, as every server the project starts does (uvicorn's socket, gunicorn, gRPC,
+    torch's TCPStore, TorchServe's JVM): connections a stopped server left in TIME_WAIT are then no conflict, while
+    a socket that listens on the port still is. reuse_address=False probes as a server without that option binds.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         if reuse_address:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

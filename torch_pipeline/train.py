@@ -318,9 +318,11 @@ def _evaluate_and_export(run: _Run, training_seconds: float) -> runs.TrainingRes
         cache_dir = artifacts.model_base_path(run.config.output_dir, FRAMEWORK, export.INDUCTOR_CACHE_FOLDER)
         metadata["artifacts"] = export.export_formats(network, staging, run.config.formats, cache_dir)
         artifacts.write_metadata(staging, metadata)
-        archive = export.write_model_archive(staging, name, artifacts.next_version(base_path), archive_dir)
-        version, export_path = artifacts.publish_version(staging, base_path)
-        export.publish_model_archive(archive, model_store, name)
+        with artifacts.publish_lock(base_path):  # the version, its archive and <model>.mar get one number
+            version = artifacts.next_version(base_path)
+            archive = export.write_model_archive(staging, name, version, archive_dir)
+            version, export_path = artifacts.publish_version(staging, base_path, version)
+            export.publish_model_archive(archive, model_store, name)
     run_dir = run.run_dir
     return runs.TrainingResult(version, export_path, run_dir, evaluation.accuracy, evaluation.loss, training_seconds)
 

@@ -70,8 +70,7 @@ def predict(name: str, version: int | None = None) -> Response:
         raise RequestError(rest.UNREADABLE_BODY) from None
     require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
-    answer = rest.predict_response_json(outputs, parsed.row_format)
-    return current_app.response_class(answer, status=200, mimetype="application/json")
+    return json_response(rest.format_predict_response(outputs, parsed.row_format))
 
 
 # Status and metadata --------------------------------------------------------------------------------------------

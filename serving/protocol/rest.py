@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import RequestError, quoted
-from .json_values import JsonSyntaxError, check_element_count, dense_shape, float_tokens, nest, parse_json
+from .json_values import JsonSyntaxError, check_element_count, dense_shape, float_tokens, parse_json
 from .signatures import TensorSpec
 
 # Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
@@ -168,44 +168,6 @@ def _listed(array: np.ndarray) -> Any:
     if array.dtype != np.float32:
         return array.tolist()
     return np.array([float(token) for token in float_tokens(array)], np.float64).reshape(array.shape).tolist()
-
-
-# Above this, Python writes a float in fixed notation where "%g" writes an exponent (1e+06 against 1000000.0).
-_FIXED_NOTATION_FROM = 1e6
-
-
-def predict_response_json(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:
-    """dumps(format_predict_response(outputs, row_format)), the same text, written from each array's tokens at once.
-
-    float32 values are written from their tokens (float_tokens) and integers with str(), without a Python float or
-    list per value; any other case (other dtypes, scalars, rows of unequal length, floats written in exponent form
-    by one writer only) takes format_predict_response.
-    """
-    texts = {}
-    batch_sizes = set()
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.dtype.kind not in "iuf" or (array.dtype.kind == "f" and array.dtype != np.float32):
-            return dumps(format_predict_response(outputs, row_format))
-        if array.dtype.kind == "f":
-            finite = array[np.isfinite(array)]
-            if finite.size and float(np.abs(finite).max()) >= _FIXED_NOTATION_FROM:
-                return dumps(format_predict_response(outputs, row_format))
-            tokens = float_tokens(array)
-        else:
-            tokens = list(map(str, array.ravel().tolist()))
-        texts[name] = nest(tokens, array.shape, keep=1 if row_format and len(outputs) > 1 else 0)
-        batch_sizes.add(array.shape[0])
-    if not texts or (row_format and len(texts) > 1 and len(batch_sizes) > 1):
-        return dumps(format_predict_response(outputs, row_format))
-    key = "predictions" if row_format else "outputs"
-    if len(texts) == 1:
-        return '{"' + key + '":' + next(iter(texts.values()))[0] + "}"
-    names = {name: json.dumps(name) for name in texts}
-    if not row_format:
-        return '{"outputs":{' + ",".join(names[name] + ":" + text[0] for name, text in texts.items()) + "}}"
-    rows = ("{" + ",".join(names[name] + ":" + text[row] for name, text in texts.items()) + "}"
-            for row in range(batch_sizes.pop()))  # fmt: skip
-    return '{"predictions":[' + ",".join(rows) + "]}"
 
 
 def dumps(document: Any) -> str:

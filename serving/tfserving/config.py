@@ -54,6 +54,7 @@ class ServerOptions:
     inter_op_threads: int = 0  # TensorFlow's threads running ops side by side; 0: as intra_op_threads
     # Folders a HandleReloadConfigRequest may name base paths under; by default the base paths served at start.
     allowed_model_roots: tuple[Path, ...] = ()
+    method_name_check: bool = False  # --enable_signature_method_name_check
 
 
 def parse_bool(text: str) -> bool:
@@ -108,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=0, help="server processes sharing both ports (default 0: one per core, at most 4)"
     )
+    parser.add_argument(
+        "--enable_signature_method_name_check", type=parse_bool, nargs="?", const=True, default=False,
+        help="refuse Classify/Regress/Predict on a signature whose method_name is not theirs (default false: TF2 "
+        "SavedModels write every signature with the predict method name)",
+    )  # fmt: skip
     parser.add_argument("--grpc_socket_path", type=Path, help="also serve gRPC on this UNIX socket")
     parser.add_argument(
         "--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000"
@@ -346,4 +352,5 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         allowed_model_roots=allowed_roots(arguments.allowed_model_roots, sources),
+        method_name_check=arguments.enable_signature_method_name_check,
     )

@@ -3,7 +3,9 @@
 The request's Input (a list of Examples, optionally sharing a context) becomes one DT_STRING tensor of serialized
 Examples fed to the signature's "inputs" tensor; the model parses them itself. A classify signature returns
 "classes" and/or "scores" of shape [batch, num_classes]; a regress signature "outputs" of shape [batch] or
-[batch, 1]. The checks and their words are the real server's (classifier.cc, regressor.cc, multi_inference.cc).
+[batch, 1]. The checks and their words are the real server's (classifier.cc, regressor.cc, multi_inference.cc);
+the signature's method_name is checked only with --enable_signature_method_name_check, as there, so the
+signatures of TF2 SavedModels (all written with the predict method name) serve Classify and Regress.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ from tensorflow_serving.apis import classification_pb2, inference_pb2, input_pb2
 
 from serving.protocol.errors import RequestError, quoted
 from serving.protocol.tensors import DTYPE_BY_NUMPY
-from serving.tfserving.servable import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Servable, Signature
+from serving.tfserving.servable import (
+    CLASSIFY_METHOD,
+    DEFAULT_SIGNATURE,
+    REGRESS_METHOD,
+    Servable,
+    Signature,
+    method_name_check,
+)
 
 # (servable, signature, inputs by alias, output aliases) → outputs by alias: Predictor.run_signature.
 Runner = Callable[[Servable, Signature, Mapping[str, np.ndarray], tuple[str, ...]], dict[str, np.ndarray]]
@@ -55,7 +64,7 @@ def _signature(servable: Servable, name: str, method: str) -> Signature:
     signature = servable.signatures.get(name)
     if signature is None:
         raise RequestError(f"No signature was found with the name: {quoted(name)}")
-    if signature.method_name != method:
+    if method_name_check() and signature.method_name != method:
         raise RequestError(f"Expected {_WHAT[method]} signature method_name to be {method}. Was: {signature.method_name}")
     return signature
 
@@ -63,7 +72,7 @@ def _signature(servable: Servable, name: str, method: str) -> Signature:
 def _check_layout(definition: meta_graph_pb2.SignatureDef, method: str, output_counts: tuple[int, ...]) -> None:
     """What classify and regress signatures must both be, checked in the real server's order."""
     what = _WHAT[method]
-    if definition.method_name != method:
+    if method_name_check() and definition.method_name != method:
         raise RequestError(f"Expected {what} signature method_name to be {method}. Was: {definition.method_name}")
     if len(definition.inputs) != 1:
         raise RequestError("Expected one input Tensor.")
@@ -179,7 +188,7 @@ def _run_examples(servable: Servable, request, run: Runner, method: str, outputs
 
 def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceRequest):
     """Several classify/regress signatures over the same Examples, in one run of the graph."""
-    model_name, input_tensor, plans = "", "", []
+    model_name, input_tensors, plans = "", [], []
     for task in request.tasks:
         if not task.model_spec.name:
             raise RequestError("Found ModelSpec with an empty model name.")
@@ -199,13 +208,15 @@ def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceReq
         else:
             raise RequestError(f"Unsupported signature method_name: {task.method_name}", "UNIMPLEMENTED")
         tensor = signature.definition.inputs[INPUTS].name
-        if input_tensor and tensor != input_tensor:
-            raise RequestError("Input tensor must be the same for all Signatures.")
-        input_tensor = tensor
+        if tensor not in input_tensors:
+            # A TF2 SavedModel gives each signature its own input placeholder; the same Examples feed them all.
+            if input_tensors and method_name_check():
+                raise RequestError("Input tensor must be the same for all Signatures.")
+            input_tensors.append(tensor)
         plans.append((signature, aliases, task.method_name))
     examples = serialized_examples(request.input)
     fetches = sorted({signature.definition.outputs[alias].name for signature, aliases, _ in plans for alias in aliases})
-    fetched = dict(zip(fetches, servable.run({input_tensor: examples}, tuple(fetches))))
+    fetched = dict(zip(fetches, servable.run(dict.fromkeys(input_tensors, examples), tuple(fetches))))
     response = inference_pb2.MultiInferenceResponse()
     for signature, aliases, method in plans:
         outputs = {alias: fetched[signature.definition.outputs[alias].name] for alias in aliases}

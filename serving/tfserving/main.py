@@ -122,8 +122,13 @@ def serve(options: config.ServerOptions, argv: list[str]) -> int:
         # Before prometheus_client is imported: every worker keeps its series in files there.
         group.metrics_folder.mkdir(exist_ok=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(group.metrics_folder)
+    from serving.tfserving.manager import ServablesUnavailable
+
     try:
         status = _serve_worker(options, group, siblings, signal_received)
+    except ServablesUnavailable as error:
+        print(f"Failed to start server. Error: {error}", file=sys.stderr, flush=True)
+        status = 1
     finally:
         if siblings is not None:
             siblings.signal_all(signal.SIGTERM)  # those not told yet: _serve_worker failed before its drain
@@ -147,8 +152,10 @@ def _serve_worker(
     from serving.tfserving.grpc_service import ModelServicer, PredictionServicer
     from serving.tfserving.manager import ModelManager
     from serving.tfserving.predictor import Predictor
+    from serving.tfserving.servable import set_method_name_check
 
     _configure_tensorflow(options, group.count)
+    set_method_name_check(options.method_name_check)
     metrics = None
     if options.monitoring is not None and options.rest_port:
         from serving.tfserving.monitoring import ServerMetrics
@@ -165,11 +172,15 @@ def _serve_worker(
     scheduler = BatchScheduler(options.batching) if options.batching is not None else None
     predictor = Predictor(manager, scheduler)
 
-    # Like tensorflow_model_server, load what is on disk before opening the ports.
+    # Like tensorflow_model_server, load what is on disk before opening the ports, labels included, and refuse to
+    # start when a model has nothing that loads.
     manager.poll_once()
+    manager.check_started()
     sharing.refresh(manager)
     drain_gate = DrainGate(group.folder / "last-refusal" if group.count > 1 else None)
     interceptors: list = [DrainingInterceptor(drain_gate)]
+    if group.count > 1:
+        interceptors.append(workers.health_check_refresher(sharing))
     if metrics is not None:
         from serving.tfserving.monitoring import MetricsInterceptor
 

@@ -124,10 +124,41 @@ class ModelManager(VersionWatcher[Servable]):
             return [model.statuses[version]]
         return [model.statuses[number] for number in sorted(model.statuses, reverse=True)]
 
+    def check_started(self) -> None:
+        """ServablesUnavailable when a model has no version loaded and a version of it failed to load.
+
+        Called after the load at start-up: the real server exits then instead of serving nothing. A model with no
+        version on disk yet is not a failure (both servers wait for one), and a model whose newest version failed
+        while an older one loads serves the older one (the last good version).
+        """
+        failures, names = [], []
+        for name in self.model_names():
+            model = self.versions(name)
+            if model is None or model.loaded:
+                continue
+            for status in sorted(model.statuses.values(), key=lambda status: status.version, reverse=True):
+                if status.error_code != "OK":
+                    failures.append(status)
+                    names.append(name)
+        if failures:
+            raise ServablesUnavailable(failures, names)
+
     def all_models_available(self) -> bool:
         """True when every configured model has at least one version loaded (the health check's SERVING)."""
         models = [self.versions(name) for name in self.model_names()]
         return bool(models) and all(model is not None and model.loaded for model in models)
+
+
+class ServablesUnavailable(Exception):
+    """Models with no version loaded after the start-up load: the real server refuses to start then."""
+
+    def __init__(self, failures: list[VersionStatus], names: list[str]) -> None:
+        entries = "".join(
+            f"{{{{name: {name} version: {status.version}}} due to error: {status.error_message}}}, "
+            for name, status in zip(names, failures)
+        )
+        # tensorflow_model_server's words: "Failed to start server. Error: " + this status.
+        super().__init__(f"UNKNOWN: {len(failures)} servable(s) did not become available: {{{entries}}}")
 
 
 def version_folder(path: Path, version: int) -> Path:

@@ -14,7 +14,14 @@ import numpy as np
 
 from serving.protocol.errors import RequestError, quoted
 from serving.tfserving.batching import BatchScheduler
-from serving.tfserving.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD, Servable, Signature
+from serving.tfserving.servable import (
+    CLASSIFY_METHOD,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    Servable,
+    Signature,
+    method_name_check,
+)
 
 CALLABLE_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
 
@@ -32,7 +39,7 @@ class Servables(Protocol):
 def check_predict(signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Iterable[str]) -> tuple[str, ...]:
     """The output aliases a Predict on signature returns; RequestError for what the real server refuses."""
     definition = signature.definition
-    if definition.method_name not in CALLABLE_METHODS:
+    if method_name_check() and definition.method_name not in CALLABLE_METHODS:
         raise RequestError(
             "Expected prediction signature method_name to be one of {" + ", ".join(CALLABLE_METHODS) + "}. "
             f"Was: {definition.method_name}",
@@ -105,7 +112,7 @@ class Predictor:
     ) -> dict[str, np.ndarray]:
         """One call of signature, merged with concurrent ones when batching is on."""
         if self.scheduler is None:
-            return signature.run(inputs, output_aliases)
+            return signature.run(inputs, output_aliases, timeout_s)
         rows = batch_size(inputs)
         return self.scheduler.run(servable, signature, inputs, rows, output_aliases, timeout_s)
 

@@ -32,6 +32,22 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 logger = logging.getLogger("serving.tfserving")
 
+# --enable_signature_method_name_check, off by default as in TensorFlow Serving: a TF2 SavedModel writes every
+# signature with the predict method name, so Classify, Regress and MultiInference take any signature whose inputs
+# and outputs have their layout. Like the real server's flag, it holds for the whole process.
+_method_name_check = False
+
+
+def set_method_name_check(enabled: bool) -> None:
+    """Turn the check of a signature's method_name against the API called on or off (for the whole process)."""
+    global _method_name_check
+    _method_name_check = bool(enabled)
+
+
+def method_name_check() -> bool:
+    """Whether Predict, Classify and Regress refuse a signature whose method_name is not theirs."""
+    return _method_name_check
+
 
 def error_from_tensorflow(error: tf.errors.OpError) -> RequestError:
     """A RequestError with TensorFlow's status code and the first line of its message (the node names follow it)."""
@@ -66,11 +82,13 @@ class Signature:
         loaded version; callers must not change it)."""
         return self._input_dtypes
 
-    def run(self, arrays: Mapping[str, np.ndarray], output_aliases: Iterable[str]) -> dict[str, np.ndarray]:
-        """Feed arrays (by input alias) and fetch the chosen outputs (by alias)."""
+    def run(
+        self, arrays: Mapping[str, np.ndarray], output_aliases: Iterable[str], timeout_s: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """Feed arrays (by input alias) and fetch the chosen outputs (by alias), cut off after timeout_s if given."""
         aliases = tuple(output_aliases)
         feeds = {self.definition.inputs[alias].name: array for alias, array in arrays.items()}
-        fetched = self.servable.run(feeds, tuple(self.definition.outputs[alias].name for alias in aliases))
+        fetched = self.servable.run(feeds, tuple(self.definition.outputs[alias].name for alias in aliases), timeout_s)
         return dict(zip(aliases, fetched))
 
 
@@ -107,29 +125,35 @@ class Servable:
         name = name or DEFAULT_SIGNATURE
         signature = self.signatures.get(name)
         if signature is None:
-            raise RequestError(
-                f'Serving signature key "{quoted(name)}" not found. This model version has {sorted(self.signatures)}.',
-                "FAILED_PRECONDITION",
-            )
+            raise RequestError(f'Serving signature key "{quoted(name)}" not found.', "FAILED_PRECONDITION")
         return signature
 
-    def run(self, feeds: Mapping[str, np.ndarray], fetches: tuple[str, ...]) -> list[np.ndarray]:
-        """Run the graph: feed arrays to tensor names, fetch tensor names; TensorFlow's errors become RequestErrors."""
+    def run(
+        self, feeds: Mapping[str, np.ndarray], fetches: tuple[str, ...], timeout_s: float | None = None
+    ) -> list[np.ndarray]:
+        """Run the graph: feed arrays to tensor names, fetch tensor names; TensorFlow's errors become RequestErrors.
+
+        With timeout_s, TensorFlow cancels the run at the deadline (DEADLINE_EXCEEDED), as the real server's
+        session run options do for a REST request under --rest_api_timeout_in_ms.
+        """
         names = tuple(feeds)
-        key = (names, fetches)
+        timeout_ms = max(1, round(timeout_s * 1000)) if timeout_s is not None else 0
+        key = (names, fetches, timeout_ms)
         runner = self._callables.get(key)
         if runner is None:
-            runner = self._make_callable(names, fetches)
+            runner = self._make_callable(names, fetches, timeout_ms)
         try:
             results = runner(*(feeds[name] for name in names))
         except tf.errors.OpError as error:
             raise error_from_tensorflow(error) from None
         return [np.asarray(result) for result in results]
 
-    def _make_callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]):
+    def _make_callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...], timeout_ms: int = 0):
         options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
+        if timeout_ms:
+            options.run_options.timeout_in_ms = timeout_ms
         with self._lock:
-            runner = self._callables.get((feeds, fetches))
+            runner = self._callables.get((feeds, fetches, timeout_ms))
             if runner is None:
                 try:
                     # The private half of Session.make_callable: the public half hands feeds to Session.run's checks.
@@ -137,7 +161,7 @@ class Servable:
                 except (tf.errors.OpError, ValueError, KeyError) as error:
                     message = error.message if isinstance(error, tf.errors.OpError) else str(error)
                     raise RequestError(f"The model's graph cannot run this signature: {message.splitlines()[0]}", "INTERNAL") from None
-                self._callables[(feeds, fetches)] = runner
+                self._callables[(feeds, fetches, timeout_ms)] = runner
         return runner
 
     def close(self) -> None:

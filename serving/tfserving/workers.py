@@ -119,10 +119,15 @@ def _die_with(parent: int) -> None:
 
 
 def check_ports_free(host: str, ports: list[int]) -> None:
-    """UsageError when another program holds one of the ports (probed without SO_REUSEPORT, so a second server
-    started on the same ports is refused instead of silently sharing them)."""
+    """UsageError when another program listens on one of the ports.
+
+    The probe sets SO_REUSEADDR as the servers' own sockets do, so connections a stopped server left in TIME_WAIT
+    do not block a restart; it leaves SO_REUSEPORT off, so a second server started on the same ports is refused
+    instead of silently sharing them.
+    """
     for port in ports:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
             except OSError as error:
@@ -312,3 +317,30 @@ class StateSharing:
         """Wait for the threads after stop was set (the manager's own watcher stops with the manager)."""
         for thread in self._threads:
             thread.join(timeout=10)
+
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+def health_check_refresher(sharing: StateSharing) -> Any:
+    """A gRPC interceptor that brings this worker's health answer up to date with the group before each Check.
+
+    The workers share the ports, so a client's next connection may reach another worker than its last. Each worker
+    learns that the others are ready from the shared folder on its own schedule, and on a busy machine that lags: a
+    probe that saw SERVING from the last worker to load could then see NOT_SERVING from another. Refreshing from
+    the shared folder before answering gives every worker the same answer the moment the last one is ready.
+    """
+    from serving.tfserving.interceptors import UnaryMethodInterceptor
+
+    class HealthCheckRefresher(UnaryMethodInterceptor):
+        def wrap(self, method: str, behaviour: Any) -> Any:
+            if method != HEALTH_CHECK_METHOD:
+                return None
+
+            def refreshed(request: Any, context: Any) -> Any:
+                sharing.refresh(sharing.manager)
+                return behaviour(request, context)
+
+            return refreshed
+
+    return HealthCheckRefresher()

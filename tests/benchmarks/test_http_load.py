@@ -3,14 +3,13 @@ report's table built from them."""
 
 from __future__ import annotations
 
-import dataclasses
 import http.server
 import shutil
 import threading
 
 import pytest
 
-from benchmarks import http_load, ratios
+from benchmarks import floors, http_load, ratios
 from benchmarks.labels import ENDPOINTS
 from benchmarks.report.serving import external_section
 
@@ -101,19 +100,29 @@ def external_sweep(tf_rps: float, tf_p50: float) -> http_load.ExternalSweep:
     return http_load.ExternalSweep("hey", 2.0, endpoints)
 
 
-@pytest.mark.parametrize("tf_rps, tf_p50, statuses", [(1200.0, 1.1, ["met", "met"]), (800.0, 1.5, ["missed", "missed"])])
-def test_the_tf_rest_ratios_come_from_the_external_generator(comparison, tf_rps, tf_p50, statuses):
-    comparison.sweep = dataclasses.replace(comparison.sweep, external=external_sweep(tf_rps, tf_p50))
-    checked = ratios.tf_rest_vs_flask(comparison)
+def floors_result(flask_p50: float, tf_rate: float, nginx: bool = True) -> floors.FloorsResult:
+    servers = {
+        "nginx": floors.Measured("nginx", [0.05, 0.04, 0.06], [100_000.0, 110_000.0]),
+        "flask": floors.Measured("flask", [flask_p50] * 2, [9_000.0] * 2, model_p50_ms=0.01),
+        "tfserving": floors.Measured("tfserving", [0.2] * 2, [tf_rate] * 2, model_p50_ms=0.1),
+    }
+    if not nginx:
+        del servers["nginx"]
+    return floors.FloorsResult({"load": "1.00 1.00 1.00"}, servers, 2, 4.0)
+
+
+@pytest.mark.parametrize("flask_p50, tf_rate, statuses", [(0.16, 8_000.0, ["met", "met", "met", "met"]),
+                                                          (0.17, 7_000.0, ["missed", "met", "met", "missed"])])  # fmt: skip
+def test_the_floor_ratios_subtract_the_model_and_compare_with_nginx_of_the_same_run(flask_p50, tf_rate, statuses):
+    checked = ratios.floor_ratios(floors_result(flask_p50, tf_rate))
     assert [ratio.status for ratio in checked] == statuses
-    assert checked[0].measured == pytest.approx(tf_rps / 1000) and checked[1].measured == pytest.approx(tf_p50)
-    assert "(hey)" in checked[0].inputs
+    assert checked[0].measured == pytest.approx((flask_p50 - 0.01) / 0.05)  # nginx's median of three rounds
+    assert checked[1].measured == pytest.approx(9_000 / 105_000) and "(wrk)" in checked[1].inputs
 
 
-def test_without_a_generator_the_ratios_say_why(comparison):
-    checked = ratios.tf_rest_vs_flask(comparison)
-    assert [ratio.status for ratio in checked] == ["not measured", "not measured"]
-    assert "neither hey nor wrk is installed" in checked[0].note
+def test_without_nginx_or_a_run_the_floor_ratios_say_why():
+    assert all("nginx is not installed" in ratio.note for ratio in ratios.floor_ratios(floors_result(0.1, 1, nginx=False)))
+    assert [ratio.status for ratio in ratios.floor_ratios(None, "wrk is not installed")] == ["not measured"] * 4
 
 
 def test_the_report_shows_the_external_table_or_how_to_install_one():

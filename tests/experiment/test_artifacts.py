@@ -86,3 +86,79 @@ def test_metadata_round_trip(tmp_path):
     assert loaded["test_accuracy"] == 0.971235 and loaded["training_seconds"] == 1.235
     for key in ("framework", "framework_version", "dataset", "network", "hyperparameters", "created_at", "git_commit"):
         assert key in loaded
+
+
+def _publish_under_lock(base_path, ready, go, results):
+    """A process that stages a version, waits for the others, then numbers and publishes it under the lock."""
+    with artifacts.staging_directory(base_path) as staging:
+        (staging / "pid").write_text(str(os.getpid()))
+        ready.wait()
+        go.wait()
+        with artifacts.publish_lock(base_path):
+            version = artifacts.next_version(base_path)
+            (staging / "numbered-as").write_text(str(version))
+            published, _ = artifacts.publish_version(staging, base_path, version)
+    results.put((os.getpid(), published))
+
+
+def test_concurrent_publications_each_get_their_own_version(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    count = 6
+    ready, go, results = context.Barrier(count + 1), context.Event(), context.Queue()
+    processes = [
+        context.Process(target=_publish_under_lock, args=(tmp_path, ready, go, results)) for _ in range(count)
+    ]
+    for process in processes:
+        process.start()
+    ready.wait(timeout=60)
+    go.set()  # all staged: they race for numbers now
+    published = dict(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    assert sorted(published.values()) == list(range(1, count + 1))
+    for pid, version in published.items():
+        folder = tmp_path / str(version)
+        assert (folder / "pid").read_text() == str(pid)
+        assert (folder / "numbered-as").read_text() == str(version), "the number chosen is the one published"
+    assert not [entry.name for entry in tmp_path.iterdir() if entry.name.startswith(artifacts.STAGING_PREFIX)]
+
+
+def test_publishing_onto_an_existing_version_is_refused(tmp_path):
+    (tmp_path / "1").mkdir()  # even an empty folder, which a bare os.rename would replace
+    with artifacts.staging_directory(tmp_path) as staging:
+        (staging / "model").write_text("new")
+        with pytest.raises(FileExistsError):
+            artifacts.publish_version(staging, tmp_path, 1)
+        assert artifacts.publish_version(staging, tmp_path) == (2, tmp_path / "2")
+    assert list((tmp_path / "1").iterdir()) == []
+
+
+def _hold_lock(base_path, holding, release):
+    with artifacts.publish_lock(base_path):
+        holding.set()
+        release.wait(timeout=60)
+
+
+def test_the_publish_lock_excludes_other_processes_until_released(tmp_path):
+    import fcntl
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    holding, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(tmp_path, holding, release))
+    holder.start()
+    try:
+        assert holding.wait(timeout=60)
+        with open(tmp_path / artifacts.PUBLISH_LOCK) as lock_file:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            release.set()
+            holder.join(timeout=60)
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the holder left the block
+    finally:
+        release.set()
+        holder.join(timeout=60)
+    assert holder.exitcode == 0

@@ -13,7 +13,7 @@ from experiment.errors import UsageError
 from serving import versions
 from serving.protocol.errors import RequestError
 from serving.tfserving import batching, config, manager, predictor
-from serving.tfserving.servable import Signature
+from serving.tfserving.servable import Signature, set_method_name_check
 
 
 def test_batching_parameters_text_format():
@@ -199,8 +199,13 @@ def test_predict_leaves_shapes_and_dtypes_to_the_graph():
     signature = _signature(images="images:0")
     assert predictor.check_predict(signature, {"images": np.zeros((), np.float64)}, ()) == ("doubled",)
     unknown = Signature("init", meta_graph_pb2.SignatureDef(method_name=""), servable=None)
-    with pytest.raises(RequestError, match="Expected prediction signature method_name to be one of") as raised:
-        predictor.check_predict(unknown, {}, ())
+    assert predictor.check_predict(unknown, {}, ()) == ()  # the method name is not checked by default
+    set_method_name_check(True)  # --enable_signature_method_name_check
+    try:
+        with pytest.raises(RequestError, match="Expected prediction signature method_name to be one of") as raised:
+            predictor.check_predict(unknown, {}, ())
+    finally:
+        set_method_name_check(False)
     assert raised.value.code == "INTERNAL"
 
 

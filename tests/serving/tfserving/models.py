@@ -9,6 +9,10 @@
     strings              TF2: DT_STRING in, its length, upper case and bytes ("*_bytes") out
     tf2_unknown_rank     TF2 tf.saved_model.save of v1 * v2 * x, x of unknown rank (v1 = 3, v2 = 2)
     tf2_two_signatures   TF2 with serving_default (y = 1) and custom_signature_key (y = 2)
+    half_plus_two_tf2    TF2 tf.saved_model.save of half_plus_two: serving_default, classify_x_to_y ("scores") and
+                         regress_x_to_y ("outputs") over serialized tf.Examples, every one with the predict method name
+    slow                 TF2: y = x * 0 + a sum over a loop that runs while its counter is below max(x); from
+                         x = 2**24 on the float counter stops growing, so the call runs until it is cut off
     bad_half_plus_two    a graph without any signature
 
 Every model is version 123 in a folder named 00000123, as in TensorFlow Serving's testdata. To run the same
@@ -39,6 +43,8 @@ SERVED = {
     "tf2_unknown_rank": "tf2_unknown_rank",
     "tf2_two_signatures": "tf2_two_signatures",
     "bad_half_plus_two": "bad_half_plus_two",
+    "half_plus_two_tf2": "half_plus_two_tf2",
+    "slow": "slow",
 }
 
 
@@ -170,6 +176,43 @@ def write_two_signatures(export_dir: Path) -> None:
     tf.saved_model.save(root, str(export_dir), signatures={"serving_default": root.f, "custom_signature_key": root.g})
 
 
+def write_half_plus_two_tf2(export_dir: Path) -> None:
+    """TF2 half_plus_two: y = 0.5 x + 2 as serving_default, and as classify/regress signatures over tf.Examples.
+
+    tf.saved_model.save gives every signature the predict method name, whatever API it is meant for.
+    """
+    import tensorflow as tf
+
+    root = tf.train.Checkpoint()
+    root.a, root.b = tf.Variable(0.5), tf.Variable(2.0)
+
+    def from_examples(serialized):
+        return tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
+
+    examples = [tf.TensorSpec([None], tf.string, name="inputs")]
+    root.predict = tf.function(lambda x: {"y": root.a * x + root.b}, input_signature=[tf.TensorSpec(None, tf.float32)])
+    root.classify = tf.function(lambda inputs: {"scores": root.a * from_examples(inputs) + root.b}, input_signature=examples)
+    root.regress = tf.function(lambda inputs: {"outputs": root.a * from_examples(inputs) + root.b}, input_signature=examples)
+    signatures = {"serving_default": root.predict, "classify_x_to_y": root.classify, "regress_x_to_y": root.regress}
+    tf.saved_model.save(root, str(export_dir), signatures=signatures)
+
+
+def write_slow(export_dir: Path) -> None:
+    """TF2: a loop that counts up to max(x); a float counter stops at 2**24, so a larger x never finishes."""
+    import tensorflow as tf
+
+    def serve(x):
+        limit = tf.reduce_max(x)
+        _, total = tf.while_loop(
+            lambda count, total: count < limit, lambda count, total: (count + 1.0, total + count), (0.0, 0.0)
+        )
+        return {"y": x * 0.0 + total}
+
+    root = tf.train.Checkpoint()
+    root.f = tf.function(serve, input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    tf.saved_model.save(root, str(export_dir), signatures={"serving_default": root.f})
+
+
 def write_models(root: Path) -> Path:
     """Write every model under root (one folder each) and root/models.config serving them; the config's path."""
     root = Path(root).resolve()
@@ -181,6 +224,8 @@ def write_models(root: Path) -> Path:
         "tf2_unknown_rank": write_unknown_rank,
         "tf2_two_signatures": write_two_signatures,
         "bad_half_plus_two": write_without_signatures,
+        "half_plus_two_tf2": write_half_plus_two_tf2,
+        "slow": write_slow,
     }
     for folder, write in writers.items():
         if not (root / folder / VERSION_FOLDER).is_dir():

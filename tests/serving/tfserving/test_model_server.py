@@ -61,10 +61,15 @@ def test_regress(prediction):  # testRegress
 
 
 def test_multi_inference(prediction):  # testMultiInference
+    check_multi_inference(prediction, "default")
+
+
+def check_multi_inference(prediction, model_name: str) -> None:
+    """_TestMultiInference: a regress and a classify task over the same Example, x = 2."""
     request = inference_pb2.MultiInferenceRequest()
     for signature, method in (("regress_x_to_y", "regress"), ("classify_x_to_y", "classify")):
         task = request.tasks.add()
-        task.model_spec.name, task.model_spec.signature_name = "default", signature
+        task.model_spec.name, task.model_spec.signature_name = model_name, signature
         task.method_name = f"tensorflow/serving/{method}"
     add_examples(request, 2.0)
     result = prediction.MultiInference(request, RPC_TIMEOUT_S)
@@ -72,7 +77,55 @@ def test_multi_inference(prediction):  # testMultiInference
     assert result.results[0].regression_result.regressions[0].value == 3.0
     assert result.results[1].classification_result.classifications[0].classes[0].score == 3.0
     for index, task in enumerate(request.tasks):
-        assert model_spec_of(result.results[index].model_spec) == ("default", task.model_spec.signature_name, 123)
+        assert model_spec_of(result.results[index].model_spec) == (model_name, task.model_spec.signature_name, 123)
+
+
+# TF2 SavedModels write every signature with the predict method name; without --enable_signature_method_name_check
+# (off by default, as in the real server) Classify, Regress and MultiInference serve them.
+
+
+def test_classify_tf2(prediction):  # testClassifyTf2
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.name, request.model_spec.signature_name = "half_plus_two_tf2", "classify_x_to_y"
+    add_examples(request, 2.0)
+    result = prediction.Classify(request, RPC_TIMEOUT_S)
+    assert len(result.result.classifications) == 1 and len(result.result.classifications[0].classes) == 1
+    assert result.result.classifications[0].classes[0].score == 3.0
+    assert model_spec_of(result.model_spec) == ("half_plus_two_tf2", "classify_x_to_y", 123)
+
+
+def test_regress_tf2(prediction):  # testRegressTf2
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = "half_plus_two_tf2", "regress_x_to_y"
+    add_examples(request, 2.0)
+    result = prediction.Regress(request, RPC_TIMEOUT_S)
+    assert [regression.value for regression in result.result.regressions] == [3.0]
+    assert model_spec_of(result.model_spec) == ("half_plus_two_tf2", "regress_x_to_y", 123)
+
+
+def test_multi_inference_tf2(prediction):  # testMultiInferenceTf2
+    check_multi_inference(prediction, "half_plus_two_tf2")
+
+
+def test_classify_and_regress_rest_tf2(served):  # testClassifyREST, testRegressREST on the TF2 model
+    body = {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
+    assert served.rest("POST", "/v1/models/half_plus_two_tf2:classify", body)[:2] == (200, {"results": [[["", 3.0]]]})
+    body = {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}
+    assert served.rest("POST", "/v1/models/half_plus_two_tf2:regress", body)[:2] == (200, {"results": [3.0]})
+
+
+def test_unknown_signature_key_is_failed_precondition_in_the_real_words(prediction):  # predict_util.cc's error
+    error = rpc_error(prediction.Predict, x_request(signature_name="no_such_signature"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error.details() == 'Serving signature key "no_such_signature" not found.'
+
+
+def test_a_rest_call_over_the_rest_timeout_is_cut_at_the_deadline(served):  # --rest_api_timeout_in_ms=5000
+    # The slow model's loop stops at max(x): 1000 finishes at once, 1e30 never would (its float counter stalls).
+    assert served.rest("POST", "/v1/models/slow:predict", {"instances": [1000.0]})[0] == 200
+    status, answer, _ = served.rest("POST", "/v1/models/slow:predict", {"instances": [1e30]})
+    assert (status, answer) == (504, {"error": "Timed out waiting for notification"})
+    assert served.rest("POST", "/v1/models/slow:predict", {"instances": [1000.0]})[0] == 200, "serving on afterwards"
 
 
 @pytest.mark.parametrize("output_filter", [("y",), ()], ids=["output y", "every output"])

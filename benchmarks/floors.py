@@ -1,0 +1,310 @@
+"""The two Python REST servers against the floor of this machine, measured in one run with wrk.
+
+    python -m benchmarks.floors --tf-models models/tf/digits --torch-models models/torch/digits
+
+Starts nginx answering a fixed body of the size of a real answer (the C floor: what HTTP alone costs here), the
+Flask app and the TF Serving-compatible server on free ports, each as `make serve` starts it, and drives each with
+wrk (the same one-digit body the load benchmarks send) at 1 and at 16 connections, in rounds that take turns so
+that load from other programs falls on all of them alike; each figure is the median over the rounds. It checks:
+
+- p50 at 1 connection, minus the model's own p50 called in this process, at most 3x nginx's p50 (both servers);
+- requests per second at 16 connections at least 8% of nginx's for Flask, 7.5% for the TF server.
+
+Without nginx the same figures are printed with no floor. Memory: each server's proportional set size (PSS, where
+the system gives it, else RSS) over its whole process tree, after start and after the load. The machine, its load
+average and the command are printed with the table, which docs/performance.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from benchmarks import http_load
+from benchmarks.labels import EndpointLabel
+from benchmarks.profile_request import median_us, one_digit_body
+from experiment import processes
+from serving.runtime import flask_app as flask_runtime
+from serving.runtime import process as runtime_process
+from serving.runtime import tfserving as tfserving_runtime
+
+START_TIMEOUT_S = 180.0
+# The targets: p50 at 1 connection minus the model's p50, over nginx's p50; rate at 16 connections over nginx's.
+P50_OVER_FLOOR = 3.0
+RATE_SHARES = {"flask": 0.08, "tfserving": 0.075}
+TITLES = {"flask": "Flask", "tfserving": "TF server REST"}
+NGINX_CONFIG = """daemon off;
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log crit;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            default_type application/json;
+            return 200 '{answer}';
+        }}
+    }}
+}}
+"""
+
+
+@dataclasses.dataclass
+class Measured:
+    """One server's figures: wrk's p50 at 1 connection (ms) and rate at 16 (per second), per round."""
+
+    name: str
+    p50_ms: list[float] = dataclasses.field(default_factory=list)
+    rate: list[float] = dataclasses.field(default_factory=list)
+    errors: int = 0
+    memory_at_rest_mb: float | None = None
+    memory_after_load_mb: float | None = None
+    model_p50_ms: float | None = None
+
+    @property
+    def median_p50_ms(self) -> float:
+        return statistics.median(self.p50_ms)
+
+    @property
+    def median_rate(self) -> float:
+        return statistics.median(self.rate)
+
+
+def tree_memory_mb(leader_pid: int) -> float:
+    """PSS (else RSS) of a process and all its descendants, in MB."""
+    total = 0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        leader = psutil.Process(leader_pid)
+        for member in [leader, *leader.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                info = member.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+    return total / 1e6
+
+
+@contextlib.contextmanager
+def nginx_floor(answer: bytes) -> Iterator[str | None]:
+    """nginx on a free port answering `answer` to every request; None when nginx is not installed."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if binary is None:
+        yield None
+        return
+    (port,) = processes.free_ports(1)
+    with tempfile.TemporaryDirectory(prefix="nginx-floor-") as folder:
+        config = Path(folder) / "nginx.conf"
+        text = answer.decode().replace("\\", "\\\\").replace("'", "\\'")
+        config.write_text(NGINX_CONFIG.format(folder=folder, port=port, answer=text))
+        process = subprocess.Popen([binary, "-p", folder, "-c", str(config), "-e", f"{folder}/error.log"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 10
+            while not processes.port_accepts(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"nginx did not start: {(Path(folder) / 'error.log').read_text()[-400:]}")
+                time.sleep(0.05)
+            yield f"http://127.0.0.1:{port}/"
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _label(key: str) -> EndpointLabel:
+    return EndpointLabel(key, "none", key, "REST", "")
+
+
+def drive(url: str, body_path: Path, concurrency: int, seconds: float) -> http_load.ExternalPoint:
+    """One wrk run (after wrk's own 1 s warm-up)."""
+    return http_load.run_wrk(http_load.Target(_label(url), url), body_path, concurrency, seconds)
+
+
+def model_p50_ms(server: str, base_path: Path) -> float:
+    """The model alone on one digit, called in this process as the server calls it (median, ms)."""
+    from benchmarks import profile_request
+
+    build = profile_request.flask_app if server == "flask" else profile_request.tfserving_app
+    app, stop = build(base_path)
+    try:
+        return median_us(profile_request.model_call(server, app), 2000) / 1000
+    finally:
+        stop()
+
+
+def predict_answer(url: str, body: bytes) -> bytes:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read()
+
+
+@dataclasses.dataclass
+class FloorsResult:
+    """One run: the machine and its load, and each measured server ("nginx" absent when it is not installed)."""
+
+    machine: dict
+    servers: dict[str, Measured]
+    rounds: int
+    seconds: float
+    generator: str = "wrk"
+
+
+def measure(tf_models: Path, torch_models: Path, rounds: int = 3, seconds: float = 4.0) -> FloorsResult:
+    """Everything this module measures, in a folder of its own (for make compare)."""
+    with tempfile.TemporaryDirectory(prefix="floors-") as work:
+        results, machine = run(tf_models.resolve(), torch_models.resolve(), rounds, seconds, Path(work))
+    return FloorsResult(machine, results, rounds, seconds)
+
+
+def run(tf_models: Path, torch_models: Path, rounds: int, seconds: float, work: Path) -> tuple[dict[str, Measured], dict]:
+    """Every measurement, in one run: the floor, both servers, the models in process, memory."""
+    body = one_digit_body()
+    body_path = work / "body.json"
+    body_path.write_bytes(body)
+    results = {name: Measured(name) for name in ("nginx", "flask", "tfserving")}
+    results["flask"].model_p50_ms = model_p50_ms("flask", torch_models)
+    results["tfserving"].model_p50_ms = model_p50_ms("tfserving", tf_models)
+    specs = {
+        "flask": flask_runtime.spec(processes.free_ports(1)[0], base_path=torch_models),
+        "tfserving": tfserving_runtime.spec(tfserving_runtime.TFServingPorts.free(), base_path=tf_models),
+    }
+    urls = {"flask": specs["flask"].endpoint("flask-rest").address, "tfserving": specs["tfserving"].endpoint("tf-rest").address}
+    urls = {name: f"{url}/v1/models/digits:predict" for name, url in urls.items()}
+    servers = {}
+    try:
+        for name, spec in specs.items():
+            servers[name] = runtime_process.start(spec, work / f"{name}.log", START_TIMEOUT_S)
+            predict_answer(urls[name], body)
+            results[name].memory_at_rest_mb = tree_memory_mb(servers[name].pid)
+        answer = predict_answer(urls["flask"], body)
+        with nginx_floor(answer) as nginx_url:
+            if nginx_url is not None:
+                urls["nginx"] = nginx_url
+            else:
+                del results["nginx"]
+            for _ in range(rounds):
+                for name, measured in results.items():
+                    for concurrency in (1, 16):
+                        point = drive(urls[name], body_path, concurrency, seconds)
+                        measured.errors += point.errors
+                        if concurrency == 1:
+                            measured.p50_ms.append(point.p50_ms or float("nan"))
+                        else:
+                            measured.rate.append(point.throughput_per_second)
+        for name, server in servers.items():
+            results[name].memory_after_load_mb = tree_memory_mb(server.pid)
+    finally:
+        runtime_process.stop_all(list(servers.values()))
+    machine = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": (f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+                    f"{platform.system()} {platform.release()}"),
+        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
+        "answer_bytes": len(answer),
+    }
+    return results, machine
+
+
+def targets(floors: FloorsResult | None) -> list[dict]:
+    """Each target as name, target, measured, passed, inputs, note (measured None, and why in note, when missing)."""
+    found = []
+    for server, share in RATE_SHARES.items():
+        names = ((f"{TITLES[server]}: (p50, 1 connection − model p50) / nginx p50 (wrk)", f"≤ {P50_OVER_FLOOR:g}"),
+                 (f"{TITLES[server]}: req/s at 16 connections / nginx's (wrk)", f"≥ {share:g}"))  # fmt: skip
+        measured = floors.servers.get(server) if floors is not None else None
+        nginx = floors.servers.get("nginx") if floors is not None else None
+        if measured is None or nginx is None:
+            note = "" if floors is None else "nginx is not installed (apt-get install nginx-light)"
+            found += [{"name": name, "target": target, "measured": None, "passed": None, "inputs": "", "note": note}
+                      for name, target in names]  # fmt: skip
+            continue
+        model = measured.model_p50_ms or 0.0
+        p50 = (measured.median_p50_ms - model) / nginx.median_p50_ms
+        rate = measured.median_rate / nginx.median_rate
+        found.append({"name": names[0][0], "target": names[0][1], "measured": p50, "passed": p50 <= P50_OVER_FLOOR,
+                      "inputs": f"({measured.median_p50_ms:.3f} ms − {model:.3f} ms) / {nginx.median_p50_ms:.3f} ms "
+                                f"({floors.generator}, load {floors.machine.get('load', '?')})", "note": ""})  # fmt: skip
+        found.append({"name": names[1][0], "target": names[1][1], "measured": rate, "passed": rate >= share,
+                      "inputs": f"{measured.median_rate:,.0f}/s / {nginx.median_rate:,.0f}/s ({floors.generator})",
+                      "note": ""})  # fmt: skip
+    return found
+
+
+def report(result: FloorsResult, command: str) -> str:
+    """The markdown the run prints."""
+    results, machine, rounds, seconds = result.servers, result.machine, result.rounds, result.seconds
+    lines = [
+        f"Measured {machine['date']} on {machine['machine']}; load average after the last round: {machine['load']}.",
+        (f"Command: `{command}`. Generator: wrk ({rounds} rounds of {seconds:g} s per point, medians; "
+         f"one-digit body, answer {machine['answer_bytes']} B)."),
+        "",
+        ("| server | p50, 1 connection (ms) | req/s, 16 connections | model p50 in process (ms) | memory at rest (MB) | "
+         "memory after load (MB) | errors |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for measured in results.values():
+        cells = [
+            f"{measured.median_p50_ms:.3f}",
+            f"{measured.median_rate:,.0f}",
+            "" if measured.model_p50_ms is None else f"{measured.model_p50_ms:.3f}",
+            "" if measured.memory_at_rest_mb is None else f"{measured.memory_at_rest_mb:,.0f}",
+            "" if measured.memory_after_load_mb is None else f"{measured.memory_after_load_mb:,.0f}",
+            str(measured.errors),
+        ]
+        lines.append(f"| {measured.name} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | rule | measured | status | from |", "| --- | --- | ---: | --- | --- |"]
+    for target in targets(result):
+        shown, passed = target["measured"], target["passed"]
+        status = "not measured" if shown is None else ("met" if passed else "missed")
+        shown = "" if shown is None else f"{shown:.3g}"
+        lines.append(f"| {target['name']} | {target['target']} | {shown} | {status} | {target['inputs'] or target['note']} |")
+    lines.append("")
+    lines.append("Memory is PSS where the system reports it (RSS otherwise), summed over each server's processes.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tf-models", type=Path, required=True, help="the TF export's model folder")
+    parser.add_argument("--torch-models", type=Path, required=True, help="the PyTorch export's model folder")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds taking turns; figures are their medians")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds per wrk run")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    arguments = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk); nothing measured.", file=sys.stderr)
+        return 2
+    for path in (arguments.tf_models, arguments.torch_models):
+        if not path.is_dir():
+            print(f"No model folder at {path}; train first (make train-tf, make train-torch).", file=sys.stderr)
+            return 2
+    command = "python -m benchmarks.floors " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = measure(arguments.tf_models, arguments.torch_models, arguments.rounds, arguments.seconds)
+    print(report(result, command))
+    if arguments.json is not None:
+        arguments.json.write_text(json.dumps(dataclasses.asdict(result), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
