@@ -46,8 +46,9 @@ train-torch-ddp: setup
 train-tf-multiworker: setup
 	$(PYTHON) -m tf_pipeline.launch --nproc $(NPROC) -- $(ARGS)
 
+TENSORBOARD_PORT ?= 6006
 tensorboard: setup
-	$(PYTHON) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
+	$(PYTHON) -m experiment.tensorboard --logdir runs --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 # Train both, serve all three servers, query every endpoint, print a side-by-side table, stop.
 demo: setup
@@ -81,6 +82,19 @@ compare-quick: setup
 
 test: setup
 	$(PYTHON) -m pytest $(ARGS)
+
+# The tests that start no server and train no model (pytest markers `server` and `training`, set by tests/conftest.py
+# from the fixtures a test uses): a minute or so, for a change that touches neither.
+.PHONY: test-fast lint
+test-fast: setup
+	$(PYTHON) -m pytest -m "not slow and not soak" $(ARGS)
+
+# ruff's linter and formatter check, mypy over the typed packages and import-linter's contracts (pyproject.toml).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # deploy/ (docs/scaling.md): check every manifest against Kubernetes' and the CRDs' schemas; lay out the latest
 # TorchServe archive under models/kserve/ the way KServe's TorchServe runtime reads it.

@@ -17,6 +17,25 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest.register_assert_rewrite("tests.pipeline_checks")
 
 
+# Fixtures that train a model or start a server (or a browser). A test that uses one, directly or through another
+# fixture, gets the marker `training` or `server`, and `slow`: `make test-fast` (-m "not slow") leaves it out.
+TRAINING_FIXTURES = frozenset({"tf_smoke_run", "torch_smoke_run", "tf_trained", "torch_trained"})
+SERVER_FIXTURES = frozenset(
+    {"shared_stack", "stack", "robust_stack", "fresh_server", "served", "flask_server", "torchserve_server", "browser"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that trains or starts a server through its fixtures (item.fixturenames is their closure)."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for name, fixtures in (("training", TRAINING_FIXTURES), ("server", SERVER_FIXTURES)):
+            if used & fixtures:
+                item.add_marker(name)
+        if item.get_closest_marker("training") or item.get_closest_marker("server"):
+            item.add_marker("slow")
+
+
 @pytest.fixture(scope="session")
 def digits():
     """The default dataset, split with seed 0."""
@@ -75,3 +94,17 @@ def torch_every_format(tmp_path_factory, digits):
         tmp_path_factory.mktemp("torch_formats"), digits, epochs=1, run_name="formats",
         formats=("onnx", "pt2", "torchscript"),
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tf_trained, torch_trained, tmp_path_factory):
+    """The three servers on free ports over tf_trained and torch_trained, started once for the whole session.
+
+    For the tests that only send requests (integration, robustness): they share one TorchServe JVM and one of each
+    Python server instead of starting a stack each. A test that stops, restarts or changes a server starts its own
+    (the playground's browser test stops TorchServe at its end).
+    """
+    from tests.local_stack import local_stack
+
+    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("shared_stack")) as running:
+        yield running

@@ -13,13 +13,12 @@ import dataclasses
 import hashlib
 import math
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence, TextIO
 
 import numpy as np
 
-from experiment import artifacts, metrics, runs
+from experiment import artifacts, metrics, processes, runs
 from experiment.cli import run_main
 from experiment.config import (
     ADAM_EPSILON, TrainConfig, config_field, parse_config, parse_torch_formats, per_replica_batch_size,
@@ -363,4 +362,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(processes.exit_status(main()))

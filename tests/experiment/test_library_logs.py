@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from experiment import library_logs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,8 @@ def test_worth_showing_drops_info_lines_the_banner_and_a_failed_cuinit_and_keeps
     assert library_logs.worth_showing(lines) == lines[5:]
 
 
+@pytest.mark.training
+@pytest.mark.training
 def test_training_prints_no_cpp_log_line_and_says_once_that_there_is_no_gpu(tmp_path):
     result = _run(
         ["-m", "tf_pipeline.train", "--epochs", "1", "--verbose", "0", "--output-dir", str(tmp_path / "models"),

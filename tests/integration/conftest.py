@@ -32,18 +32,14 @@ class StackUnderTest:
 
 
 @pytest.fixture(scope="session")
-def stack(request, tmp_path_factory):
+def stack(request):
     """Every server of docs/architecture.md, ready, serving the models the two pipelines just trained."""
     external = endpoints_from_environment(os.environ)
     if external is not None:
         yield StackUnderTest(Path(os.environ.get("MODELS_DIR", "models")), external, {})
         return
-    from tests.local_stack import local_stack
-
-    tf_trained = request.getfixturevalue("tf_trained")
-    torch_trained = request.getfixturevalue("torch_trained")
-    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("stack")) as running:
-        yield StackUnderTest(running.models_dir, running.stack.endpoints(), running.startup_seconds)
+    running = request.getfixturevalue("shared_stack")  # started here only when no external stack is named
+    yield StackUnderTest(running.models_dir, running.stack.endpoints(), running.startup_seconds)
 
 
 def endpoint_for(stack: StackUnderTest, name: str) -> Endpoint:

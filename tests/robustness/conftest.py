@@ -1,5 +1,5 @@
-"""Fixtures for the robustness suite: one stack of all three servers shared by the package, and fresh servers for
-the tests that restart or stop one.
+"""Fixtures for the robustness suite: the session's shared stack of all three servers, and fresh servers for the
+tests that restart or stop one.
 
 Counts are small here so the suite fits in `make test`; the tests marked `soak` send many more (`pytest -m soak`).
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.local_stack import local_stack
 from tests.robustness import servers
 
 # The fast suite's sizes, and the soak's.
@@ -19,10 +18,9 @@ SOAK_SECONDS = 60.0
 
 
 @pytest.fixture(scope="package")
-def robust_stack(tf_trained, torch_trained, tmp_path_factory):
-    """The three servers (TF Serving-compatible, Flask, TorchServe) over the trained exports, shared by the package."""
-    with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("robust_stack")) as started:
-        yield servers.stack_servers(started.stack)
+def robust_stack(shared_stack):
+    """The three servers (TF Serving-compatible, Flask, TorchServe) of the session's shared stack, by name."""
+    return servers.stack_servers(shared_stack.stack)
 
 
 @pytest.fixture(params=servers.SERVERS)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
+from serving.clients.base import poll_until
 from tests.robustness import checks, fallback, grpc_cases
 
 pytestmark = pytest.mark.slow
@@ -18,14 +18,21 @@ SETTLE_SECONDS = 30.0
 TORCHSERVE_SETTLE_SECONDS = 60.0  # its workers load after the inference port opens
 
 
-def assert_status_shows_fallback(running) -> None:
-    """TensorFlow Serving's status: version 1 AVAILABLE, version 2 listed with its load error."""
+def fallback_problem(running) -> str | None:
+    """None when the status shows TensorFlow Serving's fallback: version 1 AVAILABLE, version 2 with its load error."""
     versions = fallback.versions_in_status(running.target)
-    assert versions.get("1", {}).get("state") == "AVAILABLE", f"version 1 is not AVAILABLE in the status: {versions}"
+    if versions.get("1", {}).get("state") != "AVAILABLE":
+        return f"version 1 is not AVAILABLE in the status: {versions}"
     failed = versions.get("2", {})
-    assert failed.get("state") != "AVAILABLE" and failed.get("status", {}).get("error_code", "OK") != "OK", (
-        f"the status does not say that version 2 failed to load: {versions}"
-    )
+    if failed.get("state") == "AVAILABLE" or failed.get("status", {}).get("error_code", "OK") == "OK":
+        return f"the status does not say that version 2 failed to load: {versions}"
+    return None
+
+
+def assert_status_shows_fallback(running) -> None:
+    """The status shows the fallback now."""
+    problem = fallback_problem(running)
+    assert problem is None, problem
 
 
 def test_tf_server_started_over_a_corrupt_newest_version_serves_the_last_good_one(fresh_server):
@@ -46,7 +53,8 @@ def test_flask_started_over_a_corrupt_newest_version_serves_the_last_good_one(fr
 def test_flask_workers_restarted_after_a_corrupt_version_appeared_serve_the_last_good_one(fresh_server):
     running = fresh_server("flask")
     fallback.add_corrupt_torch_version(running.folder, 1, 2)
-    time.sleep(2.0)  # a few polls: the running workers see version 2 fail and keep version 1
+    # The running workers poll the folder: wait until one answers that version 2 failed and version 1 serves.
+    poll_until(lambda: fallback_problem(running), SETTLE_SECONDS, lambda problem: f"version 2 never seen: {problem}")
     workers = running.process.leader.children()
     assert workers, "gunicorn has no workers"
     for worker in workers:

@@ -23,13 +23,17 @@ GRACE_SECONDS = 10
 
 
 class SlowApp:
-    """A WSGI app that answers after a pause, and has the drain(timeout) a RestApp has."""
+    """A WSGI app that answers once `release` is set (`entered` tells a request is inside), and has the
+    drain(timeout) a RestApp has."""
 
     def __init__(self) -> None:
         self.drained = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
     def __call__(self, environ, start_response):
-        time.sleep(0.2)
+        self.entered.set()
+        self.release.wait(10)
         start_response("200 OK", [("Content-Type", "application/json")])
         return [b'{"ok": true}']
 
@@ -53,10 +57,11 @@ def test_an_admitted_rest_request_finishes_and_later_ones_are_refused_with_conne
     answers: list = []
     running = threading.Thread(target=call, args=(app, answers))
     running.start()
-    time.sleep(0.05)  # admitted before the drain starts
+    assert app.app.entered.wait(5)  # admitted before the drain starts
     gate.start_draining()
     assert not gate.wait_until_idle(0.01)  # still running
     call(app, answers)
+    app.app.release.set()
     assert app.drain(5) and app.app.drained
     running.join()
     refused, finished = answers
@@ -149,9 +154,13 @@ def test_sigterm_under_load_finishes_admitted_requests_and_refuses_new_ones_clea
         clients = [threading.Thread(target=grpc_client) for _ in range(6)] + [threading.Thread(target=rest_client) for _ in range(6)]
         for client in clients:
             client.start()
-        time.sleep(1.5)
-        with lock:
-            before = outcomes["ok"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # under load: as many answers as clients before the signal
+            with lock:
+                before = outcomes["ok"]
+            if before >= len(clients):
+                break
+            time.sleep(0.05)
         signalled = time.monotonic()
         server.send_signal(signal.SIGTERM)
         status = server.wait(GRACE_SECONDS + 20)

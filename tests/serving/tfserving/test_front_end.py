@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,11 @@ LIMIT = 1000
 
 
 class EchoApp:
-    """A WSGI app answering what it saw; `release` holds requests to /slow until set; `drain` as RestApp's."""
+    """A WSGI app answering what it saw; `release` holds requests to /slow (`arrived` once one has) until set; `drain`
+    as RestApp's."""
 
     def __init__(self) -> None:
+        self.arrived = threading.Event()
         self.release = threading.Event()
         self.drained = threading.Event()
 
@@ -32,6 +33,7 @@ class EchoApp:
         if environ["PATH_INFO"] == "/boom":
             raise RuntimeError("a bug")
         if environ["PATH_INFO"] == "/slow":
+            self.arrived.set()
             self.release.wait(10)
         body = environ["wsgi.input"].read()
         seen = {"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"], "query": environ["QUERY_STRING"],
@@ -118,10 +120,10 @@ def test_stop_finishes_the_request_in_flight_then_refuses_connections(front_end)
     answers: list[int] = []
     thread = threading.Thread(target=lambda: answers.append(request(front_end.port, "GET", "/slow")[0]))
     thread.start()
-    time.sleep(0.3)
+    assert front_end.app.arrived.wait(10)  # the request is in flight
     stopper = threading.Thread(target=front_end.stop, args=(10,))
     stopper.start()
-    time.sleep(0.5)
+    assert front_end.app.drained.wait(10)  # the stop has begun: no longer listening, waiting for the request
     front_end.app.release.set()
     thread.join(10)
     stopper.join(10)
