@@ -46,8 +46,9 @@ train-torch-ddp: setup
 train-tf-multiworker: setup
 	$(PYTHON) -m tf_pipeline.launch --nproc $(NPROC) -- $(ARGS)
 
+TENSORBOARD_PORT ?= 6006
 tensorboard: setup
-	$(PYTHON) -m tensorboard.main --logdir runs --host 127.0.0.1 --port 6006
+	$(PYTHON) -m experiment.tensorboard --logdir runs --host 127.0.0.1 --port $(TENSORBOARD_PORT)
 
 # Train both, serve all three servers, query every endpoint, print a side-by-side table, stop.
 demo: setup

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import socket
+import sys
 from typing import Sequence
 
 LOOPBACK = "127.0.0.1"
@@ -55,3 +58,28 @@ def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
+
+
+def in_data_parallel_group() -> bool:
+    """Whether this process is one worker of a data-parallel run (torchrun's WORLD_SIZE > 1, or a TF_CONFIG)."""
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1") or bool(os.environ.get("TF_CONFIG", "").strip())
+
+
+def exit_status(status: int) -> int:
+    """End a training command with status: a worker of a data-parallel run ends here, at once, after flushing.
+
+    The frameworks' collective runtimes (gloo's and the TCP store's threads in torch, TensorFlow's gRPC server
+    and collective executors, which it cannot stop) still run when training returns. Letting the interpreter
+    tear down then runs C++ static destructors while those threads are alive, and a destructor of a thread that
+    was never joined aborts the process ("terminate called without an active exception", SIGABRT) after the work
+    is done. Every file is closed by then, so a worker that succeeded flushes its output and logs and leaves with
+    os._exit, which runs no destructors. A failed worker (a peer lost, a mistake) and a single process return
+    status and exit normally: a launcher that watches the group then still sees the first failure first.
+    """
+    if status != 0 or not in_data_parallel_group():
+        return status
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)

@@ -98,6 +98,23 @@ def addresses_from_run_dir(run_dir: Path | str) -> StackAddresses:
     )
 
 
+def served_input_shape(run_dir: Path | str) -> tuple[int, int] | None:
+    """(H, W) of the newest TensorFlow export of the stack's model, from its metadata.json; None when unknown."""
+    import json
+
+    from serving.runtime import Stack
+
+    stack = Stack.from_run_dir(run_dir)
+    versions = sorted((path for path in stack.tf_base_path.glob("*") if path.name.isdigit()), key=lambda p: int(p.name))
+    if not versions:
+        return None
+    try:
+        height, width = json.loads((versions[-1] / "metadata.json").read_text())["network"]["input_shape"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return int(height), int(width)
+
+
 def stack_is_running(run_dir: Path | str) -> bool:
     """True when run_dir holds a stack with at least one server process alive."""
     from serving.runtime import Stack

@@ -79,9 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
         from serving.playground import create_app, endpoints
 
-        connected = endpoints.connect(endpoints.addresses_from_run_dir(arguments.run_dir))
+        addresses = endpoints.addresses_from_run_dir(arguments.run_dir)
+        shape = endpoints.served_input_shape(arguments.run_dir)
+        if shape is not None and shape != (8, 8):
+            raise UsageError(
+                f"The playground draws 8×8 digits only, and the model `{addresses.model_name}` takes {shape[0]}×"
+                f"{shape[1]} images; query it with `.venv/bin/python -m serving.client` and `--images` instead "
+                f"(docs/your-data.md)."
+            )
+        connected = endpoints.connect(addresses)
         try:
-            app = create_app(connected)
+            app = create_app(connected, {"MODEL_NAME": addresses.model_name})
             if arguments.port is None:
                 server = bind(app, [DEFAULT_PORT, *FALLBACK_PORTS], any_port=True)
             else:
@@ -92,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not endpoints.stack_is_running(arguments.run_dir):
                 print(f"No `make serve` stack runs from {arguments.run_dir}/; asking the default ports "
                       f"(those of `docker compose up`). Start the servers with `make serve`.")  # fmt: skip
-            print(f"Playground: http://{HOST}:{port}/  (Ctrl-C to stop)", flush=True)
+            print(f"Playground: http://{HOST}:{port}/  (model '{addresses.model_name}'; Ctrl-C to stop)", flush=True)
             # SIGTERM too; and SIGINT explicitly, since a shell that starts us in the background leaves it ignored.
             for number in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(number, _raise_interrupt)

@@ -44,6 +44,7 @@ def test_worth_showing_drops_info_lines_the_banner_and_a_failed_cuinit_and_keeps
 
 
 @pytest.mark.training
+@pytest.mark.training
 def test_training_prints_no_cpp_log_line_and_says_once_that_there_is_no_gpu(tmp_path):
     result = _run(
         ["-m", "tf_pipeline.train", "--epochs", "1", "--verbose", "0", "--output-dir", str(tmp_path / "models"),
