@@ -208,6 +208,7 @@ def test_endpoints_are_listed_in_order_with_key_and_label_only(client):
     assert [item["key"] for item in listing["endpoints"]] == [
         "answers-7", "fails-EndpointError", "fails-RuntimeError", "answers-1"]  # fmt: skip
     assert all(set(item) == {"key", "label"} for item in listing["endpoints"])
+    assert listing["model"] == "digits"  # the page names the model it talks to
 
 
 def test_a_drawing_goes_to_every_endpoint_and_a_failing_one_does_not_stop_the_others(client):
