@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     # A 1024 × 1024 drawing is 1 MiB of ink bytes, 1.4 MiB as base64; the page sends 256 × 256.
     "MAX_CONTENT_LENGTH": 2 * 1024 * 1024,
     "TEST_IMAGE_SEED": None,  # seed of the "random test image" choice; None: a different one each run
+    "MODEL_NAME": "digits",  # the model the endpoints serve, named on the page
 }
 
 

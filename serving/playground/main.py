@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         connected = endpoints.connect(addresses)
         try:
-            app = create_app(connected)
+            app = create_app(connected, {"MODEL_NAME": addresses.model_name})
             if arguments.port is None:
                 server = bind(app, [DEFAULT_PORT, *FALLBACK_PORTS], any_port=True)
             else:

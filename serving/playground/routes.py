@@ -97,8 +97,9 @@ def index() -> Response:
 
 @page.get("/api/endpoints")
 def list_endpoints() -> Response:
-    """Key and label of every endpoint, in the order the cards appear."""
-    return jsonify({"endpoints": [{"key": item.key, "label": item.label} for item in _playground().endpoints]})
+    """The model's name, and key and label of every endpoint, in the order the cards appear."""
+    endpoints = [{"key": item.key, "label": item.label} for item in _playground().endpoints]
+    return jsonify({"model": current_app.config["MODEL_NAME"], "endpoints": endpoints})
 
 
 @page.get("/api/test-image")

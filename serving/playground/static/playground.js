@@ -245,6 +245,7 @@
 
   busy(async () => {
     const listing = await call("/api/endpoints");
+    document.getElementById("model").textContent = `Model: ${listing.model}`;
     listing.endpoints.forEach(makeCard);
     const linked = /^#test-image=(\d+)$/.exec(location.hash);
     if (linked) await loadTestImage(Number(linked[1]));
