@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 PIP_INSTALL_FLAGS := $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL),)
 ARGS ?=
 
-.PHONY: setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs playground
+.PHONY: cpp-loader setup lock train-tf train-torch train-torch-ddp train-tf-multiworker tensorboard demo test clean serve stop status logs playground
 
 setup: $(VENV)/.installed
 
@@ -111,6 +111,20 @@ kserve-layout: setup
 .PHONY: test-containers
 test-containers: setup
 	TORCH_INDEX_URL=$(TORCH_INDEX_URL) $(PYTHON) -m tests.containers.run $(ARGS)
+
+# The C++ program that loads model.pt2 without Python (serving/cpp/pt2_classify.cpp), compiled against the torch
+# wheel's own headers and libtorch: `make cpp-loader`, then build/pt2_classify models/torch/digits/<v>/model.pt2 x.txt
+CXX ?= g++
+CPP_LOADER ?= build/pt2_classify
+cpp-loader: $(CPP_LOADER)
+
+$(CPP_LOADER): serving/cpp/pt2_classify.cpp | setup
+	@mkdir -p $(dir $@)
+	torch_dir=$$($(PYTHON) -c "import os, torch; print(os.path.dirname(torch.__file__))") && \
+	abi=$$($(PYTHON) -c "import torch; print(int(torch.compiled_with_cxx11_abi()))") && \
+	$(CXX) -std=c++20 -O1 -D_GLIBCXX_USE_CXX11_ABI=$$abi -I$$torch_dir/include \
+	  -I$$torch_dir/include/torch/csrc/api/include $< -L$$torch_dir/lib -ltorch -ltorch_cpu -lc10 \
+	  -Wl,-rpath,$$torch_dir/lib -o $@
 
 clean:
 	rm -rf models runs reports .pytest_cache

@@ -39,6 +39,9 @@ def _config_kwargs(config_class: type, arguments: argparse.Namespace) -> dict[st
     }
     if arguments.batch_size:
         kwargs["batch_size"] = arguments.batch_size
+    if "formats" in names:
+        # The legacy TorchScript too: the report measures it beside the ONNX model the servers load.
+        kwargs["formats"] = ("onnx", "torchscript")
     for quiet in (("verbose", 0), ("progress", False)):
         if quiet[0] in names:
             kwargs[quiet[0]] = quiet[1]

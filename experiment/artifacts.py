@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 METADATA_FILE = "metadata.json"
-TORCHSCRIPT_FILE = "model.pt"
+TORCHSCRIPT_FILE = "model.pt"  # TorchScript: deprecated by PyTorch, written only when asked for
+ONNX_FILE = "model.onnx"  # ONNX Runtime (and any ONNX consumer): what Flask and TorchServe serve by default
+AOTI_FILE = "model.pt2"  # torch.export + AOTInductor package: loadable from C++ without Python
+# Export format → the file it writes in a torch version folder.
+TORCH_FORMAT_FILES = {"onnx": ONNX_FILE, "pt2": AOTI_FILE, "torchscript": TORCHSCRIPT_FILE}
 MODEL_STORE = "model-store"
 # Temporary export folders start with a dot, so a server scanning for integer versions never sees them.
 STAGING_PREFIX = ".staging-"

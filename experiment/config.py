@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+from experiment.artifacts import TORCH_FORMAT_FILES
 from experiment.errors import UsageError
 from experiment.spec import ACTIVATIONS, NetworkSpec, parse_hidden_sizes
 
@@ -210,6 +211,17 @@ def parse_config(
     parser = build_parser(config_class, prog, description)
     namespace = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     return config_class(**vars(namespace))
+
+
+def parse_torch_formats(text: str) -> tuple[str, ...]:
+    """--formats 'onnx,pt2' → ('onnx', 'pt2'): known names, each once, onnx among them (both servers serve it)."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in TORCH_FORMAT_FILES]
+    if unknown:
+        raise UsageError(f"--formats: unknown format {unknown[0]!r}; choose from {', '.join(TORCH_FORMAT_FILES)}.")
+    if "onnx" not in names:
+        raise UsageError("--formats must include onnx: the Flask app and TorchServe's archive serve model.onnx.")
+    return names
 
 
 def per_replica_batch_size(global_batch_size: int, replicas: int) -> int:

@@ -2,6 +2,8 @@
 
 `tf_smoke_run` / `torch_smoke_run`: one epoch, to check artifacts quickly.
 `tf_trained` / `torch_trained`: the default settings (reach ≥ 0.95 test accuracy), for serving and parity tests.
+`torch_every_format`: one epoch exported as model.onnx, model.pt2 (where a C++ compiler exists) and model.pt, for the
+tests of the formats beyond the default ONNX one.
 """
 
 from __future__ import annotations
@@ -83,6 +85,15 @@ def tf_trained(tmp_path_factory, digits):
 def torch_trained(tmp_path_factory, digits):
     """A torch model trained with the default settings, exported as models/torch/digits/1 and digits.mar."""
     return _torch_train(tmp_path_factory.mktemp("torch_trained"), digits, run_name="trained")
+
+
+@pytest.fixture(scope="session")
+def torch_every_format(tmp_path_factory, digits):
+    """One epoch of torch training exported in every format (the .pt2 compile is the slow part)."""
+    return _torch_train(
+        tmp_path_factory.mktemp("torch_formats"), digits, epochs=1, run_name="formats",
+        formats=("onnx", "pt2", "torchscript"),
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from deploy import kserve_storage
 from experiment import artifacts
 
@@ -42,6 +44,7 @@ def _hidden(folder: Path) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir() if entry.name.startswith(".") and entry.is_dir())
 
 
+@pytest.mark.training
 def test_trainings_started_at_once_each_publish_their_own_version_and_archive(tmp_path):
     runs = {f"torch-{index}": "torch_pipeline.train" for index in range(TORCH_RUNS)}
     runs |= {f"tf-{index}": "tf_pipeline.train" for index in range(TF_RUNS)}

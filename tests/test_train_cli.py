@@ -58,5 +58,5 @@ def test_bad_input_is_one_sentence(module, case, message, tmp_path):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr  # exactly one line
-    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("model.pt"))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("model.*"))
     assert not any(tmp_path.rglob("saved_model.pb"))

@@ -20,7 +20,9 @@ import numpy as np
 
 from experiment import artifacts, metrics, processes, runs
 from experiment.cli import run_main
-from experiment.config import ADAM_EPSILON, TrainConfig, config_field, parse_config, per_replica_batch_size
+from experiment.config import (
+    ADAM_EPSILON, TrainConfig, config_field, parse_config, parse_torch_formats, per_replica_batch_size,
+)
 from experiment.data import Dataset, Split, load_dataset
 from experiment.spec import NetworkSpec
 
@@ -42,6 +44,12 @@ class TorchTrainConfig(TrainConfig):
         None,
         "folder where each rank writes a checksum of its weights after every step (rank-<rank>.txt), "
         "to check that replicas stay identical",
+    )
+    formats: tuple[str, ...] = config_field(
+        ("onnx",),
+        "export formats, comma-separated, from onnx (ONNX Runtime), pt2 (AOTInductor package, compiles C++ for "
+        "tens of seconds) and torchscript (deprecated by PyTorch); onnx is always needed",
+        parse=parse_torch_formats,
     )
 
     framework = FRAMEWORK
@@ -306,7 +314,8 @@ def _evaluate_and_export(run: _Run, training_seconds: float) -> runs.TrainingRes
     )
     # Both artifacts are finished in hidden staging folders before either is published.
     with artifacts.staging_directory(base_path) as staging, artifacts.staging_directory(model_store) as archive_dir:
-        export.write_torchscript(network, staging)
+        cache_dir = artifacts.model_base_path(run.config.output_dir, FRAMEWORK, export.INDUCTOR_CACHE_FOLDER)
+        metadata["artifacts"] = export.export_formats(network, staging, run.config.formats, cache_dir)
         artifacts.write_metadata(staging, metadata)
         with artifacts.publish_lock(base_path):  # the version, its archive and <model>.mar get one number
             version = artifacts.next_version(base_path)
@@ -329,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
 
     def body() -> int:
-        config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export TorchScript and a .mar.")
+        config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export ONNX (and more) and a .mar.")
         try:
             result = train(config)
         except runs.WorkerLost as error:
@@ -340,8 +349,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"test accuracy {result.test_accuracy:.4f} after {result.training_seconds:.1f} s of training on {_device()}\n"
             f"TensorBoard run: {result.run_dir}\n"
-            f"TorchScript:     {result.export_path / artifacts.TORCHSCRIPT_FILE} (version {result.version})\n"
-            f"TorchServe:      {artifacts.model_store_path(config.output_dir) / (result.export_path.parent.name + '.mar')}"
+            + "".join(
+                f"{record['format'] + ':':<16} {result.export_path / record['file']} (version {result.version}, "
+                f"{record['bytes']:,} bytes, exported in {record['export_seconds']:.1f} s)\n"
+                for record in artifacts.read_metadata(result.export_path)["artifacts"]
+            )
+            + f"TorchServe:      {artifacts.model_store_path(config.output_dir) / (result.export_path.parent.name + '.mar')}"
         )
         return 0
 

@@ -1,4 +1,4 @@
-"""The Flask REST app serving the TorchScript export with TensorFlow Serving's REST API (application factory).
+"""The Flask REST app serving the torch export (ONNX Runtime by default) with TensorFlow Serving's REST API (application factory).
 
 Development:  FLASK_MODEL_BASE_PATH=models/torch/digits flask --app serving.flask_app run --port 5000
 Production:   gunicorn -c serving/gunicorn_conf.py 'serving.flask_app:create_app()'
@@ -16,12 +16,14 @@ from werkzeug.exceptions import HTTPException
 
 from serving.flask_app import routes
 from serving.flask_app.metrics import AppMetrics
-from serving.flask_app.models import ModelManager
+from serving.flask_app.models import FORMATS, ModelManager
 from serving.protocol import rest
 from serving.protocol.errors import RequestError
 
 DEFAULTS: dict[str, Any] = {
-    "MODEL_BASE_PATH": "models/torch/digits",  # integer version folders with model.pt + metadata.json
+    "MODEL_BASE_PATH": "models/torch/digits",  # integer version folders with model.onnx (...) + metadata.json
+    # Which file of a version answers: onnx (ONNX Runtime), pt2 (AOTInductor package) or torchscript (deprecated).
+    "MODEL_FORMAT": "onnx",
     "MODEL_NAME": "digits",
     "MODEL_VERSION": None,  # serve this version only; None: the highest, switching when a newer one appears
     "MODEL_POLL_SECONDS": 1.0,  # TF Serving's --file_system_poll_wait_seconds; 0 turns polling off
@@ -56,6 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         pinned_version=app.config["MODEL_VERSION"],
         poll_seconds=float(app.config["MODEL_POLL_SECONDS"]),
         on_change=on_change,
+        model_format=str(app.config["MODEL_FORMAT"]),
     )
     app.extensions["model_manager"] = manager
     app.extensions["app_metrics"] = metrics
@@ -82,6 +85,8 @@ def _check_config(config: Mapping[str, Any]) -> None:
         value = config[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
             raise ValueError(f"FLASK_{name} must be a number ≥ {minimum}, got {value!r}.")
+    if config["MODEL_FORMAT"] not in FORMATS:
+        raise ValueError(f"FLASK_MODEL_FORMAT must be one of {', '.join(FORMATS)}, got {config['MODEL_FORMAT']!r}.")
     limit = config["MAX_CONTENT_LENGTH"]
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"FLASK_MAX_CONTENT_LENGTH must be a positive number of bytes, got {limit!r}.")

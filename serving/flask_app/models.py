@@ -1,4 +1,9 @@
-"""The served TorchScript versions: loading one version folder, and serving.versions' watcher over the base path."""
+"""The served torch versions: loading one version folder in the chosen format, and the watcher over the base path.
+
+Formats (FLASK_MODEL_FORMAT): `onnx` (model.onnx in ONNX Runtime, the default; this path never imports torch),
+`pt2` (model.pt2, the AOTInductor package) and `torchscript` (model.pt, deprecated by PyTorch). torch is imported
+only when a version is loaded in one of the last two.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from experiment import artifacts
 from experiment.spec import CLASSES, INPUT_NAME, OUTPUT_NAMES, PROBABILITIES, SIGNATURE_NAME
@@ -19,6 +23,12 @@ from serving.versions import ModelSource, VersionPolicy, VersionStatus, VersionW
 
 logger = logging.getLogger("serving.flask_app")
 
+FORMATS = tuple(artifacts.TORCH_FORMAT_FILES)  # ("onnx", "pt2", "torchscript")
+DEFAULT_FORMAT = "onnx"
+# images float32 (N, H, W) → {"probabilities": (N, C) float32, "classes": (N,) int64}
+Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
     """One loaded version: immutable, so a request that took a reference keeps a consistent model during a swap."""
@@ -26,7 +36,8 @@ class LoadedModel:
     name: str
     version: int
     path: Path
-    module: torch.jit.ScriptModule
+    format: str  # "onnx" | "pt2" | "torchscript": which file answers
+    runner: Runner
     input_shape: tuple[int, ...]  # one example's shape, (H, W)
     num_classes: int
     metadata: dict[str, Any]
@@ -40,29 +51,78 @@ class LoadedModel:
 
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """images float32 (N, H, W) → {"probabilities": (N, C) float32, "classes": (N,) int64}."""
+        return self.runner(images)
+
+
+def onnx_runner(path: Path) -> Runner:
+    """An ONNX Runtime session on model.onnx, one intra-op thread (gunicorn runs one worker per core)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
+
+    return run
+
+
+def pt2_runner(path: Path) -> Runner:
+    """The AOTInductor package model.pt2, called from Python (imports torch)."""
+    import torch
+
+    torch.set_num_threads(1)
+    compiled = torch._inductor.aoti_load_package(str(path))
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            outputs = self.module(torch.from_numpy(images))
+            outputs = compiled(torch.from_numpy(images))
         return {name: outputs[name].numpy() for name in OUTPUT_NAMES}
 
+    return run
 
-def load_version(name: str, version_dir: Path) -> LoadedModel:
-    """Load model.pt and metadata.json from one version folder, in eval mode, and run it once to warm it up."""
+
+def torchscript_runner(path: Path) -> Runner:
+    """The TorchScript module model.pt (deprecated by PyTorch; imports torch)."""
+    import torch
+
+    torch.set_num_threads(1)
+    module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+
+    def run(images: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            outputs = module(torch.from_numpy(images))
+        return {name: outputs[name].numpy() for name in OUTPUT_NAMES}
+
+    return run
+
+
+RUNNERS: dict[str, Callable[[Path], Runner]] = {"onnx": onnx_runner, "pt2": pt2_runner, "torchscript": torchscript_runner}
+
+
+def load_version(name: str, version_dir: Path, model_format: str = DEFAULT_FORMAT) -> LoadedModel:
+    """Load one version folder's file of model_format and its metadata.json, and run it once to warm it up."""
     version_dir = Path(version_dir)
     metadata = json.loads((version_dir / artifacts.METADATA_FILE).read_text())
     network = metadata["network"]
-    module = torch.jit.load(str(version_dir / artifacts.TORCHSCRIPT_FILE), map_location="cpu")
-    module.eval()
+    file = version_dir / artifacts.TORCH_FORMAT_FILES[model_format]
+    if not file.is_file():
+        raise FileNotFoundError(f"{file.name} is missing (this version was exported without --formats {model_format})")
     input_shape = tuple(int(size) for size in network["input_shape"])
     loaded = LoadedModel(
         name=name,
         version=int(version_dir.name),
         path=version_dir,
-        module=module,
+        format=model_format,
+        runner=RUNNERS[model_format](file),
         input_shape=input_shape,
         num_classes=int(network["num_classes"]),
         metadata=metadata,
     )
-    # The first call of a TorchScript module compiles its graph; do it here, not in a client's request.
+    # The first call allocates and plans; do it here, not in a client's request.
     loaded.predict(np.zeros((1, *input_shape), dtype=np.float32))
     return loaded
 
@@ -84,8 +144,10 @@ class ModelManager(VersionWatcher[LoadedModel]):
         pinned_version: int | None = None,
         poll_seconds: float = 1.0,
         on_change: Callable[[], None] | None = None,
+        model_format: str = DEFAULT_FORMAT,
     ) -> None:
         self.name = name
+        self.model_format = model_format
         self.base_path = Path(base_path)
         self.pinned_version = pinned_version
         policy = VersionPolicy()  # the newest version, or the newest that loads when it fails
@@ -93,7 +155,7 @@ class ModelManager(VersionWatcher[LoadedModel]):
             policy = VersionPolicy("specific", versions=frozenset({pinned_version}))
         super().__init__(
             [ModelSource(name, self.base_path, policy)],
-            lambda model_name, version, path: load_version(model_name, path),
+            lambda model_name, version, path: load_version(model_name, path, model_format),
             poll_seconds,
             on_change,
             keep_vanished_until_replaced=True,

@@ -109,6 +109,7 @@ def model_metadata(name: str, version: int | None = None) -> Response:
         {
             "model_spec": {"name": model.name, "signature_name": "", "version": str(model.version)},
             "metadata": {"signature_def": {"signature_def": {model.signature.name: model.signature.to_json()}}},
+            "format": model.format,  # which file answers: onnx, pt2 or torchscript (FLASK_MODEL_FORMAT)
         }
     )
 
@@ -129,7 +130,7 @@ def readyz() -> Response:
     model = manager.current
     if model is None:
         return json_response({"error": manager.describe_missing()}, 503)
-    return json_response({"status": "ready", "model": model.name, "version": model.version})
+    return json_response({"status": "ready", "model": model.name, "version": model.version, "format": model.format})
 
 
 @api.get("/metrics")

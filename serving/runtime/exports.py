@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Iterable
 
-from experiment.artifacts import MODEL_STORE, TORCHSCRIPT_FILE, list_versions
+from experiment.artifacts import MODEL_STORE, ONNX_FILE, list_versions
 from serving.runtime.process import process_environment
 from serving.runtime.spec import DEFAULT_MODEL_NAME, PROJECT_ROOT, ServerError, display_path
 
@@ -24,7 +24,7 @@ def tf_base_path(models_dir: Path, model_name: str) -> Path:
 
 
 def torch_base_path(models_dir: Path, model_name: str) -> Path:
-    """models/torch/<model>: the TorchScript versions Flask serves."""
+    """models/torch/<model>: the torch versions (model.onnx, ...) Flask serves."""
     return Path(models_dir) / "torch" / model_name
 
 
@@ -40,7 +40,7 @@ def has_export(export: str, models_dir: Path, model_name: str) -> bool:
         return any((base / str(version) / "saved_model.pb").is_file() for version in list_versions(base))
     if export == "torch":
         base = torch_base_path(models_dir, model_name)
-        return any((base / str(version) / TORCHSCRIPT_FILE).is_file() for version in list_versions(base))
+        return any((base / str(version) / ONNX_FILE).is_file() for version in list_versions(base))
     return (model_store(models_dir) / f"{model_name}.mar").is_file()
 
 

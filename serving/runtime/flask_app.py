@@ -50,7 +50,7 @@ def spec(
     application: str = APPLICATION,
     python: str = sys.executable,
 ) -> ServerSpec:
-    """gunicorn on 127.0.0.1:port serving base_path's TorchScript versions; environment adds FLASK_* settings."""
+    """gunicorn on 127.0.0.1:port serving base_path's torch versions (ONNX Runtime by default); environment adds FLASK_* settings."""
     url = f"http://{HOST}:{port}"
     predict_url = f"{url}/v1/models/{model_name}:predict"
     settings: dict[str, str | None] = {"FLASK_MODEL_NAME": model_name}

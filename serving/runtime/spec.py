@@ -83,7 +83,7 @@ class ServerSpec:
     working_directory: Path = PROJECT_ROOT
     stop_command: list[str] | None = None  # run before the signals, with the same environment and folder
     prepare: Callable[[], None] | None = None  # checks and config files before the launch; may raise ServerError
-    needs: tuple[str, ...] = ()  # exports it serves: "tf", "torch" (TorchScript), "torch-archive" (.mar)
+    needs: tuple[str, ...] = ()  # exports it serves: "tf", "torch" (model.onnx), "torch-archive" (.mar)
     remove_after_stop: tuple[Path, ...] = ()  # files the server leaves that must not outlive it (expired keys)
 
     def endpoint(self, name: str) -> Endpoint:

@@ -136,7 +136,7 @@ class Stack:
 
     @property
     def torch_base_path(self) -> Path:
-        """models/torch/<model>: the TorchScript versions Flask serves."""
+        """models/torch/<model>: the torch versions (model.onnx, ...) Flask serves."""
         return exports.torch_base_path(self.models_dir, self.model_name)
 
     @property

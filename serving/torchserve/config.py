@@ -57,10 +57,8 @@ def archive_problem(archive: Path) -> str | None:
     """Why TorchServe could not load this archive's model (one phrase), or None when it loads.
 
     The checks a worker's load would fail on, made before TorchServe starts: a readable zip with a manifest, the
-    handler and metadata.json it needs, and a serialized TorchScript file that torch can load.
+    handler and metadata.json it needs, and a serialized model.onnx that ONNX Runtime can load.
     """
-    import io
-
     try:
         with zipfile.ZipFile(archive) as bundle:
             manifest = json.loads(bundle.read("MAR-INF/MANIFEST.json"))["model"]
@@ -70,12 +68,12 @@ def archive_problem(archive: Path) -> str | None:
             serialized = bundle.read(manifest["serializedFile"])
     except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError) as error:
         return f"it is not a complete model archive ({type(error).__name__})"
-    import torch  # only here: reading the launcher's flags or stopping a server needs no torch
+    import onnxruntime  # only here: reading the launcher's flags or stopping a server needs no runtime
 
     try:
-        torch.jit.load(io.BytesIO(serialized), map_location="cpu")
-    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError, ValueError, ... for a damaged file
-        return f"its TorchScript model does not load ({type(error).__name__})"
+        onnxruntime.InferenceSession(serialized, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own error types for a damaged file
+        return f"its ONNX model does not load ({type(error).__name__})"
     return None
 
 

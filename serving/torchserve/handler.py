@@ -1,4 +1,4 @@
-"""TorchServe handler for the exported TorchScript model: TensorFlow Serving's JSON body in, the same body format out.
+"""TorchServe handler for the exported ONNX model, run by ONNX Runtime: TensorFlow Serving's JSON body in, the same out.
 
 The body is parsed and answered by serving.protocol, the same code the other servers use: torch-model-archiver packs
 that package into the .mar beside this file (see torch_pipeline.export), so inside TorchServe's model folder
@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import numpy as np
-import torch
+import onnxruntime
 from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 
@@ -29,21 +29,33 @@ JSON_CONTENT_TYPE = "application/json"
 LOADED_VERSION_METRIC = "ModelVersionLoaded"
 BAD_REQUEST = 400
 REASON_PHRASES = {400: "Bad Request", 404: "Not Found", 413: "Payload Too Large"}
+MODEL_FORMAT = "onnx"  # the archive's serialized file is model.onnx (torch_pipeline.export)
 
 
 class DigitsHandler(BaseHandler):
-    """Parses {"instances": [...]} or {"inputs": ...}, runs the TorchScript model, answers each request separately.
+    """Parses {"instances": [...]} or {"inputs": ...}, runs the ONNX model, answers each request separately.
 
     With server-side batching, one call carries several HTTP requests; a malformed one is answered 400 on its own
     (context.set_response_status per request index) while the others in the batch still get their predictions.
     """
 
     def initialize(self, context: Any) -> None:
-        """Load the TorchScript file named in the manifest and the input shape from metadata.json."""
-        # One intra-op thread per worker, as the Flask workers have: TorchServe runs several worker processes, and
-        # torch's default of one thread per core in each oversubscribes the cores (measured by make compare).
-        torch.set_num_threads(1)
-        super().initialize(context)
+        """Open the manifest's model.onnx in ONNX Runtime and read the input shape from metadata.json.
+
+        BaseHandler.initialize is not called: for a .onnx file it opens its own session with one intra-op thread per
+        core, which TorchServe's several worker processes would oversubscribe; everything else it sets up (devices,
+        TorchScript, torch.compile) does not apply to an ONNX model on the CPU.
+        """
+        self.context = context
+        self.manifest = context.manifest
+        self.map_location = "cpu"
+        model_dir = context.system_properties.get("model_dir")
+        self.model_pt_path = os.path.join(model_dir, self.manifest["model"]["serializedFile"])
+        options = onnxruntime.SessionOptions()
+        # One intra-op thread per worker, as the Flask workers have (measured by make compare).
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.model = onnxruntime.InferenceSession(self.model_pt_path, options, providers=["CPUExecutionProvider"])
         model_dir = context.system_properties.get("model_dir")
         with open(os.path.join(model_dir, "metadata.json")) as stream:
             network = json.load(stream)["network"]
@@ -54,6 +66,7 @@ class DigitsHandler(BaseHandler):
         # Per call: (row_format, instance count) for a valid request, or the error message for a refused one.
         self.request_plans: list[tuple[bool, int] | str] = []
         self._report_loaded_version(context)
+        self.initialized = True
 
     @staticmethod
     def _report_loaded_version(context: Any) -> None:
@@ -91,7 +104,7 @@ class DigitsHandler(BaseHandler):
             raise PredictionException(rest.UNREADABLE_BODY, BAD_REQUEST) from None
         return parsed.inputs[INPUT_NAME], parsed.row_format
 
-    def preprocess(self, data: list[dict[str, Any]]) -> torch.Tensor:
+    def preprocess(self, data: list[dict[str, Any]]) -> np.ndarray:
         """Every valid request's images in one tensor (total N, H, W); refused requests are remembered by index."""
         self.request_plans = []
         batches = []
@@ -108,20 +121,20 @@ class DigitsHandler(BaseHandler):
             batches.append(images)
             self.request_plans.append((row_format, len(images)))
         if not batches:
-            return torch.empty((0, *self.input_shape), dtype=torch.float32)
-        return torch.from_numpy(np.concatenate(batches))
+            return np.empty((0, *self.input_shape), dtype=np.float32)
+        return np.concatenate(batches)
 
-    def inference(self, data: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor] | None:
-        """Run the TorchScript model on the whole batch; None when every request was refused."""
+    def inference(self, data: np.ndarray, *args: Any, **kwargs: Any) -> dict[str, np.ndarray] | None:
+        """Run the ONNX model on the whole batch (total N, H, W); None when every request was refused."""
         if data.shape[0] == 0:
             return None
-        with torch.inference_mode():
-            return self.model(data)
+        names = list(self.signature.outputs)
+        return dict(zip(names, self.model.run(names, {INPUT_NAME: data})))
 
-    def postprocess(self, data: dict[str, torch.Tensor] | None) -> list[str]:
+    def postprocess(self, data: dict[str, np.ndarray] | None) -> list[str]:
         """Split the batch back per request: row or columnar answer as the request was sent, or {"error": ...}."""
         # (total N, C) probabilities and (total N,) classes of every valid request, in request order.
-        outputs = {name: data[name].numpy() for name in self.signature.outputs} if data is not None else {}
+        outputs = dict(data) if data is not None else {}
         responses, start = [], 0
         for index, plan in enumerate(self.request_plans):
             self.context.set_response_content_type(index, JSON_CONTENT_TYPE)
@@ -146,6 +159,7 @@ class DigitsHandler(BaseHandler):
         return json.dumps(
             {
                 "signature_name": self.signature.name,
+                "format": MODEL_FORMAT,
                 "inputs": {alias: describe(spec) for alias, spec in self.signature.inputs.items()},
                 "outputs": {alias: describe(spec) for alias, spec in self.signature.outputs.items()},
             }

@@ -169,7 +169,7 @@ class Rollout:
         """Warn once when the default version has had fewer READY workers than minWorkers for a while.
 
         TorchServe replaces a worker that dies, but a replacement that cannot load the model (its extracted
-        model.pt damaged on disk, say) is retried with a growing back-off and never becomes READY: capacity stays
+        model.onnx damaged on disk, say) is retried with a growing back-off and never becomes READY: capacity stays
         reduced without any failed request to show it. This says so in the log, and again when it recovers;
         poll_once then rolls back to the newest older archive that loads (_revert). Only a version with some but not
         all workers READY counts: with none READY it is still starting (TorchServe reports a loading worker and a

@@ -160,11 +160,9 @@ def in_process(models_dir: Path, framework: str, version: int, images: np.ndarra
 
         signature = tf.saved_model.load(str(models_dir / "tf" / "digits" / str(version))).signatures["serving_default"]
         return signature(images=tf.constant(images))["probabilities"].numpy()
-    import torch
+    from tests import torch_exports
 
-    module = torch.jit.load(str(models_dir / "torch" / "digits" / str(version) / "model.pt"))
-    with torch.inference_mode():
-        return module(torch.from_numpy(images))["probabilities"].numpy()
+    return torch_exports.onnx_outputs(models_dir / "torch" / "digits" / str(version), images)[0]
 
 
 def wait_until_healthy(stack: Stack, log: Log, started: float) -> dict[str, float]:

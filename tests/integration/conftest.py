@@ -56,16 +56,15 @@ def in_process_predictions(stack, digits) -> dict[str, tuple[np.ndarray, np.ndar
     import tensorflow as tf
     import torch
 
-    from experiment.artifacts import TORCHSCRIPT_FILE, latest_version
+    from experiment.artifacts import latest_version
+    from tests import torch_exports
 
     tf_base = stack.models_dir / "tf" / "digits"
     signature = tf.saved_model.load(str(tf_base / str(latest_version(tf_base)))).signatures["serving_default"]
     tf_outputs = signature(images=tf.constant(digits.test.images))
     torch_base = stack.models_dir / "torch" / "digits"
-    module = torch.jit.load(str(torch_base / str(latest_version(torch_base)) / TORCHSCRIPT_FILE))
-    with torch.inference_mode():
-        torch_outputs = module(torch.from_numpy(digits.test.images))
+    torch_outputs = torch_exports.onnx_outputs(torch_base / str(latest_version(torch_base)), digits.test.images)
     return {
         "tf": (tf_outputs["probabilities"].numpy(), tf_outputs["classes"].numpy()),
-        "torch": (torch_outputs["probabilities"].numpy(), torch_outputs["classes"].numpy()),
+        "torch": torch_outputs,
     }

@@ -19,9 +19,9 @@ def add_corrupt_tf_version(base_path: Path, good_version: int, corrupt_version: 
 
 
 def add_corrupt_torch_version(base_path: Path, good_version: int, corrupt_version: int) -> None:
-    """A copy of a good TorchScript export as corrupt_version, with model.pt overwritten by garbage."""
+    """A copy of a good torch export as corrupt_version, with model.onnx overwritten by garbage."""
     shutil.copytree(base_path / str(good_version), base_path / str(corrupt_version))
-    (base_path / str(corrupt_version) / "model.pt").write_bytes(b"PK\x03\x04 not a TorchScript archive" * 64)
+    (base_path / str(corrupt_version) / "model.onnx").write_bytes(b"\x08\x07 not an ONNX model" * 64)
 
 
 def add_corrupt_archive(model_store: Path, model_name: str, corrupt_version: int) -> None:

@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from experiment import artifacts
 from serving.flask_app import create_app
+from tests import torch_exports
 
 IMAGE = [[float((row * 8 + column) % 17) for column in range(8)] for row in range(8)]  # one (8, 8) image
 
@@ -54,10 +54,7 @@ def predict(client, body, path="/v1/models/digits:predict"):
 
 
 def in_process(export_path, images):
-    module = torch.jit.load(str(export_path / artifacts.TORCHSCRIPT_FILE))
-    with torch.inference_mode():
-        outputs = module(torch.as_tensor(np.asarray(images, dtype=np.float32)))
-    return outputs["probabilities"].numpy(), outputs["classes"].numpy()
+    return torch_exports.onnx_outputs(export_path, images)
 
 
 # --- predictions ------------------------------------------------------------------------------------------------
@@ -197,7 +194,7 @@ def test_metadata_names_shapes_and_dtypes(client):
 
 def test_health_and_readiness(client):
     assert client.get("/healthz").get_json() == {"status": "alive"}
-    assert client.get("/readyz").get_json() == {"status": "ready", "model": "digits", "version": 1}
+    assert client.get("/readyz").get_json() == {"status": "ready", "model": "digits", "version": 1, "format": "onnx"}
 
 
 def test_not_ready_until_a_version_appears(tmp_path, torch_smoke_run):
@@ -248,7 +245,7 @@ def test_pinned_version_stays(base_path, torch_smoke_run):
 def test_a_broken_new_version_keeps_the_old_one_serving(app, client, base_path):
     broken = base_path / "2"
     broken.mkdir()
-    (broken / artifacts.TORCHSCRIPT_FILE).write_bytes(b"not a model")
+    (broken / artifacts.ONNX_FILE).write_bytes(b"not a model")
     (broken / artifacts.METADATA_FILE).write_text("{}")
     app.extensions["model_manager"].poll_once()
     assert client.get("/readyz").get_json()["version"] == 1
@@ -305,3 +302,40 @@ def test_impossible_settings_are_refused_in_one_sentence(base_path, setting):
 def test_probabilities_are_finite_json_numbers(client):
     rows = predict(client, {"instances": [IMAGE]}).get_json()["predictions"]
     assert all(isinstance(value, float) and math.isfinite(value) for value in rows[0]["probabilities"])
+
+
+# --- formats ----------------------------------------------------------------------------------------------------
+
+
+def test_the_onnx_path_never_imports_torch(base_path):
+    """A Flask worker serving model.onnx loads and answers without torch (the Flask image has none)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from serving.flask_app import create_app\n"
+        f"app = create_app({{'MODEL_BASE_PATH': {str(base_path)!r}, 'MODEL_POLL_SECONDS': 0}})\n"
+        "answer = app.test_client().post('/v1/models/digits:predict', json={'instances': [[[0.0] * 8] * 8]})\n"
+        "app.extensions['model_manager'].stop()\n"
+        "print(json.dumps([answer.status_code, app.test_client().get('/readyz').get_json()['format'],\n"
+        "                  sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'tensorflow'))]))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert json.loads(completed.stdout.splitlines()[-1]) == [200, "onnx", []]
+
+
+def test_an_unknown_format_is_refused_in_one_sentence(base_path):
+    with pytest.raises(ValueError, match=r"^FLASK_MODEL_FORMAT must be one of onnx, pt2, torchscript, got 'keras'\.$"):
+        create_app({"MODEL_BASE_PATH": str(base_path), "MODEL_POLL_SECONDS": 0, "MODEL_FORMAT": "keras"})
+
+
+def test_a_format_the_version_lacks_is_a_load_failure_that_says_so(base_path):
+    app = create_app({"MODEL_BASE_PATH": str(base_path), "MODEL_POLL_SECONDS": 0, "MODEL_FORMAT": "pt2"})
+    try:
+        not_ready = app.test_client().get("/readyz")
+        assert not_ready.status_code == 503
+        assert "model.pt2 is missing" in not_ready.get_json()["error"]
+    finally:
+        app.extensions["model_manager"].stop()

@@ -245,7 +245,7 @@ def test_bodies_the_decoder_cannot_take_are_400_not_500(tmp_path, torch_smoke_ru
 def corrupt_version(base_path, version: int, export_path) -> None:
     folder = base_path / str(version)
     folder.mkdir()
-    (folder / artifacts.TORCHSCRIPT_FILE).write_bytes(b"not a TorchScript archive")
+    (folder / artifacts.ONNX_FILE).write_bytes(b"not an ONNX model")
     shutil.copy(export_path / artifacts.METADATA_FILE, folder / artifacts.METADATA_FILE)
 
 

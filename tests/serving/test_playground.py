@@ -122,10 +122,10 @@ def pen_width() -> int:
 @pytest.mark.slow
 def test_digits_drawn_with_the_pages_pen_are_recognised_most_of_the_time(torch_trained):
     """Each digit written 20 times, smaller or larger, shifted and shaky, then prepared: the model reads ≥ 85 %."""
-    import torch
     from PIL import Image, ImageDraw
 
-    module = torch.jit.load(str(torch_trained.export_path / "model.pt"))
+    from tests import torch_exports
+
     width = pen_width()
     random = np.random.default_rng(0)
     inputs, labels = [], []
@@ -143,8 +143,7 @@ def test_digits_drawn_with_the_pages_pen_are_recognised_most_of_the_time(torch_t
                     draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)
             inputs.append(preprocess.drawing_to_input(np.asarray(canvas)))
             labels.append(label)
-    with torch.inference_mode():
-        predicted = module(torch.from_numpy(np.stack(inputs)))["classes"].numpy()
+    predicted = torch_exports.onnx_outputs(torch_trained.export_path, np.stack(inputs))[1]
     accuracy = float((predicted == np.asarray(labels)).mean())
     assert accuracy >= 0.85, f"{accuracy:.0%} of drawn digits recognised"
 

@@ -251,14 +251,12 @@ def confidently_classified_test_image(models_dir: Path, digits) -> tuple[int, in
     import tensorflow as tf
     import torch
 
-    from experiment.artifacts import TORCHSCRIPT_FILE
+    from tests import torch_exports
 
     images = digits.test.images
     tf_signature = tf.saved_model.load(str(models_dir / "tf" / "digits" / "1")).signatures["serving_default"]
     tf_probabilities = tf_signature(images=tf.constant(images))["probabilities"].numpy()
-    module = torch.jit.load(str(models_dir / "torch" / "digits" / "1" / TORCHSCRIPT_FILE))
-    with torch.inference_mode():
-        torch_probabilities = module(torch.from_numpy(images))["probabilities"].numpy()
+    torch_probabilities = torch_exports.onnx_outputs(models_dir / "torch" / "digits" / "1", images)[0]
     rows = np.arange(len(images))
     labels = digits.test.labels
     confident = (tf_probabilities[rows, labels] > 0.9) & (torch_probabilities[rows, labels] > 0.9)

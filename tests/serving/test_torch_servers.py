@@ -20,6 +20,7 @@ from experiment import artifacts
 from experiment.processes import port_accepts
 from serving.clients import ServingError, TorchServeGrpcClient
 from serving.runtime import stop_all
+from tests import torch_exports
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +43,8 @@ def flask_predict(session: requests.Session, url: str, images: np.ndarray) -> tu
 
 @pytest.fixture(scope="module")
 def expected(torch_trained, digits):
-    """In-process TorchScript outputs for the whole test split."""
-    module = torch.jit.load(str(torch_trained.export_path / artifacts.TORCHSCRIPT_FILE))
-    with torch.inference_mode():
-        outputs = module(torch.from_numpy(np.ascontiguousarray(digits.test.images, dtype=np.float32)))
-    return outputs["probabilities"].numpy(), outputs["classes"].numpy()
+    """In-process ONNX Runtime outputs for the whole test split."""
+    return torch_exports.onnx_outputs(torch_trained.export_path, digits.test.images)
 
 
 @pytest.fixture(scope="module")

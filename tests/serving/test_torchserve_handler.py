@@ -9,10 +9,10 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from experiment import artifacts
 from serving.protocol import rest
+from tests import torch_exports
 
 handler_module = pytest.importorskip("serving.torchserve.handler")
 
@@ -35,7 +35,7 @@ class FakeContext:
 
     def __init__(self, model_dir) -> None:
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 8}
-        self.manifest = {"model": {"modelName": "digits", "serializedFile": artifacts.TORCHSCRIPT_FILE}}
+        self.manifest = {"model": {"modelName": "digits", "serializedFile": artifacts.ONNX_FILE}}
         self.metrics = FakeMetrics()
         self.request_headers: list[dict[str, str]] = []
         self.statuses: dict[int, tuple[int, str]] = {}
@@ -76,10 +76,7 @@ def handle(handler, context, bodies):
 
 
 def in_process(export_path, images):
-    module = torch.jit.load(str(export_path / artifacts.TORCHSCRIPT_FILE))
-    with torch.inference_mode():
-        outputs = module(torch.as_tensor(np.asarray(images, dtype=np.float32)))
-    return outputs["probabilities"].numpy(), outputs["classes"].numpy()
+    return torch_exports.onnx_outputs(export_path, images)
 
 
 def test_row_format_answers_match_the_torchscript_model(handler_and_context, digits, torch_smoke_run):
@@ -176,7 +173,7 @@ def test_handler_imports_only_what_the_archive_carries():
     from_repository = {name for name in imported if name.split(".")[0] == "serving"}
     assert all(name.startswith("serving.protocol") for name in from_repository), from_repository
     top_levels = {name.split(".")[0] for name in imported - from_repository}
-    assert top_levels <= {"__future__", "json", "os", "typing", "numpy", "torch", "ts"}
+    assert top_levels <= {"__future__", "json", "os", "typing", "numpy", "onnxruntime", "ts"}
 
 
 # Runs in a fresh interpreter that sees only the unpacked archive and the installed packages (-I: no PYTHONPATH, no

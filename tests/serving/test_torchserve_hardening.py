@@ -37,12 +37,12 @@ HUGE_INTEGER = b'{"instances": [[[' + b"9" * 5_000 + b"]]]}"
 
 
 def corrupt_copy(archive: Path, target: Path, version: int) -> Path:
-    """A copy of archive as another version whose model.pt is garbage (a valid zip, a model that does not load)."""
+    """A copy of archive as another version whose model.onnx is garbage (a valid zip, a model that does not load)."""
     with zipfile.ZipFile(archive) as source, zipfile.ZipFile(target, "w") as copy:
         for item in source.infolist():
             data = source.read(item)
-            if item.filename == "model.pt":
-                data = b"not a TorchScript file" * 50
+            if item.filename == "model.onnx":
+                data = b"not an ONNX model" * 50
             elif item.filename == "MAR-INF/MANIFEST.json":
                 manifest = json.loads(data)
                 manifest["model"]["modelVersion"] = str(version)
@@ -166,7 +166,7 @@ def test_a_corrupt_newest_archive_gives_way_to_the_newest_that_loads(torch_smoke
     assert (choice.archive, choice.version) == ("digits-1.mar", "1")
     assert [name for name, _ in choice.skipped] == ["digits.mar", "digits-2.mar"]
     assert choice.message.startswith("Serving digits-1.mar (version 1), the newest archive that loads, instead of:")
-    assert "TorchScript model does not load" in choice.message
+    assert "ONNX model does not load" in choice.message
     shutil.copy(store / "digits-1.mar", store / "digits.mar")
     (store / "digits-2.mar").unlink()
     assert config.choose_archive(store) == config.ArchiveChoice("digits.mar", "1")  # nothing passed over
@@ -180,7 +180,7 @@ def test_a_corrupt_archive_is_refused_by_the_rollout_before_registering(torch_sm
     management = FakeManagement(default=1)
     assert Rollout(management, store, RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0)).poll_once() is None
     assert management.calls == []  # never registered: no worker tried to load it
-    assert "Refused digits-2.mar: its TorchScript model does not load" in caplog.text
+    assert "Refused digits-2.mar: its ONNX model does not load" in caplog.text
 
 
 # ---- the roll-out retires an old version: no workers first, then unregister, retried ----------------------------
@@ -268,7 +268,7 @@ def test_started_from_a_corrupt_newest_archive_the_last_good_version_serves(hard
     deadline = time.monotonic() + 30
     while "Refused digits-2.mar" not in server.log() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert "Refused digits-2.mar: its TorchScript model does not load (RuntimeError); version 1 keeps serving." in (
+    assert "Refused digits-2.mar: its ONNX model does not load (InvalidProtobuf); version 1 keeps serving." in (
         server.log()
     )
 

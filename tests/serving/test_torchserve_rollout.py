@@ -222,11 +222,9 @@ def _probabilities(client, image: np.ndarray) -> np.ndarray:
 
 
 def _in_process(models_dir: Path, version: int, image: np.ndarray) -> np.ndarray:
-    import torch
+    from tests import torch_exports
 
-    module = torch.jit.load(str(models_dir / "torch" / "digits" / str(version) / "model.pt"))
-    with torch.inference_mode():
-        return module(torch.from_numpy(image))["probabilities"].numpy()[0]
+    return torch_exports.onnx_outputs(models_dir / "torch" / "digits" / str(version), image)[0][0]
 
 
 def _wait_for(condition, timeout: float, what: str) -> float:

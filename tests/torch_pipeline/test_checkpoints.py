@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests import pipeline_checks
+from tests import pipeline_checks, torch_exports
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def _config(root, checkpoints, **overrides):
 def _weights(result):
     import torch
 
-    return torch.jit.load(str(result.export_path / "model.pt")).state_dict()
+    return {name: torch.from_numpy(array) for name, array in torch_exports.onnx_weights(result.export_path).items()}
 
 
 @pytest.fixture(scope="module")

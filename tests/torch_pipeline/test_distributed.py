@@ -8,7 +8,7 @@ import pytest
 
 from experiment import artifacts
 from tests.distributed_runs import port_in_use, run_module, start_module, version_folders
-from tests import pipeline_checks
+from tests import pipeline_checks, torch_exports
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -61,9 +61,7 @@ def test_two_ranks_give_the_same_answers_as_one_process(two_rank_run, one_proces
     assert abs(two["test_accuracy"] - one_process_run.test_accuracy) <= 0.01
 
     def probabilities(path):
-        module = torch.jit.load(str(path / artifacts.TORCHSCRIPT_FILE))
-        with torch.inference_mode():
-            return module(torch.from_numpy(digits.test.images))["probabilities"]
+        return torch.from_numpy(torch_exports.onnx_outputs(path, digits.test.images)[0])
 
     torch.testing.assert_close(probabilities(two_path), probabilities(one_process_run.export_path), atol=1e-2, rtol=0)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import zipfile
 
+import numpy as np
 import pytest
 
 from experiment import artifacts
+from tests import torch_exports
 from tests.pipeline_checks import assert_keras_tensorboard_layout
 
 
@@ -15,9 +17,10 @@ def test_smoke_run_writes_the_same_tensorboard_tags_as_keras(torch_smoke_run):
     assert_keras_tensorboard_layout(torch_smoke_run.run_dir)
 
 
-def test_smoke_run_exports_torchscript_and_metadata(torch_smoke_run):
+def test_smoke_run_exports_onnx_alone_and_metadata(torch_smoke_run):
     assert torch_smoke_run.version == 1
-    assert (torch_smoke_run.export_path / artifacts.TORCHSCRIPT_FILE).is_file()
+    # The default formats: ONNX only (the .pt2 and the deprecated TorchScript are asked for with --formats).
+    assert sorted(path.name for path in torch_smoke_run.export_path.iterdir()) == ["metadata.json", "model.onnx"]
     metadata = json.loads((torch_smoke_run.export_path / artifacts.METADATA_FILE).read_text())
     assert metadata["framework"] == "torch" and metadata["dataset"] == "digits"
     assert metadata["framework_version"].startswith("2.13")
@@ -31,7 +34,7 @@ def test_smoke_run_builds_the_model_archive(torch_smoke_run):
     with zipfile.ZipFile(archive) as mar:
         names = set(mar.namelist())
         manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
-    assert {"model.pt", "handler.py", "metadata.json", "model-config.yaml"} <= names
+    assert {"model.onnx", "handler.py", "metadata.json", "model-config.yaml"} <= names
     assert manifest["model"]["modelName"] == "digits" and manifest["model"]["modelVersion"] == "1"
     # One archive per version for the live roll-out, and the latest under the name TorchServe loads at start.
     assert (archive.parent / "digits-1.mar").read_bytes() == archive.read_bytes()
@@ -39,14 +42,18 @@ def test_smoke_run_builds_the_model_archive(torch_smoke_run):
     assert leftovers == []
 
 
-def test_torchscript_outputs_match_design(torch_smoke_run, digits):
-    import torch
+def test_onnx_signature_matches_design(torch_smoke_run, digits):
+    import onnx
 
-    module = torch.jit.load(str(torch_smoke_run.export_path / artifacts.TORCHSCRIPT_FILE))
-    outputs = module(torch.from_numpy(digits.test.images[:5]))
-    assert set(outputs) == {"probabilities", "classes"}
-    assert outputs["probabilities"].dtype == torch.float32 and tuple(outputs["probabilities"].shape) == (5, 10)
-    assert outputs["classes"].dtype == torch.int64 and tuple(outputs["classes"].shape) == (5,)
+    model = onnx.load(str(torch_smoke_run.export_path / artifacts.ONNX_FILE))
+    onnx.checker.check_model(model, full_check=True)
+    assert [value.name for value in model.graph.input] == ["images"]
+    assert [value.name for value in model.graph.output] == ["probabilities", "classes"]
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.HasField("dim_value")  # a dynamic batch dimension
+    probabilities, classes = torch_exports.onnx_outputs(torch_smoke_run.export_path, digits.test.images[:5])
+    assert probabilities.dtype == np.float32 and probabilities.shape == (5, 10)
+    assert classes.dtype == np.int64 and classes.shape == (5,)
 
 
 def test_default_training_reaches_095(torch_trained):
