@@ -1,6 +1,7 @@
 """The two Python REST servers against the floor of this machine, measured in one run with wrk.
 
-    python -m benchmarks.floors --tf-models models/tf/digits --torch-models models/torch/digits
+    python -m benchmarks.floors --tf-models models/tf/digits --torch-models models/torch/digits \
+        [--model-store models/torch/model-store]
 
 Starts nginx answering a fixed body of the size of a real answer (the C floor: what HTTP alone costs here), the
 Flask app and the TF Serving-compatible server on free ports, each as `make serve` starts it, and drives each with
@@ -8,7 +9,9 @@ wrk (the same one-digit body the load benchmarks send) at 1 and at 16 connection
 that load from other programs falls on all of them alike; each figure is the median over the rounds. It checks:
 
 - p50 at 1 connection, minus the model's own p50 called in this process, at most 3x nginx's p50 (both servers);
-- requests per second at 16 connections at least 8% of nginx's for Flask, 7.5% for the TF server.
+- requests per second at 16 connections at least 8% of nginx's for Flask, 7.5% for the TF server;
+- with --model-store, TorchServe's p50 at 1 connection at most 1.3x that of a handler that does no work
+  (benchmarks/torchserve_noop_handler.py) on a second TorchServe with the same settings.
 
 Without nginx the same figures are printed with no floor. Memory: each server's proportional set size (PSS, where
 the system gives it, else RSS) over its whole process tree, after start and after the load. The machine, its load
@@ -47,6 +50,9 @@ from serving.runtime import tfserving as tfserving_runtime
 START_TIMEOUT_S = 180.0
 # The targets: p50 at 1 connection minus the model's p50, over nginx's p50; rate at 16 connections over nginx's.
 P50_OVER_FLOOR = 3.0
+TORCHSERVE_OVER_NOOP = 1.3
+NOOP_HANDLER = Path(__file__).resolve().parent / "torchserve_noop_handler.py"
+MODEL_CONFIG = Path(__file__).resolve().parent.parent / "serving" / "torchserve" / "model-config.yaml"
 RATE_SHARES = {"flask": 0.08, "tfserving": 0.075}
 TITLES = {"flask": "Flask", "tfserving": "TF server REST"}
 NGINX_CONFIG = """daemon off;
@@ -135,9 +141,31 @@ def _label(key: str) -> EndpointLabel:
     return EndpointLabel(key, "none", key, "REST", "")
 
 
-def drive(url: str, body_path: Path, concurrency: int, seconds: float) -> http_load.ExternalPoint:
+def drive(url: str, body_path: Path, concurrency: int, seconds: float, headers: dict | None = None) -> http_load.ExternalPoint:
     """One wrk run (after wrk's own 1 s warm-up)."""
-    return http_load.run_wrk(http_load.Target(_label(url), url), body_path, concurrency, seconds)
+    return http_load.run_wrk(http_load.Target(_label(url), url, headers or {}), body_path, concurrency, seconds)
+
+
+def noop_store(work: Path) -> Path:
+    """A model store whose digits.mar is the no-op handler, with the digits model's workers and batching."""
+    store = work / "noop-store"
+    store.mkdir()
+    archiver = Path(sys.executable).parent / "torch-model-archiver"
+    subprocess.run([str(archiver), "--model-name", "digits", "--version", "1", "--handler", str(NOOP_HANDLER),
+                    "--config-file", str(MODEL_CONFIG), "--export-path", str(store)],
+                   check=True, capture_output=True)  # fmt: skip
+    return store
+
+
+def torchserve_specs(model_store: Path, work: Path) -> dict:
+    """TorchServe over the real store and over the no-op store, each on free ports in a folder of its own."""
+    from serving.runtime import torchserve
+
+    specs = {}
+    for name, store in (("torchserve", model_store), ("torchserve-noop", noop_store(work))):
+        instance = torchserve.TorchServeInstance.on_free_ports(work / name)
+        specs[name] = torchserve.spec(instance, store, rollout=False)
+    return specs
 
 
 def model_p50_ms(server: str, base_path: Path) -> float:
@@ -152,8 +180,9 @@ def model_p50_ms(server: str, base_path: Path) -> float:
         stop()
 
 
-def predict_answer(url: str, body: bytes) -> bytes:
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+def predict_answer(url: str, body: bytes, headers: dict | None = None) -> bytes:
+    """The answer to one POST of body."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=30) as answer:
         return answer.read()
 
@@ -169,15 +198,21 @@ class FloorsResult:
     generator: str = "wrk"
 
 
-def measure(tf_models: Path, torch_models: Path, rounds: int = 3, seconds: float = 4.0) -> FloorsResult:
-    """Everything this module measures, in a folder of its own (for make compare)."""
+def measure(
+    tf_models: Path, torch_models: Path, rounds: int = 3, seconds: float = 4.0, model_store: Path | None = None
+) -> FloorsResult:
+    """Everything this module measures, in a folder of its own (for make compare); TorchServe too with model_store."""
     with tempfile.TemporaryDirectory(prefix="floors-") as work:
-        results, machine = run(tf_models.resolve(), torch_models.resolve(), rounds, seconds, Path(work))
+        store = model_store.resolve() if model_store is not None else None
+        results, machine = run(tf_models.resolve(), torch_models.resolve(), rounds, seconds, Path(work), store)
     return FloorsResult(machine, results, rounds, seconds)
 
 
-def run(tf_models: Path, torch_models: Path, rounds: int, seconds: float, work: Path) -> tuple[dict[str, Measured], dict]:
-    """Every measurement, in one run: the floor, both servers, the models in process, memory."""
+def run(
+    tf_models: Path, torch_models: Path, rounds: int, seconds: float, work: Path, model_store: Path | None = None
+) -> tuple[dict[str, Measured], dict]:
+    """Every measurement, in one run: the floor, both servers, the models in process, memory (and TorchServe against
+    its no-op handler with model_store)."""
     body = one_digit_body()
     body_path = work / "body.json"
     body_path.write_bytes(body)
@@ -190,11 +225,19 @@ def run(tf_models: Path, torch_models: Path, rounds: int, seconds: float, work: 
     }
     urls = {"flask": specs["flask"].endpoint("flask-rest").address, "tfserving": specs["tfserving"].endpoint("tf-rest").address}
     urls = {name: f"{url}/v1/models/digits:predict" for name, url in urls.items()}
+    headers: dict[str, dict] = {}
+    if model_store is not None:
+        for name, spec in torchserve_specs(model_store, work).items():
+            specs[name] = spec
+            results[name] = Measured(name)
+            urls[name] = f"{spec.endpoint('torchserve-rest').address}/predictions/digits"
     servers = {}
     try:
         for name, spec in specs.items():
             servers[name] = runtime_process.start(spec, work / f"{name}.log", START_TIMEOUT_S)
-            predict_answer(urls[name], body)
+            if name.startswith("torchserve"):
+                headers[name] = spec.endpoint("torchserve-rest").connect("digits", 10.0).authorization_headers()
+            predict_answer(urls[name], body, headers.get(name))
             results[name].memory_at_rest_mb = tree_memory_mb(servers[name].pid)
         answer = predict_answer(urls["flask"], body)
         with nginx_floor(answer) as nginx_url:
@@ -205,7 +248,7 @@ def run(tf_models: Path, torch_models: Path, rounds: int, seconds: float, work: 
             for _ in range(rounds):
                 for name, measured in results.items():
                     for concurrency in (1, 16):
-                        point = drive(urls[name], body_path, concurrency, seconds)
+                        point = drive(urls[name], body_path, concurrency, seconds, headers.get(name))
                         measured.errors += point.errors
                         if concurrency == 1:
                             measured.p50_ms.append(point.p50_ms or float("nan"))
@@ -246,6 +289,17 @@ def targets(floors: FloorsResult | None) -> list[dict]:
                                 f"({floors.generator}, load {floors.machine.get('load', '?')})", "note": ""})  # fmt: skip
         found.append({"name": names[1][0], "target": names[1][1], "measured": rate, "passed": rate >= share,
                       "inputs": f"{measured.median_rate:,.0f}/s / {nginx.median_rate:,.0f}/s ({floors.generator})",
+                      "note": ""})  # fmt: skip
+    name, target = "TorchServe p50 / no-op handler's p50, 1 connection (wrk)", f"≤ {TORCHSERVE_OVER_NOOP:g}"
+    real = floors.servers.get("torchserve") if floors is not None else None
+    noop = floors.servers.get("torchserve-noop") if floors is not None else None
+    if real is None or noop is None:
+        note = "" if floors is None else "TorchServe was not measured (no --model-store)"
+        found.append({"name": name, "target": target, "measured": None, "passed": None, "inputs": "", "note": note})
+    else:
+        value = real.median_p50_ms / noop.median_p50_ms
+        found.append({"name": name, "target": target, "measured": value, "passed": value <= TORCHSERVE_OVER_NOOP,
+                      "inputs": f"{real.median_p50_ms:.3f} ms / {noop.median_p50_ms:.3f} ms ({floors.generator})",
                       "note": ""})  # fmt: skip
     return found
 
@@ -289,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-models", type=Path, required=True, help="the PyTorch export's model folder")
     parser.add_argument("--rounds", type=int, default=3, help="rounds taking turns; figures are their medians")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds per wrk run")
+    parser.add_argument("--model-store", type=Path, help="TorchServe's model store (digits.mar): measure it too")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     arguments = parser.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -299,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"No model folder at {path}; train first (make train-tf, make train-torch).", file=sys.stderr)
             return 2
     command = "python -m benchmarks.floors " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = measure(arguments.tf_models, arguments.torch_models, arguments.rounds, arguments.seconds)
+    result = measure(arguments.tf_models, arguments.torch_models, arguments.rounds, arguments.seconds,
+                     arguments.model_store)  # fmt: skip
     print(report(result, command))
     if arguments.json is not None:
         arguments.json.write_text(json.dumps(dataclasses.asdict(result), indent=1))

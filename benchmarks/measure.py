@@ -164,7 +164,8 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
         comparison.skipped["floors"] = "wrk is not installed (apt-get install wrk nginx-light)"
     else:
         comparison.floors = _section(comparison, "floors", lambda: floors.measure(
-            models / "tf" / "digits", models / "torch" / "digits", 1 if settings.quick else 3, 2.0 if settings.quick else 4.0))  # fmt: skip
+            models / "tf" / "digits", models / "torch" / "digits", 1 if settings.quick else 3, 2.0 if settings.quick else 4.0,
+            models / "torch" / "model-store"))  # fmt: skip
     count = 300 if settings.quick else 2000
     comparison.tf_serving = _section(comparison, "tf serving", lambda: serving_tf.run_benchmark(
         models / "tf" / "digits", "digits", count, 1.5 if settings.quick else 6.0))  # fmt: skip

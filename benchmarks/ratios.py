@@ -71,43 +71,6 @@ def tf_grpc_overhead(measured: TFServingResult) -> Ratio:
     return _over_floor(TF_GRPC, 1.3, measured.grpc.p50_ms, floor, TF_GRPC_NOTES)
 
 
-def _sweep_p50(comparison: Comparison, endpoint: str) -> float | None:
-    point = comparison.sweep.at(endpoint, 1) if comparison.sweep else None
-    return point.latency.p50_ms if point and point.latencies_seconds else None
-
-
-def torchserve_vs_flask(comparison: Comparison) -> Ratio:
-    """TorchServe p50 ≤ 3 × Flask p50 for the same request."""
-    name, target = "TorchServe REST p50 / Flask p50", "≤ 3"
-    measured = comparison.torch_serving
-    configured = measured.torchserve_predict.p50_ms if measured and measured.torchserve_predict else None
-    unbatched = measured.torchserve_unbatched_predict.p50_ms if measured and measured.torchserve_unbatched_predict else None
-    flask = measured.flask_predict.p50_ms if measured else _sweep_p50(comparison, "flask-rest")
-    torchserve = unbatched or configured or _sweep_p50(comparison, "torchserve-rest")
-    if torchserve is None or flask is None:
-        return _missing(name, target, "neither benchmarks.serving_torch nor the endpoint sweep measured both servers",
-                        comparison.reason("torch serving"))  # fmt: skip
-    value = torchserve / flask
-    settings = measured.torchserve_settings if measured else {}
-    computed = f"{torchserve:.3f} ms / {flask:.3f} ms"
-    if unbatched is not None and configured is not None:
-        computed += (
-            f" (TorchServe with batching off; as configured, {cell_text(settings)}, its p50 is {configured:.3f} ms: "
-            f"{configured / flask:.2f}× Flask)"
-        )
-    elif settings:
-        computed += f" (TorchServe {cell_text(settings)})"
-    return Ratio(
-        name, target, value, value <= 3, computed,
-        "TorchServe's Java front end hands each request to a Python worker over a local socket; that extra hop "
-        "is its overhead over a Flask process that runs the model itself. For one request at a time, server-side "
-        "batching only adds its delay, so the ratio uses TorchServe with batching off; batching pays off under "
-        "concurrency (see 'Batching on vs off for TorchServe')." + (
-            "" if value <= 3 else " Fewer front-end threads and one worker per core narrow the gap; the hop remains."
-        ),
-    )  # fmt: skip
-
-
 def cell_text(values: dict[str, Any]) -> str:
     """'a=1, b=2'."""
     return ", ".join(f"{key}={value}" for key, value in values.items())
@@ -221,7 +184,6 @@ def compute_ratios(comparison: Comparison) -> list[Ratio]:
         _if_measured(comparison.tf_serving, tf_grpc_overhead, TF_GRPC,
                      "benchmarks.serving_tf gave no gRPC and identity-model p50", tf_reason),
         *floor_ratios(comparison.floors, comparison.reason("floors")),
-        torchserve_vs_flask(comparison),
         _if_measured(comparison.torch_serving, flask_overhead, FLASK,
                      "benchmarks.serving_torch gave no Flask predict and no-op p50", torch_reason),
         _if_measured(comparison.tf_serving, tf_batching, TF_BATCHING,

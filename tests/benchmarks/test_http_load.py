@@ -111,8 +111,8 @@ def floors_result(flask_p50: float, tf_rate: float, nginx: bool = True) -> floor
     return floors.FloorsResult({"load": "1.00 1.00 1.00"}, servers, 2, 4.0)
 
 
-@pytest.mark.parametrize("flask_p50, tf_rate, statuses", [(0.16, 8_000.0, ["met", "met", "met", "met"]),
-                                                          (0.17, 7_000.0, ["missed", "met", "met", "missed"])])  # fmt: skip
+@pytest.mark.parametrize("flask_p50, tf_rate, statuses", [(0.16, 8_000.0, ["met", "met", "met", "met", "not measured"]),
+                                                          (0.17, 7_000.0, ["missed", "met", "met", "missed", "not measured"])])  # fmt: skip
 def test_the_floor_ratios_subtract_the_model_and_compare_with_nginx_of_the_same_run(flask_p50, tf_rate, statuses):
     checked = ratios.floor_ratios(floors_result(flask_p50, tf_rate))
     assert [ratio.status for ratio in checked] == statuses
@@ -121,8 +121,19 @@ def test_the_floor_ratios_subtract_the_model_and_compare_with_nginx_of_the_same_
 
 
 def test_without_nginx_or_a_run_the_floor_ratios_say_why():
-    assert all("nginx is not installed" in ratio.note for ratio in ratios.floor_ratios(floors_result(0.1, 1, nginx=False)))
-    assert [ratio.status for ratio in ratios.floor_ratios(None, "wrk is not installed")] == ["not measured"] * 4
+    checked = ratios.floor_ratios(floors_result(0.1, 1, nginx=False))
+    assert all("nginx is not installed" in ratio.note for ratio in checked[:4])
+    assert "no --model-store" in checked[4].note
+    assert [ratio.status for ratio in ratios.floor_ratios(None, "wrk is not installed")] == ["not measured"] * 5
+
+
+@pytest.mark.parametrize("torchserve_p50, status", [(0.26, "met"), (0.27, "missed")])
+def test_torchserve_is_compared_with_its_no_op_handler(torchserve_p50, status):
+    result = floors_result(0.16, 8_000.0)
+    result.servers["torchserve"] = floors.Measured("torchserve", [torchserve_p50], [3_000.0])
+    result.servers["torchserve-noop"] = floors.Measured("torchserve-noop", [0.2], [4_000.0])
+    checked = ratios.floor_ratios(result)[4]
+    assert checked.status == status and checked.measured == pytest.approx(torchserve_p50 / 0.2)
 
 
 def test_the_report_shows_the_external_table_or_how_to_install_one():
