@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from benchmarks import stats
+from experiment import library_logs
 
 # The article's two snippets, verbatim values.
 TF_A = [[3.0, 4.0, 8.0]]
@@ -87,7 +88,7 @@ class DataParallelism:
 
 
 def _tensorflow() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
     import tensorflow as tf
 
     return tf

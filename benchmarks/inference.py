@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from benchmarks import stats
-from experiment import artifacts
+from experiment import artifacts, library_logs
 from experiment.spec import SIGNATURE_NAME, NetworkSpec
 
 BATCH_SIZES = (1, 64)
@@ -121,7 +120,7 @@ def measure_artifacts(
     tf_export: Path, torch_export: Path, archive: Path, settings: InferenceSettings
 ) -> list[ArtifactSize]:
     """Size of each export and time to load the two that load in-process."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
     import tensorflow as tf
     import torch
 
@@ -139,7 +138,7 @@ def measure_inference(
     tf_export: Path, torch_export: Path, images: np.ndarray, settings: InferenceSettings, serving_dir: Path
 ) -> InferenceResult:
     """Batch-1 and batch-64 latency of five in-process paths, with the inputs a client would send (numpy)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
     import tensorflow as tf
     import torch
 

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.stats import LatencySummary, summarize_seconds
+from experiment import library_logs
 from experiment.artifacts import latest_version
 from experiment.errors import UsageError
 from experiment.spec import INPUT_NAME, SIGNATURE_NAME
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0, help="throughput seconds per setting (split into 3 alternating runs)")
     parser.add_argument("--clients", type=int, default=16)
     arguments = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
 
     def body() -> int:
         if arguments.count < 10 or arguments.seconds <= 0 or arguments.clients < 1:

@@ -11,11 +11,12 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import resource
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+from experiment import library_logs
 
 FRAMEWORKS = ("tf", "torch")
 RESULT_MARKER = "BENCHMARK-RESULT "
@@ -51,7 +52,7 @@ def _run_pipeline(arguments: argparse.Namespace) -> dict[str, Any]:
     from experiment.data import load_dataset
 
     if arguments.framework == "tf":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        library_logs.quiet()
         from tf_pipeline.train import TFTrainConfig as config_class
         from tf_pipeline.train import train
     else:
@@ -93,7 +94,7 @@ def _framework_threads(framework: str) -> dict[str, int]:
 def set_threads(framework: str, threads: int) -> None:
     """Fix the framework's intra- and inter-op thread pools (before it has run any operation)."""
     if framework == "tf":
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        library_logs.quiet()
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -115,7 +116,7 @@ def _steady_rate(epoch_end_times: Sequence[float], start: float, examples: int) 
 
 
 def _run_bare_tf(arguments: argparse.Namespace) -> dict[str, Any]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    library_logs.quiet()
     import keras
     import tensorflow as tf
 

@@ -9,6 +9,7 @@ tests of the formats beyond the default ONNX one.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,11 @@ TRAINING_FIXTURES = frozenset({"tf_smoke_run", "torch_smoke_run", "tf_trained", 
 SERVER_FIXTURES = frozenset(
     {"shared_stack", "stack", "robust_stack", "fresh_server", "served", "flask_server", "torchserve_server", "browser"}
 )
+
+
+# A real server's command line: a module run with -m, or TorchServe's executable (a stub server is a script).
+SERVER_MODULES = ("serving.tfserving", "gunicorn")
+SERVER_EXECUTABLES = ("torchserve",)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -108,3 +114,21 @@ def shared_stack(tf_trained, torch_trained, tmp_path_factory):
 
     with local_stack(tf_trained, torch_trained, tmp_path_factory.mktemp("shared_stack")) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _real_servers_only_in_slow_tests(request, monkeypatch):
+    """A test that is not marked slow (so make test-fast runs it) fails when it starts a real server."""
+    if request.node.get_closest_marker("slow"):
+        return
+    from serving.runtime.process import ServerProcess
+
+    launch = ServerProcess.launch
+
+    def launch_only_stubs(spec, *arguments, **keywords):
+        words = [str(word) for word in spec.command]
+        if set(words) & set(SERVER_MODULES) or any(Path(word).name in SERVER_EXECUTABLES for word in words):
+            pytest.fail(f"{request.node.nodeid} starts {spec.name}: mark it @pytest.mark.server (test-fast skips those)")
+        return launch(spec, *arguments, **keywords)
+
+    monkeypatch.setattr(ServerProcess, "launch", launch_only_stubs)

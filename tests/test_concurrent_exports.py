@@ -79,3 +79,21 @@ def test_trainings_started_at_once_each_publish_their_own_version_and_archive(tm
     assert _archive(layout / "model-store" / "digits.mar") == _archive(store / "digits.mar")
     assert f'"{TORCH_RUNS}":' in (layout / "config" / "config.properties").read_text()
     assert _hidden(layout.parent) == []
+
+
+def test_archives_of_one_model_built_at_once_in_different_folders_are_all_whole(torch_smoke_run, tmp_path):
+    # torch-model-archiver gathers its files in <temp dir>/<model name>: without a temp dir per run, builds of the
+    # same model at once (trainings into different models folders) removed each other's files and failed.
+    from torch_pipeline import export
+
+    folders = [tmp_path / f"store-{index}" for index in range(4)]
+    for folder in folders:
+        folder.mkdir()
+    with concurrent.futures.ThreadPoolExecutor(len(folders)) as pool:
+        builds = [
+            pool.submit(export.write_model_archive, torch_smoke_run.export_path, "digits", index + 1, folder)
+            for index, folder in enumerate(folders)
+        ]
+        archives = [build.result(timeout=300) for build in builds]
+    for index, archive in enumerate(archives):
+        assert _archive(archive) == (str(index + 1), torch_smoke_run.run_dir.name)

@@ -243,7 +243,11 @@ def write_model_archive(version_dir: Path, model_name: str, version: int, export
             "--config-file", str(MODEL_CONFIG_PATH),
             "--export-path", str(output_folder),
         ]  # fmt: skip
-        completed = subprocess.run(command, capture_output=True, text=True)
+        # The archiver gathers the files in <temp dir>/<model name>, removed first: archives of one model built at
+        # once (trainings into other models folders, a test beside a training) would empty each other's. Each
+        # run gets a temp dir of its own.
+        environment = {**os.environ, "TMPDIR": staging}
+        completed = subprocess.run(command, capture_output=True, text=True, env=environment)
         if completed.returncode != 0:
             raise RuntimeError(f"torch-model-archiver failed: {completed.stderr.strip() or completed.stdout.strip()}")
         # The archiver names its output after the model; the version goes into the name here.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from experiment import library_logs
 from experiment.artifacts import latest_version
 from experiment.cli import run_main
 from experiment.errors import UsageError
@@ -191,7 +191,7 @@ def print_table(results: dict[str, ServerCounts]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every check, print the counts per server; 0 when no failure was counted, else 1."""
     arguments = parse_arguments(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the gRPC checks import TensorFlow's protos: no C++ banner
+    library_logs.quiet()  # the gRPC checks import TensorFlow's protos: no C++ banner
 
     def body() -> int:
         missing = exports.missing_exports(("tf", "torch", "torch-archive"), arguments.models_dir, "digits")

@@ -107,8 +107,7 @@ def resident_memory(stack: Stack) -> dict[str, int]:
     return memory
 
 
-def call_endpoints(stack: Stack, images, stop: threading.Event, counts: collections.Counter, failures: list) -> None:
-    clients = [(endpoint.name, endpoint.client(MODEL, 30.0)) for endpoint in stack.endpoints()]
+def call_endpoints(clients: list, images, stop: threading.Event, counts: collections.Counter, failures: list) -> None:
     try:
         while not stop.is_set():
             for name, client in clients:
@@ -137,11 +136,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         copy_first_versions(arguments.source, models)
         stack = Stack(ports=Ports.free(), run_dir=Path(folder) / "run", models_dir=models)
         stop, counts, failures = threading.Event(), collections.Counter(), []
-        threads = [threading.Thread(target=call_endpoints, args=(stack, images, stop, counts, failures), daemon=True)
-                   for _ in range(arguments.clients)]  # fmt: skip
+        threads: list[threading.Thread] = []
         memory: dict[int, dict[str, int]] = {}
         try:
             stack.start(timeout=300, report=lambda line: None, train=False)
+            # Clients are made here, one after the other: the first TorchServe gRPC client generates its stubs with
+            # grpc_tools' protoc, which crashes the process when threads run it at once.
+            for _ in range(arguments.clients):
+                clients = [(endpoint.name, endpoint.client(MODEL, 30.0)) for endpoint in stack.endpoints()]
+                threads.append(threading.Thread(target=call_endpoints, args=(clients, images, stop, counts, failures),
+                                                daemon=True))  # fmt: skip
             for thread in threads:
                 thread.start()
             last = arguments.versions + 1
