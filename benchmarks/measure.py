@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from benchmarks import article, event_files, inference, load, system, training, training_worker
+from benchmarks.deployment_formats import DeploymentFormats
 from benchmarks.distributed import DistributedResult
 from benchmarks.serving_tf import TFServingResult
 from benchmarks.serving_torch import TorchServingResult
@@ -64,6 +65,7 @@ class Comparison:
     torch_serving: TorchServingResult | None = None
     sweep: SweepResult | None = None
     floors: Any = None  # benchmarks.floors.FloorsResult
+    deployment_formats: DeploymentFormats | None = None
     distributed: DistributedResult | None = None
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -125,6 +127,11 @@ def measure_everything(settings: CompareSettings, command: str) -> Comparison:
         )
         comparison.inference = _section(comparison, "inference", lambda: inference.measure_inference(
             tf_export, torch_export, dataset.test.images, settings.inference, ROOT / "serving"))  # fmt: skip
+        from benchmarks import deployment_formats
+
+        comparison.deployment_formats = _section(comparison, "deployment formats", lambda: deployment_formats.measure(
+            tf_export, torch_export, dataset.test.images, settings.work_dir / "deployment-formats",
+            calls=300 if settings.quick else 2000, requests=100 if settings.quick else 500))  # fmt: skip
 
     comparison.snippets = _section(comparison, "snippets", article.tensor_snippets)
     comparison.graphs = _section(comparison, "graphs", lambda: article.graphs(settings.runs_dir))

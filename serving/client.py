@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -119,6 +119,16 @@ def load_images(arguments: argparse.Namespace) -> tuple[np.ndarray, np.ndarray |
     return test.images[:count], test.labels[:count]
 
 
+def _served_format(client: Any) -> str | None:
+    """The model format the server names in its metadata answer (Flask: onnx, pt2 or torchscript), if it names one."""
+    try:
+        metadata = client.get_metadata()
+    except Exception:  # noqa: BLE001 - the format is extra information; predicting is what this command does
+        return None
+    served = metadata.get("format") if isinstance(metadata, dict) else None
+    return served if isinstance(served, str) else None
+
+
 def run(arguments: argparse.Namespace) -> int:
     """Send the images in calls of --batch-size, print class, label and latency per image, then a summary."""
     if arguments.batch_size < 1:
@@ -130,7 +140,8 @@ def run(arguments: argparse.Namespace) -> int:
     try:
         if arguments.wait > 0:
             client.wait_until_available(arguments.wait)
-        print(f"{client.description}, model '{arguments.model_name}'")
+        served_format = _served_format(client)
+        print(f"{client.description}, model '{arguments.model_name}'" + (f", format {served_format}" if served_format else ""))
         print(f"{'image':>5}  {'predicted':>9}  {'true':>4}  {'probability':>11}  {'call ms':>8}")
         latencies, correct = [], 0
         for start in range(0, len(images), arguments.batch_size):

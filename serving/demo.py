@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -49,6 +49,7 @@ def query_endpoints(stack: Stack, images: np.ndarray, requests: int) -> list[dic
         client = endpoint.client()
         try:
             _, classes = client.predict(images)
+            served_format = _served_format(client, endpoint.framework)
             for index in range(WARM_UP_REQUESTS):
                 client.predict(images[index % len(images)][np.newaxis])
             latencies = []
@@ -62,6 +63,7 @@ def query_endpoints(stack: Stack, images: np.ndarray, requests: int) -> list[dic
             {
                 "server": endpoint.title,
                 "protocol": endpoint.protocol,
+                "format": served_format,
                 "classes": classes,
                 "p50_ms": statistics.median(latencies),
             }
@@ -69,16 +71,26 @@ def query_endpoints(stack: Stack, images: np.ndarray, requests: int) -> list[dic
     return rows
 
 
+def _served_format(client: Any, framework: str) -> str:
+    """The model format that answered: the server's own word (Flask, TorchServe), SavedModel for TF Serving."""
+    try:
+        metadata = client.get_metadata()
+    except Exception:  # noqa: BLE001 - the column is information; the predictions above are what the demo checks
+        metadata = {}
+    named = metadata.get("format") if isinstance(metadata, dict) else None
+    return str(named) if named else ("SavedModel" if framework == "tf" else "-")
+
+
 def format_table(rows: list[dict[str, object]], labels: np.ndarray, requests: int) -> str:
-    """The side-by-side table: endpoint, protocol, predicted classes, true labels, p50 latency."""
+    """The side-by-side table: endpoint, protocol, model format, predicted classes, true labels, p50 latency."""
     width = 2 * len(labels)  # one digit and a space per image
-    header = f"{'endpoint':<24} {'protocol':<8} {'predicted':<{width}} {'true':<{width}} p50 (batch 1)"
+    header = f"{'endpoint':<24} {'protocol':<8} {'format':<10} {'predicted':<{width}} {'true':<{width}} p50 (batch 1)"
     lines = [header, "-" * len(header)]
     truth = " ".join(str(label) for label in labels)
     for row in rows:
         predicted = " ".join(str(value) for value in row["classes"])
         lines.append(
-            f"{row['server']:<24} {row['protocol']:<8} {predicted:<{width}} {truth:<{width}} "
+            f"{row['server']:<24} {row['protocol']:<8} {row.get('format', '-')!s:<10} {predicted:<{width}} {truth:<{width}} "
             f"{row['p50_ms']:6.2f} ms"
         )
     lines.append(

@@ -45,6 +45,9 @@ def _build_parser() -> argparse.ArgumentParser:
     start.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="model to serve (default %(default)s)")
     start.add_argument("--no-train", action="store_true", help="fail instead of training when no export exists")
     start.add_argument("--only", default=None, help="comma-separated subset of servers: tfserving,flask,torchserve")
+    start.add_argument("--flask-format", choices=("onnx", "pt2", "torchscript"), default=None,
+                       help="the file Flask serves from each torch version: onnx (default, ONNX Runtime), pt2 "
+                            "(AOTInductor) or torchscript (deprecated); train with --formats for the last two")
     _port_flags(start)
 
     for name, help_text in (("stop", "stop every server and remove the pid files"),
@@ -69,7 +72,7 @@ def _command_start(arguments: argparse.Namespace) -> int:
             raise ServerError(f"--{name.replace('_', '-')}-port must be between 1 and 65535, got {port}.")
     only = [name.strip() for name in arguments.only.split(",") if name.strip()] if arguments.only else None
     stack = Stack(ports=ports, run_dir=arguments.run_dir, models_dir=arguments.models_dir,
-                  model_name=arguments.model_name, only=only)  # fmt: skip
+                  model_name=arguments.model_name, only=only, flask_format=arguments.flask_format)  # fmt: skip
     began = time.monotonic()
     seconds = stack.start(timeout=arguments.timeout, train=not arguments.no_train)
     try:

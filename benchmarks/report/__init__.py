@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmarks.report import article, serving, summary, training
+from benchmarks.report import article, deployment, serving, summary, training
 
 if TYPE_CHECKING:
     from benchmarks.measure import Comparison
@@ -18,6 +18,7 @@ REQUIRED_SECTIONS = (
     "## Training",
     "## Artifacts",
     "## In-process inference",
+    "## Deployment formats",
     "## Serving",
     "## The article's questions",
     "## The article's claims against the measurements",
@@ -34,6 +35,7 @@ def render(comparison: Comparison, ratios: list[Ratio], figures: dict[str, str])
     lines += training.training(comparison, figures)
     lines += training.artifacts(comparison)
     lines += training.inference_section(comparison, figures)
+    lines += deployment.deployment_formats(comparison)
     lines += serving.serving(comparison, figures)
     lines += article.questions(comparison)
     lines += article.claims(comparison)

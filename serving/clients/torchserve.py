@@ -89,6 +89,7 @@ def metadata_from_description(description: dict[str, Any], model_name: str) -> d
         "model_name": description.get("modelName", model_name),
         "model_version": description.get("modelVersion"),
         "signature_name": signature.get("signature_name"),
+        "format": signature.get("format"),  # the file the handler runs (onnx)
         "inputs": signature.get("inputs", {INPUT_NAME: {}}),
         "outputs": signature.get("outputs", {PROBABILITIES: {}, CLASSES: {}}),
         "batch_size": description.get("batchSize"),

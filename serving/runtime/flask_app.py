@@ -49,6 +49,7 @@ def spec(
     environment: dict[str, str] | None = None,
     application: str = APPLICATION,
     python: str = sys.executable,
+    model_format: str | None = None,
 ) -> ServerSpec:
     """gunicorn on 127.0.0.1:port serving base_path's torch versions (ONNX Runtime by default); environment adds FLASK_* settings."""
     url = f"http://{HOST}:{port}"
@@ -56,6 +57,8 @@ def spec(
     settings: dict[str, str | None] = {"FLASK_MODEL_NAME": model_name}
     if base_path is not None:
         settings["FLASK_MODEL_BASE_PATH"] = str(base_path)
+    if model_format is not None:  # onnx (the app's default), pt2 or torchscript
+        settings["FLASK_MODEL_FORMAT"] = model_format
     # gunicorn_conf.py makes a fresh metrics folder per server; one inherited from the caller would be shared.
     settings["PROMETHEUS_MULTIPROC_DIR"] = None
     return ServerSpec(

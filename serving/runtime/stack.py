@@ -93,6 +93,7 @@ class Stack:
         python: str = sys.executable,
         specs: Sequence[ServerSpec] | None = None,
         only: Sequence[str] | None = None,
+        flask_format: str | None = None,
     ) -> None:
         self.ports = ports or Ports()
         # Absolute paths: TorchServe runs in its own working folder.
@@ -102,6 +103,7 @@ class Stack:
         self.python = python
         self._specs = list(specs) if specs is not None else None
         self.only = list(only) if only else None
+        self.flask_format = flask_format  # which file Flask serves: onnx (default), pt2 or torchscript
         self._servers: dict[str, ServerProcess] = {}  # the servers this object started
 
     # -- places ---------------------------------------------------------------------------------------------
@@ -162,7 +164,7 @@ class Stack:
         return [
             tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path,
                            (f"--monitoring_config_file={tfserving.MONITORING_CONFIG}",), python),  # fmt: skip
-            flask_app.spec(ports.flask, name, self.torch_base_path, python=python),
+            flask_app.spec(ports.flask, name, self.torch_base_path, python=python, model_format=self.flask_format),
             torchserve.spec(self.torchserve_instance, self.model_store, name, python=python),
         ]
 

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import article, event_files, inference, load, stats, system, training
 from benchmarks.labels import ENDPOINTS
+from benchmarks.deployment_formats import DeploymentFormats, FormatMeasurement
 from benchmarks.measure import Comparison
 from benchmarks.sweep import EndpointSweep, SweepResult
 
@@ -55,6 +56,18 @@ def _sweep() -> SweepResult:
     return SweepResult(False, {"tfserving": 12.0, "flask": 9.0, "torchserve": 25.0}, sweeps)
 
 
+def _deployment_formats() -> DeploymentFormats:
+    """Five paths with known numbers: ONNX Runtime fastest in-process, Flask REST about the same for every format."""
+    rows = [
+        FormatMeasurement("savedmodel", 100_000, None, 0.5, {1: latency(0.12), 64: latency(0.2)}),
+        FormatMeasurement("eager", None, None, 0.001, {1: latency(0.019), 64: latency(0.05)}),
+        FormatMeasurement("torchscript", 40_000, 0.3, 0.02, {1: latency(0.011), 64: latency(0.04)}, latency(1.1)),
+        FormatMeasurement("pt2", 1_600_000, 20.0, 0.01, {1: latency(0.042), 64: latency(0.06)}, latency(1.2)),
+        FormatMeasurement("onnx", 34_000, 2.4, 0.005, {1: latency(0.0055), 64: latency(0.02)}, latency(1.0)),
+    ]  # fmt: skip
+    return DeploymentFormats(rows, 100, 100, "/usr/bin/g++")
+
+
 @pytest.fixture
 def comparison() -> Comparison:
     """A full Comparison from known numbers, with no serving benchmarks beyond the sweep."""
@@ -74,6 +87,7 @@ def comparison() -> Comparison:
         tensorboard={"tf": board, "torch": board},
         data_parallelism=article.DataParallelism(2, ["/device:CPU:0"], 1, True, 0, True, False, True),
         sweep=_sweep(),
+        deployment_formats=_deployment_formats(),
         skipped={"tf serving": "left out for this test", "torch serving": "left out for this test",
                  "distributed": "left out for this test"},
     )  # fmt: skip

@@ -95,3 +95,25 @@ def test_html_page_renders_in_chromium(comparison, tmp_path, browser):
     assert found["problems"] == []
     assert found["images"] == len(figures) and found["tables"] > 10
     assert found["title"].startswith("TensorFlow vs PyTorch")
+
+
+def test_deployment_formats_section_lists_every_path_and_restates_the_claims(comparison, tmp_path):
+    text, _ = _render(comparison, tmp_path)
+    section = _section(text, "## Deployment formats")
+    for label in ("TF SavedModel, session call", "PyTorch eager", "TorchScript `model.pt` (legacy)",
+                  "AOTInductor `model.pt2`, called from Python", "ONNX `model.onnx` in ONNX Runtime"):  # fmt: skip
+        assert label in section
+    torchscript_row = next(line for line in section.splitlines() if "TorchScript `model.pt`" in line)
+    assert "| deprecated |" in torchscript_row and "1.1 ms" in torchscript_row
+    assert "5.5 µs" in section  # ONNX Runtime's batch-1 p50
+    assert "### The article's deployment claims, restated" in section
+    assert "archived in August 2025" in section
+    assert "fastest here: ONNX" in section
+    assert "1 ms with ONNX Runtime and 1.2 ms with AOTInductor" in section
+
+
+def test_a_missing_deployment_formats_section_says_why(comparison, tmp_path):
+    comparison = dataclasses.replace(comparison, deployment_formats=None,
+                                     failures={"deployment formats": "RuntimeError: no compiler"})  # fmt: skip
+    text, _ = _render(comparison, tmp_path)
+    assert "RuntimeError: no compiler" in _section(text, "## Deployment formats")
