@@ -20,6 +20,7 @@ import requests
 
 from experiment.spec import CLASSES, PROBABILITIES
 from serving import clients
+from serving.clients.torchserve import metadata_from_description
 
 logger = logging.getLogger("serving.playground")
 # A page waits for every card; a server that hangs should not hold it for long.
@@ -43,6 +44,7 @@ class Answer:
     latency_ms: float  # the prediction call only, not the version lookup
     version: str | None  # the model version that answered, None when the server would not say
     version_source: str  # IN_RESPONSE, MODEL_STATUS or MANAGEMENT_API
+    model_format: str | None = None  # the format that answered (SavedModel, onnx, pt2, torchscript), when known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,13 +140,17 @@ def _grpc_endpoint(client: clients.TFServingGrpcClient) -> Caller:
         except Exception:  # noqa: BLE001 (any malformed answer is the server's, reported as one sentence)
             raise EndpointError(f"The server answered without '{PROBABILITIES}' and '{CLASSES}'.") from None
         version = str(response.model_spec.version.value) if response.model_spec.HasField("version") else None
-        return Answer(probabilities.astype(np.float32), classes.astype(np.int64), latency_ms, version, IN_RESPONSE)
+        return Answer(probabilities.astype(np.float32), classes.astype(np.int64), latency_ms, version, IN_RESPONSE,
+                      "SavedModel")  # fmt: skip
 
     return Caller(predict, client.close)
 
 
-def _rest_endpoint(client: clients.RestClient) -> Caller:
-    """TensorFlow Serving's REST predict body carries no version: ask the model status right after the call."""
+def _rest_endpoint(client: clients.RestClient, model_format: str | None = None) -> Caller:
+    """TensorFlow Serving's REST predict body carries no version: ask the model status right after the call.
+
+    model_format: the format this server always serves; None asks the metadata answer, where Flask names it.
+    """
 
     def predict(images: np.ndarray) -> Answer:
         (probabilities, classes), latency_ms = _timed(client.description, lambda: client.predict(images))
@@ -157,7 +163,13 @@ def _rest_endpoint(client: clients.RestClient) -> Caller:
                      if status.get("state") == "AVAILABLE" and str(status.get("version", "")).isdigit()]  # fmt: skip
         # While a new version rolls out both may be AVAILABLE; a request without a version goes to the highest.
         version = str(max(available)) if available else None
-        return Answer(probabilities, classes, latency_ms, version, MODEL_STATUS)
+        served_format = model_format
+        if served_format is None:
+            try:
+                served_format = client.get_metadata().get("format")
+            except (clients.ServingError, requests.RequestException, AttributeError) as error:
+                logger.warning("Metadata of %s failed after a prediction: %s", client.description, error)
+        return Answer(probabilities, classes, latency_ms, version, MODEL_STATUS, served_format)
 
     return Caller(predict, client.close)
 
@@ -168,12 +180,16 @@ def _torchserve_endpoint(client: clients.TorchServeClient | clients.TorchServeGr
     def predict(images: np.ndarray) -> Answer:
         description = getattr(client, "description", None) or f"TorchServe at {client.base_url}"
         (probabilities, classes), latency_ms = _timed(description, lambda: client.predict(images))
+        version, served_format = None, None
         try:
-            version = client.describe().get("modelVersion")
+            # customized: the handler's own description too, which names the file it runs.
+            description = client.describe(customized=True)
+            version = description.get("modelVersion")
+            served_format = metadata_from_description(description, "").get("format")
         except (clients.ServingError, requests.RequestException, ValueError, AttributeError) as error:
             logger.warning("TorchServe's management API failed after a prediction: %s", error)
-            version = None
-        return Answer(probabilities, classes, latency_ms, None if version is None else str(version), MANAGEMENT_API)
+        return Answer(probabilities, classes, latency_ms, None if version is None else str(version), MANAGEMENT_API,
+                      served_format)  # fmt: skip
 
     return Caller(predict, client.close)
 
@@ -187,7 +203,7 @@ ENDPOINTS: tuple[tuple[str, str, Adapter], ...] = (
     ("tf-grpc", "TensorFlow Serving · gRPC",
      lambda at: _grpc_endpoint(clients.TFServingGrpcClient(at.tf_grpc, at.model_name, timeout_s=CALL_TIMEOUT_S))),
     ("tf-rest", "TensorFlow Serving · REST",
-     lambda at: _rest_endpoint(clients.RestClient(at.tf_rest, at.model_name, timeout_s=CALL_TIMEOUT_S))),
+     lambda at: _rest_endpoint(clients.RestClient(at.tf_rest, at.model_name, timeout_s=CALL_TIMEOUT_S), "SavedModel")),
     ("flask-rest", "Flask · REST",
      lambda at: _rest_endpoint(clients.RestClient(at.flask, at.model_name, timeout_s=CALL_TIMEOUT_S))),
     ("torchserve-rest", "TorchServe · REST",

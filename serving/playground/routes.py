@@ -5,7 +5,7 @@
     GET  /api/test-image[?index=N]   {"index", "label", "count", "image": 8×8}: a test-split image, random by default
     POST /api/predict           {"drawing": {"width", "height", "pixels": base64 ink bytes}} or {"image": 8×8 0..16}
                                 → {"input": 8×8, "results": [{"key", "label", "class", "probabilities",
-                                   "latency_ms", "version", "version_source"} or {"key", "label", "error"}, ...]}
+                                   "latency_ms", "version", "version_source", "format"} or {"key", "label", "error"}, ...]}
 
 Mistakes in a request are a 400 with {"error": "one sentence"}, as on the model servers.
 """
@@ -71,6 +71,7 @@ class Playground:
                             "latency_ms": round(answer.latency_ms, 3),
                             "version": answer.version,
                             "version_source": answer.version_source,
+                            "format": answer.model_format,
                         }
                     )
                 except EndpointError as error:

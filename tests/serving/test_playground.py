@@ -166,7 +166,7 @@ def answering(klass: int, version: str = "3") -> Endpoint:
         sent.append(images)
         probabilities = np.full((len(images), 10), 0.01, dtype=np.float32)
         probabilities[:, klass] = 0.91
-        return Answer(probabilities, np.full(len(images), klass), 1.25, version, "in the response")
+        return Answer(probabilities, np.full(len(images), klass), 1.25, version, "in the response", "onnx")
 
     endpoint = Endpoint(f"answers-{klass}", f"Answers {klass}", predict, lambda: None)
     object.__setattr__(endpoint, "sent", sent)  # for the test to read
@@ -219,7 +219,7 @@ def test_a_drawing_goes_to_every_endpoint_and_a_failing_one_does_not_stop_the_ot
     answered, stopped, broken, answered_too = document["results"]
     assert answered["class"] == 7 and len(answered["probabilities"]) == 10
     assert answered["latency_ms"] == 1.25 and answered["version"] == "3"
-    assert answered["version_source"] == "in the response"
+    assert answered["version_source"] == "in the response" and answered["format"] == "onnx"
     assert stopped["error"] == "Not reachable: the server is stopped." and "class" not in stopped
     assert broken["error"] == "Failed unexpectedly (RuntimeError); see the playground's log."
     assert answered_too["class"] == 1

@@ -139,6 +139,7 @@
       card.querySelector(".confidence").textContent = "";
       card.querySelector(".latency").textContent = "–";
       card.querySelector(".version").textContent = "–";
+      card.querySelector(".format").textContent = "–";
       items.forEach((item) => {
         item.classList.remove("top");
         item.querySelector(".fill").style.width = "0";
@@ -158,6 +159,7 @@
     card.querySelector(".version").textContent = result.version
       ? `${result.version} (${result.version_source})`
       : `not reported (${result.version_source})`;
+    card.querySelector(".format").textContent = result.format || "not reported";
     items.forEach((item, digit) => {
       const probability = result.probabilities[digit];
       item.dataset.probability = String(probability);
