@@ -7,8 +7,9 @@ import dataclasses
 import datetime
 import sys
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 from experiment.artifacts import TORCH_FORMAT_FILES
 from experiment.errors import UsageError

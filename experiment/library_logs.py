@@ -18,8 +18,8 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from types import ModuleType
-from typing import Iterator, Sequence
 
 SHOW_VARIABLE = "SHOW_LIBRARY_LOGS"
 QUIET_LEVEL = "2"  # TF_CPP_MIN_LOG_LEVEL: 1 drops INFO, 2 also WARNING, 3 also ERROR

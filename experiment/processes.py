@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 LOOPBACK = "127.0.0.1"
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -62,7 +62,7 @@ class Position:
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
     @classmethod
-    def resuming(cls, resumed: ResumedState | None) -> "Position":
+    def resuming(cls, resumed: ResumedState | None) -> Position:
         """At the checkpoint's step, or at step 0."""
         return cls(resumed.step if resumed else 0, resumed)
 

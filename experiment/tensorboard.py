@@ -6,7 +6,7 @@ Run with `python -m experiment.tensorboard --logdir runs [--port 6006]`: TensorB
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from experiment import library_logs
 

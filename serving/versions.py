@@ -15,8 +15,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Generic, Mapping, TypeVar
+from typing import Generic, TypeVar
 
 from experiment.artifacts import list_versions
 
@@ -219,7 +220,7 @@ class VersionWatcher(Generic[Model]):
         started = time.monotonic()
         try:
             model = self._loader(name, version, path)
-        except Exception as error:  # any failure (missing files, corrupt file, bad graph) must keep the old version
+        except Exception as error:  # noqa: BLE001 (any failure: missing files, corrupt file, bad graph; the old version stays)
             message = _one_line(error)
             self._failed[(name, version)] = fingerprint
             self._update(name, version, VersionStatus(version, END, self._error_code(error), message))

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -61,7 +62,7 @@ def poll_until(check: Callable[[], str | None], timeout: float, failure: Callabl
         time.sleep(min(POLL_SECONDS, max(deadline - time.monotonic(), 0.0)))
 
 
-def wait_for_available_version(client: "VersionedClient", timeout: float) -> None:
+def wait_for_available_version(client: VersionedClient, timeout: float) -> None:
     """Poll client.get_status() (TF Serving's model status) until a version is AVAILABLE."""
 
     def check() -> str | None:

@@ -7,8 +7,8 @@ import numpy.typing as npt
 
 from experiment.json_types import JSONDict, JSONValue, as_array
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
-from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
 from serving.clients import errors
+from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
 from serving.clients.errors import ServerUnavailableError, ServingError
 
 

@@ -9,8 +9,8 @@ import numpy.typing as npt
 
 from experiment.json_types import JSONDict, as_array
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES, SIGNATURE_NAME
-from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
 from serving.clients import errors
+from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
 from serving.clients.errors import ServingError
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class TFServingGrpcClient:
         try:
             probabilities = tensor_to_array(response.outputs[PROBABILITIES], PROBABILITIES)
             classes = tensor_to_array(response.outputs[CLASSES], CLASSES)
-        except Exception as error:  # a response without the outputs the serving signature promises
+        except Exception as error:  # noqa: BLE001 (a response without the outputs the serving signature promises)
             raise ServingError(f"{self.description} answered without usable outputs: {error}") from None
         return probabilities.astype(np.float32, copy=False), classes.astype(np.int64, copy=False)
 

@@ -18,8 +18,8 @@ import requests
 
 from experiment.json_types import JSONDict, JSONObject, JSONValue, as_array, as_object
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
-from serving.clients.base import as_batch, poll_until
 from serving.clients import errors
+from serving.clients.base import as_batch, poll_until
 from serving.clients.errors import ServerUnavailableError, TorchServeError
 
 READY = "READY"
@@ -304,7 +304,7 @@ class TorchServeClient:
         """Close the HTTP connections."""
         self.session.close()
 
-    def __enter__(self) -> "TorchServeClient":
+    def __enter__(self) -> TorchServeClient:
         return self
 
     def __exit__(self, *exception: object) -> None:

@@ -26,9 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from experiment.json_types import JSONDict, JSONValue
-
-from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, poll_until
 from serving.clients import errors
+from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, poll_until
 from serving.clients.errors import ServingError
 from serving.clients.torchserve import (
     TorchServeKeys,
@@ -203,7 +202,7 @@ class TorchServeGrpcClient:
         self._inference_channel.close()
         self._management_channel.close()
 
-    def __enter__(self) -> "TorchServeGrpcClient":
+    def __enter__(self) -> TorchServeGrpcClient:
         return self
 
     def __exit__(self, *exception: object) -> None:
