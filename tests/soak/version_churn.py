@@ -26,7 +26,7 @@ import psutil
 
 from experiment import artifacts
 from experiment.data import load_dataset
-from serving.clients import RestClient, TorchServeClient
+from serving.clients import RestClient, TorchServeClient, torchserve_protos
 from serving.runtime import Ports, Stack
 from serving.runtime.process import process_tree, read_pid_file
 
@@ -130,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="client threads calling every endpoint (default 8)")
     parser.add_argument("--live-timeout", type=float, default=300.0, help="seconds a version may take to be served")
     arguments = parser.parse_args(argv)
+    # TorchServe's gRPC stubs before TensorFlow is loaded (the TF gRPC client loads it): grpc_tools' protoc module,
+    # imported into a process that holds TensorFlow, has crashed it (SIGSEGV in _protoc_compiler).
+    torchserve_protos.load()
     images = load_dataset().test.images[:4]
     with tempfile.TemporaryDirectory(prefix="version-churn-") as folder:
         models = Path(folder) / "models"
