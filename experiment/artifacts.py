@@ -11,7 +11,10 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator, Mapping
+
+from experiment.json_types import JSONDict, JSONScalar, JSONValue
+from experiment.spec import NetworkDict
 
 METADATA_FILE = "metadata.json"
 TORCHSCRIPT_FILE = "model.pt"  # TorchScript: deprecated by PyTorch, written only when asked for
@@ -160,14 +163,14 @@ def build_metadata(
     framework: str,
     framework_version: str,
     dataset: str,
-    network: dict[str, Any],
-    hyperparameters: dict[str, Any],
+    network: NetworkDict,
+    hyperparameters: Mapping[str, JSONScalar],
     test_accuracy: float,
     test_loss: float,
     training_seconds: float,
     run_name: str,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    extra: Mapping[str, JSONValue] | None = None,
+) -> dict[str, object]:
     """The metadata.json content every export carries (docs/architecture.md, 'Names and places')."""
     return {
         "framework": framework,
@@ -185,13 +188,17 @@ def build_metadata(
     }
 
 
-def write_metadata(directory: Path, metadata: dict[str, Any]) -> Path:
+def write_metadata(directory: Path, metadata: Mapping[str, object]) -> Path:
     """Write metadata.json into directory and return its path."""
     path = Path(directory) / METADATA_FILE
     path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def read_metadata(directory: Path) -> dict[str, Any]:
-    """Read the metadata.json beside an export."""
-    return json.loads((Path(directory) / METADATA_FILE).read_text())
+def read_metadata(directory: Path) -> JSONDict:
+    """Read the metadata.json beside an export (ValueError when it is not a JSON object)."""
+    path = Path(directory) / METADATA_FILE
+    metadata = json.loads(path.read_text())
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path} is not a JSON object.")
+    return metadata

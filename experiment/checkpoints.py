@@ -12,32 +12,41 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from experiment.errors import UsageError
+from experiment.json_types import JSONObject, JSONValue
 
 RUN_RECORD = "run.json"
 
 
-def read_run_record(directory: Path) -> dict[str, Any] | None:
+class RunRecord(TypedDict):
+    """run.json: the run's name and the settings it was started with (TrainConfig.resume_settings)."""
+
+    run_name: str
+    settings: dict[str, JSONValue]
+
+
+def read_run_record(directory: Path) -> RunRecord | None:
     """The record in directory, or None when no run has checkpointed there yet."""
     path = Path(directory) / RUN_RECORD
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-        if not isinstance(record, dict) or not isinstance(record.get("run_name"), str):
+        if not isinstance(record, dict):
             raise ValueError
-        if not isinstance(record.get("settings"), dict):
+        run_name, settings = record.get("run_name"), record.get("settings")
+        if not isinstance(run_name, str) or not isinstance(settings, dict):
             raise ValueError
     except (ValueError, OSError):
         raise UsageError(
             f"{path} is not a run record written by this project; use an empty --checkpoint-dir."
         ) from None
-    return record
+    return RunRecord(run_name=run_name, settings=settings)
 
 
-def write_run_record(directory: Path, run_name: str, settings: dict[str, Any]) -> None:
+def write_run_record(directory: Path, run_name: str, settings: JSONObject) -> None:
     """Write directory/run.json atomically (a crash never leaves half a record)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -47,7 +56,7 @@ def write_run_record(directory: Path, run_name: str, settings: dict[str, Any]) -
     os.replace(temporary, directory / RUN_RECORD)
 
 
-def check_same_run(directory: Path, record: dict[str, Any], settings: dict[str, Any]) -> None:
+def check_same_run(directory: Path, record: RunRecord, settings: JSONObject) -> None:
     """Raise UsageError naming the first setting that differs from the run that wrote the checkpoints."""
     for name, value in settings.items():
         saved = record["settings"].get(name)
@@ -58,7 +67,7 @@ def check_same_run(directory: Path, record: dict[str, Any], settings: dict[str, 
             )
 
 
-def check_resumable(directory: Path | None, settings: dict[str, Any]) -> None:
+def check_resumable(directory: Path | None, settings: JSONObject) -> None:
     """For launchers, before any worker starts: refuse a checkpoint folder of another run in one sentence."""
     if directory is None:
         return
@@ -67,7 +76,7 @@ def check_resumable(directory: Path | None, settings: dict[str, Any]) -> None:
         check_same_run(directory, record, settings)
 
 
-def prepare_run(directory: Path, run_name: str | None, default_run_name: str, settings: dict[str, Any]) -> str:
+def prepare_run(directory: Path, run_name: str | None, default_run_name: str, settings: JSONObject) -> str:
     """Check a resumable folder or start a new record there; return the run name to log under.
 
     A folder without a record starts a run named run_name (or default_run_name); a folder with one resumes it,

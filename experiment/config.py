@@ -8,19 +8,22 @@ import datetime
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from experiment.artifacts import TORCH_FORMAT_FILES
 from experiment.errors import UsageError
+from experiment.json_types import JSONDict, JSONScalar
 from experiment.spec import ACTIVATIONS, NetworkSpec, parse_hidden_sizes
 
 ConfigT = TypeVar("ConfigT", bound="TrainConfig")
+DefaultT = TypeVar("DefaultT")
 
 # Keras's Adam default epsilon; torch's default is 1e-8, so both sides set it explicitly.
 ADAM_EPSILON = 1e-7
 
 
-def config_field(default: Any, help: str, **metadata: Any) -> Any:
+def config_field(default: DefaultT, help: str, **metadata: object) -> DefaultT:
+    """A dataclass field with its --help text and, optionally, parse= (the flag's parser) and choices=."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -101,7 +104,7 @@ class TrainConfig:
     def network_spec(self, image_shape: tuple[int, int], pixel_max: float, num_classes: int) -> NetworkSpec:
         """The network this config describes, for a dataset of the given shape."""
         return NetworkSpec(
-            input_shape=tuple(image_shape),
+            input_shape=(image_shape[0], image_shape[1]),
             pixel_max=pixel_max,
             hidden_sizes=self.hidden_sizes,
             activation=self.activation,
@@ -109,7 +112,7 @@ class TrainConfig:
             num_classes=num_classes,
         )
 
-    def hyperparameters(self) -> dict[str, Any]:
+    def hyperparameters(self) -> dict[str, JSONScalar]:
         """The settings that shape training, JSON-ready, for metadata.json and TensorBoard hparams."""
         return {
             "epochs": self.epochs,
@@ -120,9 +123,9 @@ class TrainConfig:
             "adam_epsilon": ADAM_EPSILON,
         }
 
-    def resume_settings(self, dataset_name: str) -> dict[str, Any]:
+    def resume_settings(self, dataset_name: str) -> JSONDict:
         """What a checkpoint must have been made with to be resumed by this config: all but the epoch count."""
-        settings = {
+        settings: JSONDict = {
             "framework": self.framework,
             "dataset": dataset_name,
             **self.hyperparameters(),
@@ -133,7 +136,7 @@ class TrainConfig:
         del settings["epochs"]  # more epochs than the interrupted run asked for is how a user extends a run
         return settings
 
-    def tensorboard_hparams(self) -> dict[str, Any]:
+    def tensorboard_hparams(self) -> dict[str, JSONScalar]:
         """Scalar-only hyperparameters for TensorBoard's HParams dashboard, the same keys on both sides."""
         return {
             "framework": self.framework,
@@ -175,30 +178,39 @@ def build_parser(config_class: type[TrainConfig], prog: str, description: str) -
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
         hint = hints[field.name]
-        kwargs: dict[str, Any] = {"help": field.metadata.get("help", ""), "dest": field.name}
+        help_text = str(field.metadata.get("help", ""))
         if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["default"] = field.default
-        else:
-            kwargs["default"] = argparse.SUPPRESS  # keep the dataclass default, shown in --help below
-            kwargs["type"] = field.metadata.get("parse") or _scalar_type(hint)
-            if "choices" in field.metadata:
-                kwargs["choices"] = field.metadata["choices"]
-            if field.default is not None:  # a None default is described in the help text itself
-                kwargs["help"] += f" (default: {_show_default(field.default)})"
-        parser.add_argument(_flag(field.name), **kwargs)
+            parser.add_argument(
+                _flag(field.name),
+                help=help_text,
+                dest=field.name,
+                action=argparse.BooleanOptionalAction,
+                default=field.default,
+            )
+            continue
+        if field.default is not None:  # a None default is described in the help text itself
+            help_text += f" (default: {_show_default(field.default)})"
+        parser.add_argument(
+            _flag(field.name),
+            help=help_text,
+            dest=field.name,
+            default=argparse.SUPPRESS,  # keep the dataclass default, shown in --help above
+            type=field.metadata.get("parse") or _scalar_type(hint),
+            choices=field.metadata.get("choices"),  # None: any value
+        )
     return parser
 
 
-def _scalar_type(hint: Any) -> Any:
+def _scalar_type(hint: object) -> Callable[[str], object]:
     arguments = [argument for argument in typing.get_args(hint) if argument is not type(None)]
     base = arguments[0] if arguments else hint
-    if base not in (int, float, str, Path):
-        raise TypeError(f"no command-line parser for {hint}")
-    return base
+    for parse in (int, float, str, Path):
+        if base is parse:
+            return parse
+    raise TypeError(f"no command-line parser for {hint}")
 
 
-def _show_default(value: Any) -> str:
+def _show_default(value: object) -> str:
     if isinstance(value, tuple):
         return ",".join(str(item) for item in value)
     return str(value)

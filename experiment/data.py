@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from experiment.errors import UsageError
 
@@ -23,8 +24,8 @@ IDX_LABELS_MAGIC = 0x00000801
 class Split:
     """One part of a dataset: raw images (N, H, W) float32 and integer labels (N,)."""
 
-    images: np.ndarray
-    labels: np.ndarray
+    images: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,7 +45,8 @@ class Dataset:
     @property
     def image_shape(self) -> tuple[int, int]:
         """Height and width of one image."""
-        return tuple(self.train.images.shape[1:])  # type: ignore[return-value]
+        height, width = self.train.images.shape[1:]
+        return height, width
 
 
 def load_dataset(
@@ -80,7 +82,9 @@ def _load_digits(seed: int, validation_fraction: float, test_fraction: float) ->
     )
 
 
-def _split_validation(images: np.ndarray, labels: np.ndarray, seed: int, fraction: float) -> tuple[Split, Split]:
+def _split_validation(
+    images: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], seed: int, fraction: float
+) -> tuple[Split, Split]:
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels)
@@ -112,7 +116,7 @@ def _find_idx_file(data_dir: Path, prefix: str, kind: str) -> Path:
     return candidates[0]
 
 
-def read_idx(path: Path, expected_magic: int) -> np.ndarray:
+def read_idx(path: Path, expected_magic: int) -> npt.NDArray[np.uint8]:
     """Read one IDX file (gzipped or not) into a uint8 array, checking its magic number and length."""
     path = Path(path)
     try:
@@ -166,7 +170,7 @@ def _load_idx_folder(data_dir: Path, seed: int, validation_fraction: float) -> D
     )
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
+def write_idx(path: Path, array: npt.ArrayLike) -> None:
     """Write a uint8 array as an IDX file (gzipped when the name ends in .gz); used to make test data."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">I", 0x00000800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -122,7 +122,7 @@ class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
         sys.meta_path.remove(self)
         for finder in sys.meta_path:
             find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(fullname, path, target) if find_spec else None
+            spec: importlib.machinery.ModuleSpec | None = find_spec(fullname, path, target) if find_spec else None
             if spec is not None:
                 if spec.loader is not None:
                     spec.loader = _QuietLoader(spec.loader)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+
+from experiment.json_types import JSONScalar
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto import summary_pb2
@@ -38,7 +42,9 @@ def trial_id(framework: str, run_name: str) -> str:
     return f"{framework}/{run_name}"
 
 
-def hparams_summaries(hparams: dict[str, Any], trial: str, start_time_secs: float) -> list[summary_pb2.Summary]:
+def hparams_summaries(
+    hparams: Mapping[str, JSONScalar], trial: str, start_time_secs: float
+) -> list[summary_pb2.Summary]:
     """A finished HParams trial: its hyperparameter values (session start) and status SUCCESS (session end).
 
     No experiment summary is written. Given one, TensorBoard takes every hyperparameter's domain, whether it differs
@@ -60,14 +66,14 @@ def hparams_summaries(hparams: dict[str, Any], trial: str, start_time_secs: floa
     return [start, end]
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+def confusion_matrix(labels: npt.ArrayLike, predictions: npt.ArrayLike, num_classes: int) -> npt.NDArray[np.int64]:
     """Counts (num_classes, num_classes): row = true class, column = predicted class."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(matrix, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
     return matrix
 
 
-def confusion_matrix_image(matrix: np.ndarray, title: str) -> np.ndarray:
+def confusion_matrix_image(matrix: npt.NDArray[np.int64], title: str) -> npt.NDArray[np.uint8]:
     """Render a confusion matrix as an RGB uint8 image (H, W, 3) for TensorBoard's image dashboard."""
     import matplotlib
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from experiment import artifacts, metrics
 from experiment import checkpoints as run_checkpoints
 from experiment.config import TrainConfig
 from experiment.data import Dataset
+from experiment.json_types import JSONScalar, JSONValue
 from experiment.spec import NetworkSpec
 
 
@@ -75,14 +78,20 @@ class Evaluation:
 
     loss: float
     accuracy: float
-    predictions: np.ndarray  # (N,) int64
+    predictions: npt.NDArray[np.int64]  # (N,)
 
 
 class FinalSummaryWriter(Protocol):
     """What each pipeline's summaries.RunWriters offers for the end of a run."""
 
     def write_final_summaries(
-        self, *, hparams: dict[str, Any], test_accuracy: float, test_loss: float, confusion: np.ndarray, step: int
+        self,
+        *,
+        hparams: Mapping[str, JSONScalar],
+        test_accuracy: float,
+        test_loss: float,
+        confusion: npt.NDArray[np.int64],
+        step: int,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -123,12 +132,12 @@ def export_metadata(
     framework_version: str,
     dataset: Dataset,
     spec: NetworkSpec,
-    hyperparameters: dict[str, Any],
+    hyperparameters: Mapping[str, JSONScalar],
     evaluation: Evaluation,
     training_seconds: float,
     run_name: str,
-    extra: dict[str, Any],
-) -> dict[str, Any]:
+    extra: Mapping[str, JSONValue],
+) -> dict[str, object]:
     """The metadata.json of a run's export: the shared fields from the run, the framework's own in extra."""
     return artifacts.build_metadata(
         framework=framework,

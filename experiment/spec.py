@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Sequence
+from typing import TypedDict
 
 from experiment.errors import UsageError
 
@@ -15,6 +16,17 @@ PROBABILITIES = "probabilities"
 CLASSES = "classes"
 OUTPUT_NAMES = (PROBABILITIES, CLASSES)
 SIGNATURE_NAME = "serving_default"
+
+
+class NetworkDict(TypedDict):
+    """A NetworkSpec as metadata.json's "network" holds it (tuples are written, and read back, as lists)."""
+
+    input_shape: Sequence[int]
+    pixel_max: float
+    hidden_sizes: Sequence[int]
+    activation: str
+    dropout: float
+    num_classes: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,15 +61,23 @@ class NetworkSpec:
         """Number of pixels in one flattened image."""
         return self.input_shape[0] * self.input_shape[1]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> NetworkDict:
         """A JSON-ready description, stored in every export's metadata.json."""
-        return dataclasses.asdict(self)
+        return NetworkDict(
+            input_shape=self.input_shape,
+            pixel_max=self.pixel_max,
+            hidden_sizes=self.hidden_sizes,
+            activation=self.activation,
+            dropout=self.dropout,
+            num_classes=self.num_classes,
+        )
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "NetworkSpec":
+    def from_dict(cls, values: NetworkDict) -> NetworkSpec:
         """Rebuild a spec from to_dict's output (lists become tuples)."""
+        height, width = values["input_shape"]
         return cls(
-            input_shape=tuple(values["input_shape"]),
+            input_shape=(height, width),
             pixel_max=float(values["pixel_max"]),
             hidden_sizes=tuple(values["hidden_sizes"]),
             activation=values["activation"],

@@ -6,7 +6,9 @@ import time
 from typing import Callable, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
+from experiment.json_types import JSONDict
 from serving.clients.errors import ServingError
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -19,10 +21,10 @@ class PredictionClient(Protocol):
     description: str
     model_name: str
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """images (N, H, W) float32 → probabilities (N, C) float32, classes (N,) int64."""
 
-    def get_metadata(self) -> dict:
+    def get_metadata(self) -> JSONDict:
         """The server's description of the model (signature, versions)."""
 
     def wait_until_available(self, timeout: float) -> None:
@@ -32,7 +34,7 @@ class PredictionClient(Protocol):
         """Release connections."""
 
 
-def as_batch(images: np.ndarray) -> np.ndarray:
+def as_batch(images: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """images as a contiguous float32 batch: one (H, W) image becomes (1, H, W)."""
     images = np.asarray(images, dtype=np.float32)
     return images[np.newaxis] if images.ndim == 2 else np.ascontiguousarray(images)
@@ -81,5 +83,5 @@ class VersionedClient(Protocol):
     description: str
     model_name: str
 
-    def get_status(self) -> list[dict]:
+    def get_status(self) -> list[JSONDict]:
         """One dict per version (version, state, status)."""

@@ -48,7 +48,9 @@ def timed_out(description: str, seconds: float, status: str | int | None = None)
     return ServerUnavailableError(f"{description} did not answer within {seconds:g} s.", status)
 
 
-def unknown_model(description: str, model_name: str, status: str | int, message: str, error_type=ServingError):
+def unknown_model(
+    description: str, model_name: str, status: str | int, message: str, error_type: type[ServingError] = ServingError
+) -> ServingError:
     """The server has no such model (or version)."""
     return error_type(f"{description} has no model '{model_name}' ({_status(status)}): {_sentence(message)}", status)
 
@@ -59,6 +61,8 @@ def key_refused(description: str, status: str | int, message: str) -> TorchServe
                            f"{KEY_FILE_HINT}.", status)  # fmt: skip
 
 
-def refused(description: str, status: str | int, message: str, error_type=ServingError) -> ServingError:
+def refused(
+    description: str, status: str | int, message: str, error_type: type[ServingError] = ServingError
+) -> ServingError:
     """Any other refusal, with the server's own sentence."""
     return error_type(f"{description} refused the request ({_status(status)}): {_sentence(message)}", status)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+import numpy.typing as npt
 
+from experiment.json_types import JSONDict, JSONValue, as_array
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
 from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
 from serving.clients import errors
@@ -27,23 +27,25 @@ class RestClient:
         self.description = f"{server} at {self.base_url}"
         self._session = requests.Session()  # keep-alive: one TCP connection for many calls
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _request(self, method: str, path: str, json: JSONValue = None) -> JSONValue:
+        """The decoded JSON answer of one call (json: the request body, none when None)."""
         import requests
 
         url = f"{self.base_url}/v1/models/{self.model_name}{path}"
         try:
-            response = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
+            response = self._session.request(method, url, timeout=self.timeout_s, json=json)
         except requests.Timeout:
             raise errors.timed_out(self.description, self.timeout_s) from None
         except requests.ConnectionError:
             raise errors.unreachable(self.description) from None
+        document: JSONValue
         try:
             document = response.json()
         except ValueError:
             document = None
         if response.status_code != 200:
-            message = document.get("error") if isinstance(document, dict) else None
-            message = message or (response.text.strip()[:200] or response.reason)
+            error = document.get("error") if isinstance(document, dict) else None
+            message = error if isinstance(error, str) and error else (response.text.strip()[:200] or response.reason)
             status = response.status_code
             if status == 404:
                 raise errors.unknown_model(self.description, self.model_name, status, message)
@@ -53,7 +55,7 @@ class RestClient:
             raise ServingError(f"{self.description} answered with a body that is not JSON.", response.status_code)
         return document
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """POST :predict in the columnar format; images (N, H, W) → probabilities (N, C), classes (N,)."""
         batch = as_batch(images)
         document = self._request("POST", ":predict", json={"inputs": {INPUT_NAME: batch.tolist()}})
@@ -62,14 +64,18 @@ class RestClient:
             raise ServingError(f"{self.description} answered without outputs '{PROBABILITIES}' and '{CLASSES}'.")
         return np.asarray(outputs[PROBABILITIES], dtype=np.float32), np.asarray(outputs[CLASSES], dtype=np.int64)
 
-    def get_metadata(self) -> dict:
+    def get_metadata(self) -> JSONDict:
         """GET /v1/models/{name}/metadata."""
-        return self._request("GET", "/metadata")
+        document = self._request("GET", "/metadata")
+        if not isinstance(document, dict):
+            raise ServingError(f"{self.description} answered the metadata request with JSON that is not an object.")
+        return document
 
-    def get_status(self) -> list[dict]:
+    def get_status(self) -> list[JSONDict]:
         """GET /v1/models/{name}: one dict per version."""
         document = self._request("GET", "")
-        return document.get("model_version_status", []) if isinstance(document, dict) else []
+        versions = document.get("model_version_status", []) if isinstance(document, dict) else []
+        return [version for version in as_array(versions) if isinstance(version, dict)]
 
     def wait_until_available(self, timeout: float) -> None:
         """Poll GET /v1/models/{name} until a version is AVAILABLE."""

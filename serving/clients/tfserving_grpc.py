@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
+
+from experiment.json_types import JSONDict, as_array
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES, SIGNATURE_NAME
 from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, wait_for_available_version
 from serving.clients import errors
 from serving.clients.errors import ServingError
+
+if TYPE_CHECKING:
+    from tensorflow_serving.apis.model_pb2 import ModelSpec
+    from tensorflow_serving.apis.predict_pb2 import PredictRequest, PredictResponse
+
+ResponseT = TypeVar("ResponseT", covariant=True)
+
+
+class UnaryCall(Protocol[ResponseT]):
+    """A stub's unary method: one request message in, one response message out, within a deadline."""
+
+    def __call__(self, request: object, *, timeout: float) -> ResponseT: ...
 
 # Large enough for a whole test split in one call; the default gRPC limit of 4 MiB is not.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -44,18 +60,18 @@ class TFServingGrpcClient:
         self._prediction = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
-    def _fill_model_spec(self, spec) -> None:
+    def _fill_model_spec(self, spec: ModelSpec) -> None:
         spec.name = self.model_name
         if self.version is not None:
             spec.version.value = self.version
 
-    def predict_response(self, images: np.ndarray):
+    def predict_response(self, images: npt.ArrayLike) -> PredictResponse:
         """The raw PredictResponse (its model_spec says which version answered)."""
         from tensorflow.core.framework import types_pb2
         from tensorflow_serving.apis import predict_pb2
 
         batch = as_batch(images)  # (N, H, W)
-        request = predict_pb2.PredictRequest()
+        request: PredictRequest = predict_pb2.PredictRequest()
         self._fill_model_spec(request.model_spec)
         request.model_spec.signature_name = self.signature_name
         tensor = request.inputs[INPUT_NAME]
@@ -65,7 +81,7 @@ class TFServingGrpcClient:
         tensor.tensor_content = batch.tobytes()  # raw bytes: no per-element float_val encoding
         return self._call(self._prediction.Predict, request)
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """images (N, H, W) → probabilities (N, C) float32, classes (N,) int64."""
         from serving.protocol.tensors import tensor_to_array
 
@@ -77,7 +93,7 @@ class TFServingGrpcClient:
             raise ServingError(f"{self.description} answered without usable outputs: {error}") from None
         return probabilities.astype(np.float32, copy=False), classes.astype(np.int64, copy=False)
 
-    def get_metadata(self) -> dict:
+    def get_metadata(self) -> JSONDict:
         """GetModelMetadata(signature_def) as a dict, as the REST metadata route shows it."""
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_metadata_pb2
@@ -85,9 +101,10 @@ class TFServingGrpcClient:
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._fill_model_spec(request.model_spec)
         response = self._call(self._prediction.GetModelMetadata, request)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        metadata: JSONDict = json_format.MessageToDict(response, preserving_proto_field_name=True)
+        return metadata
 
-    def get_status(self) -> list[dict]:
+    def get_status(self) -> list[JSONDict]:
         """GetModelStatus: one dict per version (version, state, status)."""
         from google.protobuf import json_format
         from tensorflow_serving.apis import get_model_status_pb2
@@ -95,13 +112,14 @@ class TFServingGrpcClient:
         request = get_model_status_pb2.GetModelStatusRequest()
         self._fill_model_spec(request.model_spec)
         response = self._call(self._models.GetModelStatus, request)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True).get("model_version_status", [])
+        status: JSONDict = json_format.MessageToDict(response, preserving_proto_field_name=True)
+        return [version for version in as_array(status.get("model_version_status", [])) if isinstance(version, dict)]
 
     def wait_until_available(self, timeout: float) -> None:
         """Poll GetModelStatus until a version is AVAILABLE."""
         wait_for_available_version(self, timeout)
 
-    def _call(self, method, request):
+    def _call(self, method: UnaryCall[ResponseT], request: object) -> ResponseT:
         import grpc
 
         try:

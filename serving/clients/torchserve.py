@@ -9,18 +9,22 @@ it when keys are regenerated), and renews an expired key through TorchServe's to
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import requests
 
+from experiment.json_types import JSONDict, JSONObject, JSONValue, as_array, as_object
 from experiment.spec import CLASSES, INPUT_NAME, PROBABILITIES
 from serving.clients.base import as_batch, poll_until
 from serving.clients import errors
 from serving.clients.errors import ServerUnavailableError, TorchServeError
 
 READY = "READY"
+# A query string's parameters, as requests encodes them.
+QueryParameters = Mapping[str, str | int]
 API_NAMES = ("inference", "management", "API")
 
 
@@ -73,16 +77,16 @@ class TorchServeKeys:
         return True
 
 
-def metadata_from_description(description: dict[str, Any], model_name: str) -> dict[str, Any]:
+def metadata_from_description(description: JSONObject, model_name: str) -> JSONDict:
     """The common metadata dict from a management API description (customized: the handler's signature)."""
-    signature: dict[str, Any] = {}
+    signature: JSONObject = {}
     customized = description.get("customizedMetadata")
     if isinstance(customized, str):
         try:
-            signature = json.loads(customized)
+            signature = as_object(json.loads(customized))
         except json.JSONDecodeError:
             signature = {}
-    elif isinstance(customized, dict):
+    elif isinstance(customized, Mapping):
         signature = customized
     return {
         "server": "torchserve",
@@ -95,28 +99,49 @@ def metadata_from_description(description: dict[str, Any], model_name: str) -> d
         "batch_size": description.get("batchSize"),
         "max_batch_delay_ms": description.get("maxBatchDelay"),
         "workers": [
-            {"id": worker.get("id"), "status": worker.get("status")} for worker in description.get("workers", [])
+            {"id": worker.get("id"), "status": worker.get("status")}
+            for worker in map(as_object, as_array(description.get("workers", [])))
         ],
     }
 
 
-def workers_ready(description: dict[str, Any]) -> bool:
+def workers_ready(description: JSONObject) -> bool:
     """Whether a described model version has at least minWorkers workers READY (and at least one)."""
-    ready = sum(1 for worker in description.get("workers", []) if worker.get("status") == READY)
-    return ready >= max(1, int(description.get("minWorkers", 1)))
+    workers = map(as_object, as_array(description.get("workers", [])))
+    ready = sum(1 for worker in workers if worker.get("status") == READY)
+    minimum = description.get("minWorkers", 1)
+    if not isinstance(minimum, int | float | str):
+        raise ValueError(f"minWorkers {minimum!r} is not a number")
+    return ready >= max(1, int(minimum))
 
 
-def predictions_from_answer(document: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (N, C) float32 and classes (N,) int64 from the handler's row-format answer."""
-    rows = document["predictions"]
+def predictions_from_answer(document: JSONValue) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """Probabilities (N, C) float32 and classes (N,) int64 from the handler's row-format answer.
+
+    KeyError or TypeError when the answer has no rows of both outputs.
+    """
+    if not isinstance(document, Mapping):
+        raise TypeError("the answer is not a JSON object")
+    predictions = document["predictions"]
+    if not isinstance(predictions, list):
+        raise TypeError("'predictions' is not a list")
+    rows = [row for row in predictions if isinstance(row, Mapping)]
+    if len(rows) != len(predictions):
+        raise TypeError("a row of 'predictions' is not an object")
     probabilities = np.asarray([row[PROBABILITIES] for row in rows], dtype=np.float32)
     classes = np.asarray([row[CLASSES] for row in rows], dtype=np.int64)
     return probabilities, classes
 
 
-def first_description(document: Any) -> dict[str, Any]:
-    """The management API answers a list with one description per version asked for; the first of them."""
-    return document[0] if isinstance(document, list) and document else document
+def first_description(document: JSONValue) -> JSONDict:
+    """The management API answers a list with one description per version asked for; the first of them.
+
+    ValueError when that is not a JSON object.
+    """
+    description = document[0] if isinstance(document, list) and document else document
+    if not isinstance(description, dict):
+        raise ValueError("the model description is not a JSON object")
+    return description
 
 
 class TorchServeClient:
@@ -152,10 +177,14 @@ class TorchServeClient:
         """The Authorization header for 'inference' or 'management' calls; empty when token auth is off."""
         return self.keys.headers(api)
 
-    def _send(self, method: str, url: str, **arguments: Any) -> requests.Response:
+    def _send(
+        self, method: str, url: str, headers: Mapping[str, str], params: QueryParameters | None, data: str | None
+    ) -> requests.Response:
         """One HTTP call; a server that cannot be reached becomes ServerUnavailableError naming its base URL."""
         try:
-            return self.session.request(method, url, timeout=self.timeout, **arguments)
+            return self.session.request(
+                method, url, timeout=self.timeout, headers=headers, params=params, data=data
+            )
         except requests.RequestException as error:
             management = url.startswith(self.management_url) and not url.startswith(self.base_url + "/predictions")
             description = f"TorchServe (management) at {self.management_url}" if management else self.description
@@ -163,12 +192,21 @@ class TorchServeClient:
                 raise errors.timed_out(description, self.timeout) from None
             raise errors.unreachable(description) from None
 
-    def _request(self, method: str, url: str, api: str, **arguments: Any) -> requests.Response:
+    def _request(
+        self,
+        method: str,
+        url: str,
+        api: str,
+        *,
+        params: QueryParameters | None = None,
+        data: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         """Send with the current key; if TorchServe says it expired (60 min by default), renew it once and resend."""
-        headers = arguments.pop("headers", {})
-        response = self._send(method, url, headers={**headers, **self.keys.headers(api)}, **arguments)
+        headers = headers or {}
+        response = self._send(method, url, {**headers, **self.keys.headers(api)}, params, data)
         if response.status_code in (400, 401) and _is_key_error(response) and self.keys.renew(api):
-            response = self._send(method, url, headers={**headers, **self.keys.headers(api)}, **arguments)
+            response = self._send(method, url, {**headers, **self.keys.headers(api)}, params, data)
         return response
 
     def _model_url(self, version: str | int | None) -> str:
@@ -177,7 +215,7 @@ class TorchServeClient:
 
     # The common client interface ---------------------------------------------------------------------------
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Probabilities (N, C) float32 and classes (N,) int64 for images (N, H, W) of raw pixel values."""
         body = json.dumps({"instances": as_batch(images).tolist()}, separators=(",", ":"))
         version = f"/{self.version}" if self.version is not None else ""
@@ -199,7 +237,7 @@ class TorchServeClient:
                                            TorchServeError) from None  # fmt: skip
             raise errors.refused(self.description, status, error.message, TorchServeError) from None
 
-    def describe(self, customized: bool = False, version: str | int | None = None) -> dict[str, Any]:
+    def describe(self, customized: bool = False, version: str | int | None = None) -> JSONDict:
         """The management API's description of the model's default version, or of `version` (workers, batching).
 
         customized=True also asks the handler's describe_handle, whose signature arrives as customizedMetadata.
@@ -208,7 +246,7 @@ class TorchServeClient:
         response = self._request("GET", self._model_url(version), "management", params=parameters)
         return first_description(_json_or_error(response))
 
-    def get_metadata(self) -> dict[str, Any]:
+    def get_metadata(self) -> JSONDict:
         """Model name, version, input and output signature (from the handler), batching and worker states."""
         return metadata_from_description(self.describe(customized=True, version=self.version), self.model_name)
 
@@ -230,18 +268,19 @@ class TorchServeClient:
 
     # Versions through the management API (what the live roll-out uses) -----------------------------------------
 
-    def list_versions(self) -> list[dict[str, Any]]:
+    def list_versions(self) -> list[JSONDict]:
         """Every registered version's description (GET /models/<model>/all)."""
         response = self._request("GET", f"{self._model_url(None)}/all", "management")
         document = _json_or_error(response)
-        return document if isinstance(document, list) else [document]
+        descriptions = document if isinstance(document, list) else [document]
+        return [description for description in descriptions if isinstance(description, dict)]
 
     def register(self, archive: str, batch_size: int | None = None, max_batch_delay_ms: int | None = None) -> None:
         """Register an archive of the model store as a version of this model, without waiting for its workers.
 
         Workers and batching come from the archive's own model config unless batch size or delay are given.
         """
-        parameters: dict[str, Any] = {"url": archive, "model_name": self.model_name, "synchronous": "false"}
+        parameters: dict[str, str | int] = {"url": archive, "model_name": self.model_name, "synchronous": "false"}
         if batch_size is not None:
             parameters["batch_size"] = batch_size
         if max_batch_delay_ms is not None:
@@ -275,15 +314,16 @@ class TorchServeClient:
 def _is_key_error(response: requests.Response) -> bool:
     """Whether TorchServe refused the request for its token (it answers InvalidKeyException, status 400 in 0.12)."""
     try:
-        return response.json().get("type") == "InvalidKeyException"
-    except (ValueError, AttributeError):
+        document = response.json()
+    except ValueError:
         return False
+    return isinstance(document, dict) and document.get("type") == "InvalidKeyException"
 
 
-def _json_or_error(response: requests.Response) -> Any:
+def _json_or_error(response: requests.Response) -> JSONValue:
     """The decoded JSON of a 2xx answer; otherwise TorchServeError with the server's message and status."""
     try:
-        document = response.json()
+        document: JSONValue = response.json()
     except ValueError:
         document = None
     if 200 <= response.status_code < 300 and document is not None:  # 202: registered, workers still starting
@@ -291,5 +331,6 @@ def _json_or_error(response: requests.Response) -> Any:
     message = None
     if isinstance(document, dict):
         # Our handler answers {"error": ...}; TorchServe itself answers {"code", "type", "message"}.
-        message = document.get("error") or document.get("message")
+        found = document.get("error") or document.get("message")
+        message = found if isinstance(found, str) else None
     raise TorchServeError(message or f"TorchServe answered HTTP {response.status_code}.", response.status_code)

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
+
+from experiment.json_types import JSONDict, JSONValue
 
 from serving.clients.base import DEFAULT_TIMEOUT_S, as_batch, poll_until
 from serving.clients import errors
@@ -34,6 +37,18 @@ from serving.clients.torchserve import (
     predictions_from_answer,
     workers_ready,
 )
+
+if TYPE_CHECKING:
+    import grpc
+
+ResponseT = TypeVar("ResponseT", covariant=True)
+
+
+class UnaryCall(Protocol[ResponseT]):
+    """A stub's unary method: one request message in, one response message out, within a deadline, with metadata."""
+
+    def __call__(self, request: object, *, timeout: float, metadata: list[tuple[str, str]]) -> ResponseT: ...
+
 
 # Large enough for a whole test split in one call; the default gRPC limit of 4 MiB is not.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -84,11 +99,11 @@ class TorchServeGrpcClient:
         """TorchServe's key_file.json, or None when token authorization is off."""
         return self.keys.key_file
 
-    def _call(self, method, request, api: str) -> Any:
+    def _call(self, method: UnaryCall[ResponseT], request: object, api: str) -> ResponseT:
         """One call with a deadline and the api's key; renews an expired key once; errors as ServingError."""
         import grpc
 
-        def send():
+        def send() -> ResponseT:
             key = self.keys.key(api)
             metadata = [("authorization", f"Bearer {key}")] if key else []
             return method(request, timeout=self.timeout, metadata=metadata)
@@ -103,7 +118,7 @@ class TorchServeGrpcClient:
         except grpc.RpcError as error:
             raise self._error(error) from None
 
-    def _error(self, error) -> ServingError:
+    def _error(self, error: grpc.RpcError) -> ServingError:
         import grpc
 
         code, details = error.code(), (error.details() or "no details").strip()
@@ -120,25 +135,25 @@ class TorchServeGrpcClient:
 
     # The common client interface ---------------------------------------------------------------------------
 
-    def predict_answer(self, images: np.ndarray) -> Any:
+    def predict_answer(self, images: npt.ArrayLike) -> JSONValue:
         """The handler's decoded JSON answer for images (N, H, W); ServingError for a refused request."""
         return self.send_body(json.dumps({"instances": as_batch(images).tolist()}, separators=(",", ":")).encode())
 
-    def send_body(self, body: bytes) -> Any:
+    def send_body(self, body: bytes) -> JSONValue:
         """Send a request body as it is (TensorFlow Serving's JSON, as over REST); the decoded answer."""
         request = self._stubs.inference_pb2.PredictionsRequest(model_name=self.model_name, input={BODY_INPUT: body})
         if self.version is not None:
             request.model_version = self.version
         response = self._call(self._inference.Predictions, request, "inference")
         try:
-            document = json.loads(response.prediction)
+            document: JSONValue = json.loads(response.prediction)
         except ValueError:
             raise ServingError(f"{self.description} answered with a prediction that is not JSON.") from None
         if isinstance(document, dict) and "error" in document:
-            raise errors.refused(self.description, "INVALID_ARGUMENT", document["error"])
+            raise errors.refused(self.description, "INVALID_ARGUMENT", str(document["error"]))
         return document
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, images: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         """Probabilities (N, C) float32 and classes (N,) int64 for images (N, H, W) of raw pixel values."""
         document = self.predict_answer(images)
         try:
@@ -146,7 +161,7 @@ class TorchServeGrpcClient:
         except (KeyError, TypeError, ValueError):
             raise ServingError(f"{self.description} answered without 'predictions' rows.") from None
 
-    def describe(self, customized: bool = False, version: str | int | None = None) -> dict[str, Any]:
+    def describe(self, customized: bool = False, version: str | int | None = None) -> JSONDict:
         """DescribeModel: the default version's description, or `version`'s (workers, batching, signature)."""
         request = self._stubs.management_pb2.DescribeModelRequest(model_name=self.model_name, customized=customized)
         if version is not None:
@@ -157,7 +172,7 @@ class TorchServeGrpcClient:
         except ValueError:
             raise ServingError(f"{self.description} described the model in a message that is not JSON.") from None
 
-    def get_metadata(self) -> dict[str, Any]:
+    def get_metadata(self) -> JSONDict:
         """Model name, version, input and output signature (from the handler), batching and worker states."""
         return metadata_from_description(self.describe(customized=True, version=self.version), self.model_name)
 
@@ -181,7 +196,7 @@ class TorchServeGrpcClient:
         """The Ping method's health string ("Healthy" once the front end is up)."""
         from google.protobuf import empty_pb2
 
-        return json.loads(self._call(self._inference.Ping, empty_pb2.Empty(), "inference").health)["status"]
+        return str(json.loads(self._call(self._inference.Ping, empty_pb2.Empty(), "inference").health)["status"])
 
     def close(self) -> None:
         """Close both channels."""

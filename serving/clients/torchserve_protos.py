@@ -157,8 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def body() -> int:
-        stubs = load()
-        print(Path(stubs.inference_pb2.__file__).parent)
+        module_file = load().inference_pb2.__file__  # generated modules are loaded from their files: never None
+        print(Path(str(module_file)).parent)
         return 0
 
     return run_main(prog, body)
