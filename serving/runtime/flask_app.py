@@ -37,7 +37,8 @@ def is_ready(url: str) -> bool:
     """True when the app's /readyz answers 200 (every worker that answered has its model loaded)."""
     try:
         with urllib.request.urlopen(f"{url}/readyz", timeout=2.0) as response:
-            return response.status == 200
+            status: int = response.status
+            return status == 200
     except urllib.error.HTTPError:
         return False
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable, Sequence
 
 import psutil
@@ -95,7 +96,8 @@ class ServerProcess:
     @property
     def pid(self) -> int:
         """The process group leader's pid."""
-        return self.leader.pid
+        pid: int = self.leader.pid
+        return pid
 
     def exit_status(self) -> int | None:
         """The exit status once a server this process started has exited; None while it runs (or if not ours)."""
@@ -136,8 +138,9 @@ class ServerProcess:
         """Wait for the leader to exit; its exit status when this process started it. TimeoutExpired otherwise."""
         if self.popen is not None:
             return self.popen.wait(timeout)
-        if wait_until_gone([self.leader], timeout if timeout is not None else 1e9):
-            raise subprocess.TimeoutExpired(self.spec.command, timeout)
+        limit = timeout if timeout is not None else 1e9
+        if wait_until_gone([self.leader], limit):
+            raise subprocess.TimeoutExpired(self.spec.command, limit)
         return None
 
     # -- stopping ---------------------------------------------------------------------------------------------
@@ -167,7 +170,7 @@ def start(spec: ServerSpec, log_path: Path, timeout: float, pid_path: Path | Non
     return server
 
 
-def process_environment(extra: dict[str, str | None]) -> dict[str, str]:
+def process_environment(extra: Mapping[str, str | None]) -> dict[str, str]:
     """This process's environment for a server: the checkout importable, output unbuffered, extra on top.
 
     An extra value of None removes the variable.
@@ -230,7 +233,7 @@ def stop_all(servers: Sequence[ServerProcess], grace: float = STOP_GRACE_SECONDS
     for server in running:
         report(f"Stopping {server.name} ({describe_process(server.leader)})")
         if server.spec.stop_command:
-            _run_stop_command(server.spec)  # the server's own way first (TorchServe: --stop)
+            _run_stop_command(server.spec, server.spec.stop_command)  # the server's own way first (TorchServe: --stop)
         else:
             _terminate(members[server.name], server.leader)
     everything = [member for group in members.values() for member in group]
@@ -265,10 +268,10 @@ def _terminate(members: list[psutil.Process], leader: psutil.Process) -> None:
             member.terminate()  # members that left the group (a worker with its own session)
 
 
-def _run_stop_command(spec: ServerSpec) -> None:
+def _run_stop_command(spec: ServerSpec, command: list[str]) -> None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run(
-            spec.stop_command,
+            command,
             cwd=spec.working_directory,
             env=process_environment(spec.environment),
             stdin=subprocess.DEVNULL,
@@ -313,7 +316,7 @@ def process_tree(leader: psutil.Process) -> list[psutil.Process]:
 def is_alive(process: psutil.Process) -> bool:
     """Running and not a zombie (a zombie has exited; only its parent's wait is missing)."""
     try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

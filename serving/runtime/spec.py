@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Callable
 
 from experiment.errors import UsageError
@@ -79,7 +80,7 @@ class ServerSpec:
     endpoints: list[Endpoint] = dataclasses.field(default_factory=list)
     examples: list[Example] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)  # printed after the examples
-    environment: dict[str, str | None] = dataclasses.field(default_factory=dict)  # None removes a variable
+    environment: Mapping[str, str | None] = dataclasses.field(default_factory=dict)  # None removes a variable
     working_directory: Path = PROJECT_ROOT
     stop_command: list[str] | None = None  # run before the signals, with the same environment and folder
     prepare: Callable[[], None] | None = None  # checks and config files before the launch; may raise ServerError

@@ -47,8 +47,8 @@ DEFAULT_START_TIMEOUT_SECONDS = 180.0
 class Ports:
     """Every port the stack listens on (docs/architecture.md, 'Ports'); all bound to 127.0.0.1."""
 
-    tf_grpc: int = tfserving.TFServingPorts.grpc
-    tf_rest: int = tfserving.TFServingPorts.rest
+    tf_grpc: int = tfserving.DEFAULT_GRPC_PORT
+    tf_rest: int = tfserving.DEFAULT_REST_PORT
     flask: int = flask_app.DEFAULT_PORT
     torchserve_inference: int = TorchServePorts.inference
     torchserve_management: int = TorchServePorts.management
@@ -121,7 +121,7 @@ class Stack:
     @property
     def torchserve_key_file(self) -> Path:
         """key_file.json, written by TorchServe into its folder."""
-        return self.torchserve_instance.key_file
+        return self.torchserve_instance.key_path
 
     def pid_path(self, name: str) -> Path:
         """The pid file of one server."""

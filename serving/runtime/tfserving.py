@@ -20,6 +20,8 @@ from serving.runtime.spec import (
 )
 
 NAME = "tfserving"
+DEFAULT_GRPC_PORT = 8500
+DEFAULT_REST_PORT = 8501
 TITLE = "TF Serving (compatible)"
 # Prometheus metrics on the REST port at /monitoring/prometheus/metrics, as `make serve` runs the server.
 MONITORING_CONFIG = PROJECT_ROOT / "serving" / "tfserving" / "monitoring.config"
@@ -29,8 +31,8 @@ MONITORING_CONFIG = PROJECT_ROOT / "serving" / "tfserving" / "monitoring.config"
 class TFServingPorts:
     """gRPC and REST ports (docs/architecture.md); rest=None: gRPC alone, as tensorflow_model_server's default."""
 
-    grpc: int = 8500
-    rest: int | None = 8501
+    grpc: int = DEFAULT_GRPC_PORT
+    rest: int | None = DEFAULT_REST_PORT
 
     @classmethod
     def free(cls, rest: bool = True) -> "TFServingPorts":

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from experiment import processes
 from serving.runtime.spec import (
@@ -31,6 +32,9 @@ from serving.runtime.spec import (
 from serving.torchserve import config
 from serving.torchserve import rollout as rollout_module
 from serving.torchserve.config import TorchServePorts
+
+if TYPE_CHECKING:
+    from serving.clients import TorchServeClient
 
 NAME = "torchserve"
 FALLBACK_FILE = "fallback.txt"  # in the run folder: which newer archives did not load, and what serves instead
@@ -78,9 +82,14 @@ class TorchServeInstance:
         return self._url(self.ports.metrics)
 
     @property
+    def key_path(self) -> Path:
+        """Where TorchServe writes key_file.json when token authorization is on."""
+        return self.run_dir / config.KEY_FILE
+
+    @property
     def key_file(self) -> Path | None:
         """TorchServe's key_file.json, or None when token authorization is off."""
-        return self.run_dir / config.KEY_FILE if self.token_auth else None
+        return self.key_path if self.token_auth else None
 
     @property
     def log_dir(self) -> Path:
@@ -128,20 +137,23 @@ def endpoints(
     """
     from serving.clients import TorchServeClient, TorchServeGrpcClient
 
-    if management_url is None and (inference_url or grpc_address):
-        host = inference_url.rsplit(":", 1)[0] if inference_url else f"http://{grpc_address.rsplit(':', 1)[0]}"
-        management_url = f"{host}:{TorchServePorts.management}"
+    def default_management_url(host_url: str) -> str:
+        return f"{host_url.rsplit(':', 1)[0]}:{TorchServePorts.management}"
+
     found = []
     if inference_url:
+        rest_management_url = management_url or default_management_url(inference_url)
         found.append(
             Endpoint("torchserve-rest", NAME, "TorchServe", "torch", "REST", inference_url, model_name,
-                     lambda model, timeout: TorchServeClient(inference_url, model, key_file, management_url, timeout))
+                     lambda model, timeout: TorchServeClient(inference_url, model, key_file, rest_management_url,
+                                                             timeout))
         )  # fmt: skip
     if grpc_address:
+        token_url = management_url or default_management_url(inference_url or f"http://{grpc_address}")
         found.append(
             Endpoint("torchserve-grpc", NAME, "TorchServe", "torch", "gRPC", grpc_address, model_name,
                      lambda model, timeout: TorchServeGrpcClient(grpc_address, model, key_file, grpc_management_address,
-                                                                 timeout, token_url=management_url))
+                                                                 timeout, token_url=token_url))
         )  # fmt: skip
     return found
 
@@ -167,7 +179,7 @@ def spec(
     model_store = Path(model_store).resolve()
     run_dir = Path(instance.run_dir).resolve()
     notes = []
-    if instance.token_auth:
+    if instance.key_file is not None:  # token authorization on
         notes.append(f"TorchServe token authorization is on; its keys are in {display_path(instance.key_file)}.")
     # The roll-out needs the model API, which without keys would let any local user register an archive: without
     # token authorization both stay off (the launcher says so).
@@ -179,12 +191,14 @@ def spec(
     found = endpoints(instance.inference_url, instance.management_url, instance.key_file, model_name,
                       instance.grpc_address, instance.grpc_management_address)  # fmt: skip
     rest = found[0]
-    probe = None
+    probe: TorchServeClient | None = None
 
     def is_ready() -> bool:
         nonlocal probe
-        if probe is None:
-            probe = rest.client(timeout=2.0)
+        if probe is None:  # the REST endpoint's client, which also reads the workers' states
+            from serving.clients import TorchServeClient
+
+            probe = TorchServeClient(instance.inference_url, model_name, instance.key_file, instance.management_url, 2.0)
         return probe.is_available()
 
     def prepare() -> None:
