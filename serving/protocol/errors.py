@@ -37,7 +37,7 @@ MAX_MESSAGE_CHARS = 480
 ELLIPSIS = "..."
 
 
-def quoted(value: Any, limit: int = QUOTED_LIMIT) -> str:
+def quoted(value: object, limit: int = QUOTED_LIMIT) -> str:
     """A name or value the client sent, as an error sentence quotes it: its text, cut to limit characters."""
     text = value if isinstance(value, str) else str(value)
     return text if len(text) <= limit else text[: limit - len(ELLIPSIS)] + ELLIPSIS

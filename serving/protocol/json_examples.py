@@ -9,20 +9,28 @@ Answers: {"results": [[[label, score], ...], ...]} for classify, {"results": [va
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import RequestError, quoted
 from .json_values import FLOAT32_MAX, decode_base64, float_tokens, is_base64_object, json_type, value_text
 
+if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
+    from experiment.json_types import JSONValue
+
+# One value of a feature: a float, an int64 (true/false too) or bytes.
+FeatureValue = float | int | bytes
 # A feature: its kind ("float_list", "int64_list", "bytes_list"; None while it has no value) and its values.
-Feature = tuple[str | None, list]
+Feature = tuple[str | None, list[FeatureValue]]
 _KIND_NAMES = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", None: "UNKNOWN"}
 INT64_MAX = 2**63 - 1
 
 
-def parse_examples(document: Mapping[str, Any], method: str = "classify") -> tuple[dict[str, Feature] | None, list]:
+def parse_examples(
+    document: Mapping[str, JSONValue], method: str = "classify"
+) -> tuple[dict[str, Feature] | None, list[dict[str, Feature]]]:
     """The request's context features (None without "context") and one feature map per example."""
     context = _features(document["context"]) if "context" in document else None
     if "examples" not in document:
@@ -37,40 +45,42 @@ def parse_examples(document: Mapping[str, Any], method: str = "classify") -> tup
     return context, [_features(example) for example in examples]
 
 
-def _features(example: Any) -> dict[str, Feature]:
+def _features(example: JSONValue) -> dict[str, Feature]:
     if not isinstance(example, dict):
         raise RequestError(f"Example must be JSON object but got JSON {json_type(example)}")
-    features = {}
+    features: dict[str, Feature] = {}
     for name, content in example.items():
-        feature: list = [None, []]
+        kind: str | None = None
+        values: list[FeatureValue] = []
         for value in content if isinstance(content, list) else [content]:
-            _add_value(name, value, feature)
-        features[name] = (feature[0], feature[1])
+            kind = _add_value(name, value, kind, values)
+        features[name] = (kind, values)
     return features
 
 
-def _add_value(name: str, value: Any, feature: list) -> None:
-    """Append one JSON value to feature [kind, values], fixing its kind on the first value (AddValueToFeature)."""
+def _add_value(name: str, value: JSONValue, kind: str | None, values: list[FeatureValue]) -> str:
+    """Append one JSON value to a feature's values; its kind, which the first value fixes (AddValueToFeature)."""
+    converted: FeatureValue
     if isinstance(value, bool):
-        kind, converted = "int64_list", int(value)
+        found, converted = "int64_list", int(value)
     elif isinstance(value, str):
-        kind, converted = "bytes_list", value.encode()
+        found, converted = "bytes_list", value.encode()
     elif is_base64_object(value):
-        kind, converted = "bytes_list", decode_base64(value)
+        found, converted = "bytes_list", decode_base64(value)
     elif isinstance(value, float) or (isinstance(value, int) and value > 2**64 - 1):
-        kind, converted = "float_list", float(value)
+        found, converted = "float_list", float(value)
         if np.isfinite(converted) and abs(converted) > FLOAT32_MAX:
             raise RequestError(f"Cannot convert JSON value: {value_text(value)} to float without loss of precision.")
     elif isinstance(value, int):
         if value > INT64_MAX:
             raise RequestError(f"Feature: {quoted(name)} has uint64 element. Only int64 is supported.")
-        kind, converted = "int64_list", value
+        found, converted = "int64_list", value
     else:
         raise RequestError(f"Feature: {quoted(name)} has element with unexpected JSON type: {json_type(value)}")
-    if feature[0] not in (None, kind):
-        raise RequestError(f"Unexpected element type in feature: {quoted(name)} expecting type: {_KIND_NAMES[feature[0]]}")
-    feature[0] = kind
-    feature[1].append(converted)
+    if kind not in (None, found):
+        raise RequestError(f"Unexpected element type in feature: {quoted(name)} expecting type: {_KIND_NAMES[kind]}")
+    values.append(converted)
+    return found
 
 
 def format_classifications(results: Sequence[Sequence[tuple[str, float]]]) -> str:

@@ -9,19 +9,24 @@ columns. Refusals use the real server's words (its util/json_tensor.cc).
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
 from .errors import RequestError, quoted
 from .json_values import fast_tensor, is_base64_object, nest, tensor_tokens, to_tensor, value_text
+from .signatures import Tensor
+
+if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
+    from experiment.json_types import JSONValue
 
 BYTES_SUFFIX = "_bytes"  # DT_STRING outputs named like this are written as {"b64": ...}
 
 
 def parse_predict(
-    document: Mapping[str, Any], input_dtypes: Mapping[str, str], may_hold_booleans: bool = True
-) -> tuple[dict[str, np.ndarray], bool]:
+    document: Mapping[str, JSONValue], input_dtypes: Mapping[str, str], may_hold_booleans: bool = True
+) -> tuple[dict[str, Tensor], bool]:
     """A :predict body's tensors by input alias, and whether it used the row format.
 
     input_dtypes maps each signature input to its DataType name ("DT_FLOAT"). may_hold_booleans=False (no `true` or
@@ -47,7 +52,7 @@ def parse_predict(
     raise RequestError("Missing 'inputs' or 'instances' key")
 
 
-def _parse_columns(value: Any, input_dtypes: Mapping[str, str], may_hold_booleans: bool) -> dict[str, np.ndarray]:
+def _parse_columns(value: JSONValue, input_dtypes: Mapping[str, str], may_hold_booleans: bool) -> dict[str, Tensor]:
     if not isinstance(value, dict) or is_base64_object(value):
         if len(input_dtypes) > 1:
             raise RequestError(
@@ -56,7 +61,7 @@ def _parse_columns(value: Any, input_dtypes: Mapping[str, str], may_hold_boolean
             )
         ((alias, dtype_name),) = input_dtypes.items()
         return {alias: to_tensor(value, dtype_name, may_hold_booleans)}
-    tensors = {}
+    tensors: dict[str, Tensor] = {}
     for alias, dtype_name in sorted(input_dtypes.items()):  # names the request adds beyond these are ignored
         if alias not in value:
             raise RequestError(f"Missing named input: {quoted(alias)} in 'inputs' object.")
@@ -64,11 +69,13 @@ def _parse_columns(value: Any, input_dtypes: Mapping[str, str], may_hold_boolean
     return tensors
 
 
-def _is_named(value: Any) -> bool:
+def _is_named(value: object) -> TypeGuard[dict[str, JSONValue]]:
     return isinstance(value, dict) and not is_base64_object(value)
 
 
-def _parse_rows(instances: list, input_dtypes: Mapping[str, str], may_hold_booleans: bool) -> dict[str, np.ndarray]:
+def _parse_rows(
+    instances: list[JSONValue], input_dtypes: Mapping[str, str], may_hold_booleans: bool
+) -> dict[str, Tensor]:
     if len(input_dtypes) > 1 and not isinstance(instances[0], dict):
         raise RequestError(
             "instances is a plain list, but expecting list of objects as multiple input tensors required as per "
@@ -76,15 +83,21 @@ def _parse_rows(instances: list, input_dtypes: Mapping[str, str], may_hold_boole
         )
     # First all instances at once (one NumPy call per input); if that cannot tell, one by one as the real server does.
     names = set(input_dtypes)
-    columns = None
+    columns: dict[str, list[JSONValue]] | None = None
     if _is_named(instances[0]):
-        if all(_is_named(item) and item.keys() == names for item in instances):
-            columns = {alias: [item[alias] for item in instances] for alias in names}
+        rows = [item for item in instances if _is_named(item) and item.keys() == names]
+        if len(rows) == len(instances):
+            columns = {alias: [row[alias] for row in rows] for alias in names}
     elif not any(_is_named(item) for item in instances):
         columns = {next(iter(names)): instances}
     if columns is not None:
-        tensors = {alias: fast_tensor(column, input_dtypes[alias], may_hold_booleans) for alias, column in columns.items()}
-        if all(tensor is not None for tensor in tensors.values()):
+        tensors: dict[str, Tensor] = {}
+        for alias, column in columns.items():
+            tensor = fast_tensor(column, input_dtypes[alias], may_hold_booleans)
+            if tensor is None:
+                break
+            tensors[alias] = tensor
+        else:
             return tensors
     return _parse_rows_one_by_one(instances, input_dtypes)
 
@@ -94,9 +107,9 @@ class _Column:
 
     def __init__(self, dtype_name: str) -> None:
         self.dtype_name = dtype_name
-        self.items: list[np.ndarray] = []
+        self.items: list[Tensor] = []
 
-    def add(self, value: Any) -> None:
+    def add(self, value: JSONValue) -> None:
         tensor = to_tensor(value, self.dtype_name)
         if self.items:
             first = self.items[0]
@@ -111,7 +124,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ",".join(str(size) for size in shape) + "]"
 
 
-def _parse_rows_one_by_one(instances: list, input_dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+def _parse_rows_one_by_one(instances: list[JSONValue], input_dtypes: Mapping[str, str]) -> dict[str, Tensor]:
     """Every instance on its own, as the real server walks them; slow, used only to name what is wrong."""
     columns = {alias: _Column(dtype_name) for alias, dtype_name in input_dtypes.items()}
     named = _is_named(instances[0])
@@ -121,7 +134,7 @@ def _parse_rows_one_by_one(instances: list, input_dtypes: Mapping[str, str]) -> 
             got = "list" if named else "object"
             expected = "object" if named else "value/list"
             raise RequestError(f"Expecting {expected} but got {got} at item {index} of input list")
-        if not named:
+        if not _is_named(item):
             ((alias, column),) = columns.items()
             _add(column, item, f"Failed to process element: {index} of 'instances' list.")
             continue
@@ -140,7 +153,7 @@ def _parse_rows_one_by_one(instances: list, input_dtypes: Mapping[str, str]) -> 
     return {alias: np.stack(column.items) for alias, column in columns.items()}
 
 
-def _add(column: _Column, value: Any, where: str) -> None:
+def _add(column: _Column, value: JSONValue, where: str) -> None:
     try:
         column.add(value)
     except RequestError as error:
@@ -150,7 +163,7 @@ def _add(column: _Column, value: Any, where: str) -> None:
 # ---- answers ----------------------------------------------------------------------------------------------------
 
 
-def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:
+def format_predict(outputs: Mapping[str, Tensor], row_format: bool) -> str:
     """The JSON answer to a :predict request, numbers written as the real server writes them."""
     if not outputs:
         raise RequestError("Cannot convert empty tensor map to JSON")
@@ -179,7 +192,7 @@ def format_predict(outputs: Mapping[str, np.ndarray], row_format: bool) -> str:
     return '{"predictions":[' + ",".join(objects) + "]}"
 
 
-def _tokens(name: str, array: np.ndarray) -> list[str]:
+def _tokens(name: str, array: Tensor) -> list[str]:
     return tensor_tokens(array, as_bytes=array.dtype.kind in "OSU" and name.endswith(BYTES_SUFFIX))
 
 

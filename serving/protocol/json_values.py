@@ -25,21 +25,30 @@ import itertools
 import json
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
+from .errors import QUOTED_LIMIT, RequestError, quoted
+from .limits import MAX_JSON_DEPTH, MAX_REQUEST_ELEMENTS
+from .signatures import DATA_TYPE_NAMES, DType, FloatTensor, Tensor, string_bytes
+
+if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
+    from experiment.json_types import JSONDict, JSONValue
+
+orjson: ModuleType | None
 try:
     import orjson
 except ImportError:  # a TorchServe image that lacks it: the .mar's copy of this package parses on the exact path
     orjson = None
 
-from .errors import QUOTED_LIMIT, RequestError, quoted
-from .limits import MAX_JSON_DEPTH, MAX_REQUEST_ELEMENTS
-from .signatures import DATA_TYPE_NAMES
+# One JSON leaf converted for a tensor: a number, a boolean (an int), or the bytes of a string.
+Leaf = int | float | bytes
 
 # DataType name → (NumPy dtype, TensorFlow's short name, which JSON numbers it takes). Only these convert from JSON.
-JSON_DTYPES: dict[str, tuple[np.dtype, str, str]] = {
+JSON_DTYPES: dict[str, tuple[DType, str, str]] = {
     "DT_FLOAT": (np.dtype(np.float32), "float", "float"),
     "DT_DOUBLE": (np.dtype(np.float64), "double", "float"),
     "DT_INT32": (np.dtype(np.int32), "int32", "int32"),
@@ -79,20 +88,23 @@ def type_name(dtype_name: str) -> str:
 _MESSAGE_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True, ensure_ascii=False, default=str)
 
 
-def value_text(value: Any) -> str:
+def value_text(value: object) -> str:
     """A JSON value as it appears in a message (NaN and Infinity as tokens), cut to a readable length."""
     # iterencode writes lazily: a 64 MiB document costs the few pieces before the cut, not a whole copy
     pieces = itertools.islice(_MESSAGE_ENCODER.iterencode(value), QUOTED_LIMIT + 1)
     return quoted("".join(pieces))
 
 
-def json_type(value: Any) -> str:
+_JSON_TYPE_NAMES: dict[type, str] = {dict: "Object", list: "Array", str: "String"}
+
+
+def json_type(value: object) -> str:
     """rapidjson's name of a value's JSON type."""
     if value is None:
         return "Null"
     if isinstance(value, bool):
         return "True" if value else "False"
-    return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
+    return _JSON_TYPE_NAMES.get(type(value), "Number")
 
 
 class JsonSyntaxError(ValueError):
@@ -192,7 +204,7 @@ def _utf8(raw: bytes | bytearray | str) -> bytes:
     return raw if encoding == "utf-8" else raw.decode(encoding, errors="replace").encode("utf-8")
 
 
-def json_depth(raw: bytes) -> int:
+def json_depth(raw: bytes | bytearray) -> int:
     """The deepest nesting of arrays and objects in a JSON text, counted without parsing it (so without recursion).
 
     Brackets inside strings do not count. A few passes at C speed; the one array it builds has an entry per bracket.
@@ -211,7 +223,7 @@ def _too_many_values() -> RequestError:
     return RequestError(f"The request holds more than {MAX_REQUEST_ELEMENTS} values, this server's limit per request.")
 
 
-def check_json_bounds(raw: bytes) -> None:
+def check_json_bounds(raw: bytes | bytearray) -> None:
     """Refuse, before parsing, a UTF-8 body nested deeper than MAX_JSON_DEPTH or holding more than
     MAX_REQUEST_ELEMENTS values (counted by its commas, an upper bound found without building anything)."""
     # Every value but the last is followed by a comma; a body under twice the cap cannot hold that many commas.
@@ -226,7 +238,7 @@ def check_json_bounds(raw: bytes) -> None:
         )
 
 
-def parse_json(raw: bytes | bytearray | str) -> Any:
+def parse_json(raw: bytes | bytearray | str) -> JSONValue:
     """A request body decoded as the real server's parser reads it, within this server's bounds.
 
     Numbers follow rapidjson: integers that fit 64 bits stay integers, longer ones become doubles, and a number
@@ -239,7 +251,8 @@ def parse_json(raw: bytes | bytearray | str) -> Any:
     if orjson is not None and isinstance(raw, (bytes, bytearray)) and raw[:1] not in _NOT_UTF8_STARTS:
         check_json_bounds(raw)
         try:
-            return orjson.loads(raw)
+            document: JSONValue = orjson.loads(raw)
+            return document
         except orjson.JSONDecodeError:
             pass
     return _parse_json_exactly(raw)
@@ -249,10 +262,11 @@ def parse_json(raw: bytes | bytearray | str) -> Any:
 _NOT_UTF8_STARTS = (b"\x00", b"\xef", b"\xfe", b"\xff")
 
 
-def _parse_json_exactly(raw: bytes | bytearray | str) -> Any:
+def _parse_json_exactly(raw: bytes | bytearray | str) -> JSONValue:
     """parse_json for any body, with the standard library's parser and rapidjson's rules laid over it."""
     utf8 = _utf8(raw)
     check_json_bounds(utf8)
+    document: JSONValue
     try:
         if _has_long_number(utf8):
             document = json.loads(utf8, parse_int=_rapidjson_integer, parse_float=_rapidjson_double)
@@ -277,7 +291,7 @@ def _parse_json_exactly(raw: bytes | bytearray | str) -> Any:
     return document
 
 
-def load_document(raw: bytes | str) -> Any:
+def load_document(raw: bytes | str) -> JSONDict:
     """Parse a request body; mistakes read as the real server's 'JSON Parse error: ...'; the top level must be an object."""
     if not raw or not (raw.strip() if isinstance(raw, (bytes, str)) else raw):
         raise RequestError("JSON Parse error: The document is empty")
@@ -290,7 +304,7 @@ def load_document(raw: bytes | str) -> Any:
     return document
 
 
-def signature_name(document: Mapping[str, Any]) -> str:
+def signature_name(document: Mapping[str, JSONValue]) -> str:
     """The optional "signature_name" ("" when absent), which must be a string."""
     name = document.get("signature_name", "")
     if not isinstance(name, str):
@@ -300,12 +314,12 @@ def signature_name(document: Mapping[str, Any]) -> str:
     return name
 
 
-def is_base64_object(value: Any) -> bool:
+def is_base64_object(value: object) -> TypeGuard[dict[str, str]]:
     """{"b64": "<base64 text>"} and nothing else: binary data inside JSON."""
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def decode_base64(value: Any) -> bytes:
+def decode_base64(value: object) -> bytes:
     """The bytes of a {"b64": ...} object."""
     if not is_base64_object(value):
         raise RequestError(f"JSON Value: {value_text(value)} not formatted correctly for base64 data")
@@ -316,23 +330,22 @@ def decode_base64(value: Any) -> bytes:
         raise RequestError("Unable to base64 decode") from None
 
 
-def _type_error(value: Any, dtype_name: str) -> RequestError:
+def _type_error(value: object, dtype_name: str) -> RequestError:
     return RequestError(
         f"JSON Value: {value_text(value)} Type: {json_type(value)} is not of expected type: {type_name(dtype_name)}"
     )
 
 
-def _number(value: Any, dtype_name: str) -> Any:
+def _number(value: object, dtype_name: str) -> Leaf:
     """One JSON leaf checked and converted for dtype_name, as the real server's AddValueToTensor does."""
     if dtype_name not in JSON_DTYPES:
         raise RequestError(f"Conversion of JSON Value: {value_text(value)} to type: {type_name(dtype_name)}", "UNIMPLEMENTED")
     kind = JSON_DTYPES[dtype_name][2]
-    is_integer = isinstance(value, int) and not isinstance(value, bool)
     if kind == "float":
-        if not (is_integer or isinstance(value, float)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise _type_error(value, dtype_name)
         limit = EXACT_INTEGER_LIMIT[type_name(dtype_name)]
-        lossless = abs(value) <= limit if is_integer else (
+        lossless = abs(value) <= limit if isinstance(value, int) else (
             not math.isfinite(value) or dtype_name == "DT_DOUBLE" or abs(value) <= FLOAT32_MAX
         )
         if not lossless:
@@ -351,12 +364,12 @@ def _number(value: Any, dtype_name: str) -> Any:
             return decode_base64(value)
         raise _type_error(value, dtype_name)
     low, high = INTEGER_RANGES[kind]
-    if not is_integer or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _type_error(value, dtype_name)
     return value
 
 
-def dense_shape(value: Any) -> list[int]:
+def dense_shape(value: object) -> list[int]:
     """The shape a nested list claims, following the first element of every list (GetDenseTensorShape)."""
     shape = []
     while isinstance(value, list):
@@ -373,7 +386,7 @@ def check_element_count(shape: list[int]) -> None:
         raise _too_many_values()
 
 
-def _fill(value: Any, level: int, shape: list[int], dtype_name: str, flat: list) -> None:
+def _fill(value: object, level: int, shape: list[int], dtype_name: str, flat: list[Leaf]) -> None:
     """Walk value depth-first, checking it is dense with shape and collecting converted leaves (FillTensorProto)."""
     if not isinstance(value, list):
         if level != len(shape):
@@ -395,15 +408,15 @@ def _fill(value: Any, level: int, shape: list[int], dtype_name: str, flat: list)
         _fill(item, level + 1, shape, dtype_name, flat)
 
 
-def _exact_array(value: Any, dtype_name: str) -> np.ndarray:
+def _exact_array(value: object, dtype_name: str) -> Tensor:
     """value as a tensor, every leaf checked one by one (slow, but with the real server's exact refusals)."""
     shape = dense_shape(value)
-    flat: list = []
+    flat: list[Leaf] = []
     _fill(value, 0, shape, dtype_name, flat)
     return _as_array(flat, shape, dtype_name)
 
 
-def _as_array(flat: list, shape: list[int], dtype_name: str) -> np.ndarray:
+def _as_array(flat: list[Leaf], shape: list[int], dtype_name: str) -> Tensor:
     if dtype_name not in JSON_DTYPES:  # only an empty tensor gets here (any leaf would have been refused)
         by_name = {name: dtype for dtype, name in DATA_TYPE_NAMES.items()}
         if dtype_name not in by_name:
@@ -420,7 +433,7 @@ def _as_array(flat: list, shape: list[int], dtype_name: str) -> np.ndarray:
     ).reshape(shape)
 
 
-def fast_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> np.ndarray | None:
+def fast_tensor(value: object, dtype_name: str, may_hold_booleans: bool = True) -> Tensor | None:
     """value via one np.asarray when that cannot change the answer; None when only the leaf-by-leaf walk can tell."""
     kind = JSON_DTYPES.get(dtype_name, (None, None, "string"))[2]
     if kind == "string" or (may_hold_booleans and kind != "bool"):
@@ -446,7 +459,7 @@ def fast_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> 
     return array.astype(JSON_DTYPES[dtype_name][0])
 
 
-def to_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> np.ndarray:
+def to_tensor(value: object, dtype_name: str, may_hold_booleans: bool = True) -> Tensor:
     """One JSON value (scalar or nested lists) as a tensor of dtype_name, refused in the real server's words."""
     check_element_count(dense_shape(value))
     fast = fast_tensor(value, dtype_name, may_hold_booleans) if dtype_name in JSON_DTYPES else None
@@ -456,11 +469,16 @@ def to_tensor(value: Any, dtype_name: str, may_hold_booleans: bool = True) -> np
 # ---- writing ----------------------------------------------------------------------------------------------------
 
 # Significant digits of the fallback when six do not read back to the same value (max_digits10).
-_FULL_DIGITS = {np.dtype(np.float32): 9, np.dtype(np.float64): 17}
+_FULL_DIGITS: dict[DType, int] = {np.dtype(np.float32): 9, np.dtype(np.float64): 17}
 _NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-def float_tokens(array: np.ndarray) -> list[str]:
+def is_float_tensor(array: Tensor) -> TypeGuard[FloatTensor]:
+    """Whether array holds float32 or float64 values, the floats written as tokens of six to seventeen digits."""
+    return array.dtype.kind == "f" and array.dtype in _FULL_DIGITS
+
+
+def float_tokens(array: FloatTensor) -> list[str]:
     """float32/float64 values as the real server writes them: '%g' if it reads back exactly, else '%.9g' ('%.17g')."""
     values = array.ravel()
     as_python = values.tolist()  # float64 values, exact for float32 too
@@ -471,29 +489,29 @@ def float_tokens(array: np.ndarray) -> list[str]:
     full = "%." + str(_FULL_DIGITS[values.dtype]) + "g"
     for index in np.flatnonzero(finite & (read_back != values)):
         tokens[index] = full % as_python[index]
-    for index, token in enumerate(tokens):
+    for position, token in enumerate(tokens):
         if "." not in token and "e" not in token:
-            tokens[index] = _NON_FINITE.get(token) or token + ".0"  # whole numbers keep a decimal point
+            tokens[position] = _NON_FINITE.get(token) or token + ".0"  # whole numbers keep a decimal point
     return tokens
 
 
-def tensor_tokens(array: np.ndarray, as_bytes: bool = False) -> list[str]:
+def tensor_tokens(array: Tensor, as_bytes: bool = False) -> list[str]:
     """Every value of array (flattened) as a JSON token; DT_STRING as text, or {"b64": ...} when as_bytes."""
-    if array.dtype.kind == "f" and array.dtype in _FULL_DIGITS:
+    if is_float_tensor(array):
         return float_tokens(array)
     if array.dtype.kind in "iu":
         return [str(value) for value in array.ravel().tolist()]
     if array.dtype.kind == "b":
         return ["true" if value else "false" for value in array.ravel().tolist()]
     if array.dtype.kind in "OSU":
-        values = [value.encode() if isinstance(value, str) else bytes(value) for value in array.ravel().tolist()]
+        values = [string_bytes(value) for value in array.ravel().tolist()]
         if as_bytes:
             return ['{"b64":"' + base64.b64encode(value).decode() + '"}' for value in values]
         return [json.dumps(value.decode("utf-8", errors="replace"), ensure_ascii=False) for value in values]
     raise RequestError(f"Failed to write JSON value for tensor type: {_numpy_type_name(array.dtype)}")
 
 
-def _numpy_type_name(dtype: np.dtype) -> str:
+def _numpy_type_name(dtype: DType) -> str:
     return {"float16": "half"}.get(dtype.name, dtype.name)
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import RequestError, quoted
-from .json_values import JsonSyntaxError, check_element_count, dense_shape, float_tokens, parse_json
-from .signatures import TensorSpec
+from .json_values import JsonSyntaxError, check_element_count, dense_shape, float_tokens, is_float_tensor, parse_json
+from .signatures import DType, Tensor, TensorSpec
+
+if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
+    from experiment.json_types import JSONDict, JSONValue
 
 # Instances per request the Flask app and the TorchServe handler accept unless configured otherwise; more is a 400.
 MAX_BATCH_SIZE = 1024
@@ -29,12 +33,12 @@ UNREADABLE_BODY = "The request body could not be read as a predict request."
 class PredictRequest:
     """A parsed body: named input arrays, which format was used, and the signature asked for (if any)."""
 
-    inputs: dict[str, np.ndarray]
+    inputs: dict[str, Tensor]
     row_format: bool
     signature_name: str | None
 
 
-def load_json(raw: bytes | str) -> Any:
+def load_json(raw: bytes | str) -> JSONValue:
     """Decode a request body; bad JSON becomes a RequestError (400) naming what was wrong and where.
 
     Bounded as every server's bodies are (serving.protocol.limits): nesting deeper than MAX_JSON_DEPTH or more than
@@ -48,7 +52,7 @@ def load_json(raw: bytes | str) -> Any:
                            f"at offset {error.offset}.") from None  # fmt: skip
 
 
-def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np.ndarray:
+def to_array(values: JSONValue, spec: TensorSpec, allow_non_finite: bool = True) -> Tensor:
     """Convert JSON values to spec's dtype, refusing strings, booleans, ragged lists and wrong shapes."""
     check_element_count(dense_shape(values))
     try:
@@ -77,12 +81,12 @@ def to_array(values: Any, spec: TensorSpec, allow_non_finite: bool = True) -> np
     return converted
 
 
-def _kind_name(dtype: np.dtype) -> str:
+def _kind_name(dtype: DType) -> str:
     return {"U": "string", "S": "string", "b": "boolean"}.get(dtype.kind, dtype.name)
 
 
 def parse_predict_body(
-    body: Any, inputs: Mapping[str, TensorSpec], allow_non_finite: bool = True, max_batch_size: int | None = None
+    body: JSONValue, inputs: Mapping[str, TensorSpec], allow_non_finite: bool = True, max_batch_size: int | None = None
 ) -> PredictRequest:
     """Parse a decoded JSON predict body into named arrays checked against the signature's inputs."""
     if not isinstance(body, dict):
@@ -110,7 +114,7 @@ def _single_input_name(inputs: Mapping[str, TensorSpec]) -> str | None:
     return next(iter(inputs)) if len(inputs) == 1 else None
 
 
-def _row_values(instances: Any, inputs: Mapping[str, TensorSpec]) -> dict[str, Any]:
+def _row_values(instances: JSONValue, inputs: Mapping[str, TensorSpec]) -> dict[str, JSONValue]:
     if not isinstance(instances, list):
         raise RequestError('"instances" must be a list with one entry per example.')
     if not instances:
@@ -129,7 +133,7 @@ def _row_values(instances: Any, inputs: Mapping[str, TensorSpec]) -> dict[str, A
     return {single: instances}
 
 
-def _columnar_values(values: Any, inputs: Mapping[str, TensorSpec]) -> dict[str, Any]:
+def _columnar_values(values: JSONValue, inputs: Mapping[str, TensorSpec]) -> dict[str, JSONValue]:
     if isinstance(values, dict):
         _check_names(set(values), inputs)
         return dict(values)
@@ -148,33 +152,42 @@ def _check_names(names: set[str], inputs: Mapping[str, TensorSpec]) -> None:
         raise RequestError(f"Missing input {missing[0]!r}; this signature's inputs are {sorted(inputs)}.")
 
 
-def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> dict[str, Any]:
+def format_predict_response(outputs: Mapping[str, Tensor], row_format: bool) -> JSONDict:
     """TensorFlow Serving's answer: predictions per row, or outputs per name (a bare value if only one)."""
     listed = {name: _listed(array) for name, array in outputs.items()}
     if row_format:
         if len(listed) == 1:
             return {"predictions": next(iter(listed.values()))}
         names = list(listed)
-        count = len(next(iter(listed.values())))
-        return {"predictions": [{name: listed[name][row] for name in names} for row in range(count)]}
+        columns = {name: _rows(listed[name]) for name in names}
+        count = len(next(iter(columns.values())))
+        return {"predictions": [{name: columns[name][row] for name in names} for row in range(count)]}
     if len(listed) == 1:
         return {"outputs": next(iter(listed.values()))}
     return {"outputs": listed}
 
 
-def _listed(array: np.ndarray) -> Any:
+def _rows(listed: JSONValue) -> list[JSONValue]:
+    """An output's rows in the row format: the entries of its first dimension (TypeError for a scalar output)."""
+    if not isinstance(listed, list):
+        raise TypeError(f"an output of {type(listed).__name__} has no rows")
+    return listed
+
+
+def _listed(array: Tensor) -> JSONValue:
     """array as nested lists; float32 values become the float64 of their shortest decimal, so JSON shows 2.05, not
     2.049999952316284 (the digits TensorFlow Serving writes)."""
-    if array.dtype != np.float32:
-        return array.tolist()
+    if array.dtype != np.float32 or not is_float_tensor(array):
+        listed: JSONValue = array.tolist()
+        return listed
     return np.array([float(token) for token in float_tokens(array)], np.float64).reshape(array.shape).tolist()
 
 
-def dumps(document: Any) -> str:
+def dumps(document: JSONValue) -> str:
     """Compact JSON; non-finite floats (which JSON lacks) are written as TensorFlow Serving does: NaN, Infinity."""
     return json.dumps(document, separators=(",", ":"), allow_nan=True)
 
 
-def is_finite_number(value: Any) -> bool:
+def is_finite_number(value: object) -> bool:
     """True for an int or a finite float (used by tests and clients)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -8,11 +8,29 @@ every server refuses a request the same way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import RequestError
+
+if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
+    from experiment.json_types import JSONDict
+
+# A tensor of any dtype, and a dtype: what request bodies decode to and answers are written from. (Strings: NumPy's
+# scalar types take their item type only in annotations.)
+Tensor: TypeAlias = "npt.NDArray[np.generic[object]]"
+DType: TypeAlias = "np.dtype[np.generic[object]]"
+FloatTensor: TypeAlias = "npt.NDArray[np.float32 | np.float64]"
+
+
+def string_bytes(value: object) -> bytes:
+    """One DT_STRING element as bytes: text as UTF-8, bytes as they are."""
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else str(value).encode()
 
 # SignatureDef.method_name of TensorFlow Serving's three signature kinds.
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -20,7 +38,7 @@ CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
 # NumPy dtype → tensorflow.DataType name; the one table from which serving.protocol.tensors builds its enum maps.
-DATA_TYPE_NAMES: dict[np.dtype, str] = {
+DATA_TYPE_NAMES: dict[DType, str] = {
     np.dtype(np.float32): "DT_FLOAT",
     np.dtype(np.float64): "DT_DOUBLE",
     np.dtype(np.float16): "DT_HALF",
@@ -43,7 +61,7 @@ class TensorSpec:
     """One named input: its dtype and shape, None for a free dimension (the batch)."""
 
     name: str
-    dtype: np.dtype
+    dtype: DType
     shape: tuple[int | None, ...]
 
     def describe(self) -> str:
@@ -57,7 +75,7 @@ class TensorSpec:
             expected is None or actual == expected for actual, expected in zip(shape, self.shape)
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONDict:
         """TensorFlow Serving's JSON TensorInfo: DataType name, shape with -1 for a free dimension, tensor name."""
         dims = [{"size": str(-1 if size is None else size), "name": ""} for size in self.shape]
         return {
@@ -76,7 +94,7 @@ class SignatureSpec:
     outputs: dict[str, TensorSpec]
     method_name: str = PREDICT_METHOD
 
-    def check_inputs(self, arrays: Mapping[str, np.ndarray]) -> int:
+    def check_inputs(self, arrays: Mapping[str, Tensor]) -> int:
         """Check aliases, dtypes and shapes as TensorFlow Serving does; return the batch size."""
         unknown = sorted(set(arrays) - set(self.inputs))
         if unknown:
@@ -117,7 +135,7 @@ class SignatureSpec:
                 raise RequestError(f"duplicate output tensor alias: {alias}")
         return chosen or tuple(self.outputs)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONDict:
         """TensorFlow Serving's JSON SignatureDef, as GET /v1/models/<name>/metadata shows it."""
         return {
             "inputs": {alias: spec.to_json() for alias, spec in self.inputs.items()},

@@ -11,20 +11,21 @@ process that speaks the gRPC API, with or without a model loaded.
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
+import numpy.typing as npt
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from .errors import RequestError
 from .limits import MAX_REQUEST_ELEMENTS
-from .signatures import DATA_TYPE_NAMES
+from .signatures import DATA_TYPE_NAMES, DType, Tensor, string_bytes
 
 # The dtypes whose TensorProto can carry raw little-endian bytes in tensor_content.
-NUMPY_BY_DTYPE: dict[int, np.dtype] = {
+NUMPY_BY_DTYPE: dict[int, DType] = {
     types_pb2.DataType.Value(name): numpy_dtype for numpy_dtype, name in DATA_TYPE_NAMES.items()
 }
-DTYPE_BY_NUMPY: dict[np.dtype, int] = {numpy_dtype: enum for enum, numpy_dtype in NUMPY_BY_DTYPE.items()}
+DTYPE_BY_NUMPY: dict[DType, int] = {numpy_dtype: enum for enum, numpy_dtype in NUMPY_BY_DTYPE.items()}
 
 # Which repeated field holds the values of each dtype when tensor_content is empty (TensorProto's typed fields).
 _VALUE_FIELD: dict[int, str] = {
@@ -47,9 +48,10 @@ _VALUE_FIELD: dict[int, str] = {
 def dtype_name(dtype_enum: int) -> str:
     """DT_FLOAT and friends, as TensorFlow Serving writes them in messages."""
     try:
-        return types_pb2.DataType.Name(dtype_enum)
+        name: str = types_pb2.DataType.Name(dtype_enum)
     except ValueError:
         return f"dtype {dtype_enum}"
+    return name
 
 
 def _parsing_error(name: str, detail: str) -> RequestError:
@@ -59,7 +61,7 @@ def _parsing_error(name: str, detail: str) -> RequestError:
 
 def tensor_to_array(
     proto: tensor_pb2.TensorProto, name: str = "tensor", max_elements: int = MAX_REQUEST_ELEMENTS, fill: bool = False
-) -> np.ndarray:
+) -> Tensor:
     """Decode a TensorProto; a malformed one raises RequestError (INVALID_ARGUMENT) before anything is allocated.
 
     The values must fill the shape exactly: as many typed values (float_val, ...) as the shape has elements, or
@@ -123,7 +125,7 @@ def _check_value_count(name: str, shape: tuple[int, ...], values: int, count: in
     raise _parsing_error(name, f"It holds {held} but its shape {list(shape)} needs exactly {count}{per_value}.")
 
 
-def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], default: object) -> np.ndarray:
+def _fill_to_shape(values: Tensor, shape: tuple[int, ...], default: bytes | np.generic[object]) -> Tensor:
     """values (count or fewer, checked) reshaped to shape: fewer values repeat the last one, none means zeros."""
     count = math.prod(shape)
     if values.size == count:
@@ -137,7 +139,7 @@ def _fill_to_shape(values: np.ndarray, shape: tuple[int, ...], default: object) 
 
 def tensors_to_arrays(
     protos: Mapping[str, tensor_pb2.TensorProto], max_elements: int = MAX_REQUEST_ELEMENTS
-) -> dict[str, np.ndarray]:
+) -> dict[str, Tensor]:
     """Decode a request's named tensors; INVALID_ARGUMENT when together they declare more than max_elements."""
     # Every shape is checked before any tensor is decoded, so a request over the cap allocates nothing.
     total = sum(_checked_shape(proto, alias, max_elements)[1] for alias, proto in protos.items())
@@ -148,7 +150,7 @@ def tensors_to_arrays(
     return {alias: tensor_to_array(proto, alias, max_elements) for alias, proto in protos.items()}
 
 
-def _fill_shape_and_dtype(proto: tensor_pb2.TensorProto, array: np.ndarray) -> int | None:
+def _fill_shape_and_dtype(proto: tensor_pb2.TensorProto, array: Tensor) -> int | None:
     """Write array's shape and dtype into proto; the DataType enum, or None for strings (DT_STRING, written here)."""
     proto.tensor_shape.SetInParent()  # a scalar still has its (empty) shape, as TensorFlow writes it
     dimensions = proto.tensor_shape.dim
@@ -156,7 +158,7 @@ def _fill_shape_and_dtype(proto: tensor_pb2.TensorProto, array: np.ndarray) -> i
         dimensions.add(size=size)
     if array.dtype.kind in "OSU":
         proto.dtype = types_pb2.DT_STRING
-        proto.string_val.extend(value.encode() if isinstance(value, str) else bytes(value) for value in array.flat)
+        proto.string_val.extend(string_bytes(value) for value in array.flat)
         return None
     dtype_enum = DTYPE_BY_NUMPY.get(array.dtype)
     if dtype_enum is None:
@@ -165,14 +167,14 @@ def _fill_shape_and_dtype(proto: tensor_pb2.TensorProto, array: np.ndarray) -> i
     return dtype_enum
 
 
-def fill_tensor(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+def fill_tensor(proto: tensor_pb2.TensorProto, array: Tensor) -> None:
     """Write array into proto: dtype, shape, and raw bytes in tensor_content (or string_val for strings)."""
     if _fill_shape_and_dtype(proto, array) is not None:
         # tobytes() of a C-contiguous little-endian array is exactly TensorFlow's tensor_content layout.
         proto.tensor_content = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def fill_tensor_fields(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None:
+def fill_tensor_fields(proto: tensor_pb2.TensorProto, array: Tensor) -> None:
     """Write array into proto's typed fields (float_val, int64_val, ...), as TensorFlow Serving answers Predict."""
     dtype_enum = _fill_shape_and_dtype(proto, array)
     if dtype_enum is None:
@@ -186,7 +188,7 @@ def fill_tensor_fields(proto: tensor_pb2.TensorProto, array: np.ndarray) -> None
         getattr(proto, _VALUE_FIELD[dtype_enum]).extend(flat.tolist())
 
 
-def array_to_tensor(array: np.ndarray) -> tensor_pb2.TensorProto:
+def array_to_tensor(array: npt.ArrayLike) -> tensor_pb2.TensorProto:
     """A new TensorProto holding array."""
     proto = tensor_pb2.TensorProto()
     fill_tensor(proto, np.asarray(array))
