@@ -265,7 +265,7 @@ def serving_archive(model_store: Path, model_name: str, run_dir: Path) -> config
 
     When newer archives are passed over, it says so on stderr (the launcher's output) and in the run folder's
     FALLBACK_FILE, which the roll-out watcher copies into the server's log at start and `python -m
-    serving.torchserve.launch status` prints; the roll-out then logs, once, that it refuses the newer version.
+    serving.torchserve_launch status` prints; the roll-out then logs, once, that it refuses the newer version.
     """
     fallback = Path(run_dir) / FALLBACK_FILE
     fallback.unlink(missing_ok=True)

@@ -1,11 +1,11 @@
-"""`python -m serving.torchserve.launch start|stop|status`: one TorchServe natively, on any ports, outside the stack.
+"""`python -m serving.torchserve_launch start|stop|status`: one TorchServe natively, on any ports, outside the stack.
 
 The run folder holds the config.properties written for this instance, TorchServe's logs, the key_file.json it writes
 into its working folder, its temporary folder (with its pid file), and the launcher's own output and pid file. While
 it runs, each newer <model>-<version>.mar of the model store is rolled out (serving.torchserve.rollout):
 
-    python -m serving.torchserve.launch start [--run-dir .run/torchserve] [--inference-port 8080 ...]
-    python -m serving.torchserve.launch stop  [--run-dir .run/torchserve]
+    python -m serving.torchserve_launch start [--run-dir .run/torchserve] [--inference-port 8080 ...]
+    python -m serving.torchserve_launch stop  [--run-dir .run/torchserve]
 
 Starting, waiting and stopping are `serving.runtime`'s; this module only reads the flags and reports.
 """
@@ -22,7 +22,7 @@ from experiment.cli import run_main
 from experiment.errors import UsageError
 from serving.torchserve.config import TorchServePorts
 
-PROG = "python -m serving.torchserve.launch"
+PROG = "python -m serving.torchserve_launch"
 DEFAULT_MODEL_STORE = Path("models/torch/model-store")
 DEFAULT_RUN_DIR = Path(".run/torchserve")
 OUTPUT_FILE = "torchserve.out"  # the launcher's stdout and stderr
