@@ -181,17 +181,6 @@ class FlaskGeventWorker(GeventWorker):
         self.body_limit = config.get("MAX_CONTENT_LENGTH")
         self.body_timeout = float(config.get("BODY_TIMEOUT_SECONDS") or DEFAULT_BODY_TIMEOUT_SECONDS)
 
-    def patch(self) -> None:
-        """Monkey-patch for gevent, then keep torch to one thread before the app imports it for real."""
-        super().patch()
-        import torch
-
-        torch.set_num_threads(1)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass  # only settable before torch's first parallel work
-
     # ---- requests ----------------------------------------------------------------------------------------------
 
     def handle(self, listener, client, addr) -> None:

@@ -85,12 +85,14 @@ def generate(cache_dir: Path, protos: dict[str, bytes]) -> Path:
     The stubs are built in a staging folder and renamed into place, so concurrent first uses (the stack's servers
     and clients start together) each see a whole package or none.
     """
-    from grpc_tools import protoc
-
     name = package_name(protos)
     target = Path(cache_dir) / name
     if (target / "__init__.py").is_file():
         return target
+    # Imported only to compile: grpc_tools' protoc loaded into a process that already holds TensorFlow crashed it
+    # (two segfaults in the version-churn soak), and a cached package needs no compiler.
+    from grpc_tools import protoc
+
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache_dir))
     try:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 
 from experiment import artifacts
@@ -32,7 +34,11 @@ def test_the_client_gets_the_in_process_classes_from_each_format(export_format, 
             [sys.executable, "-m", "serving.client", "flask", "--rest", url, "--sample", str(SAMPLE)],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
+        workers = server.leader.children(recursive=True)
+        torch_loaded = [any("libtorch" in Path(mapped.path).name for mapped in w.memory_maps()) for w in workers]
     assert completed.returncode == 0, completed.stderr
+    # A worker serving ONNX Runtime never loads torch (the Flask image has none); the other two formats need it.
+    assert workers and torch_loaded == [export_format != "onnx"] * len(workers)
     header, _, *rows = completed.stdout.splitlines()
     assert header.endswith(f", format {export_format}")
     predicted = [int(row.split()[1]) for row in rows[:SAMPLE]]

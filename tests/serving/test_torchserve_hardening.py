@@ -362,7 +362,8 @@ def test_a_wrong_or_missing_token_is_torchserves_400_and_the_client_says_so(hard
         with pytest.raises(TorchServeError) as raised:
             client.predict(np.zeros((1, 8, 8), dtype=np.float32))
     assert raised.value.status == 400
-    assert str(raised.value).startswith("Token Authorization failed.")
+    assert str(raised.value).startswith(f"TorchServe (REST) at {instance.inference_url} refused the key (HTTP 400)")
+    assert "Token Authorization failed" in str(raised.value) and "--key-file" in str(raised.value)
 
 
 def test_a_default_version_short_of_workers_is_rolled_back_to_the_newest_older_archive(tmp_path, caplog):
