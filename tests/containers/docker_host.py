@@ -47,6 +47,7 @@ REQUIREMENT_FILES = (
     IMAGES_DIR / "requirements-tfserving.txt",
     IMAGES_DIR / "requirements-torchserve.txt",
 )
+DERIVED_TORCHSERVE_REQUIREMENTS = ROOT / "serving" / "torchserve" / "requirements-image.txt"
 
 Report = Callable[[str], None]
 
@@ -254,6 +255,8 @@ def fill_wheelhouse(wheelhouse: Path, report: Report) -> None:
         command += ["--extra-index-url", os.environ["TORCH_INDEX_URL"]]  # the Makefile's variable, as for make setup
     started = time.monotonic()
     run(command, timeout=1800)
+    # serving/torchserve/Dockerfile pins the ONNX Runtime of the official image's Python, not the lock's.
+    run([*command[:8], "--requirement", str(DERIVED_TORCHSERVE_REQUIREMENTS)], timeout=1800)
     wheels = sorted(wheelhouse.glob("*.whl"))
     size = sum(wheel.stat().st_size for wheel in wheels) / 2**20
     report(f"wheelhouse: {len(wheels)} wheels, {size:.0f} MiB ({time.monotonic() - started:.0f} s)")

@@ -37,6 +37,7 @@ PROJECT = "tf-vs-torch-containers-test"  # its own compose project: a user's `do
 OVERRIDE = Path(__file__).resolve().parent / "compose.stand-ins.yml"
 WORK_DIR = Path(__file__).resolve().parent / ".work"
 SERVERS = ("tf-serving", "torchserve", "flask")  # the services with a healthcheck
+STAND_IN_BASES = "torchserve-official"  # built before SERVERS, never started
 SERVICES = (*SERVERS, "torchserve-rollout")  # ... and TorchServe's roll-out watcher, which runs from the Flask image
 # docker-compose.yml's host-port variables → the container port each one publishes.
 HOST_PORT_VARIABLES = {
@@ -320,6 +321,7 @@ def check_stack(compose: list[str], work_dir: Path, log: Log, rebuild_base: bool
     with log.step("build the Flask image and the two stand-ins"):
         with docker_host.serve_wheelhouse(work_dir / "wheelhouse") as pip_options:
             stack.environment["STAND_IN_PIP_INSTALL_OPTIONS"] = pip_options
+            stack.command("build", STAND_IN_BASES, timeout=3600)  # the image serving/torchserve/Dockerfile extends
             stack.command("build", *SERVERS, timeout=3600)
         for service in SERVERS:
             image = stack.image(service)

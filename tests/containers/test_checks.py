@@ -193,7 +193,11 @@ def test_stand_ins_serve_the_test_models_and_build_from_the_wheelhouse():
     ):
         sources = {entry.split(":")[1]: entry.split(":")[0] for entry in services[name]["volumes"]}
         assert sources[target].startswith("/m/"), f"{name} still mounts {sources[target]}"
-        assert services[name]["build"]["args"] == {"BASE_IMAGE": "base", "PIP_INSTALL_OPTIONS": "--no-index"}
+        expected = {"BASE_IMAGE": "base", "PIP_INSTALL_OPTIONS": "--no-index"}
+        if name == "torchserve":  # compose's own derived image, on the stand-in for the official one
+            expected = {"PIP_INSTALL_OPTIONS": "--no-index", "TORCHSERVE_IMAGE": services[run.STAND_IN_BASES]["image"]}
+            assert services[name]["build"]["dockerfile"] == "serving/torchserve/Dockerfile"
+        assert services[name]["build"]["args"] == expected
         assert services[name]["build"]["network"] == "host"
 
 

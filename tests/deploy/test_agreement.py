@@ -156,6 +156,8 @@ def test_kserve_resources_point_at_the_exports_layouts():
     assert torchserve["spec"]["predictor"]["model"]["protocolVersion"] == "v1"
     lock = (ROOT / "requirements.lock").read_text()
     assert f"torch-model-archiver=={torchserve['spec']['predictor']['model']['runtimeVersion']}" in lock
+    # The archive's handler runs model.onnx in ONNX Runtime, which the runtime's own torchserve-kfs image lacks.
+    assert "torchserve-kfs" not in torchserve["spec"]["predictor"]["model"].get("image", "pytorch/torchserve-kfs")
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 # A stand-in for the official pytorch/torchserve:0.12.0-cpu image, for make test-containers only (never what a
 # user runs). It follows the layout of TorchServe's published docker/Dockerfile: Java 17, a virtual environment
-# in /home/venv first on the PATH (so `torchserve` and `python` are the image's), the user model-server, its home
+# in /home/venv first on the PATH and owned by model-server (so `torchserve` and `python` are the image's, and an
+# image built on it installs with pip as that user), the user model-server, its home
 # /home/model-server with config.properties, tmp/ (TEMP) and model-store/, ports 8080-8082 and 7070-7071, and
 # dockerd-entrypoint.sh with CMD ["serve"]. TorchServe itself is the real one, from PyPI.
 #
@@ -26,7 +27,7 @@ RUN apt-get update \
     && rm -rf /tmp/requirements.txt /home/venv/lib/python3*/site-packages/torch/include \
     && useradd -m model-server \
     && mkdir -p /home/model-server/tmp /home/model-server/model-store \
-    && chown -R model-server /home/model-server
+    && chown -R model-server /home/model-server /home/venv
 COPY --from=files / /
 
 ENV PATH="/home/venv/bin:$PATH" \
