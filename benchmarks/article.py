@@ -26,7 +26,9 @@ TORCH_A = [[3.0, 6.0, 8.0]]
 TORCH_B = [[1.0], [3.0], [6.0]]
 GRAPH_RUN_NAME = "article-graph"
 TF_SNIPPET = "tf.multiply([[3., 4., 8.]], [[2.], [3.], [9.]]).numpy()"
-TORCH_SNIPPET = "torch.mul(torch.from_numpy(np.array([[3., 6., 8.]])), torch.from_numpy(np.array([[1.], [3.], [6.]]))).numpy()"
+TORCH_SNIPPET = (
+    "torch.mul(torch.from_numpy(np.array([[3., 6., 8.]])), torch.from_numpy(np.array([[1.], [3.], [6.]]))).numpy()"
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,7 +35,11 @@ def build_settings(arguments: argparse.Namespace) -> measure.CompareSettings:
     training_settings = training.QUICK_TRAINING if arguments.quick else training.TrainingSettings()
     overrides = {
         name: value
-        for name, value in (("repeats", arguments.repeats), ("epochs", arguments.epochs), ("threads", arguments.threads))
+        for name, value in (
+            ("repeats", arguments.repeats),
+            ("epochs", arguments.epochs),
+            ("threads", arguments.threads),
+        )
         if value is not None
     }
     return measure.CompareSettings(
@@ -56,11 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a short run (one repeat, two epochs, no servers)")
     parser.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report and plots go")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where the article's graph runs go")
-    parser.add_argument("--serving", action=argparse.BooleanOptionalAction, default=None, help="start the servers (default: full mode only)")
-    parser.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None, help="1 vs 2 process training (default: full mode only)")
+    parser.add_argument(
+        "--serving",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start the servers (default: full mode only)",
+    )
+    parser.add_argument(
+        "--distributed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="1 vs 2 process training (default: full mode only)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="training repeats per framework")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per repeat")
-    parser.add_argument("--threads", type=int, default=None, help="fix intra/inter-op threads for training and inference (default: framework defaults)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="fix intra/inter-op threads for training and inference (default: framework defaults)",
+    )
     return parser
 
 
@@ -88,7 +107,9 @@ def write_report(comparison: measure.Comparison, checked: list[ratios.Ratio], ou
     text = render(comparison, checked, figures) + "\n"
     (output_dir / REPORT_FILE).write_text(text)
     (output_dir / HTML_FILE).write_text(report_html.render(text, output_dir))
-    data = measure.jsonable(comparison) | {"ratios": [measure.jsonable(item) | {"status": item.status} for item in checked]}
+    data = measure.jsonable(comparison) | {
+        "ratios": [measure.jsonable(item) | {"status": item.status} for item in checked]
+    }
     (output_dir / DATA_FILE).write_text(json.dumps(data, indent=1, default=str) + "\n")
     return len(figures)
 
@@ -111,10 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     comparison.section_seconds["total"] = time.perf_counter() - started
     count = write_report(comparison, checked, settings.output_dir)
     print("\n".join(["## Ratios", "", table(RATIO_HEADERS, ratio_rows(checked)), ""]))
-    print(f"Report: {settings.output_dir / REPORT_FILE} and {HTML_FILE} ({count} plots) in "
-          f"{comparison.section_seconds['total']:.0f} s")  # fmt: skip
+    print(
+        f"Report: {settings.output_dir / REPORT_FILE} and {HTML_FILE} ({count} plots) in "
+        f"{comparison.section_seconds['total']:.0f} s"
+    )
     if comparison.failures:
-        print(f"{PROG}: {len(comparison.failures)} section(s) failed: {', '.join(comparison.failures)}", file=sys.stderr)
+        print(
+            f"{PROG}: {len(comparison.failures)} section(s) failed: {', '.join(comparison.failures)}", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -35,17 +35,32 @@ START_TIMEOUT_SECONDS = 180.0
 
 # Per path: the label, who maintains the format, and what loads it outside this project.
 PATHS: dict[str, dict[str, str]] = {
-    "savedmodel": {"label": "TF SavedModel, session call (`signatures['serving_default']`)", "status": "maintained",
-                   "loaders": "TensorFlow (Python, C, C++, Java via TF), TF Serving, TF Lite converter, KServe"},
-    "eager": {"label": "PyTorch eager `nn.Module`", "status": "maintained",
-              "loaders": "Python with the model's class (no artifact)"},
-    "torchscript": {"label": "TorchScript `model.pt` (legacy)", "status": "deprecated",
-                    "loaders": "Python, libtorch C++ (`torch::jit::load`), TorchServe"},
-    "pt2": {"label": "AOTInductor `model.pt2`, called from Python", "status": "maintained",
-            "loaders": "Python (`aoti_load_package`), C++ (`AOTIModelPackageLoader`, no Python)"},
-    "onnx": {"label": "ONNX `model.onnx` in ONNX Runtime", "status": "maintained",
-             "loaders": "ONNX Runtime (Python, C, C++, C#, Java, JS), TorchServe handler, Triton, KServe"},
-}  # fmt: skip
+    "savedmodel": {
+        "label": "TF SavedModel, session call (`signatures['serving_default']`)",
+        "status": "maintained",
+        "loaders": "TensorFlow (Python, C, C++, Java via TF), TF Serving, TF Lite converter, KServe",
+    },
+    "eager": {
+        "label": "PyTorch eager `nn.Module`",
+        "status": "maintained",
+        "loaders": "Python with the model's class (no artifact)",
+    },
+    "torchscript": {
+        "label": "TorchScript `model.pt` (legacy)",
+        "status": "deprecated",
+        "loaders": "Python, libtorch C++ (`torch::jit::load`), TorchServe",
+    },
+    "pt2": {
+        "label": "AOTInductor `model.pt2`, called from Python",
+        "status": "maintained",
+        "loaders": "Python (`aoti_load_package`), C++ (`AOTIModelPackageLoader`, no Python)",
+    },
+    "onnx": {
+        "label": "ONNX `model.onnx` in ONNX Runtime",
+        "status": "maintained",
+        "loaders": "ONNX Runtime (Python, C, C++, C#, Java, JS), TorchServe handler, Triton, KServe",
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +104,12 @@ def _time_calls(call: Callable[[], Any], count: int, warmup: int) -> stats.Laten
 
 
 def _measure_path(
-    path: str, load: Callable[[], Callable[[np.ndarray], Any]], images: np.ndarray, calls: int,
-    file_bytes: int | None, export_seconds: float | None,
+    path: str,
+    load: Callable[[], Callable[[np.ndarray], Any]],
+    images: np.ndarray,
+    calls: int,
+    file_bytes: int | None,
+    export_seconds: float | None,
 ) -> FormatMeasurement:
     """Load (timed up to the first batch-1 answer), then time calls at each batch size."""
     started = time.perf_counter()
@@ -104,7 +123,9 @@ def _measure_path(
     return FormatMeasurement(path, file_bytes, export_seconds, load_seconds, latency)
 
 
-def _flask_rest(base_path: Path, export_format: str, image: np.ndarray, requests_count: int, log_dir: Path) -> stats.LatencySummary:
+def _flask_rest(
+    base_path: Path, export_format: str, image: np.ndarray, requests_count: int, log_dir: Path
+) -> stats.LatencySummary:
     """Batch-1 REST latency of one gunicorn worker serving base_path in export_format."""
     import requests
 
@@ -121,13 +142,20 @@ def _flask_rest(base_path: Path, export_format: str, image: np.ndarray, requests
             def call() -> None:
                 response = session.post(url, data=body, headers={"Content-Type": "application/json"})
                 if response.status_code != 200:
-                    raise RuntimeError(f"Flask ({export_format}) answered {response.status_code}: {response.text[:200]}")
+                    raise RuntimeError(
+                        f"Flask ({export_format}) answered {response.status_code}: {response.text[:200]}"
+                    )
 
             return _time_calls(call, requests_count, max(requests_count // 10, 10))
 
 
 def measure(
-    tf_export: Path, torch_export: Path, images: np.ndarray, work_dir: Path, calls: int = 2000, requests: int = 500,
+    tf_export: Path,
+    torch_export: Path,
+    images: np.ndarray,
+    work_dir: Path,
+    calls: int = 2000,
+    requests: int = 500,
     include_flask: bool = True,
 ) -> DeploymentFormats:
     """Export the torch formats from torch_export's weights into work_dir, then measure every path (see the module)."""
@@ -147,12 +175,16 @@ def measure(
     spec = NetworkSpec.from_dict(metadata["network"])
     network = build_model(spec)
     weights = _onnx_weights(Path(torch_export) / artifacts.ONNX_FILE)
-    network.load_state_dict({name: torch.from_numpy(weights[f"network.{name}"].copy()) for name in network.state_dict()})
+    network.load_state_dict(
+        {name: torch.from_numpy(weights[f"network.{name}"].copy()) for name in network.state_dict()}
+    )
     network.eval()
     compiler = export.find_cpp_compiler()
     wanted = ("onnx", "pt2", "torchscript") if compiler else ("onnx", "torchscript")
-    records = {record["format"]: record for record in export.export_formats(
-        network, version_dir, wanted, work_dir / export.INDUCTOR_CACHE_FOLDER)}  # fmt: skip
+    records = {
+        record["format"]: record
+        for record in export.export_formats(network, version_dir, wanted, work_dir / export.INDUCTOR_CACHE_FOLDER)
+    }
     artifacts.write_metadata(version_dir, {**metadata, "artifacts": list(records.values())})
 
     def file_facts(export_format: str) -> tuple[int, float]:
@@ -175,20 +207,30 @@ def measure(
     def load_onnx() -> Callable[[np.ndarray], Any]:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(version_dir / artifacts.ONNX_FILE), options,
-                                               providers=["CPUExecutionProvider"])  # fmt: skip
+        session = onnxruntime.InferenceSession(
+            str(version_dir / artifacts.ONNX_FILE), options, providers=["CPUExecutionProvider"]
+        )
         return lambda batch: session.run(None, {"images": batch})
 
     loaders: list[tuple[str, Callable[[], Callable[[np.ndarray], Any]], int | None, float | None]] = [
         ("savedmodel", load_savedmodel, directory_bytes(tf_export), None),
         ("eager", load_eager, None, None),
-        ("torchscript", lambda: torch_runner(torch.jit.load(str(version_dir / artifacts.TORCHSCRIPT_FILE)).eval()),
-         *file_facts("torchscript")),
+        (
+            "torchscript",
+            lambda: torch_runner(torch.jit.load(str(version_dir / artifacts.TORCHSCRIPT_FILE)).eval()),
+            *file_facts("torchscript"),
+        ),
         ("onnx", load_onnx, *file_facts("onnx")),
-    ]  # fmt: skip
+    ]
     if "pt2" in records:
-        loaders.insert(3, ("pt2", lambda: torch_runner(torch._inductor.aoti_load_package(
-            str(version_dir / artifacts.AOTI_FILE))), *file_facts("pt2")))  # fmt: skip
+        loaders.insert(
+            3,
+            (
+                "pt2",
+                lambda: torch_runner(torch._inductor.aoti_load_package(str(version_dir / artifacts.AOTI_FILE))),
+                *file_facts("pt2"),
+            ),
+        )
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one intra-op thread, as each gunicorn worker and TorchServe worker runs
@@ -198,8 +240,11 @@ def measure(
         torch.set_num_threads(previous_threads)
 
     if include_flask:
-        rest = {fmt: _flask_rest(version_dir.parent, fmt, images[:1], requests, work_dir)
-                for fmt in FLASK_FORMATS if fmt in records}  # fmt: skip
+        rest = {
+            fmt: _flask_rest(version_dir.parent, fmt, images[:1], requests, work_dir)
+            for fmt in FLASK_FORMATS
+            if fmt in records
+        }
         measured = [dataclasses.replace(row, flask_rest=rest.get(row.path)) for row in measured]
     return DeploymentFormats(measured, calls, requests, compiler)
 
@@ -213,8 +258,10 @@ def _onnx_weights(path: Path) -> dict[str, np.ndarray]:
 
 def format_report(result: DeploymentFormats) -> str:
     """The numbers as a plain-text table."""
-    lines = [f"{'path':<48} {'file':>10} {'export':>8} {'load':>9} {'b1 p50':>9} {'b1 p99':>9} {'b64 p50':>9} "
-             f"{'b64 p99':>9} {'REST p50':>9}"]  # fmt: skip
+    lines = [
+        f"{'path':<48} {'file':>10} {'export':>8} {'load':>9} {'b1 p50':>9} {'b1 p99':>9} {'b64 p50':>9} "
+        f"{'b64 p99':>9} {'REST p50':>9}"
+    ]
     for row in result.formats:
         size = f"{row.file_bytes / 1000:.0f} KB" if row.file_bytes else "-"
         exported = f"{row.export_seconds:.1f} s" if row.export_seconds is not None else "-"
@@ -246,8 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = load_dataset(seed=0).test.images
         work_dir = Path(tempfile.mkdtemp(prefix="deployment-formats-"))
         try:
-            result = measure(arguments.tf_export, arguments.torch_export, images, work_dir, arguments.calls,
-                             arguments.requests, arguments.flask)  # fmt: skip
+            result = measure(
+                arguments.tf_export,
+                arguments.torch_export,
+                images,
+                work_dir,
+                arguments.calls,
+                arguments.requests,
+                arguments.flask,
+            )
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
         print(format_report(result))

@@ -81,9 +81,18 @@ def measure_run(framework: str, processes: int, epochs: int, work_dir: Path, see
     run_name = f"{framework}-{processes}-processes"
     quiet = ["--verbose", "0"] if framework == "tf" else ["--no-progress"]
     flags = [
-        "--epochs", str(epochs), "--seed", str(seed), "--run-name", run_name,
-        "--output-dir", str(work_dir / "models"), "--log-dir", str(work_dir / "runs"), *quiet,
-    ]  # fmt: skip
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--run-name",
+        run_name,
+        "--output-dir",
+        str(work_dir / "models"),
+        "--log-dir",
+        str(work_dir / "runs"),
+        *quiet,
+    ]
     started = time.perf_counter()
     completed = subprocess.run(
         training_command(framework, processes, flags),

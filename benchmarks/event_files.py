@@ -62,9 +62,19 @@ def read_run(run_dir: Path) -> RunInventory:
     entries: dict[str, set[str]] = {dashboard: set() for dashboard in DASHBOARDS}
     folders = sorted({path.parent for path in run_dir.rglob("events.out.tfevents*")})
     for folder in folders:
-        accumulator = event_accumulator.EventAccumulator(str(folder), size_guidance=event_accumulator.DEFAULT_SIZE_GUIDANCE | {
-            kind: 0 for kind in (event_accumulator.SCALARS, event_accumulator.IMAGES, event_accumulator.HISTOGRAMS,
-                                 event_accumulator.TENSORS)})  # fmt: skip
+        accumulator = event_accumulator.EventAccumulator(
+            str(folder),
+            size_guidance=event_accumulator.DEFAULT_SIZE_GUIDANCE
+            | {
+                kind: 0
+                for kind in (
+                    event_accumulator.SCALARS,
+                    event_accumulator.IMAGES,
+                    event_accumulator.HISTOGRAMS,
+                    event_accumulator.TENSORS,
+                )
+            },
+        )
         accumulator.Reload()
         prefix = "" if folder == run_dir else f"{folder.relative_to(run_dir).as_posix()}/"
         tags = accumulator.Tags()
@@ -80,7 +90,9 @@ def read_run(run_dir: Path) -> RunInventory:
             if tag.startswith(HPARAMS_PREFIX):
                 hparams_content[tag] = summary_metadata.plugin_data.content
             elif plugin in PLUGIN_DASHBOARDS:
-                entries[PLUGIN_DASHBOARDS[plugin]].add(prefix + ("conceptual graph" if plugin == "graph_keras_model" else tag))
+                entries[PLUGIN_DASHBOARDS[plugin]].add(
+                    prefix + ("conceptual graph" if plugin == "graph_keras_model" else tag)
+                )
         entries["HParams"] |= _hparams_entries(hparams_content)
     return RunInventory({dashboard: sorted(names) for dashboard, names in entries.items()})
 
@@ -91,10 +103,12 @@ def differences(inventories: dict[str, RunInventory]) -> dict[str, dict[str, lis
     for dashboard in DASHBOARDS:
         everything = set().union(*(inventory.names(dashboard) for inventory in inventories.values()))
         only = {
-            framework: sorted(inventory.names(dashboard) - set().union(
-                *(other.names(dashboard) for name, other in inventories.items() if name != framework)))
+            framework: sorted(
+                inventory.names(dashboard)
+                - set().union(*(other.names(dashboard) for name, other in inventories.items() if name != framework))
+            )
             for framework, inventory in inventories.items()
-        }  # fmt: skip
+        }
         if everything and any(only.values()):
             found[dashboard] = {framework: names for framework, names in only.items() if names}
     return found

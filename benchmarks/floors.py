@@ -123,8 +123,11 @@ def nginx_floor(answer: bytes) -> Iterator[str | None]:
         config = Path(folder) / "nginx.conf"
         text = answer.decode().replace("\\", "\\\\").replace("'", "\\'")
         config.write_text(NGINX_CONFIG.format(folder=folder, port=port, answer=text))
-        process = subprocess.Popen([binary, "-p", folder, "-c", str(config), "-e", f"{folder}/error.log"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        process = subprocess.Popen(
+            [binary, "-p", folder, "-c", str(config), "-e", f"{folder}/error.log"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 10
             while not processes.port_accepts(port):
@@ -141,7 +144,9 @@ def _label(key: str) -> EndpointLabel:
     return EndpointLabel(key, "none", key, "REST", "")
 
 
-def drive(url: str, body_path: Path, concurrency: int, seconds: float, headers: dict | None = None) -> http_load.ExternalPoint:
+def drive(
+    url: str, body_path: Path, concurrency: int, seconds: float, headers: dict | None = None
+) -> http_load.ExternalPoint:
     """One wrk run (after wrk's own 1 s warm-up)."""
     return http_load.run_wrk(http_load.Target(_label(url), url, headers or {}), body_path, concurrency, seconds)
 
@@ -151,9 +156,23 @@ def noop_store(work: Path) -> Path:
     store = work / "noop-store"
     store.mkdir()
     archiver = Path(sys.executable).parent / "torch-model-archiver"
-    subprocess.run([str(archiver), "--model-name", "digits", "--version", "1", "--handler", str(NOOP_HANDLER),
-                    "--config-file", str(MODEL_CONFIG), "--export-path", str(store)],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            str(archiver),
+            "--model-name",
+            "digits",
+            "--version",
+            "1",
+            "--handler",
+            str(NOOP_HANDLER),
+            "--config-file",
+            str(MODEL_CONFIG),
+            "--export-path",
+            str(store),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return store
 
 
@@ -223,7 +242,10 @@ def run(
         "flask": flask_runtime.spec(processes.free_ports(1)[0], base_path=torch_models),
         "tfserving": tfserving_runtime.spec(tfserving_runtime.TFServingPorts.free(), base_path=tf_models),
     }
-    urls = {"flask": specs["flask"].endpoint("flask-rest").address, "tfserving": specs["tfserving"].endpoint("tf-rest").address}
+    urls = {
+        "flask": specs["flask"].endpoint("flask-rest").address,
+        "tfserving": specs["tfserving"].endpoint("tf-rest").address,
+    }
     urls = {name: f"{url}/v1/models/digits:predict" for name, url in urls.items()}
     headers: dict[str, dict] = {}
     if model_store is not None:
@@ -260,8 +282,10 @@ def run(
         runtime_process.stop_all(list(servers.values()))
     machine = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": (f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
-                    f"{platform.system()} {platform.release()}"),
+        "machine": (
+            f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"{platform.system()} {platform.release()}"
+        ),
         "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "answer_bytes": len(answer),
     }
@@ -272,24 +296,43 @@ def targets(floors: FloorsResult | None) -> list[dict]:
     """Each target as name, target, measured, passed, inputs, note (measured None, and why in note, when missing)."""
     found = []
     for server, share in RATE_SHARES.items():
-        names = ((f"{TITLES[server]}: (p50, 1 connection − model p50) / nginx p50 (wrk)", f"≤ {P50_OVER_FLOOR:g}"),
-                 (f"{TITLES[server]}: req/s at 16 connections / nginx's (wrk)", f"≥ {share:g}"))  # fmt: skip
+        names = (
+            (f"{TITLES[server]}: (p50, 1 connection − model p50) / nginx p50 (wrk)", f"≤ {P50_OVER_FLOOR:g}"),
+            (f"{TITLES[server]}: req/s at 16 connections / nginx's (wrk)", f"≥ {share:g}"),
+        )
         measured = floors.servers.get(server) if floors is not None else None
         nginx = floors.servers.get("nginx") if floors is not None else None
         if measured is None or nginx is None:
             note = "" if floors is None else "nginx is not installed (apt-get install nginx-light)"
-            found += [{"name": name, "target": target, "measured": None, "passed": None, "inputs": "", "note": note}
-                      for name, target in names]  # fmt: skip
+            found += [
+                {"name": name, "target": target, "measured": None, "passed": None, "inputs": "", "note": note}
+                for name, target in names
+            ]
             continue
         model = measured.model_p50_ms or 0.0
         p50 = (measured.median_p50_ms - model) / nginx.median_p50_ms
         rate = measured.median_rate / nginx.median_rate
-        found.append({"name": names[0][0], "target": names[0][1], "measured": p50, "passed": p50 <= P50_OVER_FLOOR,
-                      "inputs": f"({measured.median_p50_ms:.3f} ms − {model:.3f} ms) / {nginx.median_p50_ms:.3f} ms "
-                                f"({floors.generator}, load {floors.machine.get('load', '?')})", "note": ""})  # fmt: skip
-        found.append({"name": names[1][0], "target": names[1][1], "measured": rate, "passed": rate >= share,
-                      "inputs": f"{measured.median_rate:,.0f}/s / {nginx.median_rate:,.0f}/s ({floors.generator})",
-                      "note": ""})  # fmt: skip
+        found.append(
+            {
+                "name": names[0][0],
+                "target": names[0][1],
+                "measured": p50,
+                "passed": p50 <= P50_OVER_FLOOR,
+                "inputs": f"({measured.median_p50_ms:.3f} ms − {model:.3f} ms) / {nginx.median_p50_ms:.3f} ms "
+                f"({floors.generator}, load {floors.machine.get('load', '?')})",
+                "note": "",
+            }
+        )
+        found.append(
+            {
+                "name": names[1][0],
+                "target": names[1][1],
+                "measured": rate,
+                "passed": rate >= share,
+                "inputs": f"{measured.median_rate:,.0f}/s / {nginx.median_rate:,.0f}/s ({floors.generator})",
+                "note": "",
+            }
+        )
     name, target = "TorchServe p50 / no-op handler's p50, 1 connection (wrk)", f"≤ {TORCHSERVE_OVER_NOOP:g}"
     real = floors.servers.get("torchserve") if floors is not None else None
     noop = floors.servers.get("torchserve-noop") if floors is not None else None
@@ -298,9 +341,16 @@ def targets(floors: FloorsResult | None) -> list[dict]:
         found.append({"name": name, "target": target, "measured": None, "passed": None, "inputs": "", "note": note})
     else:
         value = real.median_p50_ms / noop.median_p50_ms
-        found.append({"name": name, "target": target, "measured": value, "passed": value <= TORCHSERVE_OVER_NOOP,
-                      "inputs": f"{real.median_p50_ms:.3f} ms / {noop.median_p50_ms:.3f} ms ({floors.generator})",
-                      "note": ""})  # fmt: skip
+        found.append(
+            {
+                "name": name,
+                "target": target,
+                "measured": value,
+                "passed": value <= TORCHSERVE_OVER_NOOP,
+                "inputs": f"{real.median_p50_ms:.3f} ms / {noop.median_p50_ms:.3f} ms ({floors.generator})",
+                "note": "",
+            }
+        )
     return found
 
 
@@ -309,11 +359,15 @@ def report(result: FloorsResult, command: str) -> str:
     results, machine, rounds, seconds = result.servers, result.machine, result.rounds, result.seconds
     lines = [
         f"Measured {machine['date']} on {machine['machine']}; load average after the last round: {machine['load']}.",
-        (f"Command: `{command}`. Generator: wrk ({rounds} rounds of {seconds:g} s per point, medians; "
-         f"one-digit body, answer {machine['answer_bytes']} B)."),
+        (
+            f"Command: `{command}`. Generator: wrk ({rounds} rounds of {seconds:g} s per point, medians; "
+            f"one-digit body, answer {machine['answer_bytes']} B)."
+        ),
         "",
-        ("| server | p50, 1 connection (ms) | req/s, 16 connections | model p50 in process (ms) | memory at rest (MB) | "
-         "memory after load (MB) | errors |"),
+        (
+            "| server | p50, 1 connection (ms) | req/s, 16 connections | model p50 in process (ms) | memory at rest (MB) | "
+            "memory after load (MB) | errors |"
+        ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for measured in results.values():
@@ -331,7 +385,9 @@ def report(result: FloorsResult, command: str) -> str:
         shown, passed = target["measured"], target["passed"]
         status = "not measured" if shown is None else ("met" if passed else "missed")
         shown = "" if shown is None else f"{shown:.3g}"
-        lines.append(f"| {target['name']} | {target['target']} | {shown} | {status} | {target['inputs'] or target['note']} |")
+        lines.append(
+            f"| {target['name']} | {target['target']} | {shown} | {status} | {target['inputs'] or target['note']} |"
+        )
     lines.append("")
     lines.append("Memory is PSS where the system reports it (RSS otherwise), summed over each server's processes.")
     return "\n".join(lines)
@@ -354,8 +410,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"No model folder at {path}; train first (make train-tf, make train-torch).", file=sys.stderr)
             return 2
     command = "python -m benchmarks.floors " + " ".join(argv if argv is not None else sys.argv[1:])
-    result = measure(arguments.tf_models, arguments.torch_models, arguments.rounds, arguments.seconds,
-                     arguments.model_store)  # fmt: skip
+    result = measure(
+        arguments.tf_models, arguments.torch_models, arguments.rounds, arguments.seconds, arguments.model_store
+    )
     print(report(result, command))
     if arguments.json is not None:
         arguments.json.write_text(json.dumps(dataclasses.asdict(result), indent=1))

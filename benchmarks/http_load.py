@@ -113,14 +113,28 @@ def _run(command: list[str], timeout_s: float) -> tuple[str, float, float]:
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     wall, cpu = time.perf_counter() - started, _children_cpu_seconds() - cpu_before
     if done.returncode != 0:
-        raise RuntimeError(f"{command[0]} exited with status {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}")
+        raise RuntimeError(
+            f"{command[0]} exited with status {done.returncode}: {(done.stderr or done.stdout).strip()[:200]}"
+        )
     return done.stdout, wall, cpu
 
 
 def _hey_command(target: Target, body_path: Path, concurrency: int, extra: list[str]) -> list[str]:
     headers = [flag for name, value in target.headers.items() for flag in ("-H", f"{name}: {value}")]
-    return ["hey", *extra, "-c", str(concurrency), "-m", "POST", "-T", "application/json", "-D", str(body_path),
-            *headers, target.url]  # fmt: skip
+    return [
+        "hey",
+        *extra,
+        "-c",
+        str(concurrency),
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-D",
+        str(body_path),
+        *headers,
+        target.url,
+    ]
 
 
 def parse_hey_csv(text: str) -> tuple[list[float], int, float]:
@@ -143,14 +157,17 @@ def run_hey(target: Target, body_path: Path, concurrency: int, seconds: float) -
     """Warm up, then drive the target with hey for `seconds`."""
     timeout = seconds + RUN_TIMEOUT_EXTRA_SECONDS
     _run(_hey_command(target, body_path, concurrency, ["-n", str(max(WARMUP_REQUESTS, concurrency))]), timeout)
-    output, wall, cpu = _run(_hey_command(target, body_path, concurrency, ["-z", f"{seconds:g}s", "-o", "csv"]), timeout)
+    output, wall, cpu = _run(
+        _hey_command(target, body_path, concurrency, ["-z", f"{seconds:g}s", "-o", "csv"]), timeout
+    )
     latencies, errors, span = parse_hey_csv(output)
     if not latencies:
         raise RuntimeError(f"hey got no successful answer from {target.url} ({errors} failed).")
     summary = stats.summarize_seconds(latencies)
     # hey leaves out requests that never got an answer; the span is from the first request to the last answer.
-    return ExternalPoint(concurrency, len(latencies), errors, span or wall, summary.p50_ms, summary.p90_ms,
-                         summary.p99_ms, cpu)  # fmt: skip
+    return ExternalPoint(
+        concurrency, len(latencies), errors, span or wall, summary.p50_ms, summary.p90_ms, summary.p99_ms, cpu
+    )
 
 
 def _wrk_milliseconds(text: str) -> float:
@@ -173,14 +190,18 @@ def parse_wrk(text: str) -> dict[str, float]:
             found[f"p{percent}_ms"] = _wrk_milliseconds(line[1])
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", text)
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    found["errors"] = float(non_2xx[1] if non_2xx else 0) + (sum(int(value) for value in socket.groups()) if socket else 0)
+    found["errors"] = float(non_2xx[1] if non_2xx else 0) + (
+        sum(int(value) for value in socket.groups()) if socket else 0
+    )
     return found
 
 
 def run_wrk(target: Target, body_path: Path, concurrency: int, seconds: float) -> ExternalPoint:
     """Warm up, then drive the target with wrk for `seconds` (one thread per connection, at most two)."""
-    headers = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in
-                        {"Content-Type": "application/json", **target.headers}.items())  # fmt: skip
+    headers = "\n".join(
+        f'wrk.headers["{name}"] = "{value}"'
+        for name, value in {"Content-Type": "application/json", **target.headers}.items()
+    )
     script = body_path.with_suffix(".lua")
     script.write_text(WRK_SCRIPT.format(body=body_path, headers=headers))
     threads = str(min(concurrency, 2))
@@ -190,8 +211,16 @@ def run_wrk(target: Target, body_path: Path, concurrency: int, seconds: float) -
     output, _, cpu = _run([*base, "-d", f"{max(seconds, 1.0):g}s", "--latency", target.url], timeout)
     found = parse_wrk(output)
     answered = int(found["requests"] - found["errors"])
-    return ExternalPoint(concurrency, answered, int(found["errors"]), found["seconds"], found.get("p50_ms"),
-                         found.get("p90_ms"), found.get("p99_ms"), cpu)  # fmt: skip
+    return ExternalPoint(
+        concurrency,
+        answered,
+        int(found["errors"]),
+        found["seconds"],
+        found.get("p50_ms"),
+        found.get("p90_ms"),
+        found.get("p99_ms"),
+        cpu,
+    )
 
 
 def measure(
@@ -211,5 +240,7 @@ def measure(
                 points = [run(target, body_path, concurrency, seconds) for concurrency in concurrencies]
                 results.append(ExternalEndpoint(target.endpoint, target.url, points))
             except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
-                results.append(ExternalEndpoint(target.endpoint, target.url, [], f"{type(error).__name__}: {error}"[:300]))
+                results.append(
+                    ExternalEndpoint(target.endpoint, target.url, [], f"{type(error).__name__}: {error}"[:300])
+                )
     return ExternalSweep(generator, seconds, results)

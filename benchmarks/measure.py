@@ -123,21 +123,40 @@ def measure_everything(settings: CompareSettings, command: str) -> Comparison:
         tf_export, torch_export = Path(pipelines["tf"].export_path), Path(pipelines["torch"].export_path)
         archive = models / "torch" / "model-store" / "digits.mar"
         comparison.artifacts = _section(
-            comparison, "artifacts", lambda: inference.measure_artifacts(tf_export, torch_export, archive, settings.inference)
+            comparison,
+            "artifacts",
+            lambda: inference.measure_artifacts(tf_export, torch_export, archive, settings.inference),
         )
-        comparison.inference = _section(comparison, "inference", lambda: inference.measure_inference(
-            tf_export, torch_export, dataset.test.images, settings.inference, ROOT / "serving"))  # fmt: skip
+        comparison.inference = _section(
+            comparison,
+            "inference",
+            lambda: inference.measure_inference(
+                tf_export, torch_export, dataset.test.images, settings.inference, ROOT / "serving"
+            ),
+        )
         from benchmarks import deployment_formats
 
-        comparison.deployment_formats = _section(comparison, "deployment formats", lambda: deployment_formats.measure(
-            tf_export, torch_export, dataset.test.images, settings.work_dir / "deployment-formats",
-            calls=300 if settings.quick else 2000, requests=100 if settings.quick else 500))  # fmt: skip
+        comparison.deployment_formats = _section(
+            comparison,
+            "deployment formats",
+            lambda: deployment_formats.measure(
+                tf_export,
+                torch_export,
+                dataset.test.images,
+                settings.work_dir / "deployment-formats",
+                calls=300 if settings.quick else 2000,
+                requests=100 if settings.quick else 500,
+            ),
+        )
 
     comparison.snippets = _section(comparison, "snippets", article.tensor_snippets)
     comparison.graphs = _section(comparison, "graphs", lambda: article.graphs(settings.runs_dir))
     comparison.debugging = _section(comparison, "debugging", article.debugging)
-    comparison.tensorboard = _section(comparison, "tensorboard", lambda: {
-        framework: event_files.read_run(Path(summary.run_dir)) for framework, summary in pipelines.items()})  # fmt: skip
+    comparison.tensorboard = _section(
+        comparison,
+        "tensorboard",
+        lambda: {framework: event_files.read_run(Path(summary.run_dir)) for framework, summary in pipelines.items()},
+    )
     comparison.data_parallelism = _section(comparison, "data parallelism", article.data_parallelism)
 
     _measure_serving(comparison, settings, trained, dataset.test.images[0])
@@ -145,8 +164,11 @@ def measure_everything(settings: CompareSettings, command: str) -> Comparison:
         from benchmarks import distributed
 
         epochs = 2 if settings.quick else 8
-        comparison.distributed = _section(comparison, "distributed", lambda: distributed.compare_processes(
-            epochs=epochs, work_dir=settings.work_dir / "distributed"))  # fmt: skip
+        comparison.distributed = _section(
+            comparison,
+            "distributed",
+            lambda: distributed.compare_processes(epochs=epochs, work_dir=settings.work_dir / "distributed"),
+        )
     return comparison
 
 
@@ -158,8 +180,11 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
     if not _skip(comparison, settings.serving or given, trained, ("sweep", "tf serving", "torch serving"), "serving"):
         return
     models = settings.work_dir / "models"
-    comparison.sweep = _section(comparison, "sweep", lambda: sweep.measure_endpoints(
-        models, settings.work_dir / "stack", image, sweep.CONCURRENCIES, settings.load))  # fmt: skip
+    comparison.sweep = _section(
+        comparison,
+        "sweep",
+        lambda: sweep.measure_endpoints(models, settings.work_dir / "stack", image, sweep.CONCURRENCIES, settings.load),
+    )
     if given:
         # The floors need servers this run configures itself (an identity model, a no-op route).
         reason = "the stack under test was given by environment; this part needs servers the comparison starts"
@@ -170,14 +195,30 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
     if shutil.which("wrk") is None:
         comparison.skipped["floors"] = "wrk is not installed (apt-get install wrk nginx-light)"
     else:
-        comparison.floors = _section(comparison, "floors", lambda: floors.measure(
-            models / "tf" / "digits", models / "torch" / "digits", 1 if settings.quick else 3, 2.0 if settings.quick else 4.0,
-            models / "torch" / "model-store"))  # fmt: skip
+        comparison.floors = _section(
+            comparison,
+            "floors",
+            lambda: floors.measure(
+                models / "tf" / "digits",
+                models / "torch" / "digits",
+                1 if settings.quick else 3,
+                2.0 if settings.quick else 4.0,
+                models / "torch" / "model-store",
+            ),
+        )
     count = 300 if settings.quick else 2000
-    comparison.tf_serving = _section(comparison, "tf serving", lambda: serving_tf.run_benchmark(
-        models / "tf" / "digits", "digits", count, 1.5 if settings.quick else 6.0))  # fmt: skip
-    comparison.torch_serving = _section(comparison, "torch serving", lambda: serving_torch.measure(
-        models / "torch" / "digits", models / "torch" / "model-store", count, 50 if settings.quick else 200))  # fmt: skip
+    comparison.tf_serving = _section(
+        comparison,
+        "tf serving",
+        lambda: serving_tf.run_benchmark(models / "tf" / "digits", "digits", count, 1.5 if settings.quick else 6.0),
+    )
+    comparison.torch_serving = _section(
+        comparison,
+        "torch serving",
+        lambda: serving_torch.measure(
+            models / "torch" / "digits", models / "torch" / "model-store", count, 50 if settings.quick else 200
+        ),
+    )
 
 
 def jsonable(value: Any) -> Any:

@@ -20,8 +20,13 @@ if TYPE_CHECKING:
 
 FRAMEWORK_COLORS = {"tf": "#E69F00", "torch": "#0072B2"}
 # Endpoints of one framework share its colour and differ in marker and line style.
-ENDPOINT_STYLES = {"tf-grpc": ("o", "-"), "tf-rest": ("s", "--"), "flask-rest": ("^", "-"), "torchserve-rest": ("D", "--"),
-                   "torchserve-grpc": ("v", ":")}
+ENDPOINT_STYLES = {
+    "tf-grpc": ("o", "-"),
+    "tf-rest": ("s", "--"),
+    "flask-rest": ("^", "-"),
+    "torchserve-rest": ("D", "--"),
+    "torchserve-grpc": ("v", ":"),
+}
 DPI = 100
 
 
@@ -77,7 +82,9 @@ def learning_curves(training: TrainingResult, path: Path) -> Path:
                 values = np.array([[points[epoch] for epoch in epochs] for points in series])  # (repeats, epochs)
                 x = [epoch + 1 for epoch in epochs]
                 color = FRAMEWORK_COLORS[framework]
-                panel.plot(x, np.median(values, axis=0), style, color=color, label=f"{FRAMEWORK_NAMES[framework]}, {subdir}")
+                panel.plot(
+                    x, np.median(values, axis=0), style, color=color, label=f"{FRAMEWORK_NAMES[framework]}, {subdir}"
+                )
                 if len(values) > 1:
                     panel.fill_between(x, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2, linewidth=0)
     from matplotlib.ticker import MaxNLocator
@@ -89,7 +96,9 @@ def learning_curves(training: TrainingResult, path: Path) -> Path:
         panel.set_title(f"{metric} per epoch", fontsize=9)
         panel.legend(fontsize=8)
     repeats = max((len(runs) for runs in training.curves.values()), default=1)
-    return _finish(figure, f"Learning curves from the TensorBoard event files (median of {repeats} repeat(s), range shaded)", path)
+    return _finish(
+        figure, f"Learning curves from the TensorBoard event files (median of {repeats} repeat(s), range shaded)", path
+    )
 
 
 def training_throughput(training: TrainingResult, path: Path) -> Path:
@@ -98,20 +107,40 @@ def training_throughput(training: TrainingResult, path: Path) -> Path:
     bars: list[tuple[str, float, str, tuple[float, float] | None]] = []
     for framework, summary in training.pipelines.items():
         if summary.steady_samples_per_second is not None:
-            bars.append((f"{FRAMEWORK_NAMES[framework]}\npipeline", summary.steady_samples_per_second, framework,
-                         summary.steady_samples_per_second_range))  # fmt: skip
+            bars.append(
+                (
+                    f"{FRAMEWORK_NAMES[framework]}\npipeline",
+                    summary.steady_samples_per_second,
+                    framework,
+                    summary.steady_samples_per_second_range,
+                )
+            )
     for run in training.bare:
         for loop, rate in run.loops.items():
             if "steady_samples_per_second" in rate:
                 threads = "default threads" if run.threads == 0 else f"{run.threads} thread"
-                bars.append((f"bare: {loop.replace('_', ' ')}\n({threads})", rate["steady_samples_per_second"], run.framework, None))
+                bars.append(
+                    (
+                        f"bare: {loop.replace('_', ' ')}\n({threads})",
+                        rate["steady_samples_per_second"],
+                        run.framework,
+                        None,
+                    )
+                )
     figure, axes = pyplot.subplots(figsize=(max(6.5, 1.25 * len(bars)), 4.6))
     for index, (label, value, framework, spread) in enumerate(bars):
         axes.bar(index, value, color=FRAMEWORK_COLORS[framework], edgecolor="black", linewidth=0.5)
         if spread:
-            axes.errorbar(index, value, yerr=[[value - spread[0]], [spread[1] - value]], fmt="none", ecolor="black", capsize=4)
+            axes.errorbar(
+                index, value, yerr=[[value - spread[0]], [spread[1] - value]], fmt="none", ecolor="black", capsize=4
+            )
     axes.set_xticks(range(len(bars)))
-    axes.set_xticklabels([bar[0] for bar in bars], fontsize=7, rotation=25 if len(bars) > 3 else 0, ha="right" if len(bars) > 3 else "center")
+    axes.set_xticklabels(
+        [bar[0] for bar in bars],
+        fontsize=7,
+        rotation=25 if len(bars) > 3 else 0,
+        ha="right" if len(bars) > 3 else "center",
+    )
     axes.set_ylabel("training samples per second (epochs 2..E)")
     axes.set_title("pipelines: median, bar from slowest to fastest repeat; bare loops: one run each", fontsize=8)
     _framework_legend(axes, fontsize=8)
@@ -131,14 +160,23 @@ def inference_latency(inference: InferenceResult, path: Path) -> Path:
                 continue
             color = FRAMEWORK_COLORS[inference_module.PATH_FRAMEWORKS[name]]
             panel.bar(index, summary.p50_ms, color=color, edgecolor="black", linewidth=0.5)
-            panel.errorbar(index, summary.p50_ms, yerr=[[summary.p50_ms - summary.minimum_ms], [summary.p99_ms - summary.p50_ms]],
-                           fmt="none", ecolor="black", capsize=3)  # fmt: skip
+            panel.errorbar(
+                index,
+                summary.p50_ms,
+                yerr=[[summary.p50_ms - summary.minimum_ms], [summary.p99_ms - summary.p50_ms]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
         panel.set_xticks(range(len(names)))
         panel.set_xticklabels([name.replace("_", "\n") for name in names], fontsize=7)
         _log_scale(panel)
         images = "one image" if batch_size == 1 else f"{batch_size} images"
         panel.set_ylabel(f"ms per call ({images} per call)")
-        panel.set_title(f"batch {batch_size}: latency per call" + ("" if batch_size == 1 else f" (÷{batch_size} per image)"), fontsize=9)
+        panel.set_title(
+            f"batch {batch_size}: latency per call" + ("" if batch_size == 1 else f" (÷{batch_size} per image)"),
+            fontsize=9,
+        )
         _framework_legend(panel, fontsize=7)
     return _finish(figure, "In-process inference latency (bar: median; whisker: fastest call to p99)", path)
 
@@ -148,12 +186,19 @@ def latency_distribution(sweep: SweepResult, path: Path) -> Path:
     pyplot = _pyplot()
     measured = [(item.endpoint, item.at(1)) for item in sweep.endpoints if item.at(1) and item.at(1).latencies_seconds]
     figure, axes = pyplot.subplots(figsize=(max(6.5, 2.2 * len(measured)), 4.6))
-    boxes = axes.boxplot([[value * 1000 for value in point.latencies_seconds] for _, point in measured],
-                         whis=(1, 99), showfliers=False, patch_artist=True, medianprops={"color": "black"})  # fmt: skip
+    boxes = axes.boxplot(
+        [[value * 1000 for value in point.latencies_seconds] for _, point in measured],
+        whis=(1, 99),
+        showfliers=False,
+        patch_artist=True,
+        medianprops={"color": "black"},
+    )
     for box, (endpoint, _) in zip(boxes["boxes"], measured):
         box.set_facecolor(FRAMEWORK_COLORS[endpoint.framework])
     axes.set_xticks(range(1, len(measured) + 1))
-    axes.set_xticklabels([endpoint.title.replace(" (", "\n(").replace(", ", "\n") for endpoint, _ in measured], fontsize=7)
+    axes.set_xticklabels(
+        [endpoint.title.replace(" (", "\n(").replace(", ", "\n") for endpoint, _ in measured], fontsize=7
+    )
     _log_scale(axes)
     axes.set_ylabel("latency per request, ms (batch 1)")
     _framework_legend(axes, fontsize=8, title="serves the model of", title_fontsize=8)
@@ -168,7 +213,9 @@ def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
     figure, (left, right) = pyplot.subplots(1, 2, figsize=(12, 5.4))
     concurrencies: set[int] = set()
     for item in sweep.endpoints:
-        points = sorted((point for point in item.points if point.latencies_seconds), key=lambda point: point.concurrency)
+        points = sorted(
+            (point for point in item.points if point.latencies_seconds), key=lambda point: point.concurrency
+        )
         if not points:
             continue
         marker, style = ENDPOINT_STYLES.get(item.endpoint.key, ("o", "-"))
@@ -176,14 +223,24 @@ def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
         x = [point.concurrency for point in points]
         concurrencies.update(x)
         rates = [point.throughput_per_second for point in points]
-        spread = [[rate - point.throughput_range[0] for rate, point in zip(rates, points)],
-                  [point.throughput_range[1] - rate for rate, point in zip(rates, points)]]  # fmt: skip
+        spread = [
+            [rate - point.throughput_range[0] for rate, point in zip(rates, points)],
+            [point.throughput_range[1] - rate for rate, point in zip(rates, points)],
+        ]
         left.errorbar(x, rates, yerr=spread, linestyle=style, color=color, capsize=3, label=item.endpoint.title)
-        right.plot(x, [point.latency.p99_ms for point in points], linestyle=style, color=color, label=item.endpoint.title)
+        right.plot(
+            x, [point.latency.p99_ms for point in points], linestyle=style, color=color, label=item.endpoint.title
+        )
         for panel, values in ((left, rates), (right, [point.latency.p99_ms for point in points])):
             for point, value in zip(points, values):
-                panel.plot(point.concurrency, value, marker, color=color, markersize=7,
-                           markerfacecolor="white" if point.generator_bound else color)  # fmt: skip
+                panel.plot(
+                    point.concurrency,
+                    value,
+                    marker,
+                    color=color,
+                    markersize=7,
+                    markerfacecolor="white" if point.generator_bound else color,
+                )
     ticks = sorted(concurrencies)
     for panel, ylabel in ((left, "requests per second"), (right, "p99 latency per request, ms")):
         panel.set_xscale("log")
@@ -198,7 +255,9 @@ def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
     handles.append(Line2D([], [], marker="o", linestyle="none", color="black", markerfacecolor="white"))
     names.append("hollow: generator-bound point")
     figure.legend(handles, names, loc="lower center", ncol=3, fontsize=8)
-    return _finish(figure, "Served throughput and p99 against concurrency, every endpoint named by its server", path, 0.14)
+    return _finish(
+        figure, "Served throughput and p99 against concurrency, every endpoint named by its server", path, 0.14
+    )
 
 
 def draw_all(comparison: Comparison, output_dir: Path) -> dict[str, str]:

@@ -144,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="rows of the table")
     arguments = parser.parse_args(argv)
     if not arguments.model_base_path.is_dir():
-        print(f"No model folder at {arguments.model_base_path}; train first (make train-torch / make train-tf).",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"No model folder at {arguments.model_base_path}; train first (make train-torch / make train-tf).",
+            file=sys.stderr,
+        )
         return 2
     build = flask_app if arguments.server == "flask" else tfserving_app
     app, stop = build(arguments.model_base_path.resolve())
@@ -155,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         model_us = median_us(model_call(arguments.server, app), 2000)
     finally:
         stop()
-    print(f"{arguments.server}: {mean_us:.0f} µs per request in the application (mean of {arguments.requests}, "
-          f"unprofiled); the model call alone: {model_us:.1f} µs (median)\n")  # fmt: skip
+    print(
+        f"{arguments.server}: {mean_us:.0f} µs per request in the application (mean of {arguments.requests}, "
+        f"unprofiled); the model call alone: {model_us:.1f} µs (median)\n"
+    )
     print(table)
     return 0
 

@@ -24,8 +24,10 @@ FLASK_NOTES = (
     "JSON decoding and validation cost more than the model; a faster JSON library or the columnar format would "
     "close it.",
 )
-TF_BATCHING = ("TF server throughput at 16 clients, batching on / off (p99 growth ≤ batch timeout + 1 ms)",
-               "≥ 1.3 and p99 growth ≤ timeout + 1 ms")  # fmt: skip
+TF_BATCHING = (
+    "TF server throughput at 16 clients, batching on / off (p99 growth ≤ batch timeout + 1 ms)",
+    "≥ 1.3 and p99 growth ≤ timeout + 1 ms",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,9 @@ def _if_measured(
     return check(measured) if measured is not None else _missing(*ratio, what, reason)
 
 
-def _over_floor(ratio: tuple[str, str], limit: float, total: float, floor: tuple[float, float], notes: tuple[str, str]) -> Ratio:
+def _over_floor(
+    ratio: tuple[str, str], limit: float, total: float, floor: tuple[float, float], notes: tuple[str, str]
+) -> Ratio:
     """A p50 over the sum of its two floors, against limit; the first note when met, the second when missed."""
     value = total / sum(floor)
     inputs = f"{total:.3f} ms / ({floor[0]:.3f} ms + {floor[1]:.3f} ms)"
@@ -140,13 +144,19 @@ def keras_vs_torch_training(comparison: Comparison) -> Ratio:
             f"bare-loop ratio {best_bare_tf / best_bare_torch:.2f}."
         )
     return Ratio(
-        name, target, value, value >= 0.5,
+        name,
+        target,
+        value,
+        value >= 0.5,
         f"{tf_rate:.0f}/s / {torch_rate:.0f}/s, batch {pipelines['tf'].batch_size}",
-        ("Per epoch both pipelines also validate and write histograms; rates include that."
-         if value >= 0.5 else
-         "Keras runs each step through its compiled train function with callbacks; at 37 small steps per epoch "
-         "the fixed per-step cost dominates. Raising steps_per_execution or a larger batch closes it.") + overhead,
-    )  # fmt: skip
+        (
+            "Per epoch both pipelines also validate and write histograms; rates include that."
+            if value >= 0.5
+            else "Keras runs each step through its compiled train function with callbacks; at 37 small steps per epoch "
+            "the fixed per-step cost dominates. Raising steps_per_execution or a larger batch closes it."
+        )
+        + overhead,
+    )
 
 
 def predict_vs_direct(comparison: Comparison) -> Ratio:
@@ -160,34 +170,59 @@ def predict_vs_direct(comparison: Comparison) -> Ratio:
     fast_path = measured.fast_path
     passed = fast_path.fast_path
     return Ratio(
-        name, target, predict / direct, passed,
+        name,
+        target,
+        predict / direct,
+        passed,
         f"{predict:.3f} ms / {direct:.3f} ms",
         "model.predict builds a data adapter and a prediction loop on every call; the server loads the SavedModel "
         "and calls its serving_default signature directly"
-        + (" (checked in serving/tfserving)." if passed else f" — check FAILED: {fast_path or 'server code not found'}."),
-    )  # fmt: skip
+        + (
+            " (checked in serving/tfserving)."
+            if passed
+            else f" — check FAILED: {fast_path or 'server code not found'}."
+        ),
+    )
 
 
 def floor_ratios(floors: Any, reason: str = "not run") -> list[Ratio]:
     """The targets of benchmarks.floors (the Python REST servers against nginx, in one wrk run) as Ratios."""
     from benchmarks.floors import targets
 
-    return [Ratio(**target) if target["measured"] is not None else _missing(target["name"], target["target"],
-                                                                            "the floors run", target["note"] or reason)
-            for target in targets(floors)]  # fmt: skip
+    return [
+        Ratio(**target)
+        if target["measured"] is not None
+        else _missing(target["name"], target["target"], "the floors run", target["note"] or reason)
+        for target in targets(floors)
+    ]
 
 
 def compute_ratios(comparison: Comparison) -> list[Ratio]:
     """Every ratio the project checks, serving first."""
     tf_reason, torch_reason = comparison.reason("tf serving"), comparison.reason("torch serving")
     return [
-        _if_measured(comparison.tf_serving, tf_grpc_overhead, TF_GRPC,
-                     "benchmarks.serving_tf gave no gRPC and identity-model p50", tf_reason),
+        _if_measured(
+            comparison.tf_serving,
+            tf_grpc_overhead,
+            TF_GRPC,
+            "benchmarks.serving_tf gave no gRPC and identity-model p50",
+            tf_reason,
+        ),
         *floor_ratios(comparison.floors, comparison.reason("floors")),
-        _if_measured(comparison.torch_serving, flask_overhead, FLASK,
-                     "benchmarks.serving_torch gave no Flask predict and no-op p50", torch_reason),
-        _if_measured(comparison.tf_serving, tf_batching, TF_BATCHING,
-                     "benchmarks.serving_tf gave no batching on/off throughput", tf_reason),
+        _if_measured(
+            comparison.torch_serving,
+            flask_overhead,
+            FLASK,
+            "benchmarks.serving_torch gave no Flask predict and no-op p50",
+            torch_reason,
+        ),
+        _if_measured(
+            comparison.tf_serving,
+            tf_batching,
+            TF_BATCHING,
+            "benchmarks.serving_tf gave no batching on/off throughput",
+            tf_reason,
+        ),
         keras_vs_torch_training(comparison),
         predict_vs_direct(comparison),
-    ]  # fmt: skip
+    ]

@@ -126,7 +126,9 @@ def _predict_request(model_name: str, images: np.ndarray):
     return request
 
 
-def measure_grpc_latency(address: str, model_name: str, image: np.ndarray, count: int = 2000, warmup: int = 200) -> LatencySummary:
+def measure_grpc_latency(
+    address: str, model_name: str, image: np.ndarray, count: int = 2000, warmup: int = 200
+) -> LatencySummary:
     """Sequential batch-1 Predict calls on one channel (the request built once): p50/p99 in ms."""
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -244,8 +246,12 @@ def run_benchmark(
             # Off and on alternate in short runs, so a change in the machine's other load hits both alike.
             runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             for _ in range(3):
-                runs["off"].append(measure_throughput(plain_address, model_name, image, clients, throughput_seconds / 3))
-                runs["on"].append(measure_throughput(batched_address, model_name, image, clients, throughput_seconds / 3))
+                runs["off"].append(
+                    measure_throughput(plain_address, model_name, image, clients, throughput_seconds / 3)
+                )
+                runs["on"].append(
+                    measure_throughput(batched_address, model_name, image, clients, throughput_seconds / 3)
+                )
         finally:
             server.stop()
             if batched is not None:
@@ -253,17 +259,26 @@ def run_benchmark(
         in_process = measure_in_process(model_base_path / str(version), image, count)
     rates = {setting: [run["throughput_rps"] for run in setting_runs] for setting, setting_runs in runs.items()}
     # Percentiles over every request of the three runs: a 2-second run holds too few for a stable p99.
-    pooled = {setting: summarize_seconds([value for run in setting_runs for value in run["latencies_seconds"]])
-              for setting, setting_runs in runs.items()}  # fmt: skip
+    pooled = {
+        setting: summarize_seconds([value for run in setting_runs for value in run["latencies_seconds"]])
+        for setting, setting_runs in runs.items()
+    }
     return TFServingResult(
-        version=version, cpu_count=os.cpu_count() or 1, clients=clients,
-        grpc=grpc_latency, trivial_grpc=trivial, in_process=in_process,
-        throughput_batching_off_rps=float(np.median(rates["off"])), throughput_batching_on_rps=float(np.median(rates["on"])),
+        version=version,
+        cpu_count=os.cpu_count() or 1,
+        clients=clients,
+        grpc=grpc_latency,
+        trivial_grpc=trivial,
+        in_process=in_process,
+        throughput_batching_off_rps=float(np.median(rates["off"])),
+        throughput_batching_on_rps=float(np.median(rates["on"])),
         throughput_batching_off_range=(min(rates["off"]), max(rates["off"])),
         throughput_batching_on_range=(min(rates["on"]), max(rates["on"])),
-        p50_batching_off_ms=pooled["off"].p50_ms, p50_batching_on_ms=pooled["on"].p50_ms,
-        p99_batching_off_ms=pooled["off"].p99_ms, p99_batching_on_ms=pooled["on"].p99_ms,
-    )  # fmt: skip
+        p50_batching_off_ms=pooled["off"].p50_ms,
+        p50_batching_on_ms=pooled["on"].p50_ms,
+        p99_batching_off_ms=pooled["off"].p99_ms,
+        p99_batching_on_ms=pooled["on"].p99_ms,
+    )
 
 
 def format_report(result: TFServingResult) -> str:
@@ -271,21 +286,26 @@ def format_report(result: TFServingResult) -> str:
     floor = result.trivial_grpc.p50_ms + result.in_process.p50_ms
     verdict = {True: "meets", False: "misses"}
     lines = [f"TensorFlow Serving–compatible server, model version {result.version}, {result.cpu_count} CPUs"]
-    for label, summary in (("digits Predict over gRPC, batch 1:  ", result.grpc),
-                           ("in-process signature call, batch 1: ", result.in_process),
-                           ("trivial identity model over gRPC:   ", result.trivial_grpc)):  # fmt: skip
+    for label, summary in (
+        ("digits Predict over gRPC, batch 1:  ", result.grpc),
+        ("in-process signature call, batch 1: ", result.in_process),
+        ("trivial identity model over gRPC:   ", result.trivial_grpc),
+    ):
         lines.append(f"  {label} p50 {summary.p50_ms:.3f} ms   p99 {summary.p99_ms:.3f} ms")
-    return "\n".join(lines + [
-        f"  ratio digits p50 / (trivial p50 + in-process p50) = {result.grpc.p50_ms:.3f} / {floor:.3f} = "
-        f"{result.latency_ratio:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[result.latency_ratio <= LATENCY_TARGET]})",
-        f"  throughput, {result.clients} concurrent clients: batching off {result.throughput_batching_off_rps:.0f} req/s, "
-        f"on {result.throughput_batching_on_rps:.0f} req/s, ratio {result.throughput_ratio:.2f} "
-        f"(target ≥ {THROUGHPUT_TARGET}: {verdict[result.throughput_ratio >= THROUGHPUT_TARGET]})",
-        f"  p99 at {result.clients} clients: batching off {result.p99_batching_off_ms:.3f} ms, "
-        f"on {result.p99_batching_on_ms:.3f} ms, growth {result.p99_growth_ms:.3f} ms "
-        f"(target ≤ batch timeout {result.batch_timeout_ms:g} ms + {P99_GROWTH_SLACK_MS:g} ms: "
-        f"{verdict[result.p99_growth_ms <= result.p99_growth_limit_ms]})",
-    ])  # fmt: skip
+    return "\n".join(
+        lines
+        + [
+            f"  ratio digits p50 / (trivial p50 + in-process p50) = {result.grpc.p50_ms:.3f} / {floor:.3f} = "
+            f"{result.latency_ratio:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[result.latency_ratio <= LATENCY_TARGET]})",
+            f"  throughput, {result.clients} concurrent clients: batching off {result.throughput_batching_off_rps:.0f} req/s, "
+            f"on {result.throughput_batching_on_rps:.0f} req/s, ratio {result.throughput_ratio:.2f} "
+            f"(target ≥ {THROUGHPUT_TARGET}: {verdict[result.throughput_ratio >= THROUGHPUT_TARGET]})",
+            f"  p99 at {result.clients} clients: batching off {result.p99_batching_off_ms:.3f} ms, "
+            f"on {result.p99_batching_on_ms:.3f} ms, growth {result.p99_growth_ms:.3f} ms "
+            f"(target ≤ batch timeout {result.batch_timeout_ms:g} ms + {P99_GROWTH_SLACK_MS:g} ms: "
+            f"{verdict[result.p99_growth_ms <= result.p99_growth_limit_ms]})",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -294,7 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-base-path", type=Path, default=ROOT / "models" / "tf" / "digits")
     parser.add_argument("--model-name", default="digits")
     parser.add_argument("--count", type=int, default=2000, help="latency calls per measurement")
-    parser.add_argument("--seconds", type=float, default=6.0, help="throughput seconds per setting (split into 3 alternating runs)")
+    parser.add_argument(
+        "--seconds", type=float, default=6.0, help="throughput seconds per setting (split into 3 alternating runs)"
+    )
     parser.add_argument("--clients", type=int, default=16)
     arguments = parser.parse_args(argv)
     library_logs.quiet()
@@ -302,7 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if arguments.count < 10 or arguments.seconds <= 0 or arguments.clients < 1:
             raise UsageError("--count must be at least 10, --seconds positive and --clients at least 1.")
-        print(format_report(run_benchmark(arguments.model_base_path, arguments.model_name, arguments.count, arguments.seconds, arguments.clients)))
+        print(
+            format_report(
+                run_benchmark(
+                    arguments.model_base_path,
+                    arguments.model_name,
+                    arguments.count,
+                    arguments.seconds,
+                    arguments.clients,
+                )
+            )
+        )
         return 0
 
     from experiment.cli import run_main

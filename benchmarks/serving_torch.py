@@ -121,8 +121,12 @@ def _start_gunicorn(base_path: Path, log_path: Path) -> Any:
     from serving import runtime
     from serving.runtime import flask_app
 
-    spec = flask_app.spec(runtime.free_port(), base_path=Path(base_path).resolve(),
-                          environment={"FLASK_MODEL_POLL_SECONDS": "0"}, application=BENCHMARK_APPLICATION)  # fmt: skip
+    spec = flask_app.spec(
+        runtime.free_port(),
+        base_path=Path(base_path).resolve(),
+        environment={"FLASK_MODEL_POLL_SECONDS": "0"},
+        application=BENCHMARK_APPLICATION,
+    )
     return runtime.start(spec, log_path, timeout=START_TIMEOUT_SECONDS)
 
 
@@ -180,18 +184,24 @@ def measure(
                     )
                     if label == "configured":
                         metadata = client.get_metadata()
-                        settings = {key: metadata[key] for key in ("batch_size", "max_batch_delay_ms") if key in metadata}
+                        settings = {
+                            key: metadata[key] for key in ("batch_size", "max_batch_delay_ms") if key in metadata
+                        }
                 finally:
                     client.close()
     batching = None
     if include_torchserve and include_batching:
         batching = torchserve_batching.measure_torchserve_batching(model_store, work_dir / "torchserve-batching")
     return TorchServingResult(
-        model_version=version, in_process=in_process,
-        flask_noop=flask["flask_noop"], flask_predict=flask["flask_predict"],
-        torchserve_predict=torchserve.get("configured"), torchserve_unbatched_predict=torchserve.get("unbatched"),
-        torchserve_settings=settings, batching=batching,
-    )  # fmt: skip
+        model_version=version,
+        in_process=in_process,
+        flask_noop=flask["flask_noop"],
+        flask_predict=flask["flask_predict"],
+        torchserve_predict=torchserve.get("configured"),
+        torchserve_unbatched_predict=torchserve.get("unbatched"),
+        torchserve_settings=settings,
+        batching=batching,
+    )
 
 
 def format_report(result: TorchServingResult) -> str:
@@ -237,9 +247,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.requests < 10 or arguments.warmup < 0:
             raise UsageError("--requests must be at least 10 and --warmup not negative.")
         results = measure(
-            arguments.model_base_path, arguments.model_store, arguments.requests, arguments.warmup,
-            include_torchserve=not arguments.no_torchserve, include_batching=not arguments.no_batching,
-        )  # fmt: skip
+            arguments.model_base_path,
+            arguments.model_store,
+            arguments.requests,
+            arguments.warmup,
+            include_torchserve=not arguments.no_torchserve,
+            include_batching=not arguments.no_batching,
+        )
         print(format_report(results))
         if arguments.json:
             arguments.json.parent.mkdir(parents=True, exist_ok=True)

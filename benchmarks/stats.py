@@ -87,9 +87,9 @@ def windows_agree(
     previous: WindowMeasurement, current: WindowMeasurement, tolerance: float = DEFAULT_STABILITY_TOLERANCE
 ) -> bool:
     """perf_analyzer's rule: both throughput and latency of consecutive windows agree within tolerance."""
-    return within_tolerance(previous.throughput_per_second, current.throughput_per_second, tolerance) and within_tolerance(
-        previous.latency_ms, current.latency_ms, tolerance
-    )
+    return within_tolerance(
+        previous.throughput_per_second, current.throughput_per_second, tolerance
+    ) and within_tolerance(previous.latency_ms, current.latency_ms, tolerance)
 
 
 def first_stable_pair(

@@ -64,7 +64,11 @@ def given_endpoints(environment: Mapping[str, str] = os.environ) -> list[Any] | 
 
 
 def _sweep_endpoint(
-    endpoint: EndpointLabel, make_client: ClientFactory, image: np.ndarray, concurrencies: Sequence[int], settings: load.LoadSettings
+    endpoint: EndpointLabel,
+    make_client: ClientFactory,
+    image: np.ndarray,
+    concurrencies: Sequence[int],
+    settings: load.LoadSettings,
 ) -> EndpointSweep:
     batch = np.asarray(image, dtype=np.float32)[np.newaxis]  # (1, H, W)
     try:
@@ -88,7 +92,10 @@ def rest_target(endpoint: Any, label: EndpointLabel, key_file: Path | None) -> h
 
 
 def _external_sweep(
-    targets: Sequence[http_load.Target | None], image: np.ndarray, concurrencies: Sequence[int], settings: load.LoadSettings
+    targets: Sequence[http_load.Target | None],
+    image: np.ndarray,
+    concurrencies: Sequence[int],
+    settings: load.LoadSettings,
 ) -> http_load.ExternalSweep | None:
     body = json.dumps({"instances": [np.asarray(image, dtype=np.float32).tolist()]}).encode()
     # As long as the Python generator's two reported windows.
@@ -107,18 +114,26 @@ def measure_endpoints(
     given = given_endpoints(environment)
     if given is not None:
         shown = {endpoint.name: ENDPOINTS[endpoint.name].given_by_environment(endpoint.address) for endpoint in given}
-        sweeps = [_sweep_endpoint(shown[endpoint.name], endpoint.client, image, concurrencies, settings) for endpoint in given]
+        sweeps = [
+            _sweep_endpoint(shown[endpoint.name], endpoint.client, image, concurrencies, settings) for endpoint in given
+        ]
         key_file = environment.get("TORCHSERVE_KEY_FILE")
-        targets = [rest_target(endpoint, shown[endpoint.name], Path(key_file) if key_file else None) for endpoint in given]
+        targets = [
+            rest_target(endpoint, shown[endpoint.name], Path(key_file) if key_file else None) for endpoint in given
+        ]
         return SweepResult(True, {}, sweeps, _external_sweep(targets, image, concurrencies, settings))
     from serving import runtime
 
     stack = runtime.Stack(ports=runtime.Ports.free(), run_dir=Path(run_dir), models_dir=Path(models_dir))
     try:
         cold = stack.start(timeout=START_TIMEOUT_SECONDS, report=lambda line: None, train=False)
-        sweeps = [_sweep_endpoint(ENDPOINTS[endpoint.name], endpoint.client, image, concurrencies, settings)
-                  for endpoint in stack.endpoints()]  # fmt: skip
-        targets = [rest_target(endpoint, ENDPOINTS[endpoint.name], stack.torchserve_key_file) for endpoint in stack.endpoints()]
+        sweeps = [
+            _sweep_endpoint(ENDPOINTS[endpoint.name], endpoint.client, image, concurrencies, settings)
+            for endpoint in stack.endpoints()
+        ]
+        targets = [
+            rest_target(endpoint, ENDPOINTS[endpoint.name], stack.torchserve_key_file) for endpoint in stack.endpoints()
+        ]
         external = _external_sweep(targets, image, concurrencies, settings)
     finally:
         stack.stop(report=lambda line: None)

@@ -100,7 +100,9 @@ def measure_torchserve_batching(
         for _ in range(rounds):
             for setting, endpoint in endpoints.items():
                 with load.client_per_thread(endpoint.client, lambda client: client.predict(image)) as sender_factory:
-                    runs[setting].append(load.run_closed_loop(None, clients, settings, f"torchserve_{setting}", sender_factory))
+                    runs[setting].append(
+                        load.run_closed_loop(None, clients, settings, f"torchserve_{setting}", sender_factory)
+                    )
     finally:
         for server in servers.values():
             server.stop()

@@ -3,6 +3,7 @@
 benchmarks.floors packs it with torch-model-archiver into an archive of its own, with the digits model's
 model-config.yaml, so that TorchServe runs it with the same workers and batching as the real handler.
 """
+
 ANSWER = '{"predictions":[{"probabilities":[0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1,0.1],"classes":3}]}'
 
 

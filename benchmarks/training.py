@@ -184,8 +184,11 @@ def _pipeline_run(worker_result: dict[str, Any]) -> PipelineRun:
     )
     fields = {field.name for field in dataclasses.fields(PipelineRun)}
     values = {key: value for key, value in worker_result.items() if key in fields}
-    return PipelineRun(**values, steady_samples_per_second=rate.get("steady_samples_per_second"),
-                       first_epoch_seconds=rate["first_epoch_seconds"])  # fmt: skip
+    return PipelineRun(
+        **values,
+        steady_samples_per_second=rate.get("steady_samples_per_second"),
+        first_epoch_seconds=rate["first_epoch_seconds"],
+    )
 
 
 def summarise(framework: str, runs: Sequence[PipelineRun]) -> PipelineSummary:

@@ -112,7 +112,10 @@ def _steady_rate(epoch_end_times: Sequence[float], start: float, examples: int) 
     if len(epoch_end_times) < 2:
         return {"first_epoch_seconds": first_epoch}
     later = epoch_end_times[-1] - epoch_end_times[0]
-    return {"first_epoch_seconds": first_epoch, "steady_samples_per_second": examples * (len(epoch_end_times) - 1) / later}
+    return {
+        "first_epoch_seconds": first_epoch,
+        "steady_samples_per_second": examples * (len(epoch_end_times) - 1) / later,
+    }
 
 
 def _run_bare_tf(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -124,7 +127,9 @@ def _run_bare_tf(arguments: argparse.Namespace) -> dict[str, Any]:
     from experiment.data import load_dataset
     from tf_pipeline.model import build_model
 
-    defaults = TrainConfig(seed=arguments.seed, **({"batch_size": arguments.batch_size} if arguments.batch_size else {}))
+    defaults = TrainConfig(
+        seed=arguments.seed, **({"batch_size": arguments.batch_size} if arguments.batch_size else {})
+    )
     dataset = load_dataset(seed=arguments.seed)
     images, labels = dataset.train.images, dataset.train.labels
     spec = defaults.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)
@@ -143,7 +148,9 @@ def _run_bare_tf(arguments: argparse.Namespace) -> dict[str, Any]:
         ends: list[float] = []
         record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ends.append(time.perf_counter()))
         started = time.perf_counter()
-        model.fit(images, labels, batch_size=defaults.batch_size, epochs=arguments.epochs, verbose=0, callbacks=[record])
+        model.fit(
+            images, labels, batch_size=defaults.batch_size, epochs=arguments.epochs, verbose=0, callbacks=[record]
+        )
         return _steady_rate(ends, started, len(labels))
 
     loops["keras_fit_steps_per_execution_1"] = fit(1)
@@ -193,7 +200,9 @@ def _run_bare_torch(arguments: argparse.Namespace) -> dict[str, Any]:
     from experiment.data import load_dataset
     from torch_pipeline.model import build_model
 
-    defaults = TrainConfig(seed=arguments.seed, **({"batch_size": arguments.batch_size} if arguments.batch_size else {}))
+    defaults = TrainConfig(
+        seed=arguments.seed, **({"batch_size": arguments.batch_size} if arguments.batch_size else {})
+    )
     dataset = load_dataset(seed=arguments.seed)
     images, labels = torch.from_numpy(dataset.train.images), torch.from_numpy(dataset.train.labels)
     spec = defaults.network_spec(dataset.image_shape, dataset.pixel_max, dataset.num_classes)

@@ -98,9 +98,7 @@ def _crd_validator(api_version: str, kind: str) -> Any:
         "kubernetes-json-schema", f"v{KUBERNETES_VERSION}.0-local-strict"
     )
     definitions = json.loads(folder.joinpath("_definitions.json").read_text())
-    registry = referencing.Registry().with_resource(
-        definitions["$id"], referencing.Resource.from_contents(definitions)
-    )
+    registry = referencing.Registry().with_resource(definitions["$id"], referencing.Resource.from_contents(definitions))
     return jsonschema.Draft202012Validator(crd_schemas()[(api_version, kind)], registry=registry)
 
 
@@ -192,8 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(problem, file=sys.stderr)
     checked = len(manifest_files())
     overlays = "kustomizations rendered" if kubectl() else "kustomizations NOT rendered (kubectl is not installed)"
-    print(f"{checked} manifest files checked against Kubernetes {KUBERNETES_VERSION}, {overlays}: "
-          f"{len(problems)} problem(s)")
+    print(
+        f"{checked} manifest files checked against Kubernetes {KUBERNETES_VERSION}, {overlays}: "
+        f"{len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 

@@ -36,10 +36,14 @@ class TrainConfig:
     batch_size: int = config_field(32, "examples per optimizer step (the global batch in a distributed run)")
     learning_rate: float = config_field(1e-3, "Adam learning rate")
     seed: int = config_field(0, "seed for the data split, weight initialisation, dropout and shuffling")
-    hidden_sizes: tuple[int, ...] = config_field((64, 32), "hidden layer widths, comma-separated, e.g. 128,64", parse=parse_hidden_sizes)
+    hidden_sizes: tuple[int, ...] = config_field(
+        (64, 32), "hidden layer widths, comma-separated, e.g. 128,64", parse=parse_hidden_sizes
+    )
     activation: str = config_field("relu", "hidden activation", choices=ACTIVATIONS)
     dropout: float = config_field(0.1, "dropout rate after each hidden layer")
-    data_dir: Path | None = config_field(None, "folder of MNIST-format IDX files; default: scikit-learn's bundled 8x8 digits")
+    data_dir: Path | None = config_field(
+        None, "folder of MNIST-format IDX files; default: scikit-learn's bundled 8x8 digits"
+    )
     run_name: str | None = config_field(
         None,
         "TensorBoard run name; default: the model, the settings that differ from the defaults and a timestamp, "
@@ -217,9 +221,7 @@ def _show_default(value: object) -> str:
     return str(value)
 
 
-def parse_config(
-    config_class: type[ConfigT], argv: Sequence[str] | None, prog: str, description: str
-) -> ConfigT:
+def parse_config(config_class: type[ConfigT], argv: Sequence[str] | None, prog: str, description: str) -> ConfigT:
     """Parse argv into config_class; argparse mistakes exit 2 with one line, value mistakes raise UsageError."""
     parser = build_parser(config_class, prog, description)
     namespace = parser.parse_args(sys.argv[1:] if argv is None else list(argv))

@@ -112,7 +112,9 @@ def _find_idx_file(data_dir: Path, prefix: str, kind: str) -> Path:
         if path.is_file() and re.fullmatch(rf"{prefix}[-.]{kind}-ubyte(\.gz)?", path.name)
     )
     if not candidates:
-        raise UsageError(f"{data_dir} has no {prefix}-{kind}-ubyte file (gzipped or not); expected MNIST-format IDX files.")
+        raise UsageError(
+            f"{data_dir} has no {prefix}-{kind}-ubyte file (gzipped or not); expected MNIST-format IDX files."
+        )
     return candidates[0]
 
 
@@ -157,7 +159,9 @@ def _load_idx_folder(data_dir: Path, seed: int, validation_fraction: float) -> D
     full_train = _read_idx_pair(data_dir, "train")
     test = _read_idx_pair(data_dir, "t10k")
     if full_train.images.shape[1:] != test.images.shape[1:]:
-        raise UsageError(f"{data_dir}: train images are {full_train.images.shape[1:]} but test images are {test.images.shape[1:]}.")
+        raise UsageError(
+            f"{data_dir}: train images are {full_train.images.shape[1:]} but test images are {test.images.shape[1:]}."
+        )
     num_classes = int(max(full_train.labels.max(), test.labels.max())) + 1
     train, validation = _split_validation(full_train.images, full_train.labels, seed, validation_fraction)
     return Dataset(

@@ -62,7 +62,9 @@ def port_accepts(port: int, host: str = LOOPBACK, timeout: float = 1.0) -> bool:
 
 def in_data_parallel_group() -> bool:
     """Whether this process is one worker of a data-parallel run (torchrun's WORLD_SIZE > 1, or a TF_CONFIG)."""
-    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1") or bool(os.environ.get("TF_CONFIG", "").strip())
+    return os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1") or bool(
+        os.environ.get("TF_CONFIG", "").strip()
+    )
 
 
 def exit_status(status: int) -> int:

@@ -151,4 +151,3 @@ def export_metadata(
         run_name=run_name,
         extra=extra,
     )
-

@@ -37,12 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     """`tf`, `flask` and `torchserve` subcommands sharing the sample and timing options."""
     parser = argparse.ArgumentParser(prog=PROG, description="Query a model server and time each call.")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model-name", default=None,
-                        help="served model name (default: the one `make serve` serves, else digits)")  # fmt: skip
+    common.add_argument(
+        "--model-name", default=None, help="served model name (default: the one `make serve` serves, else digits)"
+    )
     source = common.add_mutually_exclusive_group()
     source.add_argument("--sample", type=int, default=10, help="send the first N test-split images (default 10)")
-    source.add_argument("--images", type=Path,
-                        help="send the images in this .npy file, shape (N, H, W) or (H, W): (N, 8, 8) for digits")  # fmt: skip
+    source.add_argument(
+        "--images", type=Path, help="send the images in this .npy file, shape (N, H, W) or (H, W): (N, 8, 8) for digits"
+    )
     common.add_argument("--batch-size", type=int, default=1, help="images per call (default 1: one call per image)")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per call (default 10)")
     common.add_argument("--wait", type=float, default=0.0, help="first wait up to this many seconds for the model")
@@ -50,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf_help = "TensorFlow Serving (real or python -m serving.tfserving)"
     tf_parser = commands.add_parser("tf", parents=[common], help=tf_help)
     endpoint = tf_parser.add_mutually_exclusive_group()
-    endpoint.add_argument("--grpc", metavar="HOST:PORT", help="gRPC address (default: the running stack's, else 127.0.0.1:8500)")
+    endpoint.add_argument(
+        "--grpc", metavar="HOST:PORT", help="gRPC address (default: the running stack's, else 127.0.0.1:8500)"
+    )
     endpoint.add_argument("--rest", metavar="URL", help="REST base URL, e.g. http://127.0.0.1:8501")
     flask_parser = commands.add_parser("flask", parents=[common], help="the Flask app (REST)")
     flask_parser.add_argument(
@@ -59,14 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     torchserve_parser = commands.add_parser("torchserve", parents=[common], help="TorchServe's inference API")
     torchserve_endpoint = torchserve_parser.add_mutually_exclusive_group()
     torchserve_endpoint.add_argument(
-        "--rest", metavar="URL", help="inference API base URL (default: the running stack's, else http://127.0.0.1:8080)"
+        "--rest",
+        metavar="URL",
+        help="inference API base URL (default: the running stack's, else http://127.0.0.1:8080)",
     )
     torchserve_endpoint.add_argument(
         "--grpc", metavar="HOST:PORT", help="TorchServe's own gRPC inference API, e.g. 127.0.0.1:7070"
     )
-    torchserve_parser.add_argument("--key-file", type=Path,
-                                   help="TorchServe's key file, when token auth is on (default: the one of the stack "
-                                        "`make serve` runs, .run/torchserve/key_file.json)")  # fmt: skip
+    torchserve_parser.add_argument(
+        "--key-file",
+        type=Path,
+        help="TorchServe's key file, when token auth is on (default: the one of the stack "
+        "`make serve` runs, .run/torchserve/key_file.json)",
+    )
     return parser
 
 
@@ -89,8 +98,9 @@ def make_client(arguments: argparse.Namespace) -> PredictionClient:
     else:
         key_file = arguments.key_file or (stack.torchserve_key_file if stack.torchserve_key_file.exists() else None)
         rest_url = None if arguments.grpc else arguments.rest or addresses["torchserve-rest"]
-        [endpoint] = torchserve.endpoints(rest_url, key_file=key_file, model_name=arguments.model_name,
-                                          grpc_address=arguments.grpc)  # fmt: skip
+        [endpoint] = torchserve.endpoints(
+            rest_url, key_file=key_file, model_name=arguments.model_name, grpc_address=arguments.grpc
+        )
     return endpoint.client(timeout=arguments.timeout)
 
 
@@ -141,7 +151,10 @@ def run(arguments: argparse.Namespace) -> int:
         if arguments.wait > 0:
             client.wait_until_available(arguments.wait)
         served_format = _served_format(client)
-        print(f"{client.description}, model '{arguments.model_name}'" + (f", format {served_format}" if served_format else ""))
+        print(
+            f"{client.description}, model '{arguments.model_name}'"
+            + (f", format {served_format}" if served_format else "")
+        )
         print(f"{'image':>5}  {'predicted':>9}  {'true':>4}  {'probability':>11}  {'call ms':>8}")
         latencies, correct = [], 0
         for start in range(0, len(images), arguments.batch_size):

@@ -104,11 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--no-train", action="store_true", help="reuse the newest exports instead of training")
     parser.add_argument("--requests", type=int, default=300, help="single-image requests timed per endpoint")
-    parser.add_argument("--models-dir", type=Path, default=None,
-                        help="where to export and serve from (default: models, or a temporary folder with --free-ports)")
-    parser.add_argument("--free-ports", action="store_true",
-                        help="serve on ports the system picks, with the servers' state and (unless --models-dir or "
-                             "--no-train) the models in a temporary folder: runs beside `make serve`")  # fmt: skip
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="where to export and serve from (default: models, or a temporary folder with --free-ports)",
+    )
+    parser.add_argument(
+        "--free-ports",
+        action="store_true",
+        help="serve on ports the system picks, with the servers' state and (unless --models-dir or "
+        "--no-train) the models in a temporary folder: runs beside `make serve`",
+    )
     arguments = parser.parse_args(argv)
     library_logs.quiet()  # the gRPC client imports TensorFlow
 
@@ -119,7 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return train_serve_and_query(stack, arguments)
         with tempfile.TemporaryDirectory(prefix="demo-") as scratch:
             own_models = DEFAULT_MODELS_DIR if arguments.no_train else Path(scratch) / "models"
-            stack = Stack(ports=Ports.free(), run_dir=Path(scratch) / "run", models_dir=arguments.models_dir or own_models)
+            stack = Stack(
+                ports=Ports.free(), run_dir=Path(scratch) / "run", models_dir=arguments.models_dir or own_models
+            )
             return train_serve_and_query(stack, arguments)
 
     return run_main(PROG, body)

@@ -257,9 +257,7 @@ class FlaskGeventWorker(GeventWorker):
                         raise BodyRefused(413, self._too_large(limit))
                     pieces.append(piece)
         except BodyDeadline:
-            raise BodyRefused(
-                408, f"The request body did not arrive within {self.body_timeout:g} seconds."
-            ) from None
+            raise BodyRefused(408, f"The request body did not arrive within {self.body_timeout:g} seconds.") from None
         except errors.NoMoreData:
             raise BodyRefused(400, "The request body ended before its declared length.") from None
         except errors.ParseException as error:

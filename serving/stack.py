@@ -28,8 +28,13 @@ PROG = "python -m serving.stack"
 def _port_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ports (defaults as in docs/architecture.md)")
     for field in dataclasses.fields(Ports):
-        group.add_argument(f"--{field.name.replace('_', '-')}-port", type=int, default=field.default,
-                           dest=f"port_{field.name}", metavar="PORT")  # fmt: skip
+        group.add_argument(
+            f"--{field.name.replace('_', '-')}-port",
+            type=int,
+            default=field.default,
+            dest=f"port_{field.name}",
+            metavar="PORT",
+        )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -38,20 +43,34 @@ def _build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="start the servers and wait until every model is ready")
     start.add_argument("--foreground", action="store_true", help="stay attached; Ctrl-C stops every server")
-    start.add_argument("--timeout", type=float, default=DEFAULT_START_TIMEOUT_SECONDS,
-                       help="seconds to wait for all models to be ready (default %(default)s)")
-    start.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
-                       help="folder with tf/<model>/ and torch/<model>/ exports (default %(default)s)")
+    start.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_START_TIMEOUT_SECONDS,
+        help="seconds to wait for all models to be ready (default %(default)s)",
+    )
+    start.add_argument(
+        "--models-dir",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help="folder with tf/<model>/ and torch/<model>/ exports (default %(default)s)",
+    )
     start.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help="model to serve (default %(default)s)")
     start.add_argument("--no-train", action="store_true", help="fail instead of training when no export exists")
     start.add_argument("--only", default=None, help="comma-separated subset of servers: tfserving,flask,torchserve")
-    start.add_argument("--flask-format", choices=("onnx", "pt2", "torchscript"), default=None,
-                       help="the file Flask serves from each torch version: onnx (default, ONNX Runtime), pt2 "
-                            "(AOTInductor) or torchscript (deprecated); train with --formats for the last two")
+    start.add_argument(
+        "--flask-format",
+        choices=("onnx", "pt2", "torchscript"),
+        default=None,
+        help="the file Flask serves from each torch version: onnx (default, ONNX Runtime), pt2 "
+        "(AOTInductor) or torchscript (deprecated); train with --formats for the last two",
+    )
     _port_flags(start)
 
-    for name, help_text in (("stop", "stop every server and remove the pid files"),
-                            ("status", "show which servers run and have their model ready")):  # fmt: skip
+    for name, help_text in (
+        ("stop", "stop every server and remove the pid files"),
+        ("status", "show which servers run and have their model ready"),
+    ):
         commands.add_parser(name, help=help_text)
 
     logs = commands.add_parser("logs", help="show the end of each server's log")
@@ -60,8 +79,9 @@ def _build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--follow", action="store_true", help="keep printing new lines until Ctrl-C")
 
     for subparser in (start, *(commands.choices[name] for name in ("stop", "status", "logs"))):
-        subparser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
-                               help="where pid files and logs live (default %(default)s)")  # fmt: skip
+        subparser.add_argument(
+            "--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="where pid files and logs live (default %(default)s)"
+        )
     return parser
 
 
@@ -71,8 +91,14 @@ def _command_start(arguments: argparse.Namespace) -> int:
         if not 0 < port < 65536:
             raise ServerError(f"--{name.replace('_', '-')}-port must be between 1 and 65535, got {port}.")
     only = [name.strip() for name in arguments.only.split(",") if name.strip()] if arguments.only else None
-    stack = Stack(ports=ports, run_dir=arguments.run_dir, models_dir=arguments.models_dir,
-                  model_name=arguments.model_name, only=only, flask_format=arguments.flask_format)  # fmt: skip
+    stack = Stack(
+        ports=ports,
+        run_dir=arguments.run_dir,
+        models_dir=arguments.models_dir,
+        model_name=arguments.model_name,
+        only=only,
+        flask_format=arguments.flask_format,
+    )
     began = time.monotonic()
     seconds = stack.start(timeout=arguments.timeout, train=not arguments.no_train)
     try:
@@ -99,8 +125,10 @@ def _command_status(arguments: argparse.Namespace) -> int:
     try:
         statuses = stack.status()
     except OSError as error:  # an unreadable pid file or process table: the state is unknown, not "stopped"
-        print(f"{PROG}: error: Cannot tell whether the servers in {display_path(stack.run_dir)} run: {error}.",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG}: error: Cannot tell whether the servers in {display_path(stack.run_dir)} run: {error}.",
+            file=sys.stderr,
+        )
         return 1
     for status in statuses:
         state = "ready" if status.ready else ("starting or not ready" if status.running else "stopped")

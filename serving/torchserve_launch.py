@@ -57,8 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         **{field.name: getattr(arguments, f"{field.name}_port") for field in dataclasses.fields(TorchServePorts)}
     )
     instance = torchserve.TorchServeInstance(run_dir, ports, token_auth=not arguments.no_token_auth)
-    spec = torchserve.spec(instance, arguments.model_store, arguments.model_name, arguments.batch_size,
-                           arguments.max_batch_delay_ms, arguments.workers)  # fmt: skip
+    spec = torchserve.spec(
+        instance,
+        arguments.model_store,
+        arguments.model_name,
+        arguments.batch_size,
+        arguments.max_batch_delay_ms,
+        arguments.workers,
+    )
     output, pid_path = run_dir / OUTPUT_FILE, run_dir / PID_FILE
 
     def body() -> int:

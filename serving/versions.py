@@ -192,8 +192,10 @@ class VersionWatcher(Generic[Model]):
             if self._load(source, version):
                 logger.warning(
                     "Model %s: version %s failed to load; serving version %d, the newest version that loads, instead.",
-                    source.name, ", ".join(str(number) for number in sorted(wanted, reverse=True)), version,
-                )  # fmt: skip
+                    source.name,
+                    ", ".join(str(number) for number in sorted(wanted, reverse=True)),
+                    version,
+                )
                 return
 
     def _update(self, name: str, version: int, status: VersionStatus, model: Model | None = None) -> None:

@@ -97,9 +97,12 @@ def torch_trained(tmp_path_factory, digits):
 def torch_every_format(tmp_path_factory, digits):
     """One epoch of torch training exported in every format (the .pt2 compile is the slow part)."""
     return _torch_train(
-        tmp_path_factory.mktemp("torch_formats"), digits, epochs=1, run_name="formats",
+        tmp_path_factory.mktemp("torch_formats"),
+        digits,
+        epochs=1,
+        run_name="formats",
         formats=("onnx", "pt2", "torchscript"),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -128,7 +131,9 @@ def _real_servers_only_in_slow_tests(request, monkeypatch):
     def launch_only_stubs(spec, *arguments, **keywords):
         words = [str(word) for word in spec.command]
         if set(words) & set(SERVER_MODULES) or any(Path(word).name in SERVER_EXECUTABLES for word in words):
-            pytest.fail(f"{request.node.nodeid} starts {spec.name}: mark it @pytest.mark.server (test-fast skips those)")
+            pytest.fail(
+                f"{request.node.nodeid} starts {spec.name}: mark it @pytest.mark.server (test-fast skips those)"
+            )
         return launch(spec, *arguments, **keywords)
 
     monkeypatch.setattr(ServerProcess, "launch", launch_only_stubs)

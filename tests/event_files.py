@@ -36,8 +36,10 @@ def tags_by_plugin(run_dir: Path) -> dict[str, set[str]]:
     """{plugin: tags} for the event files directly in run_dir: scalars, histograms, images, hparams,
     conceptual_graph, and graph ({'graph'} when an op graph was written)."""
     loaded = accumulator(run_dir)
-    tags = {plugin: set(loaded.PluginTagToContent(plugin)) if plugin in loaded.ActivePlugins() else set()
-            for plugin in PLUGINS}
+    tags = {
+        plugin: set(loaded.PluginTagToContent(plugin)) if plugin in loaded.ActivePlugins() else set()
+        for plugin in PLUGINS
+    }
     tags["conceptual_graph"] = tags.pop(graph_metadata.PLUGIN_NAME_KERAS_MODEL)
     tags["graph"] = {"graph"} if loaded.Tags().get("graph") else set()
     return tags

@@ -83,7 +83,6 @@ def test_shared_package_loads_no_framework_at_run_time():
     assert result.stdout.strip() == "[]"
 
 
-
 def _python_files(*places: str) -> list[Path]:
     paths = [ROOT / place for place in places]
     return sorted(file for path in paths for file in ([path] if path.is_file() else path.rglob("*.py")))

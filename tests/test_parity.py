@@ -10,7 +10,11 @@ from experiment.spec import NetworkSpec
 
 @pytest.mark.parametrize(
     "spec",
-    [NetworkSpec(), NetworkSpec(hidden_sizes=(32,), activation="tanh"), NetworkSpec(hidden_sizes=(16, 16, 8), activation="sigmoid")],
+    [
+        NetworkSpec(),
+        NetworkSpec(hidden_sizes=(32,), activation="tanh"),
+        NetworkSpec(hidden_sizes=(16, 16, 8), activation="sigmoid"),
+    ],
     ids=["default", "tanh", "sigmoid-3-layers"],
 )
 def test_keras_with_torch_weights_gives_torch_probabilities(spec, digits):

@@ -33,7 +33,14 @@ def test_both_train_modules_name_the_same_steps():
         tree = ast.parse((ROOT / package / "train.py").read_text())
         return {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("_")}
 
-    steps = {"_set_up", "_resume", "_train_epochs", "_train_one_epoch", "_log_epoch", "_save_checkpoint",
-             "_evaluate_and_export"}  # fmt: skip
+    steps = {
+        "_set_up",
+        "_resume",
+        "_train_epochs",
+        "_train_one_epoch",
+        "_log_epoch",
+        "_save_checkpoint",
+        "_evaluate_and_export",
+    }
     assert steps <= private_functions("tf_pipeline")
     assert steps <= private_functions("torch_pipeline")

@@ -21,8 +21,9 @@ EXPECTED_SCALARS = {
     metrics.VALIDATION_SUBDIR: set(metrics.SCALAR_TAGS),
 }
 EXPECTED_HISTOGRAMS = {
-    metrics.TRAIN_SUBDIR: {f"{layer}/{kind}/histogram" for layer in ("hidden_0", "hidden_1", "logits")
-                           for kind in ("kernel", "bias")},
+    metrics.TRAIN_SUBDIR: {
+        f"{layer}/{kind}/histogram" for layer in ("hidden_0", "hidden_1", "logits") for kind in ("kernel", "bias")
+    },
 }
 EXPECTED_IMAGES = {"": {metrics.CONFUSION_MATRIX}}
 # The dense layers' matrix product in each framework's op graph (a traced tf.function, a torch.jit trace).
@@ -147,10 +148,7 @@ def test_hparams_metrics_do_not_depend_on_which_frameworks_are_present(tmp_path,
 @pytest.mark.slow
 def test_torch_event_files_are_no_larger_than_tf_ones(side_by_side):
     # Histograms are most of the train folder: with the same buckets, the two sides' files are of a size.
-    sizes = {
-        framework: _folder_size(side_by_side / framework / RUN / metrics.TRAIN_SUBDIR)
-        for framework in FRAMEWORKS
-    }
+    sizes = {framework: _folder_size(side_by_side / framework / RUN / metrics.TRAIN_SUBDIR) for framework in FRAMEWORKS}
     assert sizes["torch"] <= 1.5 * sizes["tf"], sizes
 
 

@@ -49,7 +49,7 @@ def worker_role() -> WorkerRole:
             '"task": {"type": "worker", "index": 0}}.'
         ) from None
     if "chief" in tf_config["cluster"] or task_type != "worker":
-        raise UsageError("TF_CONFIG must list only \"worker\" tasks; worker 0 acts as chief.")
+        raise UsageError('TF_CONFIG must list only "worker" tasks; worker 0 acts as chief.')
     if not 0 <= index < len(workers):
         raise UsageError(f"TF_CONFIG task index {index} is outside the {len(workers)} listed workers.")
     return WorkerRole(index=index, num_workers=len(workers), address=workers[index])
@@ -63,7 +63,9 @@ def check_port_free(address: str) -> None:
     except ValueError:
         raise UsageError(f"Worker address {address!r} must end in :<port>.") from None
     if not processes.port_is_free(port):
-        raise UsageError(f"Port {port} (worker address {address}) is already in use; pick another port for this worker.")
+        raise UsageError(
+            f"Port {port} (worker address {address}) is already in use; pick another port for this worker."
+        )
 
 
 def strategy_for(role: WorkerRole) -> "tf.distribute.Strategy":

@@ -84,4 +84,3 @@ class RunWriters:
         """Flush and close the per-epoch writers."""
         self.train.close()
         self.validation.close()
-

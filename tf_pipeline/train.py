@@ -197,8 +197,12 @@ def _set_up(config: TFTrainConfig, dataset: Dataset | None) -> _Run:
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, epsilon=ADAM_EPSILON)
         optimizer.build(model.trainable_variables)
         # Each replica adds its own share; an ON_READ SUM variable's read adds them up.
-        totals = tf.Variable(tf.zeros([3]), trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
-                             aggregation=tf.VariableAggregation.SUM)  # fmt: skip
+        totals = tf.Variable(
+            tf.zeros([3]),
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+        )
     writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if role.is_chief else None
     if writers:
         writers.add_graph(model)
@@ -280,9 +284,15 @@ def _compiled_train_steps(run: _Run) -> Callable[..., tf.Tensor]:
 
 
 def _train_one_epoch(
-    run: _Run, position: runs.Position, train_steps: Callable[..., tf.Tensor], iterator: Iterator[Any],
-    progress: keras.utils.Progbar, step: int, steps_per_epoch: int, earlier_totals: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+    run: _Run,
+    position: runs.Position,
+    train_steps: Callable[..., tf.Tensor],
+    iterator: Iterator[Any],
+    progress: keras.utils.Progbar,
+    step: int,
+    steps_per_epoch: int,
+    earlier_totals: np.ndarray,
+) -> np.ndarray:
     """The epoch's remaining steps, several per call; returns [loss sum, correct, examples] over every replica."""
     import tensorflow as tf
 
@@ -320,16 +330,24 @@ def _progress_bar(run: _Run, epoch: int, steps_per_epoch: int) -> keras.utils.Pr
 
 
 def _log_epoch(
-    run: _Run, epoch: int, train_loss: float, train_accuracy: float, progress: keras.utils.Progbar,
+    run: _Run,
+    epoch: int,
+    train_loss: float,
+    train_accuracy: float,
+    progress: keras.utils.Progbar,
     validation_logits: Callable[[tf.Tensor], tf.Tensor],
-) -> None:  # fmt: skip
+) -> None:
     """The chief evaluates the validation split and logs the epoch to TensorBoard and the progress bar."""
     if not run.writers:
         return
     validation_loss, validation_accuracy, _ = evaluate(run.model, run.dataset.validation, validation_logits)
     run.writers.log_epoch(epoch, train_loss, train_accuracy, validation_loss, validation_accuracy, run.model)
-    logs = [("accuracy", train_accuracy), ("loss", train_loss), ("val_accuracy", validation_accuracy),
-            ("val_loss", validation_loss)]  # fmt: skip
+    logs = [
+        ("accuracy", train_accuracy),
+        ("loss", train_loss),
+        ("val_accuracy", validation_accuracy),
+        ("val_loss", validation_loss),
+    ]
     progress.update(progress.target, logs, finalize=True)
 
 

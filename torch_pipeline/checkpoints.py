@@ -47,9 +47,7 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save(
-    directory: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, state: LoopState
-) -> Path:
+def save(directory: Path, network: torch.nn.Module, optimizer: torch.optim.Optimizer, state: LoopState) -> Path:
     """Write the checkpoint of state.step atomically and drop all but the newest KEEP; returns its path."""
     directory = Path(directory)
     target = checkpoint_path(directory, state.step)

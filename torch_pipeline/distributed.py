@@ -57,7 +57,10 @@ def join_process_group() -> ProcessGroup:
         device = torch.device("cpu")
         backend = "gloo"
     distributed.init_process_group(
-        backend=backend, timeout=COLLECTIVE_TIMEOUT, store=_restart_store(rank, world_size), rank=rank,
+        backend=backend,
+        timeout=COLLECTIVE_TIMEOUT,
+        store=_restart_store(rank, world_size),
+        rank=rank,
         world_size=world_size,
     )
     return ProcessGroup(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
@@ -96,7 +99,6 @@ def sum_over_ranks(values: list[float], group: ProcessGroup) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=group.device)
     distributed.all_reduce(tensor, op=distributed.ReduceOp.SUM)
     return tensor.tolist()
-
 
 
 def broadcast_int(value: int, group: ProcessGroup) -> int:

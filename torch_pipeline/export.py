@@ -54,19 +54,29 @@ INDUCTOR_CACHE_FOLDER = ".inductor-cache"
 FORMAT_FACTS: dict[str, dict[str, Any]] = {
     "onnx": {
         "status": "maintained",
-        "loaded_by": ["ONNX Runtime (Python, C, C++, C#, Java, JavaScript)", "Flask app (default)", "TorchServe handler"],
+        "loaded_by": [
+            "ONNX Runtime (Python, C, C++, C#, Java, JavaScript)",
+            "Flask app (default)",
+            "TorchServe handler",
+        ],
         "made_by": ("torch", "onnx", "onnxscript"),
     },
     "pt2": {
         "status": "maintained",
-        "loaded_by": ["torch._inductor.aoti_load_package (Python)", "torch::inductor::AOTIModelPackageLoader (C++)",
-                      "Flask app (FLASK_MODEL_FORMAT=pt2)"],
+        "loaded_by": [
+            "torch._inductor.aoti_load_package (Python)",
+            "torch::inductor::AOTIModelPackageLoader (C++)",
+            "Flask app (FLASK_MODEL_FORMAT=pt2)",
+        ],
         "made_by": ("torch",),
     },
     "torchscript": {
         "status": "deprecated",
-        "loaded_by": ["torch.jit.load (Python)", "torch::jit::load (C++ libtorch)",
-                      "Flask app (FLASK_MODEL_FORMAT=torchscript)"],
+        "loaded_by": [
+            "torch.jit.load (Python)",
+            "torch::jit::load (C++ libtorch)",
+            "Flask app (FLASK_MODEL_FORMAT=torchscript)",
+        ],
         "made_by": ("torch",),
     },
 }
@@ -87,8 +97,9 @@ def _exporter_noise_filtered() -> Iterator[None]:
     """Quiet two messages torch 2.13's own exporters emit on every export, neither about this project's code."""
     with warnings.catch_warnings():
         # torch.export's pytree code calls its own deprecated LeafSpec check (torch/utils/_pytree.py).
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+        )
         # The ONNX exporter's registry logs one line per torchvision operator it skips when torchvision is absent.
         registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
         level = registry_logger.level
@@ -119,9 +130,16 @@ def write_onnx(model: MLP, directory: Path) -> Path:
     example, dynamic_shapes = _example_and_dynamic_shapes(model)
     with _exporter_noise_filtered():
         torch.onnx.export(
-            _serving_module(model), example, str(path), dynamo=True, input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES), dynamic_shapes=dynamic_shapes, external_data=False, verbose=False,
-        )  # fmt: skip
+            _serving_module(model),
+            example,
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes,
+            external_data=False,
+            verbose=False,
+        )
     onnx.checker.check_model(str(path), full_check=True)
     return path
 
@@ -235,14 +253,21 @@ def write_model_archive(version_dir: Path, model_name: str, version: int, export
         output_folder.mkdir()
         extra_files = [str(Path(version_dir) / artifacts.METADATA_FILE), str(_stage_protocol(extra_folder))]
         command = _archiver_command() + [
-            "--model-name", model_name,
-            "--version", str(version),
-            "--serialized-file", str(Path(version_dir) / artifacts.ONNX_FILE),
-            "--handler", str(HANDLER_PATH),
-            "--extra-files", ",".join(extra_files),
-            "--config-file", str(MODEL_CONFIG_PATH),
-            "--export-path", str(output_folder),
-        ]  # fmt: skip
+            "--model-name",
+            model_name,
+            "--version",
+            str(version),
+            "--serialized-file",
+            str(Path(version_dir) / artifacts.ONNX_FILE),
+            "--handler",
+            str(HANDLER_PATH),
+            "--extra-files",
+            ",".join(extra_files),
+            "--config-file",
+            str(MODEL_CONFIG_PATH),
+            "--export-path",
+            str(output_folder),
+        ]
         # The archiver gathers the files in <temp dir>/<model name>, removed first: archives of one model built at
         # once (trainings into other models folders, a test beside a training) would empty each other's. Each
         # run gets a temp dir of its own.

@@ -109,7 +109,8 @@ def _conceptual_graph_summary(model: torch.nn.Module) -> summary_pb2.Summary:
     config = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[conceptual_graph(model).encode()])
     summary_metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name=graph_metadata.PLUGIN_NAME_KERAS_MODEL, content=b"1"  # the plugin's data version
+            plugin_name=graph_metadata.PLUGIN_NAME_KERAS_MODEL,
+            content=b"1",  # the plugin's data version
         )
     )
     summary = summary_pb2.Summary()

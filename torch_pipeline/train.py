@@ -21,7 +21,12 @@ import numpy as np
 from experiment import artifacts, metrics, processes, runs
 from experiment.cli import run_main
 from experiment.config import (
-    ADAM_EPSILON, TrainConfig, config_field, parse_config, parse_torch_formats, per_replica_batch_size,
+    ADAM_EPSILON,
+    TrainConfig,
+    config_field,
+    parse_config,
+    parse_torch_formats,
+    per_replica_batch_size,
 )
 from experiment.data import Dataset, Split, load_dataset
 from experiment.spec import NetworkSpec
@@ -156,8 +161,21 @@ def _set_up(config: TorchTrainConfig, dataset: Dataset | None, group: distribute
     writers = summaries.RunWriters(run_dir, metrics.trial_id(FRAMEWORK, run_name)) if group.is_main else None
     if writers:
         writers.add_graph(network, torch.from_numpy(dataset.train.images[:1]).to(group.device))
-    return _Run(config, dataset, group, run_name, run_dir, base_path, model_store, batch_size, spec, network,
-                network, optimizer, writers)  # fmt: skip
+    return _Run(
+        config,
+        dataset,
+        group,
+        run_name,
+        run_dir,
+        base_path,
+        model_store,
+        batch_size,
+        spec,
+        network,
+        network,
+        optimizer,
+        writers,
+    )
 
 
 def _resume(run: _Run) -> runs.Position:
@@ -216,9 +234,12 @@ def _train_epochs(run: _Run, position: runs.Position) -> None:
 
 
 def _train_one_epoch(
-    run: _Run, position: runs.Position, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int,
+    run: _Run,
+    position: runs.Position,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    epoch: int,
     totals: list[float],
-) -> tuple[float, float]:  # fmt: skip
+) -> tuple[float, float]:
     """One pass over this rank's batches; returns the epoch's training loss and accuracy over every rank."""
     from tqdm import tqdm
 
@@ -338,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
 
     def body() -> int:
-        config = parse_config(TorchTrainConfig, argv, PROG, "Train the torch model and export ONNX (and more) and a .mar.")
+        config = parse_config(
+            TorchTrainConfig, argv, PROG, "Train the torch model and export ONNX (and more) and a .mar."
+        )
         try:
             result = train(config)
         except runs.WorkerLost as error:

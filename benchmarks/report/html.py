@@ -34,8 +34,10 @@ def _embed(source: str, folder: Path) -> str:
 def render(markdown_text: str, folder: Path, title: str = "TensorFlow vs PyTorch: measured comparison") -> str:
     """The page for a report whose images are files in folder."""
     body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", "toc"])
-    body = IMAGE_SOURCE.sub(lambda match: match.group(1) + _embed(html.unescape(match.group(2)), folder) + match.group(3), body)
+    body = IMAGE_SOURCE.sub(
+        lambda match: match.group(1) + _embed(html.unescape(match.group(2)), folder) + match.group(3), body
+    )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )

@@ -16,8 +16,17 @@ if TYPE_CHECKING:
     from benchmarks.sweep import SweepResult
     from benchmarks.torchserve_batching import TorchServeBatching
 
-LOAD_HEADERS = ("clients", "p50", "p90", "p99", "throughput (window range)", "errors", "stable", "generator cores",
-                "generator-bound")  # fmt: skip
+LOAD_HEADERS = (
+    "clients",
+    "p50",
+    "p90",
+    "p99",
+    "throughput (window range)",
+    "errors",
+    "stable",
+    "generator cores",
+    "generator-bound",
+)
 
 
 def load_cells(point: load.LoadResult) -> tuple:
@@ -25,11 +34,16 @@ def load_cells(point: load.LoadResult) -> tuple:
     low, high = point.throughput_range
     summary = point.latency if point.latencies_seconds else None
     return (
-        number(point.concurrency), number(summary.p50_ms if summary else None, "ms"),
-        number(summary.p90_ms if summary else None, "ms"), number(summary.p99_ms if summary else None, "ms"),
-        f"{number(point.throughput_per_second, '/s')} ({number(low)}–{number(high)})", str(point.errors),
-        cell(point.stable), number(point.generator_cores), cell(point.generator_bound),
-    )  # fmt: skip
+        number(point.concurrency),
+        number(summary.p50_ms if summary else None, "ms"),
+        number(summary.p90_ms if summary else None, "ms"),
+        number(summary.p99_ms if summary else None, "ms"),
+        f"{number(point.throughput_per_second, '/s')} ({number(low)}–{number(high)})",
+        str(point.errors),
+        cell(point.stable),
+        number(point.generator_cores),
+        cell(point.generator_bound),
+    )
 
 
 def sweep_section(sweep: SweepResult, figures: dict[str, str]) -> list[str]:
@@ -42,17 +56,29 @@ def sweep_section(sweep: SweepResult, figures: dict[str, str]) -> list[str]:
         generator_bound_note(),
         "The servers share this machine's cores with the generator." if not sweep.given_by_environment else "",
     )
-    rows = [(sweep_item.endpoint.title, labels.FRAMEWORK_NAMES[sweep_item.endpoint.framework], *load_cells(point))
-            for sweep_item in sweep.endpoints for point in sweep_item.points]  # fmt: skip
+    rows = [
+        (sweep_item.endpoint.title, labels.FRAMEWORK_NAMES[sweep_item.endpoint.framework], *load_cells(point))
+        for sweep_item in sweep.endpoints
+        for point in sweep_item.points
+    ]
     lines += [table(("endpoint (server, protocol)", "serves", *LOAD_HEADERS), rows), ""]
     failed = [f"- {item.endpoint.title}: not measured: {item.error}" for item in sweep.endpoints if item.error]
     lines += failed + ([""] if failed else [])
-    single = {item.endpoint.title: item.at(1) for item in sweep.endpoints if item.at(1) and item.at(1).latencies_seconds}
+    single = {
+        item.endpoint.title: item.at(1) for item in sweep.endpoints if item.at(1) and item.at(1).latencies_seconds
+    }
     if single:
         fastest = min(single, key=lambda name: single[name].latency.p50_ms)
-        lines += [*paragraph(f"With one client, {fastest} answers fastest "
-                                 f"(p50 {number(single[fastest].latency.p50_ms, 'ms')}).")]  # fmt: skip
-    return lines + figures_block(figures, "latency_distribution", "throughput_vs_concurrency") + external_section(sweep.external)
+        lines += [
+            *paragraph(
+                f"With one client, {fastest} answers fastest (p50 {number(single[fastest].latency.p50_ms, 'ms')})."
+            )
+        ]
+    return (
+        lines
+        + figures_block(figures, "latency_distribution", "throughput_vs_concurrency")
+        + external_section(sweep.external)
+    )
 
 
 def external_section(external: ExternalSweep | None) -> list[str]:
@@ -68,14 +94,43 @@ def external_section(external: ExternalSweep | None) -> list[str]:
         "of that many kept-alive connections sending the same batch-1 body back to back."
         + (" hey reports latencies to 0.1 ms." if external.generator == "hey" else "")
     )
-    rows = [(item.endpoint.title, labels.FRAMEWORK_NAMES[item.endpoint.framework], number(point.concurrency),
-             number(point.p50_ms, "ms"), number(point.p90_ms, "ms"), number(point.p99_ms, "ms"),
-             number(point.throughput_per_second, "/s"), str(point.errors), number(point.generator_cores))
-            for item in external.endpoints for point in item.points]  # fmt: skip
-    lines += [table(("endpoint (server, protocol)", "serves", "connections", "p50", "p90", "p99", "throughput", "errors",
-                     "generator cores"), rows), ""]  # fmt: skip
-    failed = [f"- {item.endpoint.title}: not measured by {external.generator}: {item.error}"
-              for item in external.endpoints if item.error]  # fmt: skip
+    rows = [
+        (
+            item.endpoint.title,
+            labels.FRAMEWORK_NAMES[item.endpoint.framework],
+            number(point.concurrency),
+            number(point.p50_ms, "ms"),
+            number(point.p90_ms, "ms"),
+            number(point.p99_ms, "ms"),
+            number(point.throughput_per_second, "/s"),
+            str(point.errors),
+            number(point.generator_cores),
+        )
+        for item in external.endpoints
+        for point in item.points
+    ]
+    lines += [
+        table(
+            (
+                "endpoint (server, protocol)",
+                "serves",
+                "connections",
+                "p50",
+                "p90",
+                "p99",
+                "throughput",
+                "errors",
+                "generator cores",
+            ),
+            rows,
+        ),
+        "",
+    ]
+    failed = [
+        f"- {item.endpoint.title}: not measured by {external.generator}: {item.error}"
+        for item in external.endpoints
+        if item.error
+    ]
     return lines + failed + ([""] if failed else [])
 
 
@@ -86,10 +141,14 @@ def tf_server_section(measured: TFServingResult) -> list[str]:
         "gRPC from one client: the digits model, an identity model whose signature returns its input (gRPC and the "
         "server's plumbing alone), and the same SavedModel signature called in-process."
     )
-    rows = [(name, number(summary.p50_ms, "ms"), number(summary.p99_ms, "ms"), number(summary.count))
-            for name, summary in (("digits model over gRPC", measured.grpc),
-                                  ("identity model over gRPC", measured.trivial_grpc),
-                                  ("signature in-process", measured.in_process))]  # fmt: skip
+    rows = [
+        (name, number(summary.p50_ms, "ms"), number(summary.p99_ms, "ms"), number(summary.count))
+        for name, summary in (
+            ("digits model over gRPC", measured.grpc),
+            ("identity model over gRPC", measured.trivial_grpc),
+            ("signature in-process", measured.in_process),
+        )
+    ]
     lines += [table(("call, batch 1", "p50", "p99", "calls"), rows), ""]
     lines += paragraph(
         f"The digits call costs {number(measured.latency_ratio)}× the floor (identity call + in-process call): what the "
@@ -102,12 +161,22 @@ def tf_server_section(measured: TFServingResult) -> list[str]:
     rows = [
         (setting, f"{number(rate, '/s')} ({number(low)}–{number(high)})", number(p50, "ms"), number(p99, "ms"))
         for setting, rate, (low, high), p50, p99 in (
-            ("batching off", measured.throughput_batching_off_rps, measured.throughput_batching_off_range,
-             measured.p50_batching_off_ms, measured.p99_batching_off_ms),
-            ("batching on", measured.throughput_batching_on_rps, measured.throughput_batching_on_range,
-             measured.p50_batching_on_ms, measured.p99_batching_on_ms),
+            (
+                "batching off",
+                measured.throughput_batching_off_rps,
+                measured.throughput_batching_off_range,
+                measured.p50_batching_off_ms,
+                measured.p99_batching_off_ms,
+            ),
+            (
+                "batching on",
+                measured.throughput_batching_on_rps,
+                measured.throughput_batching_on_range,
+                measured.p50_batching_on_ms,
+                measured.p99_batching_on_ms,
+            ),
         )
-    ]  # fmt: skip
+    ]
     lines += [table(("setting", "throughput, median of runs (range)", "p50", "p99"), rows), ""]
     lines += paragraph(
         f"Batching changed throughput by {number(measured.throughput_ratio)}× and the p99 by "
@@ -125,21 +194,30 @@ def torch_servers_section(measured: TorchServingResult) -> list[str]:
         "runs it."
     )
     settings = measured.torchserve_settings
-    configured = (f" (batch size {settings.get('batch_size')}, max delay {settings.get('max_batch_delay_ms')} ms)"
-                  if settings else "")  # fmt: skip
-    rows = [(name, number(summary.p50_ms, "ms"), number(summary.p99_ms, "ms"), number(summary.count))
-            for name, summary in (("TorchScript in-process, 1 thread", measured.in_process),
-                                  (f"{labels.FLASK_SERVER}, no-op route", measured.flask_noop),
-                                  (f"{labels.FLASK_SERVER}, predict", measured.flask_predict),
-                                  (f"{labels.TORCHSERVE}, as configured{configured}", measured.torchserve_predict),
-                                  (f"{labels.TORCHSERVE}, batching off", measured.torchserve_unbatched_predict))
-            if summary is not None]  # fmt: skip
+    configured = (
+        f" (batch size {settings.get('batch_size')}, max delay {settings.get('max_batch_delay_ms')} ms)"
+        if settings
+        else ""
+    )
+    rows = [
+        (name, number(summary.p50_ms, "ms"), number(summary.p99_ms, "ms"), number(summary.count))
+        for name, summary in (
+            ("TorchScript in-process, 1 thread", measured.in_process),
+            (f"{labels.FLASK_SERVER}, no-op route", measured.flask_noop),
+            (f"{labels.FLASK_SERVER}, predict", measured.flask_predict),
+            (f"{labels.TORCHSERVE}, as configured{configured}", measured.torchserve_predict),
+            (f"{labels.TORCHSERVE}, batching off", measured.torchserve_unbatched_predict),
+        )
+        if summary is not None
+    ]
     lines += [table(("call, batch 1", "p50", "p99", "requests"), rows), ""]
     sentence = f"Flask's predict costs {number(measured.flask_ratio)}× its floor (no-op route + in-process call)"
     if measured.torchserve_unbatched_predict:
-        sentence += (f"; TorchServe with batching off takes "
-                     f"{ratio(measured.torchserve_unbatched_predict.p50_ms, measured.flask_predict.p50_ms)} Flask's p50, "
-                     "the price of its hop from the Java front end to a Python worker")  # fmt: skip
+        sentence += (
+            f"; TorchServe with batching off takes "
+            f"{ratio(measured.torchserve_unbatched_predict.p50_ms, measured.flask_predict.p50_ms)} Flask's p50, "
+            "the price of its hop from the Java front end to a Python worker"
+        )
     return lines + paragraph(sentence + ".")
 
 
@@ -151,17 +229,23 @@ def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
         f"closed-loop clients; off and on alternate in {batching.rounds} rounds and each setting's rounds are pooled."
     )
     rows = [
-        (name.replace("_", " "), number(setting.batch_size), number(setting.max_batch_delay_ms, "ms"),
-         number(setting.workers), *load_cells(setting.load))
+        (
+            name.replace("_", " "),
+            number(setting.batch_size),
+            number(setting.max_batch_delay_ms, "ms"),
+            number(setting.workers),
+            *load_cells(setting.load),
+        )
         for name, setting in (("batching_off", batching.batching_off), ("batching_on", batching.batching_on))
-    ]  # fmt: skip
+    ]
     lines += [table(("setting", "batch size", "max batch delay", "workers", *LOAD_HEADERS), rows), ""]
     growth = batching.p99_growth_ms
     lines += paragraph(
         f"Throughput on / off: {number(batching.throughput_ratio)}; the p99 {'grew' if growth >= 0 else 'shrank'} by "
         f"{number(abs(growth), 'ms')} with batching on.",
-        "" if batching.throughput_ratio > 1 else
-        "Batching lost here: the clients, TorchServe's front end and its workers share the same few cores, so "
+        ""
+        if batching.throughput_ratio > 1
+        else "Batching lost here: the clients, TorchServe's front end and its workers share the same few cores, so "
         "waiting to fill a batch costs more than the model calls it saves.",
     )
     return lines
@@ -170,16 +254,26 @@ def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
 def serving(comparison: Comparison, figures: dict[str, str]) -> list[str]:
     """The whole serving section."""
     lines = ["## Serving", ""]
-    lines += paragraph("Every figure here names the server that produced it; \"The servers measured\" above says "
-                       "which of them are stand-ins.")  # fmt: skip
+    lines += paragraph(
+        'Every figure here names the server that produced it; "The servers measured" above says '
+        "which of them are stand-ins."
+    )
     torch_serving = comparison.torch_serving
     for heading, measured, name, body in (
         ("### Every endpoint under load", comparison.sweep, "sweep", lambda sweep: sweep_section(sweep, figures)),
         (f"### {labels.TF_SERVER} against its floor", comparison.tf_serving, "tf serving", tf_server_section),
-        (f"### {labels.FLASK_SERVER} and {labels.TORCHSERVE} against their floor", torch_serving, "torch serving",
-         torch_servers_section),
-        (f"### Batching on vs off for {labels.TORCHSERVE}", torch_serving.batching if torch_serving else None,
-         "torch serving", torchserve_batching_section),
-    ):  # fmt: skip
+        (
+            f"### {labels.FLASK_SERVER} and {labels.TORCHSERVE} against their floor",
+            torch_serving,
+            "torch serving",
+            torch_servers_section,
+        ),
+        (
+            f"### Batching on vs off for {labels.TORCHSERVE}",
+            torch_serving.batching if torch_serving else None,
+            "torch serving",
+            torchserve_batching_section,
+        ),
+    ):
         lines += section(heading, measured, comparison.reason(name), body)
     return lines

@@ -46,11 +46,19 @@ def _best_served(comparison: Comparison, framework: str, concurrency: int, faste
     return min(candidates) if fastest else max(candidates)
 
 
-def _row(question: str, values: dict[str, float | None], unit: str, higher_is_better: bool, where: dict[str, str],
-         difference: bool = False) -> tuple:
+def _row(
+    question: str,
+    values: dict[str, float | None],
+    unit: str,
+    higher_is_better: bool,
+    where: dict[str, str],
+    difference: bool = False,
+) -> tuple:
     """One summary row: both figures and which framework is ahead by how much (a ratio, or a difference)."""
-    cells = [f"{number(values[name], unit)}{where.get(name, '')}" if values[name] is not None else "not measured"
-             for name in ("tf", "torch")]  # fmt: skip
+    cells = [
+        f"{number(values[name], unit)}{where.get(name, '')}" if values[name] is not None else "not measured"
+        for name in ("tf", "torch")
+    ]
     tf_value, torch_value = values["tf"], values["torch"]
     if tf_value is None or torch_value is None:
         verdict = "not measured in this run"
@@ -67,16 +75,35 @@ def summary(comparison: Comparison) -> list[str]:
     pipelines = comparison.training.pipelines if comparison.training else {}
     inference = comparison.inference
     rows = [
-        _row("Training: steady-state samples/s, same network and batch (median of repeats)",
-             {name: pipelines[name].steady_samples_per_second if name in pipelines else None for name in ("tf", "torch")},
-             "/s", True, {}),
-        _row("Accuracy on the test split, same data and seed",
-             {name: pipelines[name].test_accuracy if name in pipelines else None for name in ("tf", "torch")}, "", True, {},
-             difference=True),
-        _row("One image in-process (SavedModel signature vs TorchScript), p50 per call",
-             {"tf": inference.p50_ms("savedmodel_signature") if inference else None,
-              "torch": inference.p50_ms("torchscript_module") if inference else None}, "ms", False, {}),
-    ]  # fmt: skip
+        _row(
+            "Training: steady-state samples/s, same network and batch (median of repeats)",
+            {
+                name: pipelines[name].steady_samples_per_second if name in pipelines else None
+                for name in ("tf", "torch")
+            },
+            "/s",
+            True,
+            {},
+        ),
+        _row(
+            "Accuracy on the test split, same data and seed",
+            {name: pipelines[name].test_accuracy if name in pipelines else None for name in ("tf", "torch")},
+            "",
+            True,
+            {},
+            difference=True,
+        ),
+        _row(
+            "One image in-process (SavedModel signature vs TorchScript), p50 per call",
+            {
+                "tf": inference.p50_ms("savedmodel_signature") if inference else None,
+                "torch": inference.p50_ms("torchscript_module") if inference else None,
+            },
+            "ms",
+            False,
+            {},
+        ),
+    ]
     for question, concurrency, fastest, unit in (
         ("One request at a time, served (fastest endpoint), p50", 1, True, "ms"),
         ("Throughput served to 16 clients (best endpoint)", 16, False, "/s"),
@@ -88,9 +115,12 @@ def summary(comparison: Comparison) -> list[str]:
     lines = ["## Summary: which stack, for what", ""]
     lines += paragraph(
         "Five numbers from this run, each the same measurement on both sides; the servers behind the last two are "
-        "described under \"The servers measured\", and every figure's detail is in its section below.",
+        'described under "The servers measured", and every figure\'s detail is in its section below.',
     )
-    lines += [table(("question", labels.FRAMEWORK_NAMES["tf"], labels.FRAMEWORK_NAMES["torch"], "ahead here"), rows), ""]
+    lines += [
+        table(("question", labels.FRAMEWORK_NAMES["tf"], labels.FRAMEWORK_NAMES["torch"], "ahead here"), rows),
+        "",
+    ]
     lines += paragraph(
         "Ahead means faster or more accurate on this machine, at this size of network; a small model on a few "
         "shared cores favours whichever stack has the least fixed cost per call, which is not what a large model "
@@ -104,23 +134,39 @@ def servers(comparison: Comparison) -> list[str]:
     lines = ["## The servers measured", ""]
     given = comparison.sweep is not None and comparison.sweep.given_by_environment
     if given:
-        rows = [(sweep.endpoint.title, labels.FRAMEWORK_NAMES[sweep.endpoint.framework],
-                 "started outside this run and measured as found (for example docker compose's official images); "
-                 "this run cannot tell which build answers") for sweep in comparison.sweep.endpoints]  # fmt: skip
+        rows = [
+            (
+                sweep.endpoint.title,
+                labels.FRAMEWORK_NAMES[sweep.endpoint.framework],
+                "started outside this run and measured as found (for example docker compose's official images); "
+                "this run cannot tell which build answers",
+            )
+            for sweep in comparison.sweep.endpoints
+        ]
         lines += paragraph("The stack under test was given by environment, so the sweep measured those servers:")
         lines += [table(("name in this report", "serves", "what it is"), rows), ""]
         return lines
     rows = [
-        (labels.TF_SERVER, labels.FRAMEWORK_NAMES["tf"],
-         "`python -m serving.tfserving`: this project's server with TensorFlow Serving's gRPC and REST API and flags",
-         "**yes**: stands in for TensorFlow Serving's C++ `tensorflow_model_server`, which cannot be installed here"),
+        (
+            labels.TF_SERVER,
+            labels.FRAMEWORK_NAMES["tf"],
+            "`python -m serving.tfserving`: this project's server with TensorFlow Serving's gRPC and REST API and flags",
+            "**yes**: stands in for TensorFlow Serving's C++ `tensorflow_model_server`, which cannot be installed here",
+        ),
         (labels.FLASK_SERVER, labels.FRAMEWORK_NAMES["torch"], "the project's Flask app under gunicorn", "no"),
-        (labels.TORCHSERVE, labels.FRAMEWORK_NAMES["torch"], "TorchServe from PyPI (Java front end, Python workers)", "no"),
-    ]  # fmt: skip
+        (
+            labels.TORCHSERVE,
+            labels.FRAMEWORK_NAMES["torch"],
+            "TorchServe from PyPI (Java front end, Python workers)",
+            "no",
+        ),
+    ]
     started = comparison.sweep is not None or comparison.tf_serving is not None or comparison.torch_serving is not None
     lines += paragraph(
         "Every serving figure in this report names one of these servers, all started by this run on free ports on "
-        "this machine." if started else f"No server ran in this run ({comparison.reason('sweep')}); these are the "
+        "this machine."
+        if started
+        else f"No server ran in this run ({comparison.reason('sweep')}); these are the "
         "servers the serving sections measure when it does."
     )
     lines += [table(("name in this report", "serves", "what ran", "stand-in?"), rows), ""]
@@ -138,27 +184,44 @@ def machine(comparison: Comparison) -> list[str]:
     info = comparison.machine
     lines = ["## Machine", ""]
     lines += paragraph("What the measurements ran on; compare numbers only within one report.")
-    lines += [key_value_table({
-        "CPU": info.cpu_model,
-        "logical cores (usable by this process)": f"{info.logical_cores} ({info.usable_cores})",
-        "memory": number(info.memory_gib, "GiB"),
-        "OS, Python": f"{info.os}, Python {info.python}",
-        "date": comparison.date,
-    }), ""]  # fmt: skip
+    lines += [
+        key_value_table(
+            {
+                "CPU": info.cpu_model,
+                "logical cores (usable by this process)": f"{info.logical_cores} ({info.usable_cores})",
+                "memory": number(info.memory_gib, "GiB"),
+                "OS, Python": f"{info.os}, Python {info.python}",
+                "date": comparison.date,
+            }
+        ),
+        "",
+    ]
     lines += ["Library versions:", "", key_value_table(comparison.versions, ("library", "version")), ""]
-    thread_rows = {key: (f"{value} (framework default)" if value == 0 else str(value)) for key, value in comparison.threads.items()}
-    lines += ["Thread settings in the comparing process (training workers report theirs in the training section):", "",
-              key_value_table(thread_rows), ""]  # fmt: skip
+    thread_rows = {
+        key: (f"{value} (framework default)" if value == 0 else str(value)) for key, value in comparison.threads.items()
+    }
+    lines += [
+        "Thread settings in the comparing process (training workers report theirs in the training section):",
+        "",
+        key_value_table(thread_rows),
+        "",
+    ]
     return lines
 
 
 def ratio_rows(ratios: list[Ratio]) -> list[tuple]:
     """The ratio table's rows, as printed at the end of `make compare`."""
     return [
-        (item.name, item.target, number(item.measured) if item.measured is not None else "not measured",
-         item.status, item.inputs or "—", item.note)
+        (
+            item.name,
+            item.target,
+            number(item.measured) if item.measured is not None else "not measured",
+            item.status,
+            item.inputs or "—",
+            item.note,
+        )
         for item in ratios
-    ]  # fmt: skip
+    ]
 
 
 def ratios_section(ratios: list[Ratio]) -> list[str]:
@@ -169,7 +232,9 @@ def ratios_section(ratios: list[Ratio]) -> list[str]:
     lines += [table(RATIO_HEADERS, ratio_rows(ratios)), ""]
     lines += paragraph(
         f"{len(ratios) - len(missed)} of {len(ratios)} are met or not measured; a missed ratio is a finding, and its "
-        "note says why and what would close it." if missed else "Every measured ratio meets its target."
+        "note says why and what would close it."
+        if missed
+        else "Every measured ratio meets its target."
     )
     return lines
 

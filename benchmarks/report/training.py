@@ -38,8 +38,9 @@ PATH_NAMES = {
 
 def training(comparison: Comparison, figures: dict[str, str]) -> list[str]:
     """Both pipelines' training: medians, every repeat, the bare-loop overhead check and the plots."""
-    return section("## Training", comparison.training, comparison.reason("training"),
-                   lambda trained: _training(trained, figures))  # fmt: skip
+    return section(
+        "## Training", comparison.training, comparison.reason("training"), lambda trained: _training(trained, figures)
+    )
 
 
 def _training(trained: TrainingResult, figures: dict[str, str]) -> list[str]:
@@ -67,11 +68,23 @@ def _training(trained: TrainingResult, figures: dict[str, str]) -> list[str]:
             f"{number(pipelines['tf'].test_accuracy)} (TensorFlow) and {number(pipelines['torch'].test_accuracy)} (PyTorch)."
         )
     repeat_rows = [
-        (labels.FRAMEWORK_NAMES[framework], index + 1, number(run.train_call_seconds, "s"),
-         number(run.steady_samples_per_second, "/s"), number(run.peak_rss_mib, "MiB"), number(run.test_accuracy))
-        for framework, runs in trained.repeats.items() for index, run in enumerate(runs)
-    ]  # fmt: skip
-    lines += ["Every repeat:", "", table(("framework", "repeat", "train() call", "samples/s", "peak RSS", "test accuracy"), repeat_rows), ""]
+        (
+            labels.FRAMEWORK_NAMES[framework],
+            index + 1,
+            number(run.train_call_seconds, "s"),
+            number(run.steady_samples_per_second, "/s"),
+            number(run.peak_rss_mib, "MiB"),
+            number(run.test_accuracy),
+        )
+        for framework, runs in trained.repeats.items()
+        for index, run in enumerate(runs)
+    ]
+    lines += [
+        "Every repeat:",
+        "",
+        table(("framework", "repeat", "train() call", "samples/s", "peak RSS", "test accuracy"), repeat_rows),
+        "",
+    ]
     lines += _bare_loops(trained)
     return lines + figures_block(figures, "learning_curves", "training_throughput")
 
@@ -80,10 +93,16 @@ def _bare_loops(trained: TrainingResult) -> list[str]:
     if not trained.bare:
         return paragraph("Overhead check: not measured in quick mode (the bare loops run in the full mode).")
     rows = [
-        (labels.FRAMEWORK_NAMES[run.framework], "default" if run.threads == 0 else str(run.threads), loop.replace("_", " "),
-         number(rate.get("steady_samples_per_second"), "/s"), number(rate["first_epoch_seconds"], "s"))
-        for run in trained.bare for loop, rate in run.loops.items()
-    ]  # fmt: skip
+        (
+            labels.FRAMEWORK_NAMES[run.framework],
+            "default" if run.threads == 0 else str(run.threads),
+            loop.replace("_", " "),
+            number(rate.get("steady_samples_per_second"), "/s"),
+            number(rate["first_epoch_seconds"], "s"),
+        )
+        for run in trained.bare
+        for loop, rate in run.loops.items()
+    ]
     best = {name: trained.best_bare_rate(name) for name in ("tf", "torch")}
     lines = paragraph(
         "Overhead check: the same network and batch size with no validation, TensorBoard or export, in one fresh "
@@ -92,8 +111,11 @@ def _bare_loops(trained: TrainingResult) -> list[str]:
         "data` is a hand-written `tf.function` step over a `tf.data` pipeline.",
     )
     lines += [table(("framework", "threads", "loop", "steady samples/s", "first epoch"), rows), ""]
-    shares = {name: (trained.pipelines[name].steady_samples_per_second or 0) / best[name]
-              for name in ("tf", "torch") if best[name] and name in trained.pipelines}  # fmt: skip
+    shares = {
+        name: (trained.pipelines[name].steady_samples_per_second or 0) / best[name]
+        for name in ("tf", "torch")
+        if best[name] and name in trained.pipelines
+    }
     if len(shares) == 2:
         lines += paragraph(
             f"The pipelines run at {shares['tf']:.0%} (TensorFlow) and {shares['torch']:.0%} (PyTorch) of their "
@@ -105,15 +127,27 @@ def _bare_loops(trained: TrainingResult) -> list[str]:
 
 def artifacts(comparison: Comparison) -> list[str]:
     """Export sizes, load times and each server's cold start."""
-    return section("## Artifacts", comparison.artifacts, comparison.reason("artifacts"),
-                   lambda sizes: _artifacts(sizes, comparison))  # fmt: skip
+    return section(
+        "## Artifacts",
+        comparison.artifacts,
+        comparison.reason("artifacts"),
+        lambda sizes: _artifacts(sizes, comparison),
+    )
 
 
 def _artifacts(sizes_measured: list[ArtifactSize], comparison: Comparison) -> list[str]:
-    rows = [(item.name, f"`{item.file}`", number(item.size_bytes / 1024, "KiB"),
-             number(item.first_load_seconds * 1000, "ms") if item.first_load_seconds is not None else "— (loaded by TorchServe)",
-             number(item.later_load_seconds * 1000, "ms") if item.later_load_seconds is not None else "—")
-            for item in sizes_measured]  # fmt: skip
+    rows = [
+        (
+            item.name,
+            f"`{item.file}`",
+            number(item.size_bytes / 1024, "KiB"),
+            number(item.first_load_seconds * 1000, "ms")
+            if item.first_load_seconds is not None
+            else "— (loaded by TorchServe)",
+            number(item.later_load_seconds * 1000, "ms") if item.later_load_seconds is not None else "—",
+        )
+        for item in sizes_measured
+    ]
     lines = paragraph(
         "Size on disk of each export, and how long loading it takes in this process after the framework is imported "
         "(`tf.saved_model.load`, `torch.jit.load`)."
@@ -127,12 +161,18 @@ def _artifacts(sizes_measured: list[ArtifactSize], comparison: Comparison) -> li
         )
     sweep = comparison.sweep
     if sweep and sweep.cold_start_seconds:
-        lines += paragraph("Cold start of each server started by this run, from process start until its model answers "
-                           "the ready check:")  # fmt: skip
+        lines += paragraph(
+            "Cold start of each server started by this run, from process start until its model answers the ready check:"
+        )
         cold = {labels.SERVER_NAMES.get(name, name): seconds for name, seconds in sweep.cold_start_seconds.items()}
-        lines += [table(("server", "seconds until ready"), [(name, number(value, "s")) for name, value in cold.items()]), ""]
-        lines += paragraph(f"{max(cold, key=cold.get)} takes longest to become ready; all three start at the same "
-                           "time and share the machine's cores while they load.")  # fmt: skip
+        lines += [
+            table(("server", "seconds until ready"), [(name, number(value, "s")) for name, value in cold.items()]),
+            "",
+        ]
+        lines += paragraph(
+            f"{max(cold, key=cold.get)} takes longest to become ready; all three start at the same "
+            "time and share the machine's cores while they load."
+        )
     else:
         lines += paragraph(f"Server cold start: not measured ({comparison.reason('sweep')}).")
     return lines
@@ -140,8 +180,12 @@ def _artifacts(sizes_measured: list[ArtifactSize], comparison: Comparison) -> li
 
 def inference_section(comparison: Comparison, figures: dict[str, str]) -> list[str]:
     """Latency of every in-process path at batch 1 and 64."""
-    return section("## In-process inference", comparison.inference, comparison.reason("inference"),
-                   lambda measured: _inference(measured, figures))  # fmt: skip
+    return section(
+        "## In-process inference",
+        comparison.inference,
+        comparison.reason("inference"),
+        lambda measured: _inference(measured, figures),
+    )
 
 
 def _inference(measured: InferenceResult, figures: dict[str, str]) -> list[str]:
@@ -149,9 +193,17 @@ def _inference(measured: InferenceResult, figures: dict[str, str]) -> list[str]:
     rows = []
     for path, batches in measured.latencies.items():
         for batch_size, summary in batches.items():
-            rows.append((PATH_NAMES[path], labels.FRAMEWORK_NAMES[inference.PATH_FRAMEWORKS[path]], batch_size,
-                         number(summary.p50_ms, "ms"), number(summary.p99_ms, "ms"),
-                         number(summary.p50_ms * 1000 / batch_size, "µs"), number(summary.count)))  # fmt: skip
+            rows.append(
+                (
+                    PATH_NAMES[path],
+                    labels.FRAMEWORK_NAMES[inference.PATH_FRAMEWORKS[path]],
+                    batch_size,
+                    number(summary.p50_ms, "ms"),
+                    number(summary.p99_ms, "ms"),
+                    number(summary.p50_ms * 1000 / batch_size, "µs"),
+                    number(summary.count),
+                )
+            )
     lines += [table(("path", "framework", "batch", "p50 per call", "p99 per call", "p50 per image", "calls"), rows), ""]
     fast = measured.fast_path
     signature, script = measured.p50_ms("savedmodel_signature"), measured.p50_ms("torchscript_module")

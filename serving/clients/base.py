@@ -73,8 +73,9 @@ def wait_for_available_version(client: VersionedClient, timeout: float) -> None:
     poll_until(
         check,
         timeout,
-        lambda problem: f"{client.description} did not have model '{client.model_name}' available within "
-        f"{timeout:g} s ({problem}).",
+        lambda problem: (
+            f"{client.description} did not have model '{client.model_name}' available within {timeout:g} s ({problem})."
+        ),
     )
 
 

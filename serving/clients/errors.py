@@ -8,8 +8,10 @@ status (`HTTP 404`) or the gRPC code (`NOT_FOUND`).
 
 from __future__ import annotations
 
-KEY_FILE_HINT = ("pass TorchServe's key file with --key-file (a `make serve` stack keeps it in "
-                 ".run/torchserve/key_file.json, which the client finds by itself)")  # fmt: skip
+KEY_FILE_HINT = (
+    "pass TorchServe's key file with --key-file (a `make serve` stack keeps it in "
+    ".run/torchserve/key_file.json, which the client finds by itself)"
+)
 
 
 class ServingError(Exception):
@@ -57,8 +59,9 @@ def unknown_model(
 
 def key_refused(description: str, status: str | int, message: str) -> TorchServeError:
     """TorchServe's token authorization refused the key (or its absence)."""
-    return TorchServeError(f"{description} refused the key ({_status(status)}): {_sentence(message)[:-1]}; "
-                           f"{KEY_FILE_HINT}.", status)  # fmt: skip
+    return TorchServeError(
+        f"{description} refused the key ({_status(status)}): {_sentence(message)[:-1]}; {KEY_FILE_HINT}.", status
+    )
 
 
 def refused(

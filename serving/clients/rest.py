@@ -16,7 +16,11 @@ class RestClient:
     """TensorFlow Serving's REST API (also served by the Flask app): /v1/models/{name}[:predict|/metadata]."""
 
     def __init__(
-        self, base_url: str, model_name: str = "digits", timeout_s: float = DEFAULT_TIMEOUT_S, server: str = "REST server"
+        self,
+        base_url: str,
+        model_name: str = "digits",
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        server: str = "REST server",
     ) -> None:
         """server names it in error sentences, e.g. "TensorFlow Serving (REST)" or "Flask (REST)"."""
         import requests
@@ -49,8 +53,9 @@ class RestClient:
             status = response.status_code
             if status == 404:
                 raise errors.unknown_model(self.description, self.model_name, status, message)
-            raise errors.refused(self.description, status, message,
-                                 ServerUnavailableError if status == 503 else ServingError)  # fmt: skip
+            raise errors.refused(
+                self.description, status, message, ServerUnavailableError if status == 503 else ServingError
+            )
         if document is None:
             raise ServingError(f"{self.description} answered with a body that is not JSON.", response.status_code)
         return document

@@ -25,6 +25,7 @@ class UnaryCall(Protocol[ResponseT]):
 
     def __call__(self, request: object, *, timeout: float) -> ResponseT: ...
 
+
 # Large enough for a whole test split in one call; the default gRPC limit of 4 MiB is not.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -70,8 +70,12 @@ class TorchServeKeys:
         if not api_key or self.management_url is None:
             return False
         try:
-            requests.post(f"{self.management_url}/token", params={"type": api},
-                          headers={"Authorization": f"Bearer {api_key}"}, timeout=self.timeout)  # fmt: skip
+            requests.post(
+                f"{self.management_url}/token",
+                params={"type": api},
+                headers={"Authorization": f"Bearer {api_key}"},
+                timeout=self.timeout,
+            )
         except requests.RequestException:
             return False  # the caller's retry then fails with the server's own answer
         return True
@@ -182,9 +186,7 @@ class TorchServeClient:
     ) -> requests.Response:
         """One HTTP call; a server that cannot be reached becomes ServerUnavailableError naming its base URL."""
         try:
-            return self.session.request(
-                method, url, timeout=self.timeout, headers=headers, params=params, data=data
-            )
+            return self.session.request(method, url, timeout=self.timeout, headers=headers, params=params, data=data)
         except requests.RequestException as error:
             management = url.startswith(self.management_url) and not url.startswith(self.base_url + "/predictions")
             description = f"TorchServe (management) at {self.management_url}" if management else self.description
@@ -233,8 +235,9 @@ class TorchServeClient:
             if _is_key_error(response) or status == 401:
                 raise errors.key_refused(self.description, status, error.message) from None
             if status == 404:
-                raise errors.unknown_model(self.description, self.model_name, status, error.message,
-                                           TorchServeError) from None  # fmt: skip
+                raise errors.unknown_model(
+                    self.description, self.model_name, status, error.message, TorchServeError
+                ) from None
             raise errors.refused(self.description, status, error.message, TorchServeError) from None
 
     def describe(self, customized: bool = False, version: str | int | None = None) -> JSONDict:
@@ -262,8 +265,10 @@ class TorchServeClient:
         poll_until(
             lambda: None if self.is_available() else "workers not READY",
             timeout,
-            lambda problem: f"TorchServe's {self.model_name!r} workers were not READY at {self.management_url} "
-            f"within {timeout:g} s.",
+            lambda problem: (
+                f"TorchServe's {self.model_name!r} workers were not READY at {self.management_url} "
+                f"within {timeout:g} s."
+            ),
         )
 
     # Versions through the management API (what the live roll-out uses) -----------------------------------------

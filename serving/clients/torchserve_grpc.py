@@ -187,8 +187,10 @@ class TorchServeGrpcClient:
         poll_until(
             lambda: None if self.is_available() else "workers not READY",
             timeout,
-            lambda problem: f"TorchServe's {self.model_name!r} workers were not READY at {self.management_address} "
-            f"(gRPC) within {timeout:g} s.",
+            lambda problem: (
+                f"TorchServe's {self.model_name!r} workers were not READY at {self.management_address} "
+                f"(gRPC) within {timeout:g} s."
+            ),
         )
 
     def ping(self) -> str:

@@ -46,8 +46,9 @@ def jar_path() -> Path:
     """TorchServe's front-end jar inside the installed torchserve package; UsageError when it is not installed."""
     found = importlib.util.find_spec("ts")  # locates the package without importing it
     if found is None or not found.submodule_search_locations:
-        raise UsageError("TorchServe's gRPC client needs the torchserve package (its protos ship inside it); "
-                         "run `make setup`.")  # fmt: skip
+        raise UsageError(
+            "TorchServe's gRPC client needs the torchserve package (its protos ship inside it); run `make setup`."
+        )
     jar = Path(next(iter(found.submodule_search_locations))) / "frontend" / "model-server.jar"
     if not jar.is_file():
         raise UsageError(f"The torchserve package has no front-end jar at {jar}; reinstall it with `make setup`.")

@@ -100,7 +100,11 @@ def torchscript_runner(path: Path) -> Runner:
     return run
 
 
-RUNNERS: dict[str, Callable[[Path], Runner]] = {"onnx": onnx_runner, "pt2": pt2_runner, "torchscript": torchscript_runner}
+RUNNERS: dict[str, Callable[[Path], Runner]] = {
+    "onnx": onnx_runner,
+    "pt2": pt2_runner,
+    "torchscript": torchscript_runner,
+}
 
 
 def load_version(name: str, version_dir: Path, model_format: str = DEFAULT_FORMAT) -> LoadedModel:
@@ -169,10 +173,12 @@ class ModelManager(VersionWatcher[LoadedModel]):
         served = self.current
         present = set(artifacts.list_versions(self.base_path))  # a failed folder since removed is no news
         failed = [
-            status for status in model.statuses.values()
-            if status.error_code != "OK" and status.version in present
+            status
+            for status in model.statuses.values()
+            if status.error_code != "OK"
+            and status.version in present
             and (served is None or status.version > served.version)
-        ]  # fmt: skip
+        ]
         return max(failed, key=lambda status: status.version) if failed else None
 
     @property

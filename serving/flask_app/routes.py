@@ -94,9 +94,12 @@ def model_status(name: str, version: int | None = None) -> Response:
             f"serving version {model.version}, the newest that loads."
         )
         statuses.append(
-            {"version": str(failure.version), "state": "END",
-             "status": {"error_code": failure.error_code, "error_message": message}}
-        )  # fmt: skip
+            {
+                "version": str(failure.version),
+                "state": "END",
+                "status": {"error_code": failure.error_code, "error_message": message},
+            }
+        )
     return json_response({"model_version_status": statuses})
 
 
@@ -175,8 +178,10 @@ def handle_http_exception(error: HTTPException) -> Response:
         message = f"{request.method} is not allowed on {request.path}; use {allowed}."
     elif status == 413:
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
-        message = f"The request body is larger than this server's limit of {limit} bytes." if limit else (
-            "The request body is too large."
+        message = (
+            f"The request body is larger than this server's limit of {limit} bytes."
+            if limit
+            else ("The request body is too large.")
         )
     else:
         message = (error.description or error.name).rstrip(".") + "."

@@ -140,8 +140,9 @@ def _grpc_endpoint(client: clients.TFServingGrpcClient) -> Caller:
         except Exception:  # noqa: BLE001 (any malformed answer is the server's, reported as one sentence)
             raise EndpointError(f"The server answered without '{PROBABILITIES}' and '{CLASSES}'.") from None
         version = str(response.model_spec.version.value) if response.model_spec.HasField("version") else None
-        return Answer(probabilities.astype(np.float32), classes.astype(np.int64), latency_ms, version, IN_RESPONSE,
-                      "SavedModel")  # fmt: skip
+        return Answer(
+            probabilities.astype(np.float32), classes.astype(np.int64), latency_ms, version, IN_RESPONSE, "SavedModel"
+        )
 
     return Caller(predict, client.close)
 
@@ -159,8 +160,11 @@ def _rest_endpoint(client: clients.RestClient, model_format: str | None = None) 
         except (clients.ServingError, requests.RequestException) as error:
             logger.warning("Model status of %s failed after a prediction: %s", client.description, error)
             statuses = []
-        available = [int(status["version"]) for status in statuses
-                     if status.get("state") == "AVAILABLE" and str(status.get("version", "")).isdigit()]  # fmt: skip
+        available = [
+            int(status["version"])
+            for status in statuses
+            if status.get("state") == "AVAILABLE" and str(status.get("version", "")).isdigit()
+        ]
         # While a new version rolls out both may be AVAILABLE; a request without a version goes to the highest.
         version = str(max(available)) if available else None
         served_format = model_format
@@ -188,8 +192,9 @@ def _torchserve_endpoint(client: clients.TorchServeClient | clients.TorchServeGr
             served_format = metadata_from_description(description, "").get("format")
         except (clients.ServingError, requests.RequestException, ValueError, AttributeError) as error:
             logger.warning("TorchServe's management API failed after a prediction: %s", error)
-        return Answer(probabilities, classes, latency_ms, None if version is None else str(version), MANAGEMENT_API,
-                      served_format)  # fmt: skip
+        return Answer(
+            probabilities, classes, latency_ms, None if version is None else str(version), MANAGEMENT_API, served_format
+        )
 
     return Caller(predict, client.close)
 
@@ -200,22 +205,47 @@ Adapter = Callable[[StackAddresses], Caller]
 
 # key (stable, used by the page and tests), label (the card's title), how to reach it.
 ENDPOINTS: tuple[tuple[str, str, Adapter], ...] = (
-    ("tf-grpc", "TensorFlow Serving · gRPC",
-     lambda at: _grpc_endpoint(clients.TFServingGrpcClient(at.tf_grpc, at.model_name, timeout_s=CALL_TIMEOUT_S))),
-    ("tf-rest", "TensorFlow Serving · REST",
-     lambda at: _rest_endpoint(clients.RestClient(at.tf_rest, at.model_name, timeout_s=CALL_TIMEOUT_S), "SavedModel")),
-    ("flask-rest", "Flask · REST",
-     lambda at: _rest_endpoint(clients.RestClient(at.flask, at.model_name, timeout_s=CALL_TIMEOUT_S))),
-    ("torchserve-rest", "TorchServe · REST",
-     lambda at: _torchserve_endpoint(clients.TorchServeClient(at.torchserve, at.model_name, at.torchserve_key_file,
-                                                              at.torchserve_management, timeout=CALL_TIMEOUT_S))),
-    ("torchserve-grpc", "TorchServe · gRPC",
-     lambda at: _torchserve_endpoint(clients.TorchServeGrpcClient(at.torchserve_grpc, at.model_name,
-                                                                  at.torchserve_key_file,
-                                                                  at.torchserve_grpc_management,
-                                                                  timeout=CALL_TIMEOUT_S,
-                                                                  token_url=at.torchserve_management))),
-)  # fmt: skip
+    (
+        "tf-grpc",
+        "TensorFlow Serving · gRPC",
+        lambda at: _grpc_endpoint(clients.TFServingGrpcClient(at.tf_grpc, at.model_name, timeout_s=CALL_TIMEOUT_S)),
+    ),
+    (
+        "tf-rest",
+        "TensorFlow Serving · REST",
+        lambda at: _rest_endpoint(
+            clients.RestClient(at.tf_rest, at.model_name, timeout_s=CALL_TIMEOUT_S), "SavedModel"
+        ),
+    ),
+    (
+        "flask-rest",
+        "Flask · REST",
+        lambda at: _rest_endpoint(clients.RestClient(at.flask, at.model_name, timeout_s=CALL_TIMEOUT_S)),
+    ),
+    (
+        "torchserve-rest",
+        "TorchServe · REST",
+        lambda at: _torchserve_endpoint(
+            clients.TorchServeClient(
+                at.torchserve, at.model_name, at.torchserve_key_file, at.torchserve_management, timeout=CALL_TIMEOUT_S
+            )
+        ),
+    ),
+    (
+        "torchserve-grpc",
+        "TorchServe · gRPC",
+        lambda at: _torchserve_endpoint(
+            clients.TorchServeGrpcClient(
+                at.torchserve_grpc,
+                at.model_name,
+                at.torchserve_key_file,
+                at.torchserve_grpc_management,
+                timeout=CALL_TIMEOUT_S,
+                token_url=at.torchserve_management,
+            )
+        ),
+    ),
+)
 
 
 def connect(addresses: StackAddresses) -> list[Endpoint]:
@@ -235,7 +265,12 @@ _ADDRESS = re.compile(r"(?:[a-z]+://)?(?:\[[0-9a-f:]+\]|[\w.-]+):\d{2,5}[^\s,;)]
 
 # What a client raises when its server cannot answer (the servers' own errors, transport errors, odd responses).
 _CLIENT_FAILURES = (
-    clients.ServingError, clients.TorchServeError, requests.RequestException, TimeoutError, KeyError, ValueError
+    clients.ServingError,
+    clients.TorchServeError,
+    requests.RequestException,
+    TimeoutError,
+    KeyError,
+    ValueError,
 )
 
 

@@ -60,11 +60,19 @@ def _raise_interrupt(signal_number: int, frame: object) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """--port and --run-dir."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"port on {HOST} (default {DEFAULT_PORT}, or the next free one when it is taken)")
-    parser.add_argument("--run-dir", type=Path, default=Path(".run"),
-                        help="run folder of the stack `make serve` started (default %(default)s)")
-    return parser  # fmt: skip
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port on {HOST} (default {DEFAULT_PORT}, or the next free one when it is taken)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path(".run"),
+        help="run folder of the stack `make serve` started (default %(default)s)",
+    )
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,8 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if arguments.port is None and port != DEFAULT_PORT:
                 print(f"Port {DEFAULT_PORT} is taken; using port {port} instead.")
             if not endpoints.stack_is_running(arguments.run_dir):
-                print(f"No `make serve` stack runs from {arguments.run_dir}/; asking the default ports "
-                      f"(those of `docker compose up`). Start the servers with `make serve`.")  # fmt: skip
+                print(
+                    f"No `make serve` stack runs from {arguments.run_dir}/; asking the default ports "
+                    f"(those of `docker compose up`). Start the servers with `make serve`."
+                )
             print(f"Playground: http://{HOST}:{port}/  (model '{addresses.model_name}'; Ctrl-C to stop)", flush=True)
             # SIGTERM too; and SIGINT explicitly, since a shell that starts us in the background leaves it ignored.
             for number in (signal.SIGINT, signal.SIGTERM):

@@ -103,4 +103,3 @@ def format_regressions(values: Sequence[float]) -> str:
     if not len(values):
         raise RequestError("Cannot convert empty RegressionResults to JSON")
     return '{"results":[' + ",".join(float_tokens(np.asarray(values, np.float32))) + "]}"
-

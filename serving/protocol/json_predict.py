@@ -33,7 +33,9 @@ def parse_predict(
     `false` anywhere in the body) lets numeric tensors convert in one NumPy call.
     """
     if not input_dtypes:
-        raise RequestError(f"Failed to get input map for signature: {quoted(document.get('signature_name') or 'DEFAULT')}")
+        raise RequestError(
+            f"Failed to get input map for signature: {quoted(document.get('signature_name') or 'DEFAULT')}"
+        )
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
         raise RequestError(
@@ -182,7 +184,9 @@ def format_predict(outputs: Mapping[str, Tensor], row_format: bool) -> str:
         if shape[0] < 1:
             raise RequestError(f"Tensor name: {quoted(name)} has invalid batch size: {shape[0]}")
         if batch_size and shape[0] != batch_size:
-            raise RequestError(f"Tensor name: {quoted(name)} has inconsistent batch size: {shape[0]} expecting: {batch_size}")
+            raise RequestError(
+                f"Tensor name: {quoted(name)} has inconsistent batch size: {shape[0]} expecting: {batch_size}"
+            )
         batch_size = shape[0]
     rows = {name: nest(_tokens(name, outputs[name]), outputs[name].shape, keep=1) for name in names}
     if single:

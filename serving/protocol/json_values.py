@@ -62,7 +62,12 @@ JSON_DTYPES: dict[str, tuple[DType, str, str]] = {
     "DT_STRING": (np.dtype(object), "string", "string"),
 }
 # The range of JSON integers each kind accepts (rapidjson's IsInt, IsInt64, IsUint, IsUint64).
-INTEGER_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1)}
+INTEGER_RANGES = {
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
 # Largest whole number a float (24-bit mantissa) or double (53-bit) holds exactly; larger JSON integers are refused.
 EXACT_INTEGER_LIMIT = {"float": 2**24 - 1, "double": 2**53 - 1}
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -339,14 +344,18 @@ def _type_error(value: object, dtype_name: str) -> RequestError:
 def _number(value: object, dtype_name: str) -> Leaf:
     """One JSON leaf checked and converted for dtype_name, as the real server's AddValueToTensor does."""
     if dtype_name not in JSON_DTYPES:
-        raise RequestError(f"Conversion of JSON Value: {value_text(value)} to type: {type_name(dtype_name)}", "UNIMPLEMENTED")
+        raise RequestError(
+            f"Conversion of JSON Value: {value_text(value)} to type: {type_name(dtype_name)}", "UNIMPLEMENTED"
+        )
     kind = JSON_DTYPES[dtype_name][2]
     if kind == "float":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _type_error(value, dtype_name)
         limit = EXACT_INTEGER_LIMIT[type_name(dtype_name)]
-        lossless = abs(value) <= limit if isinstance(value, int) else (
-            not math.isfinite(value) or dtype_name == "DT_DOUBLE" or abs(value) <= FLOAT32_MAX
+        lossless = (
+            abs(value) <= limit
+            if isinstance(value, int)
+            else (not math.isfinite(value) or dtype_name == "DT_DOUBLE" or abs(value) <= FLOAT32_MAX)
         )
         if not lossless:
             raise RequestError(
@@ -428,9 +437,11 @@ def _as_array(flat: list[Leaf], shape: list[int], dtype_name: str) -> Tensor:
         array[:] = flat
         return array.reshape(shape)
     # int8/int16/uint8 wrap around as TensorFlow's int_val → int8 conversion does
-    return np.array(flat, dtype=np.int64 if numpy_dtype.kind in "iu" and numpy_dtype.itemsize < 8 else None).astype(
-        numpy_dtype
-    ).reshape(shape)
+    return (
+        np.array(flat, dtype=np.int64 if numpy_dtype.kind in "iu" and numpy_dtype.itemsize < 8 else None)
+        .astype(numpy_dtype)
+        .reshape(shape)
+    )
 
 
 def fast_tensor(value: object, dtype_name: str, may_hold_booleans: bool = True) -> Tensor | None:
@@ -450,7 +461,10 @@ def fast_tensor(value: object, dtype_name: str, may_hold_booleans: bool = True) 
             # whole numbers beyond the exact range may have been integers in the JSON: let the walk judge them
             if finite.size and np.abs(finite).max() > EXACT_INTEGER_LIMIT["float"]:
                 return None
-        elif array.min() < -EXACT_INTEGER_LIMIT[type_name(dtype_name)] or array.max() > EXACT_INTEGER_LIMIT[type_name(dtype_name)]:
+        elif (
+            array.min() < -EXACT_INTEGER_LIMIT[type_name(dtype_name)]
+            or array.max() > EXACT_INTEGER_LIMIT[type_name(dtype_name)]
+        ):
             return None
     elif kind != "bool":
         low, high = INTEGER_RANGES[kind]

@@ -48,8 +48,10 @@ def load_json(raw: bytes | str) -> JSONValue:
     try:
         return parse_json(raw)
     except JsonSyntaxError as error:
-        raise RequestError(f"The request body is not valid JSON: {error.reason[:1].lower()}{error.reason[1:-1]} "
-                           f"at offset {error.offset}.") from None  # fmt: skip
+        raise RequestError(
+            f"The request body is not valid JSON: {error.reason[:1].lower()}{error.reason[1:-1]} "
+            f"at offset {error.offset}."
+        ) from None
 
 
 def to_array(values: JSONValue, spec: TensorSpec, allow_non_finite: bool = True) -> Tensor:
@@ -58,7 +60,9 @@ def to_array(values: JSONValue, spec: TensorSpec, allow_non_finite: bool = True)
     try:
         array = np.asarray(values)
     except (ValueError, OverflowError):
-        raise RequestError(f"Input '{spec.name}' is ragged: every list at one depth must have the same length.") from None
+        raise RequestError(
+            f"Input '{spec.name}' is ragged: every list at one depth must have the same length."
+        ) from None
     if array.dtype.kind not in "iuf":
         if array.dtype.kind == "O":
             raise RequestError(
@@ -67,7 +71,9 @@ def to_array(values: JSONValue, spec: TensorSpec, allow_non_finite: bool = True)
         raise RequestError(f"Input '{spec.name}' must hold numbers, got {_kind_name(array.dtype)} values.")
     expected_dtype = np.dtype(spec.dtype)
     if expected_dtype.kind in "iu" and array.dtype.kind == "f":
-        raise RequestError(f"Input '{spec.name}' expects integers ({expected_dtype.name}) but got floating-point values.")
+        raise RequestError(
+            f"Input '{spec.name}' expects integers ({expected_dtype.name}) but got floating-point values."
+        )
     if not spec.accepts_shape(array.shape):
         raise RequestError(
             f"Input '{spec.name}' has shape {list(array.shape)} but the model expects {spec.describe()}."

@@ -32,6 +32,7 @@ def string_bytes(value: object) -> bytes:
         return value.encode()
     return bytes(value) if isinstance(value, bytes | bytearray | memoryview) else str(value).encode()
 
+
 # SignatureDef.method_name of TensorFlow Serving's three signature kinds.
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"

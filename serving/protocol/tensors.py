@@ -193,4 +193,3 @@ def array_to_tensor(array: npt.ArrayLike) -> tensor_pb2.TensorProto:
     proto = tensor_pb2.TensorProto()
     fill_tensor(proto, np.asarray(array))
     return proto
-

@@ -57,8 +57,9 @@ def train_missing(
     modules = {TRAINING_MODULES[export] for export in missing_exports(needed, models_dir, model_name)}
     for module in sorted(modules):
         if model_name != DEFAULT_MODEL_NAME:
-            raise ServerError(f"No export of model {model_name!r} exists; "
-                              f"train it with `python -m {module} --data-dir ...` first.")  # fmt: skip
+            raise ServerError(
+                f"No export of model {model_name!r} exists; train it with `python -m {module} --data-dir ...` first."
+            )
         report(f"No export of {model_name!r} under {display_path(models_dir)} for {module}; training one first.")
         result = subprocess.run(
             [python, "-m", module, "--output-dir", str(models_dir)],
@@ -75,5 +76,7 @@ def require_exports(needed: Iterable[str], models_dir: Path, model_name: str) ->
     missing = missing_exports(needed, models_dir, model_name)
     if missing:
         target = "train-tf" if missing[0] == "tf" else "train-torch"
-        raise ServerError(f"No {missing[0]} export of {model_name!r} under {display_path(models_dir)}; "
-                          f"train one first with `make {target}`.")  # fmt: skip
+        raise ServerError(
+            f"No {missing[0]} export of {model_name!r} under {display_path(models_dir)}; "
+            f"train one first with `make {target}`."
+        )

@@ -29,8 +29,18 @@ def endpoints(url: str | None, model_name: str = DEFAULT_MODEL_NAME) -> list[End
 
     if not url:
         return []
-    return [Endpoint("flask-rest", NAME, "Flask + gunicorn", "torch", "REST", url, model_name,
-                     lambda model, timeout: RestClient(url, model, timeout, "Flask (REST)"))]  # fmt: skip
+    return [
+        Endpoint(
+            "flask-rest",
+            NAME,
+            "Flask + gunicorn",
+            "torch",
+            "REST",
+            url,
+            model_name,
+            lambda model, timeout: RestClient(url, model, timeout, "Flask (REST)"),
+        )
+    ]
 
 
 def is_ready(url: str) -> bool:

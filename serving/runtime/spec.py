@@ -110,6 +110,6 @@ def client_command(python: str) -> str:
 def curl_command(url: str, key_command: str | None = None) -> str:
     """A curl line that sends SAMPLE_IMAGE in TensorFlow Serving's row format (with a bearer key when given)."""
     body = json.dumps({"instances": [SAMPLE_IMAGE]}, separators=(",", ":"))
-    authorization = f" -H \"Authorization: Bearer $({key_command})\"" if key_command else ""
+    authorization = f' -H "Authorization: Bearer $({key_command})"' if key_command else ""
     # TorchServe reads a body as JSON only when told so; TF Serving and Flask accept the header too.
     return f"curl -s -H 'Content-Type: application/json'{authorization} -d '{body}' {url}"

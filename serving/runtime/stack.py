@@ -67,8 +67,13 @@ class Ports:
 
     def torchserve(self) -> TorchServePorts:
         """TorchServe's five."""
-        return TorchServePorts(self.torchserve_inference, self.torchserve_management, self.torchserve_metrics,
-                               self.torchserve_grpc_inference, self.torchserve_grpc_management)  # fmt: skip
+        return TorchServePorts(
+            self.torchserve_inference,
+            self.torchserve_management,
+            self.torchserve_metrics,
+            self.torchserve_grpc_inference,
+            self.torchserve_grpc_management,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,8 +167,13 @@ class Stack:
     def _default_specs(self) -> list[ServerSpec]:
         ports, name, python = self.ports, self.model_name, self.python
         return [
-            tfserving.spec(tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest), name, self.tf_base_path,
-                           (f"--monitoring_config_file={tfserving.MONITORING_CONFIG}",), python),  # fmt: skip
+            tfserving.spec(
+                tfserving.TFServingPorts(ports.tf_grpc, ports.tf_rest),
+                name,
+                self.tf_base_path,
+                (f"--monitoring_config_file={tfserving.MONITORING_CONFIG}",),
+                python,
+            ),
             flask_app.spec(ports.flask, name, self.torch_base_path, python=python, model_format=self.flask_format),
             torchserve.spec(self.torchserve_instance, self.model_store, name, python=python),
         ]
@@ -189,11 +199,14 @@ class Stack:
                     continue
                 holder = port_holder(port)
                 if holder is not None and holder.pid in self._own_processes():
-                    raise ServerError(f"The stack is already running (port {port}, {spec.name}); "
-                                      f"stop it with `make stop` first.")  # fmt: skip
+                    raise ServerError(
+                        f"The stack is already running (port {port}, {spec.name}); stop it with `make stop` first."
+                    )
                 who = f" by {describe_process(holder)}" if holder is not None else ""
-                raise ServerError(f"Port {port} ({spec.name} {purpose}) is already in use{who}; "
-                                  f"stop that process or choose another port.")  # fmt: skip
+                raise ServerError(
+                    f"Port {port} ({spec.name} {purpose}) is already in use{who}; "
+                    f"stop that process or choose another port."
+                )
 
     def _own_processes(self) -> set[int]:
         leaders = [read_pid_file(self.pid_path(spec.name)) for spec in self.specs()]
@@ -209,8 +222,10 @@ class Stack:
         specs = self.specs()
         running = [spec.name for spec in specs if read_pid_file(self.pid_path(spec.name))]
         if running:
-            raise ServerError(f"The stack in {display_path(self.run_dir)} is already running "
-                              f"({', '.join(running)}); stop it with `make stop` first.")  # fmt: skip
+            raise ServerError(
+                f"The stack in {display_path(self.run_dir)} is already running "
+                f"({', '.join(running)}); stop it with `make stop` first."
+            )
         self.check_ports()
         if train:
             exports.train_missing(self._needed_exports(), self.models_dir, self.model_name, self.python, report)
@@ -255,8 +270,14 @@ class Stack:
         """The stack a previous `start` left in run_dir (default ports and folders when it left no state)."""
         try:
             state = json.loads((Path(run_dir) / STATE_FILE).read_text())
-            return cls(Ports(**state["ports"]), run_dir, state["models_dir"], state["model_name"], python,
-                       only=state.get("servers"))  # fmt: skip
+            return cls(
+                Ports(**state["ports"]),
+                run_dir,
+                state["models_dir"],
+                state["model_name"],
+                python,
+                only=state.get("servers"),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return cls(run_dir=run_dir, python=python)
 
@@ -311,8 +332,10 @@ class Stack:
             report("Serving in the foreground; press Ctrl-C to stop every server.")
             while True:
                 for name, code in self.exited_servers().items():
-                    report(f"{name} exited on its own with status {code}; stopping the others. "
-                           f"Last lines of its log:\n{tail(self.log_path(name))}")  # fmt: skip
+                    report(
+                        f"{name} exited on its own with status {code}; stopping the others. "
+                        f"Last lines of its log:\n{tail(self.log_path(name))}"
+                    )
                     exit_code = 1
                     raise KeyboardInterrupt
                 time.sleep(0.5)

@@ -48,14 +48,30 @@ def endpoints(grpc_address: str | None, rest_url: str | None, model_name: str = 
     found = []
     if grpc_address:
         found.append(
-            Endpoint("tf-grpc", NAME, TITLE, "tf", "gRPC", grpc_address, model_name,
-                     lambda model, timeout: TFServingGrpcClient(grpc_address, model, timeout_s=timeout))
-        )  # fmt: skip
+            Endpoint(
+                "tf-grpc",
+                NAME,
+                TITLE,
+                "tf",
+                "gRPC",
+                grpc_address,
+                model_name,
+                lambda model, timeout: TFServingGrpcClient(grpc_address, model, timeout_s=timeout),
+            )
+        )
     if rest_url:
         found.append(
-            Endpoint("tf-rest", NAME, TITLE, "tf", "REST", rest_url, model_name,
-                     lambda model, timeout: RestClient(rest_url, model, timeout, "TensorFlow Serving (REST)"))
-        )  # fmt: skip
+            Endpoint(
+                "tf-rest",
+                NAME,
+                TITLE,
+                "tf",
+                "REST",
+                rest_url,
+                model_name,
+                lambda model, timeout: RestClient(rest_url, model, timeout, "TensorFlow Serving (REST)"),
+            )
+        )
     return found
 
 

@@ -144,17 +144,33 @@ def endpoints(
     if inference_url:
         rest_management_url = management_url or default_management_url(inference_url)
         found.append(
-            Endpoint("torchserve-rest", NAME, "TorchServe", "torch", "REST", inference_url, model_name,
-                     lambda model, timeout: TorchServeClient(inference_url, model, key_file, rest_management_url,
-                                                             timeout))
-        )  # fmt: skip
+            Endpoint(
+                "torchserve-rest",
+                NAME,
+                "TorchServe",
+                "torch",
+                "REST",
+                inference_url,
+                model_name,
+                lambda model, timeout: TorchServeClient(inference_url, model, key_file, rest_management_url, timeout),
+            )
+        )
     if grpc_address:
         token_url = management_url or default_management_url(inference_url or f"http://{grpc_address}")
         found.append(
-            Endpoint("torchserve-grpc", NAME, "TorchServe", "torch", "gRPC", grpc_address, model_name,
-                     lambda model, timeout: TorchServeGrpcClient(grpc_address, model, key_file, grpc_management_address,
-                                                                 timeout, token_url=token_url))
-        )  # fmt: skip
+            Endpoint(
+                "torchserve-grpc",
+                NAME,
+                "TorchServe",
+                "torch",
+                "gRPC",
+                grpc_address,
+                model_name,
+                lambda model, timeout: TorchServeGrpcClient(
+                    grpc_address, model, key_file, grpc_management_address, timeout, token_url=token_url
+                ),
+            )
+        )
     return found
 
 
@@ -188,8 +204,14 @@ def spec(
     executable = torchserve_executable(python)
     config_path = run_dir / "config.properties"
     ports = instance.ports
-    found = endpoints(instance.inference_url, instance.management_url, instance.key_file, model_name,
-                      instance.grpc_address, instance.grpc_management_address)  # fmt: skip
+    found = endpoints(
+        instance.inference_url,
+        instance.management_url,
+        instance.key_file,
+        model_name,
+        instance.grpc_address,
+        instance.grpc_management_address,
+    )
     rest = found[0]
     probe: TorchServeClient | None = None
 
@@ -198,7 +220,9 @@ def spec(
         if probe is None:  # the REST endpoint's client, which also reads the workers' states
             from serving.clients import TorchServeClient
 
-            probe = TorchServeClient(instance.inference_url, model_name, instance.key_file, instance.management_url, 2.0)
+            probe = TorchServeClient(
+                instance.inference_url, model_name, instance.key_file, instance.management_url, 2.0
+            )
         return probe.is_available()
 
     def prepare() -> None:
@@ -211,22 +235,55 @@ def spec(
         instance.log_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / config.KEY_FILE).unlink(missing_ok=True)  # a stale key file would hand clients expired keys
         choice = serving_archive(model_store, model_name, run_dir)
-        config.write_config(config_path, model_store, ports, model_name, instance.token_auth, batch_size,
-                            max_batch_delay_ms, workers, model_api=rollout, archive=choice.archive)  # fmt: skip
+        config.write_config(
+            config_path,
+            model_store,
+            ports,
+            model_name,
+            instance.token_auth,
+            batch_size,
+            max_batch_delay_ms,
+            workers,
+            model_api=rollout,
+            archive=choice.archive,
+        )
 
     # --foreground keeps the launcher alive as the JVM's parent: its exit tells that TorchServe died.
-    command = [executable, "--start", "--foreground", "--ncs", "--ts-config", str(config_path),
-               "--model-store", str(model_store)]  # fmt: skip
+    command = [
+        executable,
+        "--start",
+        "--foreground",
+        "--ncs",
+        "--ts-config",
+        str(config_path),
+        "--model-store",
+        str(model_store),
+    ]
     if not instance.token_auth:
         command.append("--disable-token-auth")
     if rollout:
-        watcher = [python, "-m", "serving.runtime.torchserve_rollout", "--model-store", str(model_store),
-                   "--model-name", model_name, "--management-url", instance.management_url,
-                   "--poll-seconds", f"{poll_seconds:g}", "--fallback-file", str(run_dir / FALLBACK_FILE)]  # fmt: skip
+        watcher = [
+            python,
+            "-m",
+            "serving.runtime.torchserve_rollout",
+            "--model-store",
+            str(model_store),
+            "--model-name",
+            model_name,
+            "--management-url",
+            instance.management_url,
+            "--poll-seconds",
+            f"{poll_seconds:g}",
+            "--fallback-file",
+            str(run_dir / FALLBACK_FILE),
+        ]
         if instance.key_file is not None:
             watcher += ["--key-file", str(instance.key_file)]
-        for flag, value in (("--batch-size", batch_size), ("--max-batch-delay-ms", max_batch_delay_ms),
-                            ("--workers", workers)):  # fmt: skip
+        for flag, value in (
+            ("--batch-size", batch_size),
+            ("--max-batch-delay-ms", max_batch_delay_ms),
+            ("--workers", workers),
+        ):
             if value is not None:
                 watcher += [flag, str(value)]
         command = [*watcher, "--", *command]
@@ -293,18 +350,25 @@ def _examples(instance: TorchServeInstance, endpoint: Endpoint, model_name: str,
         # Read at call time: TorchServe's keys expire (60 minutes by default) and it rewrites the file.
         return (
             f"{display_path(Path(python))} -c 'import json; "
-            f"print(json.load(open(\"{display_path(key_file)}\"))[\"{kind}\"][\"key\"])'"
+            f'print(json.load(open("{display_path(key_file)}"))["{kind}"]["key"])\''
         )
 
     management_key = key_command("management")
-    authorization = f"-H \"Authorization: Bearer $({management_key})\" " if management_key else ""
+    authorization = f'-H "Authorization: Bearer $({management_key})" ' if management_key else ""
     key_flag = f" --key-file {display_path(key_file)}" if key_file is not None else ""
     return [
         Example("TorchServe REST", "REST", predict_url, curl_command(predict_url, key_command("inference"))),
         Example("TorchServe management", "REST", models_url, f"curl -s {authorization}{models_url}"),
-        Example("TorchServe client", "REST", predict_url,
-                f"{client_command(python)} torchserve --rest {endpoint.address}{key_flag} --sample 10"),
-        Example("TorchServe gRPC", "gRPC", instance.grpc_address,
-                f"{client_command(python)} torchserve --grpc {instance.grpc_address}{key_flag} --sample 10"),
-    ]  # fmt: skip
-
+        Example(
+            "TorchServe client",
+            "REST",
+            predict_url,
+            f"{client_command(python)} torchserve --rest {endpoint.address}{key_flag} --sample 10",
+        ),
+        Example(
+            "TorchServe gRPC",
+            "gRPC",
+            instance.grpc_address,
+            f"{client_command(python)} torchserve --grpc {instance.grpc_address}{key_flag} --sample 10",
+        ),
+    ]

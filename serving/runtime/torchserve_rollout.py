@@ -32,11 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments_list = list(sys.argv[1:] if argv is None else argv)
     split = arguments_list.index("--") if "--" in arguments_list else len(arguments_list)
     command = arguments_list[split + 1 :]
-    parser = argparse.ArgumentParser(prog=PROG, description="Run TorchServe and roll new model versions out into it.",
-                                     usage=f"{PROG} [options] -- TORCHSERVE COMMAND...")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run TorchServe and roll new model versions out into it.",
+        usage=f"{PROG} [options] -- TORCHSERVE COMMAND...",
+    )
     rollout_module.add_arguments(parser)
-    parser.add_argument("--fallback-file", type=Path,
-                        help="a file whose sentence (newer archives that did not load) goes into the log at start")
+    parser.add_argument(
+        "--fallback-file",
+        type=Path,
+        help="a file whose sentence (newer archives that did not load) goes into the log at start",
+    )
     arguments = parser.parse_args(arguments_list[:split])
 
     def body() -> int:

@@ -67,7 +67,9 @@ def _batching_parameters_class() -> type:
         (10, "batch_padding_policy", ".google.protobuf.StringValue"),
     ]
     for number, name, type_name in wrapped:
-        message.field.add(name=name, number=number, label=field.LABEL_OPTIONAL, type=field.TYPE_MESSAGE, type_name=type_name)
+        message.field.add(
+            name=name, number=number, label=field.LABEL_OPTIONAL, type=field.TYPE_MESSAGE, type_name=type_name
+        )
     message.field.add(name="allowed_batch_sizes", number=6, label=field.LABEL_REPEATED, type=field.TYPE_INT64)
     message.field.add(name="pad_variable_length_inputs", number=7, label=field.LABEL_OPTIONAL, type=field.TYPE_BOOL)
     message.field.add(name="enable_large_batch_splitting", number=8, label=field.LABEL_OPTIONAL, type=field.TYPE_BOOL)
@@ -114,7 +116,9 @@ class _Task:
 
     __slots__ = ("key", "servable", "signature", "inputs", "rows", "done", "outputs", "error", "abandoned", "enqueued")
 
-    def __init__(self, key: tuple, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray], rows: int):
+    def __init__(
+        self, key: tuple, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray], rows: int
+    ):
         self.key = key
         self.servable = servable  # held so an unload during the wait cannot free the model under us
         self.signature = signature
@@ -160,7 +164,9 @@ class BatchScheduler:
                 "--batching_parameters_file)."
             )
         # Inner shapes and dtypes are part of the key: only tensors that concatenate along axis 0 share a batch.
-        key = (id(servable), signature.name) + tuple((alias, array.shape[1:], array.dtype.str) for alias, array in sorted(inputs.items()))
+        key = (id(servable), signature.name) + tuple(
+            (alias, array.shape[1:], array.dtype.str) for alias, array in sorted(inputs.items())
+        )
         tasks = []
         for start in range(0, max(rows, 1), limit):
             chunk = {alias: array[start : start + limit] for alias, array in inputs.items()}
@@ -178,9 +184,7 @@ class BatchScheduler:
         if len(tasks) == 1:
             outputs = tasks[0].outputs
         else:
-            outputs = {
-                alias: np.concatenate([task.outputs[alias] for task in tasks]) for alias in tasks[0].outputs
-            }
+            outputs = {alias: np.concatenate([task.outputs[alias] for task in tasks]) for alias in tasks[0].outputs}
         return {alias: outputs[alias] for alias in output_aliases}
 
     def _enqueue(self, tasks: list[_Task]) -> None:

@@ -74,20 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="A TensorFlow Serving–compatible server (gRPC + REST) for SavedModels under a model base path.",
     )
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
-    parser.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 turns REST off (default 0, as TF Serving)")
+    parser.add_argument(
+        "--rest_api_port", type=int, default=0, help="REST port; 0 turns REST off (default 0, as TF Serving)"
+    )
     parser.add_argument("--bind_address", default="127.0.0.1", help="address both servers bind (default 127.0.0.1)")
     parser.add_argument("--model_name", default="default", help="name of the single served model (default 'default')")
     parser.add_argument("--model_base_path", type=Path, help="folder whose integer subfolders are SavedModel versions")
     parser.add_argument("--model_config_file", type=Path, help="text-format ModelServerConfig listing several models")
     parser.add_argument(
-        "--model_config_file_poll_wait_seconds", type=float, default=0.0, help="re-read --model_config_file this often (0: never)"
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file this often (0: never)",
     )
     parser.add_argument(
-        "--file_system_poll_wait_seconds", type=float, default=1.0, help="scan base paths for new versions this often (0: only at start)"
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="scan base paths for new versions this often (0: only at start)",
     )
-    parser.add_argument("--enable_batching", type=parse_bool, nargs="?", const=True, default=False, help="merge concurrent requests")
-    parser.add_argument("--batching_parameters_file", type=Path, help="text-format BatchingParameters (needs --enable_batching)")
-    parser.add_argument("--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000)")
+    parser.add_argument(
+        "--enable_batching", type=parse_bool, nargs="?", const=True, default=False, help="merge concurrent requests"
+    )
+    parser.add_argument(
+        "--batching_parameters_file", type=Path, help="text-format BatchingParameters (needs --enable_batching)"
+    )
+    parser.add_argument(
+        "--rest_api_timeout_in_ms", type=int, default=30000, help="REST request timeout (default 30000)"
+    )
     parser.add_argument(
         "--rest_api_num_threads", type=int, default=0, help="REST requests run at once per worker (0: auto, see below)"
     )
@@ -95,36 +109,63 @@ def build_parser() -> argparse.ArgumentParser:
         "--grpc_max_threads", type=int, default=0, help="gRPC calls run at once per worker (0: auto, see below)"
     )
     parser.add_argument(
-        "--max_request_bytes", type=int, default=64 * MEBIBYTE, help="largest gRPC message or REST body accepted (default 64 MiB)"
+        "--max_request_bytes",
+        type=int,
+        default=64 * MEBIBYTE,
+        help="largest gRPC message or REST body accepted (default 64 MiB)",
     )
-    parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0, help="time in-flight requests get after SIGTERM")
     parser.add_argument(
-        "--enable_model_warmup", type=parse_bool, nargs="?", const=True, default=True,
+        "--shutdown_grace_seconds", type=float, default=30.0, help="time in-flight requests get after SIGTERM"
+    )
+    parser.add_argument(
+        "--enable_model_warmup",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
         help="replay each version's assets.extra/tf_serving_warmup_requests before serving it (default true)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--allow_version_labels_for_unavailable_models", type=parse_bool, nargs="?", const=True, default=False,
-        help="let the model config's version_labels name versions that are not loaded yet (default false)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--workers", type=int, default=0, help="server processes sharing both ports (default 0: one per core, at most 4)"
     )
     parser.add_argument(
-        "--enable_signature_method_name_check", type=parse_bool, nargs="?", const=True, default=False,
+        "--allow_version_labels_for_unavailable_models",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let the model config's version_labels name versions that are not loaded yet (default false)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="server processes sharing both ports (default 0: one per core, at most 4)",
+    )
+    parser.add_argument(
+        "--enable_signature_method_name_check",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
         help="refuse Classify/Regress/Predict on a signature whose method_name is not theirs (default false: TF2 "
         "SavedModels write every signature with the predict method name)",
-    )  # fmt: skip
+    )
     parser.add_argument("--grpc_socket_path", type=Path, help="also serve gRPC on this UNIX socket")
     parser.add_argument(
-        "--grpc_channel_arguments", default="", help="comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000"
+        "--grpc_channel_arguments",
+        default="",
+        help="comma-separated gRPC server arguments, e.g. grpc.max_connection_age_ms=2000",
     )
     parser.add_argument(
-        "--allowed_model_roots", default="",
+        "--allowed_model_roots",
+        default="",
         help="comma-separated folders HandleReloadConfigRequest may serve models from (default: the base paths at start)",
-    )  # fmt: skip
-    parser.add_argument("--monitoring_config_file", type=Path, help="text-format MonitoringConfig (Prometheus metrics on the REST port)")
+    )
+    parser.add_argument(
+        "--monitoring_config_file", type=Path, help="text-format MonitoringConfig (Prometheus metrics on the REST port)"
+    )
     for name, what in (("session", "both pools below"), ("intra_op", "one op"), ("inter_op", "ops side by side")):
-        parser.add_argument(f"--tensorflow_{name}_parallelism", type=int, default=0, help=f"TensorFlow threads for {what} (0: auto)")
+        parser.add_argument(
+            f"--tensorflow_{name}_parallelism", type=int, default=0, help=f"TensorFlow threads for {what} (0: auto)"
+        )
     return parser
 
 
@@ -142,7 +183,9 @@ def sources_from_config(config: model_server_config_pb2.ModelServerConfig) -> li
         if entry.name in names:
             raise UsageError(f"Illegal to list model {entry.name} multiple times in config list.")
         if entry.model_platform and entry.model_platform != "tensorflow":
-            raise UsageError(f"Model {entry.name!r} has platform {entry.model_platform!r}; only 'tensorflow' is served.")
+            raise UsageError(
+                f"Model {entry.name!r} has platform {entry.model_platform!r}; only 'tensorflow' is served."
+            )
         names.add(entry.name)
         sources.append(
             TFModelSource(
@@ -311,7 +354,9 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         ]
     else:
         raise UsageError("Give --model_base_path (with --model_name) or --model_config_file.")
-    sources = with_server_flags(sources, arguments.enable_model_warmup, arguments.allow_version_labels_for_unavailable_models)
+    sources = with_server_flags(
+        sources, arguments.enable_model_warmup, arguments.allow_version_labels_for_unavailable_models
+    )
     if arguments.batching_parameters_file and not arguments.enable_batching:
         raise UsageError("--batching_parameters_file needs --enable_batching.")
     batching = read_batching_parameters(arguments.batching_parameters_file) if arguments.enable_batching else None
@@ -348,7 +393,9 @@ def parse_options(argv: list[str] | None) -> ServerOptions:
         workers=workers,
         grpc_socket_path=arguments.grpc_socket_path.expanduser().absolute() if arguments.grpc_socket_path else None,
         grpc_channel_arguments=parse_channel_arguments(arguments.grpc_channel_arguments),
-        monitoring=read_monitoring_config(arguments.monitoring_config_file) if arguments.monitoring_config_file else None,
+        monitoring=read_monitoring_config(arguments.monitoring_config_file)
+        if arguments.monitoring_config_file
+        else None,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,
         allowed_model_roots=allowed_roots(arguments.allowed_model_roots, sources),

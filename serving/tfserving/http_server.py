@@ -56,7 +56,9 @@ Send = Callable[[dict], Awaitable[None]]
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 LISTEN_BACKLOG = 2048
 # The inference paths the real server counts in its metrics: /v1/models/<name>[/versions/<n>|/labels/<l>]:<verb>
-INFERENCE_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?P<verb>predict|classify|regress)$", re.I)
+INFERENCE_PATH = re.compile(
+    r"^/v1/models/(?P<name>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?P<verb>predict|classify|regress)$", re.I
+)
 STATUS_CODE_NAMES = {
     200: "OK",
     408: "DEADLINE_EXCEEDED",  # a request too slow to arrive (TF Serving's own 504 means a model too slow to answer)
@@ -64,6 +66,8 @@ STATUS_CODE_NAMES = {
 }
 JSON_HEADERS = [(b"content-type", b"application/json")]
 INTERNAL_ERROR = {"error": "The request failed inside the server; see the server log."}
+
+
 def listening_socket(host: str, port: int, share_port: bool) -> socket.socket:
     """A bound, listening TCP socket; with share_port, other processes may bind the same port (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -168,7 +172,9 @@ class _Bridge:
         disconnected."""
         settings = self.settings
         limit = settings.max_body_bytes
-        too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED")
+        too_large = RequestError(
+            f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED"
+        )
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             # A client waiting for "100 Continue" has sent nothing yet: refuse before it sends (uvicorn says 100
@@ -210,7 +216,11 @@ class _Bridge:
             if close is not None:
                 close()
         status, headers = answer
-        return int(status[:3]), [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers], content
+        return (
+            int(status[:3]),
+            [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
+            content,
+        )
 
     def _count(self, path: str, status: int, seconds: float) -> None:
         match = INFERENCE_PATH.match(path)

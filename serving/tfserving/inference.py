@@ -42,7 +42,9 @@ def serialized_examples(request_input: input_pb2.Input) -> np.ndarray:
     elif kind == "example_list_with_context":
         # Concatenated serializations merge: the example's own features win over the context's.
         context = request_input.example_list_with_context.context.SerializeToString()
-        serialized = [context + example.SerializeToString() for example in request_input.example_list_with_context.examples]
+        serialized = [
+            context + example.SerializeToString() for example in request_input.example_list_with_context.examples
+        ]
     else:
         serialized = []
     if not serialized:
@@ -65,7 +67,9 @@ def _signature(servable: Servable, name: str, method: str) -> Signature:
     if signature is None:
         raise RequestError(f"No signature was found with the name: {quoted(name)}")
     if method_name_check() and signature.method_name != method:
-        raise RequestError(f"Expected {_WHAT[method]} signature method_name to be {method}. Was: {signature.method_name}")
+        raise RequestError(
+            f"Expected {_WHAT[method]} signature method_name to be {method}. Was: {signature.method_name}"
+        )
     return signature
 
 
@@ -78,7 +82,11 @@ def _check_layout(definition: meta_graph_pb2.SignatureDef, method: str, output_c
         raise RequestError("Expected one input Tensor.")
     if len(definition.outputs) not in output_counts:
         count = len(definition.outputs)
-        raise RequestError(f"Expected one or two output Tensors, found {count}" if 2 in output_counts else "Expected one output Tensor.")
+        raise RequestError(
+            f"Expected one or two output Tensors, found {count}"
+            if 2 in output_counts
+            else "Expected one output Tensor."
+        )
     if INPUTS not in definition.inputs:
         raise RequestError(f"No {what} inputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
 
@@ -100,7 +108,9 @@ def regression_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str, ..
     """("outputs",) for a well-formed regress signature; refuses other layouts."""
     _check_layout(definition, REGRESS_METHOD, (1,))
     if OUTPUTS not in definition.outputs:
-        raise RequestError(f"No regression outputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
+        raise RequestError(
+            f"No regression outputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION"
+        )
     return (OUTPUTS,)
 
 
@@ -108,7 +118,9 @@ def _shape_text(array: np.ndarray) -> str:
     return "[" + ",".join(str(size) for size in array.shape) + "]"
 
 
-def classification_result(count: int, outputs: Mapping[str, np.ndarray], result: classification_pb2.ClassificationResult) -> None:
+def classification_result(
+    count: int, outputs: Mapping[str, np.ndarray], result: classification_pb2.ClassificationResult
+) -> None:
     """Fill result from the classes (DT_STRING) and/or scores (DT_FLOAT) tensors of count examples."""
     classes, scores = outputs.get(CLASSES), outputs.get(SCORES)
     for name, tensor, kind, dtype in ((CLASSES, classes, "OSU", "DT_STRING"), (SCORES, scores, "f", "DT_FLOAT")):
@@ -147,7 +159,9 @@ def regression_result(count: int, outputs: Mapping[str, np.ndarray], result: reg
     if tensor.shape[0] != count:
         raise RequestError(f"Input batch size did not match output batch size: {count} vs. {tensor.shape[0]}")
     if tensor.dtype != np.float32:
-        raise RequestError(f"Expected output Tensor of DT_FLOAT.  Got: {types_pb2.DataType.Name(_dtype_enum(tensor.dtype))}")
+        raise RequestError(
+            f"Expected output Tensor of DT_FLOAT.  Got: {types_pb2.DataType.Name(_dtype_enum(tensor.dtype))}"
+        )
     for value in tensor.ravel().tolist():
         result.regressions.add(value=value)
 
@@ -166,8 +180,9 @@ def fill_model_spec(spec: model_pb2.ModelSpec, name: str, signature_name: str, v
 def classify(servable: Servable, request: classification_pb2.ClassificationRequest, run: Runner):
     """A ClassificationResponse for request on servable."""
     response = classification_pb2.ClassificationResponse()
-    return _run_examples(servable, request, run, CLASSIFY_METHOD, classification_outputs, classification_result,
-                         response)  # fmt: skip
+    return _run_examples(
+        servable, request, run, CLASSIFY_METHOD, classification_outputs, classification_result, response
+    )
 
 
 def regress(servable: Servable, request: regression_pb2.RegressionRequest, run: Runner):

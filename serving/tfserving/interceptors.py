@@ -33,7 +33,13 @@ class UnaryMethodInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method
         if method not in self._handlers:
             behaviour = self.wrap(method, handler.unary_unary)
-            self._handlers[method] = None if behaviour is None else grpc.unary_unary_rpc_method_handler(
-                behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            self._handlers[method] = (
+                None
+                if behaviour is None
+                else grpc.unary_unary_rpc_method_handler(
+                    behaviour,
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
             )
         return self._handlers[method] or handler

@@ -115,7 +115,9 @@ def serve(options: config.ServerOptions, argv: list[str]) -> int:
         signal.signal(signal_number, lambda number, frame: signal_received.append(number))
     siblings = None
     if group.is_first and group.count > 1:
-        workers.check_ports_free(options.bind_address, [port for port in (options.grpc_port, options.rest_port) if port])
+        workers.check_ports_free(
+            options.bind_address, [port for port in (options.grpc_port, options.rest_port) if port]
+        )
         siblings = workers.Siblings(group, argv)
         siblings.start()  # before loading: every worker loads its models at the same time
     if options.monitoring is not None:
@@ -223,7 +225,9 @@ def _serve_worker(
     stop_requested.set()
     if siblings is not None:
         siblings.signal_all(signal.SIGTERM)  # every worker drains at the same time
-    logger.info("Shutting down: no new requests; finishing those in flight (up to %.0f s).", options.shutdown_grace_seconds)
+    logger.info(
+        "Shutting down: no new requests; finishing those in flight (up to %.0f s).", options.shutdown_grace_seconds
+    )
     _drain_and_stop(options.shutdown_grace_seconds, health_servicer, drain_gate, grpc_server, rest_server)
     manager.stop()
     sharing.join()
@@ -235,7 +239,9 @@ def _serve_worker(
     return status
 
 
-def _drain_and_stop(grace_seconds: float, health_servicer: Any, drain_gate: Any, grpc_server: Any, rest_server: Any) -> None:
+def _drain_and_stop(
+    grace_seconds: float, health_servicer: Any, drain_gate: Any, grpc_server: Any, rest_server: Any
+) -> None:
     """Refuse new requests (UNAVAILABLE / 503), finish running ones within grace_seconds, then stop both servers."""
     deadline = time.monotonic() + max(grace_seconds - EXIT_MARGIN_SECONDS, grace_seconds / 2)
 
@@ -256,7 +262,9 @@ def _drain_and_stop(grace_seconds: float, health_servicer: Any, drain_gate: Any,
     grpc_server.stop(remaining()).wait()
 
 
-def _watch_config_file(options: config.ServerOptions, manager: Any, stop_requested: threading.Event) -> threading.Thread | None:
+def _watch_config_file(
+    options: config.ServerOptions, manager: Any, stop_requested: threading.Event
+) -> threading.Thread | None:
     """Re-read --model_config_file every --model_config_file_poll_wait_seconds, as tensorflow_model_server does."""
     if options.model_config_file is None or options.model_config_file_poll_wait_seconds <= 0:
         return None

@@ -79,7 +79,11 @@ class ModelManager(VersionWatcher[Servable]):
         """Every label must name an AVAILABLE version; with the allow flag a label that is new may name any version."""
         for source in sources:
             current = self.versions(source.name)
-            available = {number for number, status in current.statuses.items() if status.state == AVAILABLE} if current else set()
+            available = (
+                {number for number, status in current.statuses.items() if status.state == AVAILABLE}
+                if current
+                else set()
+            )
             existing = current.source.labels if current else {}
             for label, version in source.labels.items():
                 moved = label in existing and existing[label] != version

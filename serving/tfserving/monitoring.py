@@ -43,14 +43,27 @@ _MONITORING_PROTO = {
     "package": "tensorflow.serving",
     "syntax": "proto3",
     "messageType": [
-        {"name": "PrometheusConfig", "field": [
-            {"name": "enable", "number": 1, "label": "LABEL_OPTIONAL", "type": "TYPE_BOOL"},
-            {"name": "path", "number": 2, "label": "LABEL_OPTIONAL", "type": "TYPE_STRING"}]},
-        {"name": "MonitoringConfig", "field": [
-            {"name": "prometheus_config", "number": 1, "label": "LABEL_OPTIONAL", "type": "TYPE_MESSAGE",
-             "typeName": ".tensorflow.serving.PrometheusConfig"}]},
+        {
+            "name": "PrometheusConfig",
+            "field": [
+                {"name": "enable", "number": 1, "label": "LABEL_OPTIONAL", "type": "TYPE_BOOL"},
+                {"name": "path", "number": 2, "label": "LABEL_OPTIONAL", "type": "TYPE_STRING"},
+            ],
+        },
+        {
+            "name": "MonitoringConfig",
+            "field": [
+                {
+                    "name": "prometheus_config",
+                    "number": 1,
+                    "label": "LABEL_OPTIONAL",
+                    "type": "TYPE_MESSAGE",
+                    "typeName": ".tensorflow.serving.PrometheusConfig",
+                }
+            ],
+        },
     ],
-}  # fmt: skip
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +90,9 @@ def read_monitoring_config(path: Path) -> PrometheusSettings | None:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise UsageError(f"--monitoring_config_file {path} is not a valid text-format MonitoringConfig: {error}.") from None
+        raise UsageError(
+            f"--monitoring_config_file {path} is not a valid text-format MonitoringConfig: {error}."
+        ) from None
     if not config.prometheus_config.enable:
         return None
     metrics_path = config.prometheus_config.path or DEFAULT_PATH
@@ -96,7 +111,9 @@ class ServerMetrics:
 
         self.directory = directory
         registry = CollectorRegistry()  # values live in the files; this registry only keeps the objects apart
-        self.requests = Counter(REQUEST_COUNT, "The total number of requests.", ["model_name", "status"], registry=registry)
+        self.requests = Counter(
+            REQUEST_COUNT, "The total number of requests.", ["model_name", "status"], registry=registry
+        )
         self.latency = Histogram(
             REQUEST_LATENCY,
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",

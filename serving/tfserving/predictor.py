@@ -36,7 +36,9 @@ class Servables(Protocol):
         ...
 
 
-def check_predict(signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Iterable[str]) -> tuple[str, ...]:
+def check_predict(
+    signature: Signature, inputs: Mapping[str, np.ndarray], output_filter: Iterable[str]
+) -> tuple[str, ...]:
     """The output aliases a Predict on signature returns; RequestError for what the real server refuses."""
     definition = signature.definition
     if method_name_check() and definition.method_name not in CALLABLE_METHODS:

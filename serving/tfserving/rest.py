@@ -103,7 +103,9 @@ class RestApp:
 
     def _read_body(self, request: Request) -> bytes:
         limit = self.max_request_bytes
-        too_large = RequestError(f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED")
+        too_large = RequestError(
+            f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED"
+        )
         length = request.content_length
         if length is not None and length > limit:
             if length <= limit + DRAIN_LIMIT_BYTES:

@@ -138,7 +138,10 @@ class RestHandler:
         signature_defs = get_model_metadata_pb2.SignatureDefMap()
         response.metadata[SIGNATURE_DEF_FIELD].Unpack(signature_defs)
         # As the real server prints it: the SignatureDefMap itself under "signature_def", no Any type URL.
-        document = {"model_spec": _to_dict(response.model_spec), "metadata": {SIGNATURE_DEF_FIELD: _to_dict(signature_defs)}}
+        document = {
+            "model_spec": _to_dict(response.model_spec),
+            "metadata": {SIGNATURE_DEF_FIELD: _to_dict(signature_defs)},
+        }
         return json.dumps(document, separators=(",", ":"))
 
     def _predict(self, route: _Route, body: bytes) -> str:
@@ -160,9 +163,8 @@ class RestHandler:
         servable = self.predictor.servable(route.model_name, route.version, route.label)
         response = inference.classify(servable, request, self._runner())
         return format_classifications(
-            [[(entry.label, entry.score) for entry in classes.classes]
-             for classes in response.result.classifications]
-        )  # fmt: skip
+            [[(entry.label, entry.score) for entry in classes.classes] for classes in response.result.classifications]
+        )
 
     def _regress(self, route: _Route, body: bytes) -> str:
         request = regression_pb2.RegressionRequest()
@@ -212,7 +214,9 @@ def _fill_spec(spec, route: _Route) -> None:
 
 def _to_dict(message) -> dict:
     # TensorFlow Serving's REST layer prints its protos this way: field names as in the .proto, defaults included.
-    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def _error(error: RequestError, route: _Route | None = None) -> RestAnswer:

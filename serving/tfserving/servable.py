@@ -96,7 +96,12 @@ class Servable:
     """A model version loaded from <base_path>/<version>/: its session, MetaGraphDef and signatures."""
 
     def __init__(
-        self, model_name: str, version: int, path: Path, session: tf.compat.v1.Session, meta_graph: meta_graph_pb2.MetaGraphDef
+        self,
+        model_name: str,
+        version: int,
+        path: Path,
+        session: tf.compat.v1.Session,
+        meta_graph: meta_graph_pb2.MetaGraphDef,
     ) -> None:
         self.model_name = model_name
         self.version = version
@@ -160,7 +165,9 @@ class Servable:
                     runner = self.session._make_callable_from_options(options)
                 except (tf.errors.OpError, ValueError, KeyError) as error:
                     message = error.message if isinstance(error, tf.errors.OpError) else str(error)
-                    raise RequestError(f"The model's graph cannot run this signature: {message.splitlines()[0]}", "INTERNAL") from None
+                    raise RequestError(
+                        f"The model's graph cannot run this signature: {message.splitlines()[0]}", "INTERNAL"
+                    ) from None
                 self._callables[(feeds, fetches, timeout_ms)] = runner
         return runner
 

@@ -70,9 +70,13 @@ def run_warmup(servable: Servable) -> int:
             if count > MAX_RECORDS:
                 raise RequestError(f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) at {path}")
     except tf.errors.DataLossError as error:
-        raise RequestError(f"{error.message}. Please verify your warmup data is in TFRecord format.", "DATA_LOSS") from None
+        raise RequestError(
+            f"{error.message}. Please verify your warmup data is in TFRecord format.", "DATA_LOSS"
+        ) from None
     logger.info(
         "Finished reading warmup data for model at %s. Number of warmup records read: %d. Elapsed time: %.3f s.",
-        path, count, time.monotonic() - started,
-    )  # fmt: skip
+        path,
+        count,
+        time.monotonic() - started,
+    )
     return count

@@ -250,13 +250,17 @@ class StateSharing:
                 self._ready = ready
             serving = ready and self.group.all_ready()
             if serving != self._serving:
-                status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for service in self.services:
                     self.health_servicer.set(service, status)
                 self._serving = serving
         if self.metrics is not None:
             models = {name: manager.versions(name) for name in manager.model_names()}
-            self.metrics.set_versions({name: max(model.loaded, default=0) if model else 0 for name, model in models.items()})
+            self.metrics.set_versions(
+                {name: max(model.loaded, default=0) if model else 0 for name, model in models.items()}
+            )
 
     def sources_from_config(self, model_config: Any) -> list:
         """For HandleReloadConfigRequest: the config's models, published so that every other worker follows."""
@@ -296,7 +300,11 @@ class StateSharing:
         if self.group.count == 1:
             self.manager.start()
         elif poll_wait_seconds > 0:
-            threads.append(threading.Thread(target=self._poll_in_step, args=(poll_wait_seconds, stop), name="version-watcher", daemon=True))  # fmt: skip
+            threads.append(
+                threading.Thread(
+                    target=self._poll_in_step, args=(poll_wait_seconds, stop), name="version-watcher", daemon=True
+                )
+            )
         for thread in threads:
             thread.start()
         self._threads = threads

@@ -114,8 +114,9 @@ class DigitsHandler(BaseHandler):
                 images, row_format = self.parse_request(body)
             except PredictionException as error:
                 # Answer this request alone with the error; raising would fail every request in the batch.
-                self.context.set_response_status(error.error_code, REASON_PHRASES.get(error.error_code, "Bad Request"),
-                                                 index)  # fmt: skip
+                self.context.set_response_status(
+                    error.error_code, REASON_PHRASES.get(error.error_code, "Bad Request"), index
+                )
                 self.request_plans.append(error.message)
                 continue
             batches.append(images)

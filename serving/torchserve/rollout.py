@@ -154,8 +154,11 @@ class Rollout:
             and self._asked_at is not None
             and time.monotonic() - self._asked_at < self.settings.check_seconds
             and self._short_since is None
-            and all(self._refused_unchanged(version, path) for version, path in archives.items()
-                    if version > self._known_default)  # fmt: skip
+            and all(
+                self._refused_unchanged(version, path)
+                for version, path in archives.items()
+                if version > self._known_default
+            )
         )
 
     def _refused_unchanged(self, version: int, archive: Path) -> bool:
@@ -183,17 +186,26 @@ class Rollout:
         now = time.monotonic()
         if ready >= wanted or ready == 0:
             if self._short_warned and ready >= wanted:
-                logger.info("%s version %s has all its %d workers READY again.",
-                            self.model_name, description.get("modelVersion"), wanted)  # fmt: skip
+                logger.info(
+                    "%s version %s has all its %d workers READY again.",
+                    self.model_name,
+                    description.get("modelVersion"),
+                    wanted,
+                )
             self._short_since, self._short_warned = None, False
             return
         if self._short_since is None:
             self._short_since = now
         elif not self._short_warned and now - self._short_since >= self.settings.capacity_warning_seconds:
-            logger.warning("Only %d of %d workers of %s version %s have been READY for %.0f s: a replacement worker "
-                           "cannot load the model (see TorchServe's model_log), and capacity is reduced.",
-                           ready, wanted, self.model_name, description.get("modelVersion"),
-                           now - self._short_since)  # fmt: skip
+            logger.warning(
+                "Only %d of %d workers of %s version %s have been READY for %.0f s: a replacement worker "
+                "cannot load the model (see TorchServe's model_log), and capacity is reduced.",
+                ready,
+                wanted,
+                self.model_name,
+                description.get("modelVersion"),
+                now - self._short_since,
+            )
             self._short_warned = True
 
     def _note(self, problem: str) -> None:
@@ -245,8 +257,12 @@ class Rollout:
             problem = archive_problem(archives[version]) if self.settings.check_model else None
             if problem is not None:
                 continue
-            logger.warning("Rolling %s back from version %d, short of READY workers, to version %d.",
-                           self.model_name, current, version)  # fmt: skip
+            logger.warning(
+                "Rolling %s back from version %d, short of READY workers, to version %d.",
+                self.model_name,
+                current,
+                version,
+            )
             if not self.roll_out(version, archives[version], current):
                 self._short_since, self._short_warned = time.monotonic(), False  # wait as long again before retrying
                 return None
@@ -291,14 +307,24 @@ class Rollout:
         try:
             self.client.set_default(version)
         except ServingError as error:
-            logger.error("Could not make version %d the default: %s; version %d keeps serving.",
-                         version, _sentence(error), current)  # fmt: skip
+            logger.error(
+                "Could not make version %d the default: %s; version %d keeps serving.",
+                version,
+                _sentence(error),
+                current,
+            )
             self._unregister(version)
             return False
         time.sleep(self.settings.drain_seconds)
         self._unregister(current)
-        logger.info("Rolled out %s version %d from %s in %.1f s (version %d unregistered).",
-                    self.model_name, version, archive.name, time.monotonic() - started, current)  # fmt: skip
+        logger.info(
+            "Rolled out %s version %d from %s in %.1f s (version %d unregistered).",
+            self.model_name,
+            version,
+            archive.name,
+            time.monotonic() - started,
+            current,
+        )
         return True
 
     def _wait_until_ready(self, version: int) -> None:
@@ -330,8 +356,9 @@ class Rollout:
         except ServingError as error:
             if getattr(error, "status", None) == 404:
                 return True  # already gone
-            logger.warning("Could not scale %s version %d to no workers: %s",
-                           self.model_name, version, _sentence(error))  # fmt: skip
+            logger.warning(
+                "Could not scale %s version %d to no workers: %s", self.model_name, version, _sentence(error)
+            )
 
         def workers_left() -> str | None:
             try:
@@ -354,8 +381,13 @@ class Rollout:
                 if getattr(error, "status", None) == 404:
                     return True
                 if attempt == self.settings.unregister_attempts:
-                    logger.warning("Could not unregister %s version %d after %d tries: %s",
-                                   self.model_name, version, attempt, _sentence(error))  # fmt: skip
+                    logger.warning(
+                        "Could not unregister %s version %d after %d tries: %s",
+                        self.model_name,
+                        version,
+                        attempt,
+                        _sentence(error),
+                    )
                     return False
                 time.sleep(self.settings.unregister_retry_seconds)
         return False
@@ -384,8 +416,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--management-url", default="http://127.0.0.1:8081", help="TorchServe's management API")
     parser.add_argument("--key-file", type=Path, help="TorchServe's key_file.json, when token authorization is on")
     parser.add_argument("--poll-seconds", type=float, default=DEFAULT_POLL_SECONDS, help="seconds between scans")
-    parser.add_argument("--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_SECONDS,
-                        help="seconds a new version's workers get to become READY")  # fmt: skip
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=DEFAULT_READY_TIMEOUT_SECONDS,
+        help="seconds a new version's workers get to become READY",
+    )
     parser.add_argument("--batch-size", type=int, help="register new versions with this batch size")
     parser.add_argument("--max-batch-delay-ms", type=int, help="... and this batch delay")
     parser.add_argument("--workers", type=int, help="... and this many workers")
@@ -399,10 +435,16 @@ def from_arguments(arguments: argparse.Namespace) -> Rollout:
         raise UsageError(f"--poll-seconds must be positive, got {arguments.poll_seconds:g}.")
     if not Path(arguments.model_store).is_dir():
         raise UsageError(f"--model-store {arguments.model_store} is not a folder.")
-    client = TorchServeClient(model_name=arguments.model_name, key_file=arguments.key_file,
-                              management_url=arguments.management_url)  # fmt: skip
-    settings = RolloutSettings(arguments.ready_timeout, DEFAULT_DRAIN_SECONDS, arguments.batch_size,
-                               arguments.max_batch_delay_ms, arguments.workers)  # fmt: skip
+    client = TorchServeClient(
+        model_name=arguments.model_name, key_file=arguments.key_file, management_url=arguments.management_url
+    )
+    settings = RolloutSettings(
+        arguments.ready_timeout,
+        DEFAULT_DRAIN_SECONDS,
+        arguments.batch_size,
+        arguments.max_batch_delay_ms,
+        arguments.workers,
+    )
     return Rollout(client, arguments.model_store, settings)
 
 

@@ -11,12 +11,22 @@ from tests.benchmarks.conftest import latency, load_point
 
 def _tf_result(p99_on: float, p99_off: float) -> TFServingResult:
     return TFServingResult(
-        version=1, cpu_count=2, clients=16, grpc=latency(1.0), trivial_grpc=latency(0.5), in_process=latency(0.3),
-        throughput_batching_off_rps=1000.0, throughput_batching_on_rps=1400.0,
-        throughput_batching_off_range=(950.0, 1050.0), throughput_batching_on_range=(1300.0, 1500.0),
-        p50_batching_off_ms=5.0, p50_batching_on_ms=6.0, p99_batching_off_ms=p99_off, p99_batching_on_ms=p99_on,
+        version=1,
+        cpu_count=2,
+        clients=16,
+        grpc=latency(1.0),
+        trivial_grpc=latency(0.5),
+        in_process=latency(0.3),
+        throughput_batching_off_rps=1000.0,
+        throughput_batching_on_rps=1400.0,
+        throughput_batching_off_range=(950.0, 1050.0),
+        throughput_batching_on_range=(1300.0, 1500.0),
+        p50_batching_off_ms=5.0,
+        p50_batching_on_ms=6.0,
+        p99_batching_off_ms=p99_off,
+        p99_batching_on_ms=p99_on,
         batch_timeout_ms=2.0,
-    )  # fmt: skip
+    )
 
 
 def test_tf_batching_needs_both_throughput_and_p99_growth(comparison):
@@ -31,10 +41,12 @@ def test_tf_batching_needs_both_throughput_and_p99_growth(comparison):
 
 def test_report_shows_torchserve_batching_table_or_why_not():
     batching = TorchServeBatching(
-        clients=16, rounds=2, seconds=30.0,
+        clients=16,
+        rounds=2,
+        seconds=30.0,
         batching_off=BatchingSetting(load_point(16, 300.0, 10.0), 1, 2, 2),
         batching_on=BatchingSetting(load_point(16, 150.0, 25.0), 8, 2, 2),
-    )  # fmt: skip
+    )
     text = "\n".join(serving.torchserve_batching_section(batching))
     assert f"Two {labels.TORCHSERVE} instances" in text
     assert "| batching off | 1 | 2 ms | 2 | 16 | 10.0 ms |" in text

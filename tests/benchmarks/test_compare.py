@@ -26,9 +26,21 @@ def quick_report(tmp_path_factory):
     """One quick comparison into a temporary folder."""
     output = tmp_path_factory.mktemp("compare")
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compare", "--quick", "--output-dir", str(output), "--runs-dir", str(output / "runs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.compare",
+            "--quick",
+            "--output-dir",
+            str(output),
+            "--runs-dir",
+            str(output / "runs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return output, completed.stdout
 

@@ -44,8 +44,14 @@ def test_hey_csv_gives_latencies_of_2xx_answers_errors_and_the_span():
 
 def test_wrk_summary_gives_requests_errors_and_percentiles_in_ms():
     found = http_load.parse_wrk(WRK_OUTPUT)
-    assert found == {"requests": 9371, "seconds": 5.0, "p50_ms": pytest.approx(0.952), "p90_ms": 11.42, "p99_ms": 1200.0,
-                     "errors": 6}  # fmt: skip
+    assert found == {
+        "requests": 9371,
+        "seconds": 5.0,
+        "p50_ms": pytest.approx(0.952),
+        "p90_ms": 11.42,
+        "p99_ms": 1200.0,
+        "errors": 6,
+    }
 
 
 def test_no_generator_means_no_external_sweep():
@@ -95,8 +101,12 @@ def point(concurrency: int, throughput: float, p50_ms: float) -> http_load.Exter
 
 
 def external_sweep(tf_rps: float, tf_p50: float) -> http_load.ExternalSweep:
-    endpoints = [http_load.ExternalEndpoint(ENDPOINTS[key], f"http://127.0.0.1:1/{key}", [point(1, 900, p50), point(16, rps, p50 * 8)])
-                 for key, rps, p50 in (("tf-rest", tf_rps, tf_p50), ("flask-rest", 1000.0, 1.0))]  # fmt: skip
+    endpoints = [
+        http_load.ExternalEndpoint(
+            ENDPOINTS[key], f"http://127.0.0.1:1/{key}", [point(1, 900, p50), point(16, rps, p50 * 8)]
+        )
+        for key, rps, p50 in (("tf-rest", tf_rps, tf_p50), ("flask-rest", 1000.0, 1.0))
+    ]
     return http_load.ExternalSweep("hey", 2.0, endpoints)
 
 
@@ -111,8 +121,13 @@ def floors_result(flask_p50: float, tf_rate: float, nginx: bool = True) -> floor
     return floors.FloorsResult({"load": "1.00 1.00 1.00"}, servers, 2, 4.0)
 
 
-@pytest.mark.parametrize("flask_p50, tf_rate, statuses", [(0.16, 8_000.0, ["met", "met", "met", "met", "not measured"]),
-                                                          (0.17, 7_000.0, ["missed", "met", "met", "missed", "not measured"])])  # fmt: skip
+@pytest.mark.parametrize(
+    "flask_p50, tf_rate, statuses",
+    [
+        (0.16, 8_000.0, ["met", "met", "met", "met", "not measured"]),
+        (0.17, 7_000.0, ["missed", "met", "met", "missed", "not measured"]),
+    ],
+)
 def test_the_floor_ratios_subtract_the_model_and_compare_with_nginx_of_the_same_run(flask_p50, tf_rate, statuses):
     checked = ratios.floor_ratios(floors_result(flask_p50, tf_rate))
     assert [ratio.status for ratio in checked] == statuses
@@ -138,5 +153,8 @@ def test_torchserve_is_compared_with_its_no_op_handler(torchserve_p50, status):
 
 def test_the_report_shows_the_external_table_or_how_to_install_one():
     lines = "\n".join(external_section(external_sweep(1200.0, 1.1)))
-    assert "under `hey`" in lines and "| TF-Serving-compatible server (this project), REST | TensorFlow/Keras | 16 |" in lines
+    assert (
+        "under `hey`" in lines
+        and "| TF-Serving-compatible server (this project), REST | TensorFlow/Keras | 16 |" in lines
+    )
     assert "apt-get install hey" in "\n".join(external_section(None))

@@ -101,7 +101,9 @@ def test_a_stack_given_by_environment_is_swept_and_labelled_not_started(tmp_path
     from experiment.processes import free_port
 
     address = f"http://127.0.0.1:{free_port()}"  # nothing listens: every request fails, none is lost
-    result = sweep.measure_endpoints(tmp_path, tmp_path, np.zeros((8, 8), np.float32), (1,), FAST, {"FLASK_URL": address})
+    result = sweep.measure_endpoints(
+        tmp_path, tmp_path, np.zeros((8, 8), np.float32), (1,), FAST, {"FLASK_URL": address}
+    )
     assert result.given_by_environment and result.cold_start_seconds == {}
     [endpoint] = result.endpoints
     assert endpoint.endpoint.server == f"server at {address} (given by FLASK_URL)"

@@ -29,8 +29,13 @@ def test_every_section_and_plot_is_there_and_nothing_failed(comparison, tmp_path
     text, figures = _render(comparison, tmp_path)
     for heading in report.REQUIRED_SECTIONS:
         assert heading in text
-    assert set(figures) == {"learning_curves", "training_throughput", "inference_latency", "latency_distribution",
-                            "throughput_vs_concurrency"}  # fmt: skip
+    assert set(figures) == {
+        "learning_curves",
+        "training_throughput",
+        "inference_latency",
+        "latency_distribution",
+        "throughput_vs_concurrency",
+    }
     for name in figures:
         assert (tmp_path / f"{name}.png").stat().st_size > 5000
         assert f"]({name}.png)" in text
@@ -54,15 +59,21 @@ def test_no_dump_no_machine_path_and_every_serving_row_names_its_server(comparis
     assert "/machine/" not in text and "returned:" not in text
     assert not re.search(r"(?<![\w.`])/(?:home|tmp|work|root|usr)/", text)
     serving = _section(text, "## Serving")
-    rows = [line for line in serving.splitlines() if line.startswith("| ") and "clients" not in line and "---" not in line]
-    assert rows and all(any(name in row for name in (labels.TF_SERVER, labels.FLASK_SERVER, labels.TORCHSERVE)) for row in rows)
+    rows = [
+        line for line in serving.splitlines() if line.startswith("| ") and "clients" not in line and "---" not in line
+    ]
+    assert rows and all(
+        any(name in row for name in (labels.TF_SERVER, labels.FLASK_SERVER, labels.TORCHSERVE)) for row in rows
+    )
     servers = _section(text, "## The servers measured")
     assert "stands in for TensorFlow Serving's C++ `tensorflow_model_server`" in servers
 
 
 def test_a_stack_given_by_environment_is_labelled_as_given(comparison, tmp_path):
-    given = [dataclasses.replace(item, endpoint=item.endpoint.given_by_environment("127.0.0.1:8500"))
-             for item in comparison.sweep.endpoints]  # fmt: skip
+    given = [
+        dataclasses.replace(item, endpoint=item.endpoint.given_by_environment("127.0.0.1:8500"))
+        for item in comparison.sweep.endpoints
+    ]
     comparison.sweep = SweepResult(True, {}, given)
     text, _ = _render(comparison, tmp_path)
     servers = _section(text, "## The servers measured")
@@ -82,7 +93,7 @@ def test_html_page_embeds_every_plot(comparison, tmp_path):
     text, figures = _render(comparison, tmp_path)
     page = report_html.render(text, tmp_path)
     assert page.count('src="data:image/png;base64,') == len(figures)
-    assert ".png\"" not in page and "<table>" in page
+    assert '.png"' not in page and "<table>" in page
 
 
 def test_html_page_renders_in_chromium(comparison, tmp_path, browser):
@@ -100,8 +111,13 @@ def test_html_page_renders_in_chromium(comparison, tmp_path, browser):
 def test_deployment_formats_section_lists_every_path_and_restates_the_claims(comparison, tmp_path):
     text, _ = _render(comparison, tmp_path)
     section = _section(text, "## Deployment formats")
-    for label in ("TF SavedModel, session call", "PyTorch eager", "TorchScript `model.pt` (legacy)",
-                  "AOTInductor `model.pt2`, called from Python", "ONNX `model.onnx` in ONNX Runtime"):  # fmt: skip
+    for label in (
+        "TF SavedModel, session call",
+        "PyTorch eager",
+        "TorchScript `model.pt` (legacy)",
+        "AOTInductor `model.pt2`, called from Python",
+        "ONNX `model.onnx` in ONNX Runtime",
+    ):
         assert label in section
     torchscript_row = next(line for line in section.splitlines() if "TorchScript `model.pt`" in line)
     assert "| deprecated |" in torchscript_row and "1.1 ms" in torchscript_row
@@ -113,7 +129,8 @@ def test_deployment_formats_section_lists_every_path_and_restates_the_claims(com
 
 
 def test_a_missing_deployment_formats_section_says_why(comparison, tmp_path):
-    comparison = dataclasses.replace(comparison, deployment_formats=None,
-                                     failures={"deployment formats": "RuntimeError: no compiler"})  # fmt: skip
+    comparison = dataclasses.replace(
+        comparison, deployment_formats=None, failures={"deployment formats": "RuntimeError: no compiler"}
+    )
     text, _ = _render(comparison, tmp_path)
     assert "RuntimeError: no compiler" in _section(text, "## Deployment formats")

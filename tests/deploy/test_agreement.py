@@ -53,8 +53,13 @@ SERVERS = {
     "tf-serving": ("tf-serving", ("tf_grpc", "tf_rest"), f"/models/{MODEL_NAME}", f"tf/{MODEL_NAME}"),
     "torchserve": (
         "torchserve",
-        ("torchserve_inference", "torchserve_management", "torchserve_metrics", "torchserve_grpc_inference",
-         "torchserve_grpc_management"),
+        (
+            "torchserve_inference",
+            "torchserve_management",
+            "torchserve_metrics",
+            "torchserve_grpc_inference",
+            "torchserve_grpc_management",
+        ),
         "/home/model-server/model-store",
         "torch/model-store",
     ),
@@ -149,7 +154,9 @@ def test_kserve_resources_point_at_the_exports_layouts():
     assert tensorflow["metadata"]["name"] == MODEL_NAME
     models = Path("/models-root")
     tf_uri = tensorflow["spec"]["predictor"]["model"]["storageUri"]
-    assert tf_uri == "pvc://digits-models/" + str(artifacts.model_base_path(models, "tf", MODEL_NAME).relative_to(models))
+    assert tf_uri == "pvc://digits-models/" + str(
+        artifacts.model_base_path(models, "tf", MODEL_NAME).relative_to(models)
+    )
     torch_uri = torchserve["spec"]["predictor"]["model"]["storageUri"]
     layout = kserve_storage.layout_path(models, MODEL_NAME).relative_to(models)
     assert torch_uri == f"pvc://digits-models/{layout}"

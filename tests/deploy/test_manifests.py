@@ -47,7 +47,9 @@ def test_kustomization_renders_to_valid_manifests(folder):
 
 def _write(tmp_path: Path, document: dict) -> Path:
     path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ok"}}, document]))
+    path.write_text(
+        yaml.safe_dump_all([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ok"}}, document])
+    )
     return path
 
 
@@ -142,7 +144,7 @@ def test_vendored_schemas_say_where_they_come_from(path):
     assert "Apache License" in (ROOT / "deploy" / "crds" / "LICENSE").read_text()
 
 
-FAKE_MODELS = '''
+FAKE_MODELS = """
 class V1DemoJob(object):
     openapi_types = {"api_version": "str", "kind": "str", "metadata": "V1ObjectMeta", "spec": "V1DemoSpec",
                      "status": "object"}
@@ -164,7 +166,7 @@ class V1DemoSpec(object):
         if self.local_vars_configuration.client_side_validation and template is None:  # noqa: E501
             raise ValueError("Invalid value for `template`, must not be `None`")  # noqa: E501
         self._template = template
-'''
+"""
 
 
 def test_schemas_are_built_from_sdk_model_classes(tmp_path):

@@ -58,7 +58,7 @@ def blocks(path: Path) -> list[Block]:
         end = index + 1
         while end < len(lines) and lines[end].strip() != "```":
             end += 1
-        body = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in lines[index + 1 : end])
+        body = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in lines[index + 1 : end])
         marker = _MARKER.match(lines[index - 1]) if index > 0 else None
         mode = marker["mode"] if marker else "run"
         found.append(Block(path, index + 1, language, body + "\n", mode, (marker["reason"] or "") if marker else ""))

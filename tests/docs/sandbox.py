@@ -19,9 +19,16 @@ import pytest
 from serving.runtime import Ports, free_port
 from tests.docs import blocks
 
-DEFAULT_PORTS = {8500: "tf_grpc", 8501: "tf_rest", 5000: "flask", 8080: "torchserve_inference",
-                 8081: "torchserve_management", 8082: "torchserve_metrics", 7070: "torchserve_grpc_inference",
-                 7071: "torchserve_grpc_management"}  # fmt: skip
+DEFAULT_PORTS = {
+    8500: "tf_grpc",
+    8501: "tf_rest",
+    5000: "flask",
+    8080: "torchserve_inference",
+    8081: "torchserve_management",
+    8082: "torchserve_metrics",
+    7070: "torchserve_grpc_inference",
+    7071: "torchserve_grpc_management",
+}
 NOISE = re.compile(r"^(I\d{4} .*\] |E\d{4} .*cuInit|WARNING: All log messages before absl)", re.MULTILINE)
 # Not linked into the sandbox: what the commands write there.
 OWN = {".run", "models", "runs", "reports", "checkpoints", ".git", ".pytest_cache"}
@@ -83,8 +90,9 @@ class Sandbox:
 
     def make(self, *arguments: str, timeout: float = 900) -> subprocess.CompletedProcess:
         """`make ...` in the sandbox, as a user types it (no prelude)."""
-        return subprocess.run(["make", *arguments], cwd=self.folder, env=self.environment, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            ["make", *arguments], cwd=self.folder, env=self.environment, capture_output=True, text=True, timeout=timeout
+        )
 
     def start(self, *serve_arguments: str) -> None:
         """`make serve` with the sandbox's ports (and serve_arguments); the stack must come up quietly."""
@@ -104,17 +112,22 @@ class Sandbox:
     def run_block(self, block: blocks.Block) -> None:
         """Run a shell block; fail naming the document's line and the command, or a library log line printed."""
         script = PRELUDE + substitute_ports(block.text, self.port_map)
-        result = subprocess.run(["bash", "-c", script], cwd=self.folder, env=self.environment, capture_output=True,
-                                text=True, timeout=900)  # fmt: skip
+        result = subprocess.run(
+            ["bash", "-c", script], cwd=self.folder, env=self.environment, capture_output=True, text=True, timeout=900
+        )
         output = result.stdout + result.stderr
         if result.returncode != 0:
             failed = re.search(r"DOCS-TEST-FAILED (\d+) (.*)", result.stderr)
             line = block.line + 1 + int(failed.group(1)) if failed else block.line
             command = failed.group(2) if failed else "?"
-            pytest.fail(f"{block.path.relative_to(blocks.ROOT)}:{line}: `{command}` failed (exit {result.returncode}):\n"
-                        f"{output[-4000:]}")  # fmt: skip
+            pytest.fail(
+                f"{block.path.relative_to(blocks.ROOT)}:{line}: `{command}` failed (exit {result.returncode}):\n"
+                f"{output[-4000:]}"
+            )
         noise = NOISE.search(output)
-        assert not noise, f"{block.where}: a library log line reached the terminal: {noise.group(0)!r}\n{output[-4000:]}"
+        assert not noise, (
+            f"{block.where}: a library log line reached the terminal: {noise.group(0)!r}\n{output[-4000:]}"
+        )
 
 
 def make_sandbox(folder: Path) -> Sandbox:
@@ -125,8 +138,11 @@ def make_sandbox(folder: Path) -> Sandbox:
     ports = Ports.free()
     port_map = {default: getattr(ports, name) for default, name in DEFAULT_PORTS.items()}
     playground_port, tensorboard_port = free_port(), free_port()
-    environment = {name: value for name, value in os.environ.items()
-                   if name not in ("ARGS", "TF_CPP_MIN_LOG_LEVEL", "SHOW_LIBRARY_LOGS", "MAKEFLAGS", "MFLAGS")}  # fmt: skip
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("ARGS", "TF_CPP_MIN_LOG_LEVEL", "SHOW_LIBRARY_LOGS", "MAKEFLAGS", "MFLAGS")
+    }
     environment.update(
         SERVE_ARGS=" ".join(f"--{name.replace('_', '-')}-port={port}" for name, port in ports.as_dict().items())
         + " --timeout 400",
@@ -154,16 +170,22 @@ def wait_until_current(sandbox: Sandbox, model_name: str = "digits", timeout: fl
     torch_newest = _newest(folder / "models/torch" / model_name)
     tf = RestClient(f"http://127.0.0.1:{port_map[8501]}", model_name, timeout_s=5)
     flask = RestClient(f"http://127.0.0.1:{port_map[5000]}", model_name, timeout_s=5)
-    torchserve = TorchServeClient(f"http://127.0.0.1:{port_map[8080]}", model_name,
-                                  key_file=folder / ".run/torchserve/key_file.json",
-                                  management_url=f"http://127.0.0.1:{port_map[8081]}", timeout=5)  # fmt: skip
+    torchserve = TorchServeClient(
+        f"http://127.0.0.1:{port_map[8080]}",
+        model_name,
+        key_file=folder / ".run/torchserve/key_file.json",
+        management_url=f"http://127.0.0.1:{port_map[8081]}",
+        timeout=5,
+    )
     deadline = time.monotonic() + timeout
     missing = "nothing asked yet"
     try:
         while time.monotonic() < deadline:
             try:
                 available = {
-                    name: {int(status["version"]) for status in client.get_status() if status.get("state") == "AVAILABLE"}
+                    name: {
+                        int(status["version"]) for status in client.get_status() if status.get("state") == "AVAILABLE"
+                    }
                     for name, client in (("tfserving", tf), ("flask", flask))
                 }
                 served = int(torchserve.describe()["modelVersion"])
@@ -171,10 +193,13 @@ def wait_until_current(sandbox: Sandbox, model_name: str = "digits", timeout: fl
                 missing = str(error)
             else:
                 missing = ", ".join(
-                    [f"{name} lacks version {newest}" for name, newest in (("tfserving", tf_newest), ("flask", torch_newest))
-                     if newest not in available[name]]
+                    [
+                        f"{name} lacks version {newest}"
+                        for name, newest in (("tfserving", tf_newest), ("flask", torch_newest))
+                        if newest not in available[name]
+                    ]
                     + ([f"torchserve serves {served}, not {torch_newest}"] if served != torch_newest else [])
-                )  # fmt: skip
+                )
                 if not missing:
                     return
             time.sleep(0.5)
@@ -182,5 +207,3 @@ def wait_until_current(sandbox: Sandbox, model_name: str = "digits", timeout: fl
     finally:
         for client in (tf, flask, torchserve):
             client.close()
-
-

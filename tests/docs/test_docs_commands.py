@@ -60,13 +60,17 @@ def _urls() -> list[tuple[Path, int, str, int, str]]:
         (path, *found)
         for path in blocks.documents()
         for found in blocks.urls(path)
-        if found[2] in DEFAULT_PORTS and found[3] != "/" and "<" not in found[3] and not found[3].endswith(":predict")
+        if found[2] in DEFAULT_PORTS
+        and found[3] != "/"
+        and "<" not in found[3]
+        and not found[3].endswith(":predict")
         and "/predictions/" not in found[3]
     ]
 
 
-@pytest.mark.parametrize("path, line, url, port, url_path", _urls(),
-                         ids=[f"{path.name}:{line}" for path, line, *_ in _urls()])  # fmt: skip
+@pytest.mark.parametrize(
+    "path, line, url, port, url_path", _urls(), ids=[f"{path.name}:{line}" for path, line, *_ in _urls()]
+)
 def test_documented_urls_answer(sandbox, path, line, url, port, url_path):
     folder, port_map = sandbox.folder, sandbox.port_map
     headers = {}

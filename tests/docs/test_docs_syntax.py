@@ -11,8 +11,9 @@ from tests.docs import blocks
 MODES = ("run", "syntax only")
 
 
-@pytest.mark.parametrize("block", [b for b in blocks.all_blocks() if b.language in blocks.SHELL_LANGUAGES],
-                         ids=lambda block: block.where)  # fmt: skip
+@pytest.mark.parametrize(
+    "block", [b for b in blocks.all_blocks() if b.language in blocks.SHELL_LANGUAGES], ids=lambda block: block.where
+)
 def test_shell_block_is_valid_bash_and_its_marker_says_why(block):
     assert block.mode in MODES, f"{block.where}: unknown docs-test marker {block.mode!r}; use one of {MODES}."
     if block.mode != "run":
@@ -21,8 +22,9 @@ def test_shell_block_is_valid_bash_and_its_marker_says_why(block):
     assert result.returncode == 0, f"{block.where}: not valid bash:\n{result.stderr}"
 
 
-@pytest.mark.parametrize("block", [b for b in blocks.all_blocks() if b.language == "python"],
-                         ids=lambda block: block.where)  # fmt: skip
+@pytest.mark.parametrize(
+    "block", [b for b in blocks.all_blocks() if b.language == "python"], ids=lambda block: block.where
+)
 def test_python_block_compiles(block):
     try:
         compile(block.text, block.where, "exec")

@@ -64,8 +64,12 @@ def test_your_data_page_runs_end_to_end(tmp_path):
             assert answer.status_code == 200, answer.text
             answers[name] = [row["classes"] for row in answer.json()["predictions"]]
         key = json.loads((tmp_path / ".run/torchserve/key_file.json").read_text())["inference"]["key"]
-        answer = requests.post(f"http://127.0.0.1:{sandbox.port_map[8080]}/predictions/{MODEL}", data=body,
-                               headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        answer = requests.post(
+            f"http://127.0.0.1:{sandbox.port_map[8080]}/predictions/{MODEL}",
+            data=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         assert answer.status_code == 200, answer.text
         answers["torchserve"] = [row["classes"] for row in answer.json()["predictions"]]
         assert len(set(map(tuple, answers.values()))) == 1, answers
@@ -73,19 +77,30 @@ def test_your_data_page_runs_end_to_end(tmp_path):
         # An 8×8 body is refused with HTTP 400 and one sentence; Flask's names the shape the model takes.
         small = json.dumps({"instances": np.zeros((1, 8, 8)).tolist()})
         for default in (8501, 5000):
-            refused = requests.post(f"http://127.0.0.1:{sandbox.port_map[default]}/v1/models/{MODEL}:predict",
-                                    data=small, timeout=30)  # fmt: skip
+            refused = requests.post(
+                f"http://127.0.0.1:{sandbox.port_map[default]}/v1/models/{MODEL}:predict", data=small, timeout=30
+            )
             assert refused.status_code == 400 and refused.json()["error"], refused.text
         sentence = "Input 'images' has shape [1, 8, 8] but the model expects float32 [N, 28, 28]."
         assert refused.json()["error"] == sentence, refused.text
-        refused = requests.post(f"http://127.0.0.1:{sandbox.port_map[8080]}/predictions/{MODEL}", data=small,
-                                headers={"Authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+        refused = requests.post(
+            f"http://127.0.0.1:{sandbox.port_map[8080]}/predictions/{MODEL}",
+            data=small,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         assert refused.status_code == 400, refused.text
         assert "[1, 8, 8]" in refused.json()["error"] and "[N, 28, 28]" in refused.json()["error"], refused.text
 
         # The playground names the model and says in one sentence that it draws for 8×8 models only.
-        playground = subprocess.run([sys.executable, "-m", "serving.playground", "--port", "1"], cwd=tmp_path,
-                                    env=sandbox.environment, capture_output=True, text=True, timeout=120)  # fmt: skip
+        playground = subprocess.run(
+            [sys.executable, "-m", "serving.playground", "--port", "1"],
+            cwd=tmp_path,
+            env=sandbox.environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert playground.returncode == 2, playground.stdout + playground.stderr
         [sentence] = playground.stderr.strip().splitlines()
         assert f"`{MODEL}` takes 28×28 images" in sentence and "8×8 digits only" in sentence, sentence

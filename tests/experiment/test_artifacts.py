@@ -107,9 +107,7 @@ def test_concurrent_publications_each_get_their_own_version(tmp_path):
     context = multiprocessing.get_context("fork")
     count = 6
     ready, go, results = context.Barrier(count + 1), context.Event(), context.Queue()
-    processes = [
-        context.Process(target=_publish_under_lock, args=(tmp_path, ready, go, results)) for _ in range(count)
-    ]
+    processes = [context.Process(target=_publish_under_lock, args=(tmp_path, ready, go, results)) for _ in range(count)]
     for process in processes:
         process.start()
     ready.wait(timeout=60)

@@ -14,14 +14,29 @@ from experiment.spec import NetworkSpec, parse_hidden_sizes
 def test_every_field_has_a_flag():
     parser = build_parser(TrainConfig, "prog", "test")
     help_text = parser.format_help()
-    for flag in ("--epochs", "--batch-size", "--learning-rate", "--seed", "--hidden-sizes", "--data-dir",
-                 "--run-name", "--output-dir", "--log-dir", "--activation", "--dropout"):
+    for flag in (
+        "--epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--seed",
+        "--hidden-sizes",
+        "--data-dir",
+        "--run-name",
+        "--output-dir",
+        "--log-dir",
+        "--activation",
+        "--dropout",
+    ):
         assert flag in help_text
 
 
 def test_flags_parse_into_typed_fields():
-    config = parse_config(TrainConfig, ["--epochs", "3", "--hidden-sizes", "128,64", "--data-dir", "x",
-                                        "--learning-rate", "0.01"], "prog", "test")
+    config = parse_config(
+        TrainConfig,
+        ["--epochs", "3", "--hidden-sizes", "128,64", "--data-dir", "x", "--learning-rate", "0.01"],
+        "prog",
+        "test",
+    )
     assert config.epochs == 3 and config.hidden_sizes == (128, 64)
     assert config.data_dir == Path("x") and config.learning_rate == 0.01
     assert parse_config(TrainConfig, [], "prog", "test") == TrainConfig()

@@ -18,7 +18,9 @@ NOISE = re.compile(r"^(I\d{4} |E\d{4} .*cuInit|WARNING: All log messages before 
 
 
 def _run(arguments: list[str], **environment: str) -> subprocess.CompletedProcess:
-    base = {name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "SHOW_LIBRARY_LOGS")}
+    base = {
+        name: value for name, value in os.environ.items() if name not in ("TF_CPP_MIN_LOG_LEVEL", "SHOW_LIBRARY_LOGS")
+    }
     return subprocess.run(
         [sys.executable, *arguments],
         cwd=ROOT,
@@ -47,8 +49,18 @@ def test_worth_showing_drops_info_lines_the_banner_and_a_failed_cuinit_and_keeps
 @pytest.mark.training
 def test_training_prints_no_cpp_log_line_and_says_once_that_there_is_no_gpu(tmp_path):
     result = _run(
-        ["-m", "tf_pipeline.train", "--epochs", "1", "--verbose", "0", "--output-dir", str(tmp_path / "models"),
-         "--log-dir", str(tmp_path / "runs")]
+        [
+            "-m",
+            "tf_pipeline.train",
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+            "--output-dir",
+            str(tmp_path / "models"),
+            "--log-dir",
+            str(tmp_path / "runs"),
+        ]
     )
     assert result.returncode == 0, result.stderr
     assert not NOISE.search(result.stderr + result.stdout), result.stderr
@@ -56,7 +68,9 @@ def test_training_prints_no_cpp_log_line_and_says_once_that_there_is_no_gpu(tmp_
 
     if not tf.config.list_physical_devices("GPU"):
         summary = [line for line in result.stdout.splitlines() if "GPU" in line]
-        assert summary == [line for line in result.stdout.splitlines() if line.startswith("test accuracy")], result.stdout
+        assert summary == [line for line in result.stdout.splitlines() if line.startswith("test accuracy")], (
+            result.stdout
+        )
         assert "the CPU (TensorFlow found no GPU on this machine)" in summary[0]
 
 

@@ -21,14 +21,21 @@ SCRIPT = (
 
 def _run(environment: dict[str, str], status: int = 0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(status)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", SCRIPT, str(status)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", **environment},
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
     "environment",
-    [{"WORLD_SIZE": "2", "RANK": "1"}, {"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'}],
+    [
+        {"WORLD_SIZE": "2", "RANK": "1"},
+        {"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}'},
+    ],
     ids=["torchrun worker", "TF_CONFIG worker"],
 )
 def test_a_data_parallel_worker_that_succeeded_flushes_and_leaves_without_teardown(environment):

@@ -32,8 +32,10 @@ def test_the_client_gets_the_in_process_classes_from_each_format(export_format, 
         url = server.spec.endpoint("flask-rest").address
         completed = subprocess.run(
             [sys.executable, "-m", "serving.client", "flask", "--rest", url, "--sample", str(SAMPLE)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         workers = server.leader.children(recursive=True)
         torch_loaded = [any("libtorch" in Path(mapped.path).name for mapped in w.memory_maps()) for w in workers]
     assert completed.returncode == 0, completed.stderr

@@ -81,9 +81,14 @@ def _raw_chunked(framing: bytes) -> Callable[[Target], bytes]:
     """A POST whose chunked body is sent exactly as given (broken framing no client library would write)."""
 
     def build(target: Target) -> bytes:
-        lines = [f"POST {target.predict_path()} HTTP/1.1", f"Host: {target.host}", "Connection: close",
-                 "Content-Type: application/json", "Transfer-Encoding: chunked",
-                 *(f"{name}: {value}" for name, value in target.headers().items())]  # fmt: skip
+        lines = [
+            f"POST {target.predict_path()} HTTP/1.1",
+            f"Host: {target.host}",
+            "Connection: close",
+            "Content-Type: application/json",
+            "Transfer-Encoding: chunked",
+            *(f"{name}: {value}" for name, value in target.headers().items()),
+        ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + framing
 
     return build
@@ -94,15 +99,22 @@ def _declared_length(length: int, sent: bytes) -> Callable[[Target], bytes]:
 
     def build(target: Target) -> bytes:
         declared = length
-        lines = [f"POST {target.predict_path()} HTTP/1.1", f"Host: {target.host}", "Connection: close",
-                 "Content-Type: application/json", f"Content-Length: {declared}",
-                 *(f"{name}: {value}" for name, value in target.headers().items())]  # fmt: skip
+        lines = [
+            f"POST {target.predict_path()} HTTP/1.1",
+            f"Host: {target.host}",
+            "Connection: close",
+            "Content-Type: application/json",
+            f"Content-Length: {declared}",
+            *(f"{name}: {value}" for name, value in target.headers().items()),
+        ]
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + sent
 
     return build
 
 
-def _url(method: str, path: Callable[[Target], str | None], body: bytes | None = None) -> Callable[[Target], bytes | None]:
+def _url(
+    method: str, path: Callable[[Target], str | None], body: bytes | None = None
+) -> Callable[[Target], bytes | None]:
     def build(target: Target) -> bytes | None:
         where = path(target)
         if where is None:
@@ -244,8 +256,9 @@ def truncated(rng: random.Random) -> Case:
 
 
 def bad_utf8(rng: random.Random) -> Case:
-    kind = rng.choice(["invalid byte in key", "invalid byte in value", "lone surrogate", "overlong", "cut sequence",
-                       "garbage"])  # fmt: skip
+    kind = rng.choice(
+        ["invalid byte in key", "invalid byte in value", "lone surrogate", "overlong", "cut sequence", "garbage"]
+    )
     if kind == "invalid byte in key":
         body = b'{"inst\xff\xfeances": ' + json.dumps([image()]).encode() + b"}"
     elif kind == "invalid byte in value":
@@ -281,19 +294,31 @@ def bad_chunking(rng: random.Random) -> Case:
 def absurd_version(rng: random.Random) -> Case:
     version = rng.choice(ABSURD_VERSIONS)
     if rng.random() < 0.5:
-        return Case("absurd version", f"POST predict version {version[:24]}",
-                    _url("POST", lambda target: target.predict_path(version=version), valid_body()))  # fmt: skip
-    return Case("absurd version", f"GET status version {version[:24]}",
-                _url("GET", lambda target: target.status_path(version=version)))  # fmt: skip
+        return Case(
+            "absurd version",
+            f"POST predict version {version[:24]}",
+            _url("POST", lambda target: target.predict_path(version=version), valid_body()),
+        )
+    return Case(
+        "absurd version",
+        f"GET status version {version[:24]}",
+        _url("GET", lambda target: target.status_path(version=version)),
+    )
 
 
 def path_traversal(rng: random.Random) -> Case:
     name = rng.choice(TRAVERSAL_NAMES + ("x" * rng.choice([300, 5_000]),))
     if rng.random() < 0.5:
-        return Case("path traversal", f"POST predict model {name[:40]}",
-                    _url("POST", lambda target: target.predict_path(model_name=name), valid_body()))  # fmt: skip
-    return Case("path traversal", f"GET status model {name[:40]}",
-                _url("GET", lambda target: target.status_path(model_name=name)))  # fmt: skip
+        return Case(
+            "path traversal",
+            f"POST predict model {name[:40]}",
+            _url("POST", lambda target: target.predict_path(model_name=name), valid_body()),
+        )
+    return Case(
+        "path traversal",
+        f"GET status model {name[:40]}",
+        _url("GET", lambda target: target.status_path(model_name=name)),
+    )
 
 
 def wrong_method(rng: random.Random) -> Case:

@@ -8,6 +8,7 @@ import time
 
 from serving.runtime import ServerProcess
 
+
 def predict_call(address: str, model_name: str):
     """(a one-image PredictRequest, the bound Predict call with its channel attached) for the TF server."""
     import grpc
@@ -58,8 +59,9 @@ def _shape_tensors() -> dict:
 
     def tensor(shape: list[int], float_values: list[float] | None = None, content: bytes | None = None):
         proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
-        proto.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape]))  # fmt: skip
+        proto.tensor_shape.CopyFrom(
+            tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in shape])
+        )
         if float_values is not None:
             proto.float_val.extend(float_values)
         if content is not None:
@@ -79,7 +81,9 @@ def _shape_tensors() -> dict:
     return dict(zip(GRPC_SHAPE_CASES, tensors))
 
 
-def grpc_shape_cases(address: str, server: ServerProcess | None = None, model_name: str = "digits") -> list[GrpcCaseResult]:
+def grpc_shape_cases(
+    address: str, server: ServerProcess | None = None, model_name: str = "digits"
+) -> list[GrpcCaseResult]:
     """Predicts whose declared shape and values disagree; each must be INVALID_ARGUMENT, quickly, allocating nothing."""
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc

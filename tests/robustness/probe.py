@@ -88,25 +88,31 @@ def probe_stack(arguments: argparse.Namespace, work_dir: Path, results: dict[str
             print(f"{name}: {arguments.bodies} malformed requests ...", flush=True)
             report = checks.send_malformed(server.target, cases)
             over_limit = checks.over_limit_chunked(server.target)
-            over_limit_cut = over_limit.outcome == "answered" and over_limit.status is not None and over_limit.status < 400
-            result.counts.update({
-                "malformed sent": report.sent + 1,
-                "5xx": report.server_errors + int(over_limit.status is not None and over_limit.status >= 500),
-                "hangs": report.hangs + int(over_limit.outcome == "hang"),
-                "silent cuts": report.silent_cuts + int(over_limit_cut),
-                "no answer": report.no_answer + int(over_limit.outcome == "no answer"),
-                "bad error bodies": report.bad_error_bodies,
-                "refused by Netty": report.netty_refusals,
-                "wrong 4xx": report.wrong_status + int(over_limit.status is not None and 400 <= over_limit.status < 500
-                                                        and over_limit.status != 413),
-            })  # fmt: skip
+            over_limit_cut = (
+                over_limit.outcome == "answered" and over_limit.status is not None and over_limit.status < 400
+            )
+            result.counts.update(
+                {
+                    "malformed sent": report.sent + 1,
+                    "5xx": report.server_errors + int(over_limit.status is not None and over_limit.status >= 500),
+                    "hangs": report.hangs + int(over_limit.outcome == "hang"),
+                    "silent cuts": report.silent_cuts + int(over_limit_cut),
+                    "no answer": report.no_answer + int(over_limit.outcome == "no answer"),
+                    "bad error bodies": report.bad_error_bodies,
+                    "refused by Netty": report.netty_refusals,
+                    "wrong 4xx": report.wrong_status
+                    + int(
+                        over_limit.status is not None and 400 <= over_limit.status < 500 and over_limit.status != 413
+                    ),
+                }
+            )
             result.details += report.summary(40)
             if over_limit.status != 413:
                 result.details.append(f"chunked body over the limit: {over_limit.outcome} {over_limit.status}")
             print(f"{name}: poisoned batches ...", flush=True)
             batch = load.poisoned_batch(server.target)
             result.counts["poisoned-batch failures"] = batch.valid_failed
-            result.details += checks.grouped([f'batch: {failure}' for failure in batch.failures])
+            result.details += checks.grouped([f"batch: {failure}" for failure in batch.failures])
             print(f"{name}: 200 idle connections and 64 slow senders for {arguments.hold_seconds:g} s ...", flush=True)
             slow = load.slow_and_idle_clients(server.target, hold_seconds=arguments.hold_seconds)
             result.counts["stalled by slow clients"] = slow.stalled
@@ -152,8 +158,9 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
         folder = servers.copy_models(name, tf_export, torch_export, folder_root / "models")
         running = servers.launch(name, folder, folder_root, wait=True)
         try:
-            report = sigterm.sigterm_under_load(running.process, running.target, running.grpc_address,
-                                               load_seconds=arguments.sigterm_load_seconds)  # fmt: skip
+            report = sigterm.sigterm_under_load(
+                running.process, running.target, running.grpc_address, load_seconds=arguments.sigterm_load_seconds
+            )
         finally:
             running.process.stop()
         result.counts["lost on SIGTERM"] = report.lost + report.server_errors_not_503
@@ -165,8 +172,9 @@ def probe_restarts(arguments: argparse.Namespace, work_dir: Path, results: dict[
 
 def _next_archive_version(store: Path) -> int:
     """One more than the highest <model>-<version>.mar in the store."""
-    versions = [int(path.stem.rsplit("-", 1)[1]) for path in store.glob("digits-*.mar")
-                if path.stem.rsplit("-", 1)[1].isdigit()]  # fmt: skip
+    versions = [
+        int(path.stem.rsplit("-", 1)[1]) for path in store.glob("digits-*.mar") if path.stem.rsplit("-", 1)[1].isdigit()
+    ]
     return max(versions, default=1) + 1
 
 
@@ -196,8 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         missing = exports.missing_exports(("tf", "torch", "torch-archive"), arguments.models_dir, "digits")
         if missing:
-            raise UsageError(f"No {missing[0]} export under {arguments.models_dir}; "
-                             f"train first with `make train-tf` and `make train-torch`.")  # fmt: skip
+            raise UsageError(
+                f"No {missing[0]} export under {arguments.models_dir}; "
+                f"train first with `make train-tf` and `make train-torch`."
+            )
         began = time.monotonic()
         results = {name: ServerCounts() for name in servers.SERVERS}
         temporary = None

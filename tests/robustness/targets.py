@@ -42,8 +42,9 @@ class RestTarget:
         address = urllib.parse.urlsplit(endpoint.address)
         limits = {"tfserving": TF_BODY_LIMIT, "flask": FLASK_BODY_LIMIT}
         limit = limits.get(endpoint.server) or torchserve_body_limit()
-        return cls(endpoint.server, address.hostname or "127.0.0.1", address.port or 80, endpoint.model_name, limit,
-                   key_file)  # fmt: skip
+        return cls(
+            endpoint.server, address.hostname or "127.0.0.1", address.port or 80, endpoint.model_name, limit, key_file
+        )
 
     @property
     def torchserve(self) -> bool:

@@ -24,7 +24,9 @@ def test_shape_and_values_that_disagree_are_invalid_argument(shape_results, case
     result = shape_results[case]
     assert result.code == "INVALID_ARGUMENT", f"{result.code} after {result.seconds:.2f} s: {result.details[:200]}"
     assert result.seconds < QUICK_SECONDS, f"refused only after {result.seconds:.2f} s"
-    assert result.memory_growth_bytes < MEMORY_GROWTH_LIMIT, f"server memory grew {result.memory_growth_bytes >> 20} MiB"
+    assert result.memory_growth_bytes < MEMORY_GROWTH_LIMIT, (
+        f"server memory grew {result.memory_growth_bytes >> 20} MiB"
+    )
 
 
 def test_valid_predict_still_answered_after_the_shape_cases(shape_results, robust_stack):

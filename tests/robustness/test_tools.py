@@ -40,8 +40,10 @@ def test_every_case_is_a_complete_request_line_for_each_server(server):
         if data is None:
             # TorchServe has no status route, and answers predictions whatever the method; the TF server, as the real
             # one, hands a rank-4 batch of one image's elements to the graph.
-            left_out = {"torchserve": "status" in case.description or case.category == "wrong method",
-                        "tfserving": (case.category, case.description) == ("wrong shape", "rank4")}  # fmt: skip
+            left_out = {
+                "torchserve": "status" in case.description or case.category == "wrong method",
+                "tfserving": (case.category, case.description) == ("wrong shape", "rank4"),
+            }
             assert left_out[server], case
             continue
         request_line = data.split(b"\r\n", 1)[0]
@@ -71,7 +73,9 @@ def one_shot_server(behaviour: str):
             accepted.append(connection)
             connection.recv(65536)
             if behaviour == "answer":
-                connection.sendall(b'HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\n\r\n{"error": "One bad thing."}    ')
+                connection.sendall(
+                    b'HTTP/1.1 400 Bad Request\r\nContent-Length: 31\r\n\r\n{"error": "One bad thing."}    '
+                )
                 connection.close()
             elif behaviour == "close":
                 connection.close()

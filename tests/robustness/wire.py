@@ -135,7 +135,12 @@ def _read_answer(sock: socket.socket, began: float, timeout: float, send_error: 
         body = response.read()
     except (socket.timeout, TimeoutError):
         return Answer(HANG, seconds=time.monotonic() - began, detail="no complete answer in time")
-    except (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionError, http.client.BadStatusLine) as error:
+    except (
+        http.client.RemoteDisconnected,
+        http.client.IncompleteRead,
+        ConnectionError,
+        http.client.BadStatusLine,
+    ) as error:
         detail = type(error).__name__ + (f" (while sending: {send_error[0]})" if send_error else "")
         return Answer(NO_ANSWER, seconds=time.monotonic() - began, detail=detail)
     except (http.client.HTTPException, OSError) as error:

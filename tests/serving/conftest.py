@@ -65,8 +65,9 @@ def flask_server(torch_trained, tmp_path_factory):
     base_path = work_dir / "digits"
     shutil.copytree(torch_trained.export_path, base_path / "1")
     port = runtime.free_port()
-    spec = flask_app.spec(port, base_path=base_path,
-                          environment={"FLASK_MODEL_POLL_SECONDS": "0.5", "WEB_CONCURRENCY": "2"})  # fmt: skip
+    spec = flask_app.spec(
+        port, base_path=base_path, environment={"FLASK_MODEL_POLL_SECONDS": "0.5", "WEB_CONCURRENCY": "2"}
+    )
     with runtime.start(spec, work_dir / "gunicorn.log", START_TIMEOUT_S) as server:
         yield FlaskUnderTest(server, f"http://127.0.0.1:{port}", base_path)
 

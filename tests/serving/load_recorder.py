@@ -27,9 +27,7 @@ class LoadRecorder(Generic[Answer]):
         self._join_timeout_s = join_timeout_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._work, args=(label, ask), daemon=True) for label, ask in askers
-        ]
+        self._threads = [threading.Thread(target=self._work, args=(label, ask), daemon=True) for label, ask in askers]
 
     def _work(self, label: str, ask: Callable[[], Answer]) -> None:
         while not self._stop.is_set():

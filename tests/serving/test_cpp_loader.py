@@ -25,9 +25,12 @@ def program(tmp_path_factory) -> Path:
     """The loader, built by its make target into a temporary folder."""
     program = tmp_path_factory.mktemp("cpp") / "pt2_classify"
     built = subprocess.run(
-        ["make", "--no-print-directory", "cpp-loader", f"CPP_LOADER={program}"], cwd=ROOT, capture_output=True,
-        text=True, timeout=600,
-    )  # fmt: skip
+        ["make", "--no-print-directory", "cpp-loader", f"CPP_LOADER={program}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr
     return program
 
@@ -39,8 +42,9 @@ def test_the_cpp_program_prints_the_classes_of_the_pt2_package(program, torch_ev
     with open(tmp_path / "images.txt", "w") as stream:
         stream.write("20 8 8\n")
         np.savetxt(stream, images.reshape(len(images), -1))
-    completed = subprocess.run([str(program), str(package), str(tmp_path / "images.txt")], capture_output=True,
-                               text=True, timeout=120)  # fmt: skip
+    completed = subprocess.run(
+        [str(program), str(package), str(tmp_path / "images.txt")], capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr
     classes = [int(line) for line in completed.stdout.split()]
     assert classes == torch_exports.onnx_outputs(torch_every_format.export_path, images)[1].tolist()
@@ -48,7 +52,11 @@ def test_the_cpp_program_prints_the_classes_of_the_pt2_package(program, torch_ev
 
 def test_a_missing_package_is_one_line_and_exit_1(program, tmp_path):
     (tmp_path / "images.txt").write_text("1 8 8\n" + " ".join(["0"] * 64) + "\n")
-    completed = subprocess.run([str(program), str(tmp_path / "missing.pt2"), str(tmp_path / "images.txt")],
-                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    completed = subprocess.run(
+        [str(program), str(tmp_path / "missing.pt2"), str(tmp_path / "images.txt")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert completed.returncode == 1
     assert completed.stderr.startswith(f"{program}: error: ") and completed.stderr.count("\n") == 1

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_demo_beside_a_running_stack_refuses_before_training_and_leaves_its_versions_alone(tmp_path, make_stub):
     # A stack as `make serve` leaves it, in the .run/ of the folder the demo runs in; its models folder has version 1.
-    stack = Stack(run_dir=tmp_path / ".run", models_dir=tmp_path / "models",
-                  specs=[make_stub("tfserving"), make_stub("flask")])  # fmt: skip
+    stack = Stack(
+        run_dir=tmp_path / ".run", models_dir=tmp_path / "models", specs=[make_stub("tfserving"), make_stub("flask")]
+    )
     version = tmp_path / "models" / "tf" / "digits" / "1"
     version.mkdir(parents=True)
     stack.start(timeout=30, report=lambda line: None)
@@ -31,7 +32,9 @@ def test_demo_beside_a_running_stack_refuses_before_training_and_leaves_its_vers
     finally:
         stack.stop(report=lambda line: None)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("python -m serving.demo: error: The servers of `make serve` are running"), result.stderr
+    assert result.stderr.startswith("python -m serving.demo: error: The servers of `make serve` are running"), (
+        result.stderr
+    )
     assert "`make stop`" in result.stderr and "`make demo ARGS=--free-ports`" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Training" not in result.stdout  # refused before any work

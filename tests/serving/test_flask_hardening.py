@@ -102,7 +102,9 @@ def test_idle_connections_and_slow_senders_do_not_delay_a_valid_request(server_p
     slow = [socket.create_connection(("127.0.0.1", server_port)) for _ in range(64)]
     # Half send their headers one byte a second, half their body: each holds a connection open all along.
     pending = [
-        (PREDICT + b"X-Slow: " + b"a" * 100) if index % 2 else (PREDICT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
+        (PREDICT + b"X-Slow: " + b"a" * 100)
+        if index % 2
+        else (PREDICT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
         for index, _ in enumerate(slow)
     ]
     for sock, data in zip(slow, pending):
@@ -172,7 +174,10 @@ MALFORMED = {
     "chunk size": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n", 400),
     "chunk terminator": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabcXX0\r\n\r\n", 400),
     "header too large": (b"GET /healthz HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
-    "too many headers": (b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n", 431),
+    "too many headers": (
+        b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(200)) + b"\r\n",
+        431,
+    ),
     "request line too long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: test\r\n\r\n", 414),
     "chunk declaring more than the limit": (PREDICT + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab", 413),
     "content-length over the limit": (PREDICT + b"Content-Length: %d\r\n\r\n" % (BODY_LIMIT + 1), 413),
@@ -204,7 +209,9 @@ def test_the_front_ends_own_refusals_are_one_json_sentence(server_port, request_
 def test_a_chunked_body_over_the_limit_is_413_not_cut(server_port):
     piece = b" " * 65536
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(BODY_LIMIT // len(piece) + 2))
-    status, headers, body = exchange(server_port, PREDICT + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+    status, headers, body = exchange(
+        server_port, PREDICT + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
     assert status == 413
     assert_one_json_sentence(headers, body)
 
@@ -249,7 +256,9 @@ def corrupt_version(base_path, version: int, export_path) -> None:
     shutil.copy(export_path / artifacts.METADATA_FILE, folder / artifacts.METADATA_FILE)
 
 
-def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_loads(tmp_path, torch_smoke_run, caplog):
+def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_loads(
+    tmp_path, torch_smoke_run, caplog
+):
     base_path = tmp_path / "digits"
     shutil.copytree(torch_smoke_run.export_path, base_path / "1")
     shutil.copytree(torch_smoke_run.export_path, base_path / "2")
@@ -273,8 +282,9 @@ def test_a_worker_starting_with_a_corrupt_newest_version_serves_the_newest_that_
     shutil.rmtree(base_path / "4")
     app.extensions["model_manager"].poll_once()
     assert [status["version"] for status in client.get("/v1/models/digits").get_json()["model_version_status"]] == [
-        "2", "3"
-    ]  # fmt: skip
+        "2",
+        "3",
+    ]
 
     # Once the newest folder holds a good export, it is loaded and replaces the fallback.
     shutil.copytree(torch_smoke_run.export_path, base_path / "4")
@@ -428,9 +438,10 @@ def test_every_request_parsing_error_of_gunicorn_maps_to_a_4xx_sentence():
     from serving.gunicorn_worker import describe_parse_error
 
     refusals = [
-        cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+        cls
+        for _, cls in inspect.getmembers(errors, inspect.isclass)
         if issubclass(cls, errors.ParseException) and "Response" not in cls.__name__
-    ]  # fmt: skip
+    ]
     assert len(refusals) > 10
     for cls in refusals:
         error = cls.__new__(cls)  # the sentence depends on the class only, not on the constructor's arguments

@@ -136,8 +136,10 @@ def test_digits_drawn_with_the_pages_pen_are_recognised_most_of_the_time(torch_t
             canvas = Image.new("L", (SIDE, SIDE), 0)
             draw = ImageDraw.Draw(canvas)
             for stroke_points in strokes:
-                points = [tuple((np.asarray(point) - 128) * scale + 128 + shift + random.normal(0, 6, size=2))
-                          for point in stroke_points]  # fmt: skip
+                points = [
+                    tuple((np.asarray(point) - 128) * scale + 128 + shift + random.normal(0, 6, size=2))
+                    for point in stroke_points
+                ]
                 draw.line(points, fill=255, width=width, joint="curve")
                 for x, y in points:  # round caps and joins, as the canvas draws them
                     draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=255)
@@ -182,8 +184,15 @@ def failing(error: Exception) -> Endpoint:
 
 @pytest.fixture
 def client():
-    app = create_app([answering(7), failing(EndpointError("Not reachable: the server is stopped.")),
-                      failing(RuntimeError("a bug")), answering(1)], {"TEST_IMAGE_SEED": 0})  # fmt: skip
+    app = create_app(
+        [
+            answering(7),
+            failing(EndpointError("Not reachable: the server is stopped.")),
+            failing(RuntimeError("a bug")),
+            answering(1),
+        ],
+        {"TEST_IMAGE_SEED": 0},
+    )
     return app.test_client()
 
 
@@ -206,7 +215,11 @@ def test_the_page_and_its_files_are_served_from_the_package_and_name_nothing_out
 def test_endpoints_are_listed_in_order_with_key_and_label_only(client):
     listing = client.get("/api/endpoints").get_json()
     assert [item["key"] for item in listing["endpoints"]] == [
-        "answers-7", "fails-EndpointError", "fails-RuntimeError", "answers-1"]  # fmt: skip
+        "answers-7",
+        "fails-EndpointError",
+        "fails-RuntimeError",
+        "answers-1",
+    ]
     assert all(set(item) == {"key", "label"} for item in listing["endpoints"])
     assert listing["model"] == "digits"  # the page names the model it talks to
 
@@ -309,14 +322,24 @@ def test_every_real_endpoint_reports_a_stopped_server_in_one_sentence_without_it
 
     port = closed_port()
     addresses = endpoints.StackAddresses(
-        model_name="digits", tf_grpc=f"127.0.0.1:{port}", tf_rest=f"http://127.0.0.1:{port}",
-        flask=f"http://127.0.0.1:{port}", torchserve=f"http://127.0.0.1:{port}",
-        torchserve_management=f"http://127.0.0.1:{port}", torchserve_key_file=tmp_path / "key_file.json",
+        model_name="digits",
+        tf_grpc=f"127.0.0.1:{port}",
+        tf_rest=f"http://127.0.0.1:{port}",
+        flask=f"http://127.0.0.1:{port}",
+        torchserve=f"http://127.0.0.1:{port}",
+        torchserve_management=f"http://127.0.0.1:{port}",
+        torchserve_key_file=tmp_path / "key_file.json",
         torchserve_grpc=f"127.0.0.1:{port}",
-    )  # fmt: skip
+    )
     connected = endpoints.connect(addresses)
     try:
-        assert [endpoint.key for endpoint in connected] == ["tf-grpc", "tf-rest", "flask-rest", "torchserve-rest", "torchserve-grpc"]
+        assert [endpoint.key for endpoint in connected] == [
+            "tf-grpc",
+            "tf-rest",
+            "flask-rest",
+            "torchserve-rest",
+            "torchserve-grpc",
+        ]
         for endpoint in connected:
             with pytest.raises(EndpointError) as raised:
                 endpoint.predict(np.zeros((1, 8, 8), dtype=np.float32))

@@ -157,8 +157,12 @@ def save_for_readme(screenshot: Path) -> None:
     background = Image.new("RGB", image.size, image.getpixel((0, 0)))
     left, top, right, bottom = ImageChops.difference(image, background).getbbox()
     margin = 24
-    box = (max(0, left - margin), max(0, top - margin),
-           min(image.width, right + margin), min(image.height, bottom + margin))  # fmt: skip
+    box = (
+        max(0, left - margin),
+        max(0, top - margin),
+        min(image.width, right + margin),
+        min(image.height, bottom + margin),
+    )
     image.crop(box).quantize(colors=64).save(target, optimize=True)
 
 
@@ -177,7 +181,8 @@ def test_a_drawn_digit_gets_an_answer_from_every_endpoint(browser, playground_ur
         assert_answered(card)
     # The 8×8 input the backend made from the stroke is shown beside the canvas.
     cells = browser.execute_script(
-        "return [...document.querySelectorAll('#preview span')].map((cell) => Number(cell.dataset.value))")
+        "return [...document.querySelectorAll('#preview span')].map((cell) => Number(cell.dataset.value))"
+    )
     assert len(cells) == 64 and 0 < max(cells) <= 16 and min(cells) >= 0
     screenshot = tmp_path / "playground.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -212,7 +217,8 @@ def test_the_page_fits_a_phone_sized_window(browser, playground_url, tmp_path):
         assert overflow <= 0, f"the page is {overflow} px wider than a phone's window"
         for element_id in ("canvas", "predict", "random", "cards"):
             right = browser.execute_script(
-                f"return document.getElementById('{element_id}').getBoundingClientRect().right")
+                f"return document.getElementById('{element_id}').getBoundingClientRect().right"
+            )
             assert right <= 390, element_id
         assert browser.save_screenshot(str(tmp_path / "playground-phone.png"))
     finally:

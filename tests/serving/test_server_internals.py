@@ -12,7 +12,17 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_LIBRARIES = ("gunicorn", "uvicorn", "gevent", "granian", "hypercorn", "httptools", "uvloop", "h11", "werkzeug.serving")
+SERVER_LIBRARIES = (
+    "gunicorn",
+    "uvicorn",
+    "gevent",
+    "granian",
+    "hypercorn",
+    "httptools",
+    "uvloop",
+    "h11",
+    "werkzeug.serving",
+)
 KNOWN = {"serving/gunicorn_worker.py", "serving/tfserving/connections.py"}
 
 
@@ -78,6 +88,8 @@ def test_no_server_file_uses_a_server_librarys_internals():
         if problems:
             found[relative] = problems
     unexpected = {path: problems for path, problems in found.items() if path not in KNOWN}
-    assert not unexpected, "\n".join(f"{path}: {problem}" for path, problems in unexpected.items() for problem in problems)
+    assert not unexpected, "\n".join(
+        f"{path}: {problem}" for path, problems in unexpected.items() for problem in problems
+    )
     resolved = sorted(path for path in KNOWN if path not in found)
     assert not resolved, f"{resolved} no longer use a server library's internals: take them out of KNOWN"

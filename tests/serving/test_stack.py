@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_stack_command(*argv: str) -> subprocess.CompletedProcess:
     """`python -m serving.stack ...` as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "serving.stack", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "serving.stack", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
 def port_flags(ports: Ports) -> list[str]:
@@ -54,8 +55,15 @@ def test_port_taken_on_the_command_line_is_one_sentence_and_exit_2(tmp_path):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", ports.tf_rest))
         holder.listen()
-        result = run_stack_command("start", "--run-dir", str(tmp_path / "run"), "--models-dir",
-                                   str(tmp_path / "models"), "--no-train", *port_flags(ports))  # fmt: skip
+        result = run_stack_command(
+            "start",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--models-dir",
+            str(tmp_path / "models"),
+            "--no-train",
+            *port_flags(ports),
+        )
     assert result.returncode == 2
     assert result.stderr.startswith(f"python -m serving.stack: error: Port {ports.tf_rest} (tfserving REST)")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -63,8 +71,15 @@ def test_port_taken_on_the_command_line_is_one_sentence_and_exit_2(tmp_path):
 
 
 def test_missing_export_without_training_says_which_make_target(tmp_path):
-    result = run_stack_command("start", "--run-dir", str(tmp_path / "run"), "--models-dir", str(tmp_path / "models"),
-                               "--no-train", *port_flags(Ports.free()))  # fmt: skip
+    result = run_stack_command(
+        "start",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--no-train",
+        *port_flags(Ports.free()),
+    )
     assert result.returncode == 2
     assert "No tf export of 'digits'" in result.stderr and "make train-tf" in result.stderr
     assert "Traceback" not in result.stderr
@@ -90,8 +105,11 @@ def test_foreground_run_stops_every_server_on_ctrl_c(tmp_path, stub_script, sign
     run_dir = tmp_path / "run"
     runner = subprocess.Popen(
         [sys.executable, "-c", FOREGROUND_SCRIPT, str(stub_script), str(run_dir), str(free_port())],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         # Its first line comes once Ctrl-C and SIGTERM are its own to handle.
         assert runner.stdout.readline().startswith("Serving in the foreground")
@@ -129,5 +147,7 @@ def test_status_of_a_stack_that_is_not_running_says_stopped_and_exits_0(tmp_path
     result = run_stack_command("status", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     assert [line.split()[:2] for line in result.stdout.splitlines()] == [
-        ["tfserving", "stopped"], ["flask", "stopped"], ["torchserve", "stopped"]
+        ["tfserving", "stopped"],
+        ["flask", "stopped"],
+        ["torchserve", "stopped"],
     ]

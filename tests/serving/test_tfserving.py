@@ -90,7 +90,9 @@ def in_process(tf_trained, digits):
 def server(tf_trained, tmp_path_factory):
     """One server for the API tests, with a 1 MiB request limit (so 413 / RESOURCE_EXHAUSTED can be provoked)."""
     root = tmp_path_factory.mktemp("tfserving_api")
-    running = start_server(new_base_path(root, tf_trained.export_path), root, f"--max_request_bytes={REQUEST_LIMIT_BYTES}")
+    running = start_server(
+        new_base_path(root, tf_trained.export_path), root, f"--max_request_bytes={REQUEST_LIMIT_BYTES}"
+    )
     yield running
     running.stop()
 
@@ -146,7 +148,10 @@ def _bad_requests(images: np.ndarray) -> dict[str, tuple[predict_pb2.PredictRequ
         "tensor_content of the wrong size": (short_content, grpc.StatusCode.INVALID_ARGUMENT),
         "non-numeric values": (strings, grpc.StatusCode.INVALID_ARGUMENT),
         "unknown output alias": (unknown_output, grpc.StatusCode.INVALID_ARGUMENT),
-        "unknown signature": (predict_request(images, signature_name="classify_x"), grpc.StatusCode.FAILED_PRECONDITION),
+        "unknown signature": (
+            predict_request(images, signature_name="classify_x"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        ),
     }
 
 
@@ -159,9 +164,15 @@ def test_health_and_status_report_version_1_available(server, stubs):
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = "digits"
     (status,) = models.GetModelStatus(request, timeout=10).model_version_status
-    assert (status.version, status.state, status.status.error_code) == (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE, 0)
+    assert (status.version, status.state, status.status.error_code) == (
+        1,
+        get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+        0,
+    )
     assert requests.get(f"{server.rest_url}/v1/models/digits", timeout=10).json() == {
-        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
     }
     assert "Loaded model digits version 1" in server.log()
     # The export's own warm-up record (assets.extra/tf_serving_warmup_requests) was replayed before serving.
@@ -191,7 +202,9 @@ def test_predict_accepts_typed_float_val_and_an_explicit_version(stubs, digits, 
     tensor.float_val.extend(digits.test.images[:2].ravel().tolist())
     response = prediction.Predict(request, timeout=10)
     np.testing.assert_array_equal(response.outputs["classes"].int64_val, in_process[1][:2])
-    np.testing.assert_allclose(np.reshape(response.outputs["probabilities"].float_val, (2, 10)), in_process[0][:2], atol=1e-6)
+    np.testing.assert_allclose(
+        np.reshape(response.outputs["probabilities"].float_val, (2, 10)), in_process[0][:2], atol=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -246,7 +259,9 @@ def test_metadata_over_grpc_and_rest_describes_the_signature(server):
     assert signature["outputs"]["classes"]["dtype"] == "DT_INT64"
     rest = RestClient(server.rest_url).get_metadata()
     assert rest["model_spec"]["version"] == "1"
-    assert rest["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["images"]["dtype"] == "DT_FLOAT"
+    assert (
+        rest["metadata"]["signature_def"]["signature_def"]["serving_default"]["inputs"]["images"]["dtype"] == "DT_FLOAT"
+    )
 
 
 @pytest.mark.slow
@@ -256,9 +271,13 @@ def test_rest_row_and_columnar_formats(server, digits, in_process):
     assert row.status_code == 200
     predictions = row.json()["predictions"]
     assert [prediction["classes"] for prediction in predictions] == in_process[1][:3].tolist()
-    np.testing.assert_allclose([prediction["probabilities"] for prediction in predictions], in_process[0][:3], atol=1e-6)
+    np.testing.assert_allclose(
+        [prediction["probabilities"] for prediction in predictions], in_process[0][:3], atol=1e-6
+    )
     columnar = requests.post(
-        f"{server.rest_url}/v1/models/digits/versions/1:predict", json={"inputs": {"images": images.tolist()}}, timeout=10
+        f"{server.rest_url}/v1/models/digits/versions/1:predict",
+        json={"inputs": {"images": images.tolist()}},
+        timeout=10,
     )
     assert columnar.json()["outputs"]["classes"] == in_process[1][:3].tolist()
 
@@ -277,14 +296,17 @@ REST_CASES = {
     "strings": ("POST", "/v1/models/digits:predict", {"instances": [[["a"] * 8] * 8]}, 400),
     "unknown input name": ("POST", "/v1/models/digits:predict", {"inputs": {"pixels": [[[0] * 8] * 8]}}, 400),
     "unknown signature": (
-        "POST", "/v1/models/digits:predict", {"signature_name": "nope", "instances": [[[0] * 8] * 8]}, 400,
+        "POST",
+        "/v1/models/digits:predict",
+        {"signature_name": "nope", "instances": [[[0] * 8] * 8]},
+        400,
     ),
     "body over the limit": ("POST", "/v1/models/digits:predict", b" " * (REQUEST_LIMIT_BYTES + 1), 413),
     "classify without examples": ("POST", "/v1/models/digits:classify", {"examples": []}, 400),
     "classify on a predict signature": ("POST", "/v1/models/digits:classify", {"examples": [{"x": 1.0}]}, 400),
     "malformed path": ("GET", "/v1/models/digits:predict", None, 400),
     "outside the API": ("GET", "/index.html", None, 404),
-}  # fmt: skip
+}
 
 
 @pytest.mark.slow

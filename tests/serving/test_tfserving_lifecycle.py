@@ -90,7 +90,11 @@ def test_new_version_is_served_under_load_and_a_broken_one_leaves_it_serving(tf_
             while time.monotonic() < deadline and _status(server.grpc_address).get(3, None) is None:
                 time.sleep(0.1)
             # Every worker (--workers) scans the folder at the same instants; a status may come from any of them.
-            while time.monotonic() < deadline and getattr(_status(server.grpc_address).get(3), "state", None) != get_model_status_pb2.ModelVersionStatus.END:
+            while (
+                time.monotonic() < deadline
+                and getattr(_status(server.grpc_address).get(3), "state", None)
+                != get_model_status_pb2.ModelVersionStatus.END
+            ):
                 time.sleep(0.1)
             time.sleep(POLL_SECONDS * 2)  # keep the clients going across more polls of the broken folder
         assert recorder.failures == []
@@ -104,7 +108,11 @@ def test_new_version_is_served_under_load_and_a_broken_one_leaves_it_serving(tf_
         assert "Loaded model digits version 2" in log and "Unloaded model digits version 1" in log
         # Once per worker (each loads for itself), never once per poll.
         assert log.count("Failed to load model digits version 3") == log.count("Serving digits:")
-        rest = requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": digits.test.images[:1].tolist()}, timeout=10)
+        rest = requests.post(
+            f"{server.rest_url}/v1/models/digits:predict",
+            json={"instances": digits.test.images[:1].tolist()},
+            timeout=10,
+        )
         assert rest.status_code == 200
     finally:
         assert server.stop() == 0
@@ -123,7 +131,10 @@ def test_batching_answers_each_client_its_own_rows_and_sigterm_loses_no_accepted
         "allowed_batch_sizes: 8\nallowed_batch_sizes: 32\n"
     )
     server = start_server(
-        new_base_path(tmp_path, tf_trained.export_path), tmp_path, "--enable_batching", f"--batching_parameters_file={parameters}"
+        new_base_path(tmp_path, tf_trained.export_path),
+        tmp_path,
+        "--enable_batching",
+        f"--batching_parameters_file={parameters}",
     )
     try:
         # Mixed batch sizes from 16 clients: each answer must be that client's rows, in order.
@@ -196,7 +207,9 @@ def test_batching_answers_each_client_its_own_rows_and_sigterm_loses_no_accepted
             thread.join(timeout=60)
         assert exit_status == 0, server.log()[-2000:]
         assert before > 0
-        assert {outcome for outcome in outcomes} <= {"ok", "refused"}, [o for o in outcomes if o not in ("ok", "refused")][:5]
+        assert {outcome for outcome in outcomes} <= {"ok", "refused"}, [
+            o for o in outcomes if o not in ("ok", "refused")
+        ][:5]
         log = server.log()
         assert "Shutting down" in log and "Stopped." in log and "Traceback" not in log
     finally:

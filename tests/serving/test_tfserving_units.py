@@ -28,9 +28,13 @@ def test_batching_parameters_text_format():
 
 @pytest.mark.parametrize(
     "text",
-    ["max_batch_size: 3", "no_such_field { value: 1 }", "max_batch_size { value: 0 }",
-     "max_batch_size { value: 8 } allowed_batch_sizes: 4"],
-)  # fmt: skip
+    [
+        "max_batch_size: 3",
+        "no_such_field { value: 1 }",
+        "max_batch_size { value: 0 }",
+        "max_batch_size { value: 8 } allowed_batch_sizes: 4",
+    ],
+)
 def test_bad_batching_parameters_are_one_sentence(text):
     with pytest.raises(UsageError):
         batching.parse_batching_parameters(text)
@@ -99,12 +103,19 @@ def test_manager_keeps_the_old_version_until_the_new_one_loads_and_when_it_fails
     models.poll_once()  # unchanged broken folder: not retried
     assert models.servable("digits").version == 1
     states = {status.version: status for status in models.statuses("digits")}
-    assert states[2].state == versions.END and "corrupt" in states[2].error_message and states[1].state == versions.AVAILABLE
+    assert (
+        states[2].state == versions.END
+        and "corrupt" in states[2].error_message
+        and states[1].state == versions.AVAILABLE
+    )
     broken.clear()
     (tmp_path / "2" / "saved_model.pb").write_bytes(b"fixed")  # the folder changed: try again
     models.poll_once()
     assert models.servable("digits").version == 2
-    assert {status.version: status.state for status in models.statuses("digits")} == {2: versions.AVAILABLE, 1: versions.END}
+    assert {status.version: status.state for status in models.statuses("digits")} == {
+        2: versions.AVAILABLE,
+        1: versions.END,
+    }
     assert events == ["load 1", "load 2"]
     with pytest.raises(RequestError) as raised:
         models.servable("digits", version=1)
@@ -134,7 +145,9 @@ def _doubling_signature(calls: list[int]) -> _DoublingSignature:
 def test_batch_scheduler_merges_concurrent_requests_and_returns_each_its_rows():
     calls: list[int] = []
     signature = _doubling_signature(calls)
-    options = batching.BatchingOptions(max_batch_size=8, batch_timeout_micros=20000, num_batch_threads=1, allowed_batch_sizes=(4, 8))
+    options = batching.BatchingOptions(
+        max_batch_size=8, batch_timeout_micros=20000, num_batch_threads=1, allowed_batch_sizes=(4, 8)
+    )
     scheduler = batching.BatchScheduler(options)
     answers: dict[int, np.ndarray] = {}
     servable = object()  # one model version: its requests may share a batch
@@ -142,7 +155,9 @@ def test_batch_scheduler_merges_concurrent_requests_and_returns_each_its_rows():
 
         def send(index: int) -> None:
             rows = np.full((1 + index % 2, 2), index, np.float32)
-            answers[index] = scheduler.run(servable, signature, {"images": rows}, len(rows), ("doubled",), 10)["doubled"]
+            answers[index] = scheduler.run(servable, signature, {"images": rows}, len(rows), ("doubled",), 10)[
+                "doubled"
+            ]
 
         threads = [threading.Thread(target=send, args=(index,)) for index in range(6)]
         for thread in threads:
@@ -168,7 +183,9 @@ def test_batch_scheduler_refuses_oversized_requests_unless_splitting():
         batching.BatchingOptions(max_batch_size=4, num_batch_threads=1, enable_large_batch_splitting=True)
     )
     try:
-        np.testing.assert_array_equal(splitting.run(object(), signature, {"images": rows}, 10, ("doubled",), 10)["doubled"], rows * 2)
+        np.testing.assert_array_equal(
+            splitting.run(object(), signature, {"images": rows}, 10, ("doubled",), 10)["doubled"], rows * 2
+        )
     finally:
         splitting.stop()
     assert max(calls) <= 4
@@ -184,11 +201,25 @@ def _signature(**input_names: str) -> Signature:
 
 @pytest.mark.parametrize(
     "inputs, output_filter, words",
-    [({}, (), "input size does not match signature: 0!=1 len({}) != len({images}). Sent extra: {}. Missing but required: {images}."),
-     ({"pixels": np.zeros(1)}, (), "input tensor alias not found in signature: pixels. Inputs expected to be in the set {images}."),
-     ({"images": np.zeros(1)}, ("logits",), "output tensor alias not found in signature: logits Outputs expected to be in the set {doubled}."),
-     ({"images": np.zeros(1)}, ("doubled", "doubled"), "duplicate output tensor alias: doubled")],
-)  # fmt: skip
+    [
+        (
+            {},
+            (),
+            "input size does not match signature: 0!=1 len({}) != len({images}). Sent extra: {}. Missing but required: {images}.",
+        ),
+        (
+            {"pixels": np.zeros(1)},
+            (),
+            "input tensor alias not found in signature: pixels. Inputs expected to be in the set {images}.",
+        ),
+        (
+            {"images": np.zeros(1)},
+            ("logits",),
+            "output tensor alias not found in signature: logits Outputs expected to be in the set {doubled}.",
+        ),
+        ({"images": np.zeros(1)}, ("doubled", "doubled"), "duplicate output tensor alias: doubled"),
+    ],
+)
 def test_predict_checks_names_and_output_filters_as_tensorflow_serving_does(inputs, output_filter, words):
     with pytest.raises(RequestError) as raised:
         predictor.check_predict(_signature(images="images:0"), inputs, output_filter)
@@ -211,7 +242,10 @@ def test_predict_leaves_shapes_and_dtypes_to_the_graph():
 
 @pytest.mark.parametrize(
     "inputs, words",
-    [({"a": np.zeros(())}, "must have at least one dimension"), ({"a": np.zeros(2), "b": np.zeros(3)}, "equal 0th-dimension size")],
+    [
+        ({"a": np.zeros(())}, "must have at least one dimension"),
+        ({"a": np.zeros(2), "b": np.zeros(3)}, "equal 0th-dimension size"),
+    ],
 )
 def test_batching_needs_a_shared_batch_dimension(inputs, words):
     with pytest.raises(RequestError, match=words):

@@ -237,8 +237,12 @@ def test_the_handler_runs_from_the_built_archive_with_its_own_protocol_package(t
     bodies = [{"instances": [IMAGE]}, {"instances": [[1.0, 2.0]]}, {"inputs": [IMAGE] * (rest.MAX_BATCH_SIZE + 1)}]
     completed = subprocess.run(
         [sys.executable, "-I", "-c", WORKER_SCRIPT, str(model_dir)],
-        input=json.dumps(bodies), capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        input=json.dumps(bodies),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["protocol"].startswith(str(model_dir))

@@ -72,8 +72,9 @@ def store_with_corrupt_newest(source_store: Path, target: Path) -> Path:
     ],
     ids=["nested_10000_deep", "integer_of_5000_digits"],
 )
-def test_an_unparsable_body_is_a_400_for_itself_and_its_batch_neighbours_are_answered(handler_and_context, bad,
-                                                                                      message):  # fmt: skip
+def test_an_unparsable_body_is_a_400_for_itself_and_its_batch_neighbours_are_answered(
+    handler_and_context, bad, message
+):
     handler, context = handler_and_context
     answers = handle(handler, context, [GOOD, bad, {"inputs": [IMAGE, IMAGE]}])
     assert len(answers[0]["predictions"]) == 1
@@ -107,8 +108,9 @@ def test_max_response_size_holds_the_largest_answer_the_handler_gives():
     probabilities = np.full((rest.MAX_BATCH_SIZE, 10), np.float32(1.1754944e-38), dtype=np.float32)
     classes = np.full(rest.MAX_BATCH_SIZE, np.iinfo(np.int64).min, dtype=np.int64)
     for row_format in (True, False):
-        answer = rest.dumps(rest.format_predict_response({"probabilities": probabilities, "classes": classes},
-                                                         row_format))  # fmt: skip
+        answer = rest.dumps(
+            rest.format_predict_response({"probabilities": probabilities, "classes": classes}, row_format)
+        )
         assert len(answer.encode()) <= config.MAX_RESPONSE_SIZE / 2  # the promised margin of two
 
 
@@ -121,16 +123,23 @@ def test_allowed_urls_admit_only_archives_of_the_model_store(tmp_path):
     store = (tmp_path / "model-store.v1").resolve()
     pattern = re.compile(config.allowed_urls_pattern(store), re.IGNORECASE)  # as TorchServe compiles it
     assert pattern.fullmatch(f"file://{store}/digits-2.mar")
-    for url in ("http://127.0.0.1:8000/wf.war", "https://example.com/digits.mar", f"file://{store}/../x/digits.mar",
-                f"file://{store}/sub/digits.mar", f"file://{store}X/digits.mar", f"file://{tmp_path}/other.mar",
-                f"file://{store}/digits-2.war"):  # fmt: skip
+    for url in (
+        "http://127.0.0.1:8000/wf.war",
+        "https://example.com/digits.mar",
+        f"file://{store}/../x/digits.mar",
+        f"file://{store}/sub/digits.mar",
+        f"file://{store}X/digits.mar",
+        f"file://{tmp_path}/other.mar",
+        f"file://{store}/digits-2.war",
+    ):
         assert not pattern.fullmatch(url), url
     assert config.allowed_urls_pattern(tmp_path / "a,b") == config.NO_URL_ALLOWED  # a comma would split the list
 
 
 def test_written_config_shuts_urls_and_workflows_and_binds_127_0_0_1(tmp_path):
-    path = config.write_config(tmp_path / "run" / "config.properties", tmp_path / "store",
-                               TorchServePorts(1, 2, 3, 4, 5), model_api=True)  # fmt: skip
+    path = config.write_config(
+        tmp_path / "run" / "config.properties", tmp_path / "store", TorchServePorts(1, 2, 3, 4, 5), model_api=True
+    )
     properties = config.read_properties(path)
     for key in ("inference_address", "management_address", "metrics_address"):
         assert properties[key].startswith("http://127.0.0.1:")
@@ -141,8 +150,9 @@ def test_written_config_shuts_urls_and_workflows_and_binds_127_0_0_1(tmp_path):
     assert properties["enable_envvars_config"] == "false" and properties["install_py_dep_per_model"] == "false"
     assert properties["enable_model_api"] == "true" and "disable_token_authorization" not in properties
     with pytest.raises(UsageError, match="needs token authorization"):
-        config.write_config(tmp_path / "c.properties", tmp_path / "store", TorchServePorts(), token_auth=False,
-                            model_api=True)  # fmt: skip
+        config.write_config(
+            tmp_path / "c.properties", tmp_path / "store", TorchServePorts(), token_auth=False, model_api=True
+        )
     plain_path = config.write_config(tmp_path / "d.properties", tmp_path / "store", TorchServePorts())
     plain = config.read_properties(plain_path)
     assert "enable_model_api" not in plain  # TorchServe's default: off
@@ -203,8 +213,12 @@ def test_an_old_version_is_scaled_to_no_workers_then_unregistered_with_retries(t
     management = Interrupted(default=1)
     settings = RolloutSettings(0.5, 0.0, retire_timeout_seconds=0.5, unregister_retry_seconds=0.0, check_model=False)
     assert Rollout(management, tmp_path, settings).poll_once() == 2
-    assert management.calls[2:] == [("scale", "1", 0), ("unregister failed", "1"), ("unregister failed", "1"),
-                                    ("unregister", "1")]  # fmt: skip
+    assert management.calls[2:] == [
+        ("scale", "1", 0),
+        ("unregister failed", "1"),
+        ("unregister failed", "1"),
+        ("unregister", "1"),
+    ]
     assert set(management.versions) == {"2"} and "Could not unregister" not in caplog.text
 
 
@@ -296,8 +310,10 @@ def test_the_largest_batch_fits_the_response_limit_and_more_instances_are_a_400(
     url, headers = f"{instance.inference_url}/predictions/digits", _inference_headers(instance)
     zeros = [[0] * 8] * 8
     over = json.dumps({"instances": [zeros] * 30_000}, separators=(",", ":"))  # 4.4 MB: under max_request_size
-    assert _post(url, over, headers) == (400, {"error": "The batch has 30000 instances; this server accepts at most "
-                                                        f"{rest.MAX_BATCH_SIZE}."})  # fmt: skip
+    assert _post(url, over, headers) == (
+        400,
+        {"error": f"The batch has 30000 instances; this server accepts at most {rest.MAX_BATCH_SIZE}."},
+    )
     largest = json.dumps({"instances": [[[0.123456789] * 8] * 8] * rest.MAX_BATCH_SIZE})
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: requests.post(url, data=largest, headers=headers, timeout=60), range(8)))
@@ -332,9 +348,14 @@ def test_no_archive_or_workflow_is_fetched_from_a_url(hardened, tmp_path):
     try:
         answers = {
             url: requests.post(f"{instance.management_url}/{url}", headers=headers, timeout=30)
-            for url in (f"workflows?url={remote}/wf.war", f"models?url={remote}/other.mar",
-                        f"models?url=file://{tmp_path}/other.mar", "models?url=../../other.mar", "workflows?url=wf.war")
-        }  # fmt: skip
+            for url in (
+                f"workflows?url={remote}/wf.war",
+                f"models?url={remote}/other.mar",
+                f"models?url=file://{tmp_path}/other.mar",
+                "models?url=../../other.mar",
+                "workflows?url=wf.war",
+            )
+        }
     finally:
         served.shutdown()
         served.server_close()
@@ -374,8 +395,14 @@ def test_a_default_version_short_of_workers_is_rolled_back_to_the_newest_older_a
     management = FakeManagement(default=3)
     management.versions["1"] = "READY"
     management.workers["3"] = 1  # one worker died; its replacement cannot load the damaged extracted model
-    settings = RolloutSettings(0.5, 0.0, retire_timeout_seconds=0.5, unregister_retry_seconds=0.0,
-                               capacity_warning_seconds=0.05, check_model=False)  # fmt: skip
+    settings = RolloutSettings(
+        0.5,
+        0.0,
+        retire_timeout_seconds=0.5,
+        unregister_retry_seconds=0.0,
+        capacity_warning_seconds=0.05,
+        check_model=False,
+    )
     watcher = Rollout(management, tmp_path, settings)
     assert watcher.poll_once() is None  # short, not yet for long
     time.sleep(0.06)

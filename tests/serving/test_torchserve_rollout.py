@@ -81,8 +81,13 @@ class FakeManagement:
         del self.versions[str(version)]
 
 
-FAST = RolloutSettings(ready_timeout_seconds=0.5, drain_seconds=0.0, retire_timeout_seconds=0.5,
-                       unregister_retry_seconds=0.0, check_model=False)  # fmt: skip
+FAST = RolloutSettings(
+    ready_timeout_seconds=0.5,
+    drain_seconds=0.0,
+    retire_timeout_seconds=0.5,
+    unregister_retry_seconds=0.0,
+    check_model=False,
+)
 
 
 def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregistered(tmp_path):
@@ -90,8 +95,12 @@ def test_a_newer_archive_is_registered_made_default_then_the_old_version_unregis
     write_archive(tmp_path, 2)
     management = FakeManagement(default=1)
     assert Rollout(management, tmp_path, FAST).poll_once() == 2
-    assert management.calls == [("register", "digits-2.mar", None, None), ("set-default", "2"), ("scale", "1", 0),
-                                ("unregister", "1")]  # fmt: skip
+    assert management.calls == [
+        ("register", "digits-2.mar", None, None),
+        ("set-default", "2"),
+        ("scale", "1", 0),
+        ("unregister", "1"),
+    ]
     assert management.versions == {"2": "READY"} and management.default == "2"
 
 
@@ -258,16 +267,20 @@ def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_is_refuse
             with _answer_recorder(clients, image) as recorder:
                 _wait_for(lambda: len(recorder.answers) >= 20, 30, "20 answers from version 1")
                 # Another seed: version 2's probabilities differ from version 1's, so each answer names its version.
-                result = train(TorchTrainConfig(output_dir=models_dir, log_dir=tmp_path / "runs", epochs=5, seed=7,
-                                                progress=False))  # fmt: skip
+                result = train(
+                    TorchTrainConfig(output_dir=models_dir, log_dir=tmp_path / "runs", epochs=5, seed=7, progress=False)
+                )
                 published = time.monotonic()
                 assert result.version == 2 and (store / "digits-2.mar").is_file()
                 new = _in_process(models_dir, 2, image)
                 assert np.abs(new - old).max() > 1e-3
                 _wait_for(lambda: manager.describe()["modelVersion"] == "2", 30, "version 2 becoming the default")
                 # Every client's next answers come from version 2: the one after the old version is unregistered.
-                _wait_for(lambda: [v["modelVersion"] for v in manager.list_versions()] == ["2"], 30,
-                          "version 1 being unregistered")  # fmt: skip
+                _wait_for(
+                    lambda: [v["modelVersion"] for v in manager.list_versions()] == ["2"],
+                    30,
+                    "version 1 being unregistered",
+                )
                 settled = time.monotonic()
                 _wait_for(lambda: len(recorder.since(settled)) >= 40, 30, "40 answers after the roll-out")
                 print(f"version 2 answered alone {settled - published:.1f} s after it was published")
@@ -294,13 +307,21 @@ def test_a_new_training_run_rolls_out_under_load_and_a_corrupt_archive_is_refuse
             settings = yaml.safe_load(MODEL_CONFIG.read_text())
             described = manager.describe(version=2)
             assert (described["batchSize"], described["maxBatchDelay"], described["minWorkers"]) == (
-                settings["batchSize"], settings["maxBatchDelay"], settings["minWorkers"])  # fmt: skip
+                settings["batchSize"],
+                settings["maxBatchDelay"],
+                settings["minWorkers"],
+            )
             # /predictions/digits/<version>, as TorchServe documents it: 2 answers, 1 is gone.
-            with TorchServeClient(rest.address, key_file=instance.key_file, management_url=instance.management_url,
-                                  version=2) as by_version:  # fmt: skip
+            with TorchServeClient(
+                rest.address, key_file=instance.key_file, management_url=instance.management_url, version=2
+            ) as by_version:
                 np.testing.assert_allclose(by_version.predict(image)[0][0], new, atol=1e-5)
-            with TorchServeClient(rest.address, key_file=instance.key_file, management_url=instance.management_url,
-                                  version=1) as gone, pytest.raises(TorchServeError) as raised:  # fmt: skip
+            with (
+                TorchServeClient(
+                    rest.address, key_file=instance.key_file, management_url=instance.management_url, version=1
+                ) as gone,
+                pytest.raises(TorchServeError) as raised,
+            ):
                 gone.predict(image)
             assert raised.value.status == 404
         finally:

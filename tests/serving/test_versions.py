@@ -47,9 +47,13 @@ def served(watcher: versions.VersionWatcher) -> list[int]:
 
 @pytest.mark.parametrize(
     "policy, expected",
-    [(versions.VersionPolicy(), {4}), (versions.VersionPolicy("latest", num_versions=2), {3, 4}),
-     (versions.VersionPolicy("all"), {1, 2, 3, 4}), (versions.VersionPolicy("specific", versions=frozenset({2, 9})), {2})],
-)  # fmt: skip
+    [
+        (versions.VersionPolicy(), {4}),
+        (versions.VersionPolicy("latest", num_versions=2), {3, 4}),
+        (versions.VersionPolicy("all"), {1, 2, 3, 4}),
+        (versions.VersionPolicy("specific", versions=frozenset({2, 9})), {2}),
+    ],
+)
 def test_policies_select_among_the_present_versions(policy, expected):
     assert policy.select([1, 2, 3, 4]) == expected
     assert policy.select([]) == set()
@@ -152,7 +156,6 @@ def test_the_background_thread_picks_up_a_new_version(tmp_path):
     assert served(watcher) == [2]
 
 
-
 @pytest.mark.parametrize("keep_vanished", [False, True], ids=["TF Serving's rule", "the Flask app's rule"])
 def test_a_corrupt_newest_version_at_start_falls_back_to_the_newest_that_loads(tmp_path, caplog, keep_vanished):
     for version in ("1", "2", "3"):
@@ -167,10 +170,15 @@ def test_a_corrupt_newest_version_at_start_falls_back_to_the_newest_that_loads(t
     assert loader.events == ["load 3 while serving None", "load 2 while serving None", "load 1 while serving None"]
     statuses = watcher.versions("digits").statuses
     assert [(statuses[v].state, statuses[v].error_code) for v in (3, 2, 1)] == [
-        (versions.END, "UNKNOWN"), (versions.END, "UNKNOWN"), (versions.AVAILABLE, "OK")]  # fmt: skip
+        (versions.END, "UNKNOWN"),
+        (versions.END, "UNKNOWN"),
+        (versions.AVAILABLE, "OK"),
+    ]
     assert watcher.versions("digits").failure().version == 3  # what a status page reports as the failure
     fallbacks = [record.getMessage() for record in caplog.records if "instead" in record.getMessage()]
-    assert fallbacks == ["Model digits: version 3 failed to load; serving version 1, the newest version that loads, instead."]
+    assert fallbacks == [
+        "Model digits: version 3 failed to load; serving version 1, the newest version that loads, instead."
+    ]
     (tmp_path / "4").mkdir()  # a good newer version replaces the fallback
     watcher.poll_once()
     assert served(watcher) == [4]

@@ -147,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # grpc_tools' protoc, which crashes the process when threads run it at once.
             for _ in range(arguments.clients):
                 clients = [(endpoint.name, endpoint.client(MODEL, 30.0)) for endpoint in stack.endpoints()]
-                threads.append(threading.Thread(target=call_endpoints, args=(clients, images, stop, counts, failures),
-                                                daemon=True))  # fmt: skip
+                threads.append(
+                    threading.Thread(target=call_endpoints, args=(clients, images, stop, counts, failures), daemon=True)
+                )
             for thread in threads:
                 thread.start()
             last = arguments.versions + 1
@@ -163,8 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 published = version - 1
                 if published in (5, arguments.versions):
                     memory[published] = resident_memory(stack)
-                print(f"published version {version} ({published} of {arguments.versions}); served {served}; "
-                      f"requests {sum(counts.values())}, failed {len(failures)}", flush=True)  # fmt: skip
+                print(
+                    f"published version {version} ({published} of {arguments.versions}); served {served}; "
+                    f"requests {sum(counts.values())}, failed {len(failures)}",
+                    flush=True,
+                )
             ending = served_versions(stack)
         finally:
             stop.set()
@@ -178,7 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for server in memory.get(5, {}):
         early, late = memory[5][server], memory.get(arguments.versions, {}).get(server, 0)
         ratio = late / early if early else float("inf")
-        print(f"{server}: RSS {early / 2**20:.0f} MiB after version 5, {late / 2**20:.0f} MiB after the last: x{ratio:.2f}")
+        print(
+            f"{server}: RSS {early / 2**20:.0f} MiB after version 5, {late / 2**20:.0f} MiB after the last: x{ratio:.2f}"
+        )
         ok = ok and ratio <= MEMORY_LIMIT
     print("ends on:", ending, "newest:", arguments.versions + 1)
     ok = ok and set(ending.values()) == {arguments.versions + 1}

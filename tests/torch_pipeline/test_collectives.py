@@ -10,7 +10,9 @@ from torch_pipeline import distributed
 
 
 def _group(world_size: int) -> distributed.ProcessGroup:
-    return distributed.ProcessGroup(rank=world_size - 1, local_rank=0, world_size=world_size, device=torch.device("cpu"))
+    return distributed.ProcessGroup(
+        rank=world_size - 1, local_rank=0, world_size=world_size, device=torch.device("cpu")
+    )
 
 
 def test_a_failed_collective_of_a_distributed_run_is_a_lost_worker_in_one_sentence():

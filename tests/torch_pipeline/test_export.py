@@ -85,7 +85,11 @@ def test_metadata_lists_each_file_with_its_digest_and_status(torch_every_format)
         assert record["made_by"]["torch"].startswith("2.13") and record["loaded_by"]
         assert record["export_seconds"] > 0
     assert records["torchscript"]["status"] == "deprecated"
-    assert records["onnx"]["status"] == "maintained" and set(records["onnx"]["made_by"]) == {"torch", "onnx", "onnxscript"}
+    assert records["onnx"]["status"] == "maintained" and set(records["onnx"]["made_by"]) == {
+        "torch",
+        "onnx",
+        "onnxscript",
+    }
     json.dumps(records)  # plain JSON throughout
 
 

@@ -123,8 +123,10 @@ def test_torchserve_refusal_is_a_serving_error_with_the_servers_sentence(torchse
         client.predict(np.zeros((1, 2), np.float32))
     assert isinstance(raised.value, ServingError)
     assert raised.value.status == 400 and str(raised.value) == raised.value.message
-    assert str(raised.value) == (f"TorchServe (REST) at {torchserve.server.url} refused the request (HTTP 400): "
-                                 "Input 'images' has shape [1, 2]; the model expects [N, 8, 8].")
+    assert str(raised.value) == (
+        f"TorchServe (REST) at {torchserve.server.url} refused the request (HTTP 400): "
+        "Input 'images' has shape [1, 2]; the model expects [N, 8, 8]."
+    )
 
 
 def test_torchserve_is_available_only_with_min_workers_ready(torchserve):
@@ -149,8 +151,12 @@ def rest_server():
     def respond(method, path, query, headers, body):
         if path == "/v1/models/digits:predict":
             images = json.loads(body)["inputs"]["images"]
-            return 200, {"outputs": {"probabilities": [row["probabilities"] for row in one_hot(images)],
-                                     "classes": [3] * len(images)}}  # fmt: skip
+            return 200, {
+                "outputs": {
+                    "probabilities": [row["probabilities"] for row in one_hot(images)],
+                    "classes": [3] * len(images),
+                }
+            }
         if path == "/v1/models/warming:predict":
             return 503, {"error": "No version of model 'warming' is loaded yet."}
         if path == "/v1/models/text:predict":
@@ -173,8 +179,12 @@ def test_rest_client_predicts_in_the_columnar_format(rest_server):
     ("model", "error_type", "status", "message"),
     [
         ("cats", ServingError, 404, "has no model 'cats' (HTTP 404): Servable not found for request: Latest(cats)."),
-        ("warming", ServerUnavailableError, 503,
-         "refused the request (HTTP 503): No version of model 'warming' is loaded yet."),
+        (
+            "warming",
+            ServerUnavailableError,
+            503,
+            "refused the request (HTTP 503): No version of model 'warming' is loaded yet.",
+        ),
         ("text", ServingError, 200, "answered with a body that is not JSON."),
     ],
 )
@@ -190,8 +200,17 @@ def test_rest_errors_carry_the_http_status_and_the_servers_sentence(rest_server,
 def test_client_command_against_torchserve(torchserve, capsys, tmp_path):
     images = tmp_path / "images.npy"
     np.save(images, np.zeros((3, 8, 8)))
-    argv = ["torchserve", "--rest", torchserve.server.url, "--key-file", str(torchserve.key_file),
-            "--images", str(images), "--batch-size", "2"]  # fmt: skip
+    argv = [
+        "torchserve",
+        "--rest",
+        torchserve.server.url,
+        "--key-file",
+        str(torchserve.key_file),
+        "--images",
+        str(images),
+        "--batch-size",
+        "2",
+    ]
     assert client_main(argv) == 0
     output = capsys.readouterr().out.splitlines()
     assert output[0] == f"TorchServe (REST) at {torchserve.server.url}, model 'digits'"
@@ -203,8 +222,10 @@ def test_client_command_with_torchserve_unreachable_is_one_sentence_and_exit_1(c
     url = f"http://127.0.0.1:{free_port()}"
     assert client_main(["torchserve", "--rest", url, "--sample", "1"]) == 1
     error = capsys.readouterr().err.strip().splitlines()
-    assert error == [f"python -m serving.client: error: Cannot reach TorchServe (REST) at {url}: the connection was "
-                     "refused or dropped."]
+    assert error == [
+        f"python -m serving.client: error: Cannot reach TorchServe (REST) at {url}: the connection was "
+        "refused or dropped."
+    ]
 
 
 def _clients_of_every_kind(address: str, model_name: str = "digits", timeout: float = 2.0) -> list:

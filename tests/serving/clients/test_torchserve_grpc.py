@@ -33,8 +33,10 @@ class FakeGrpcTorchServe:
 
     def _authorize(self, context, api: str) -> None:
         if dict(context.invocation_metadata()).get("authorization") != f"Bearer {self.rest.keys[api]}":
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, "Token Authorization failed. Token either incorrect, "
-                          "expired, or not provided correctly")  # fmt: skip
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "Token Authorization failed. Token either incorrect, expired, or not provided correctly",
+            )
 
     def _inference(self):
         fake = self
@@ -43,8 +45,11 @@ class FakeGrpcTorchServe:
             def Predictions(self, request, context):
                 fake._authorize(context, "inference")
                 if request.model_name != "digits":
-                    context.abort(grpc.StatusCode.INTERNAL, f"Model not found: {request.model_name}\n"
-                                  "org.pytorch.serve.archive.model.ModelNotFoundException")  # fmt: skip
+                    context.abort(
+                        grpc.StatusCode.INTERNAL,
+                        f"Model not found: {request.model_name}\n"
+                        "org.pytorch.serve.archive.model.ModelNotFoundException",
+                    )
                 fake.versions_asked.append(request.model_version)
                 images = json.loads(request.input["body"])["instances"]
                 if np.asarray(images).shape[1:] != (8, 8):
@@ -62,8 +67,13 @@ class FakeGrpcTorchServe:
             def DescribeModel(self, request, context):
                 fake._authorize(context, "management")
                 workers = [{"id": str(n), "status": "READY"} for n in range(2)]
-                description = {"modelName": "digits", "modelVersion": "4", "minWorkers": 2, "batchSize": 8,
-                               "workers": workers}  # fmt: skip
+                description = {
+                    "modelName": "digits",
+                    "modelVersion": "4",
+                    "minWorkers": 2,
+                    "batchSize": 8,
+                    "workers": workers,
+                }
                 return STUBS.management_pb2.ManagementResponse(msg=json.dumps([description]))
 
         return Management()
@@ -80,8 +90,14 @@ def fakes(tmp_path):
 
 def grpc_client(fakes, **options) -> TorchServeGrpcClient:
     rest, grpc_fake = fakes
-    return TorchServeGrpcClient(grpc_fake.address, key_file=rest.key_file, management_address=grpc_fake.address,
-                                token_url=rest.server.url, timeout=5, **options)  # fmt: skip
+    return TorchServeGrpcClient(
+        grpc_fake.address,
+        key_file=rest.key_file,
+        management_address=grpc_fake.address,
+        token_url=rest.server.url,
+        timeout=5,
+        **options,
+    )
 
 
 def test_grpc_client_sends_the_key_and_reads_the_predictions(fakes):
@@ -115,9 +131,13 @@ def test_grpc_client_without_the_key_is_refused_permission_denied(fakes):
     with TorchServeGrpcClient(grpc_fake.address, timeout=5) as client, pytest.raises(ServingError) as raised:
         client.predict(np.zeros((1, 8, 8), np.float32))
     assert raised.value.status == "PERMISSION_DENIED" and "Token Authorization failed" in raised.value.message
-    assert raised.value.message.startswith(f"TorchServe (gRPC) at {grpc_fake.address} refused the key (PERMISSION_DENIED)")
-    assert raised.value.message.endswith("; pass TorchServe's key file with --key-file (a `make serve` stack keeps it "
-                                         "in .run/torchserve/key_file.json, which the client finds by itself).")
+    assert raised.value.message.startswith(
+        f"TorchServe (gRPC) at {grpc_fake.address} refused the key (PERMISSION_DENIED)"
+    )
+    assert raised.value.message.endswith(
+        "; pass TorchServe's key file with --key-file (a `make serve` stack keeps it "
+        "in .run/torchserve/key_file.json, which the client finds by itself)."
+    )
 
 
 def test_an_unknown_model_is_not_found_although_torchserve_says_internal(fakes):

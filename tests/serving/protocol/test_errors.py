@@ -9,9 +9,18 @@ from serving.protocol.errors import MAX_MESSAGE_CHARS, QUOTED_LIMIT, RequestErro
 
 @pytest.mark.parametrize(
     "code, http_status",
-    [("INVALID_ARGUMENT", 400), ("FAILED_PRECONDITION", 400), ("NOT_FOUND", 404), ("RESOURCE_EXHAUSTED", 413),
-     ("UNAVAILABLE", 503), ("UNIMPLEMENTED", 501), ("DEADLINE_EXCEEDED", 504), ("INTERNAL", 500), ("UNKNOWN", 500)],
-)  # fmt: skip
+    [
+        ("INVALID_ARGUMENT", 400),
+        ("FAILED_PRECONDITION", 400),
+        ("NOT_FOUND", 404),
+        ("RESOURCE_EXHAUSTED", 413),
+        ("UNAVAILABLE", 503),
+        ("UNIMPLEMENTED", 501),
+        ("DEADLINE_EXCEEDED", 504),
+        ("INTERNAL", 500),
+        ("UNKNOWN", 500),
+    ],
+)
 def test_each_grpc_code_has_tensorflow_servings_http_status(code, http_status):
     error = RequestError("Something was wrong.", code)
     assert (error.code, error.http_status) == (code, http_status)

@@ -16,7 +16,7 @@ BODIES = [
     b'{"inputs": {"a": [1, 2], "b": "text \\u00e9 \\ud83d\\ude00"}, "signature_name": "x"}',
     b' {"v": [18446744073709551615, -9223372036854775808, 18446744073709551616, -9223372036854775809, 1e-400]} ',
     b'{"a": {"a": 1, "a": 2}, "b": [true, false, null], "c": {}}',
-    b'[' + b",".join(str(value).encode() for value in np.random.default_rng(0).standard_normal(500).tolist()) + b"]",
+    b"[" + b",".join(str(value).encode() for value in np.random.default_rng(0).standard_normal(500).tolist()) + b"]",
 ]
 
 
@@ -38,7 +38,9 @@ def test_orjson_reads_what_the_exact_path_reads(body):
     assert same(json_values.parse_json(body), json_values._parse_json_exactly(body))
 
 
-@pytest.mark.parametrize("body", [b'{"a": [NaN, -Infinity]}', b'{"a": "\\ud800"}', b'{"a": 1e400}', b'{"a" 1}', b"[01]"])
+@pytest.mark.parametrize(
+    "body", [b'{"a": [NaN, -Infinity]}', b'{"a": "\\ud800"}', b'{"a": 1e400}', b'{"a" 1}', b"[01]"]
+)
 def test_what_orjson_refuses_is_read_or_named_by_the_exact_path(body):
     try:
         expected = json_values._parse_json_exactly(body)

@@ -91,8 +91,9 @@ def test_a_long_integer_fills_a_float_tensor_as_the_real_server_does():
 def test_nan_and_infinity_are_read_and_flask_refuses_them_as_before():
     document = rest.load_json(b'{"instances": [[[NaN, Infinity, -Infinity, 1, 2, 3, 4, 5]] ]}')
     with pytest.raises(RequestError, match="NaN or infinity"):
-        rest.parse_predict_body(document, {"images": TensorSpec("images", "float32", (None, 1, 8))},
-                                allow_non_finite=False)  # fmt: skip
+        rest.parse_predict_body(
+            document, {"images": TensorSpec("images", "float32", (None, 1, 8))}, allow_non_finite=False
+        )
 
 
 def test_utf16_bodies_are_read_as_json_reads_them():

@@ -22,9 +22,13 @@ TWO_INPUTS = {
 
 @pytest.mark.parametrize(
     "body, row_format",
-    [({"instances": [IMAGE, IMAGE]}, True), ({"instances": [{"images": IMAGE}]}, True),
-     ({"inputs": [IMAGE]}, False), ({"inputs": {"images": [IMAGE, IMAGE, IMAGE]}}, False)],
-)  # fmt: skip
+    [
+        ({"instances": [IMAGE, IMAGE]}, True),
+        ({"instances": [{"images": IMAGE}]}, True),
+        ({"inputs": [IMAGE]}, False),
+        ({"inputs": {"images": [IMAGE, IMAGE, IMAGE]}}, False),
+    ],
+)
 def test_row_and_columnar_bodies_become_float32_arrays(body, row_format):
     parsed = rest.parse_predict_body(body, IMAGES)
     images = parsed.inputs["images"]
@@ -82,7 +86,9 @@ def test_non_finite_values_are_refused_only_when_asked():
 
 def test_batch_size_limit():
     limit = 3
-    assert len(rest.parse_predict_body({"instances": [IMAGE] * limit}, IMAGES, max_batch_size=limit).inputs["images"]) == 3
+    assert (
+        len(rest.parse_predict_body({"instances": [IMAGE] * limit}, IMAGES, max_batch_size=limit).inputs["images"]) == 3
+    )
     with pytest.raises(RequestError) as raised:
         rest.parse_predict_body({"inputs": [IMAGE] * (limit + 1)}, IMAGES, max_batch_size=limit)
     assert raised.value.message == "The batch has 4 instances; this server accepts at most 3."

@@ -42,11 +42,16 @@ def _arrays(**arrays):
 
 @pytest.mark.parametrize(
     "arrays, message",
-    [(_arrays(pixels=np.zeros((1, 8, 8), np.float32)), "input tensor alias not found in signature: pixels"),
-     ({}, "Missing input 'images'"),
-     (_arrays(images=np.zeros((1, 8, 8), np.float64)), "must be float32 but the request sent float64"),
-     (_arrays(images=np.zeros((1, 4, 4), np.float32)), "has shape [1, 4, 4] but the model expects float32 [N, 8, 8]")],
-)  # fmt: skip
+    [
+        (_arrays(pixels=np.zeros((1, 8, 8), np.float32)), "input tensor alias not found in signature: pixels"),
+        ({}, "Missing input 'images'"),
+        (_arrays(images=np.zeros((1, 8, 8), np.float64)), "must be float32 but the request sent float64"),
+        (
+            _arrays(images=np.zeros((1, 4, 4), np.float32)),
+            "has shape [1, 4, 4] but the model expects float32 [N, 8, 8]",
+        ),
+    ],
+)
 def test_check_inputs_refuses_as_tensorflow_serving_does(arrays, message):
     with pytest.raises(RequestError) as raised:
         DIGITS.check_inputs(arrays)

@@ -31,7 +31,9 @@ def test_tensor_round_trip_through_tensor_content(dtype):
 
 def test_typed_values_must_fill_the_shape_exactly():
     proto = _proto(types_pb2.DT_FLOAT, (2, 2), float_val=[1.0, 2.0])
-    with pytest.raises(RequestError, match=r"tensor parsing error: tensor. It holds 2 values but its shape \[2, 2\] needs exactly 4"):
+    with pytest.raises(
+        RequestError, match=r"tensor parsing error: tensor. It holds 2 values but its shape \[2, 2\] needs exactly 4"
+    ):
         tensors.tensor_to_array(proto)
     proto.float_val.extend([3.0, 4.0, 5.0])
     with pytest.raises(RequestError, match="It holds 5 values"):
@@ -55,10 +57,14 @@ def test_fill_applies_tensorflows_repeat_last_value_rule_for_trusted_records():
 
 @pytest.mark.parametrize(
     "shape, values",
-    [((1 << 20, 8, 8), {"float_val": [1.0]}), ((1 << 40,), {"float_val": [1.0]}), ((1 << 62, 4), {}),
-     ((1 << 20, 8, 8), {"bool_val": [True]})],
+    [
+        ((1 << 20, 8, 8), {"float_val": [1.0]}),
+        ((1 << 40,), {"float_val": [1.0]}),
+        ((1 << 62, 4), {}),
+        ((1 << 20, 8, 8), {"bool_val": [True]}),
+    ],
     ids=["2^26 elements from one value", "2^40 elements", "beyond int64", "one bool"],
-)  # fmt: skip
+)
 def test_a_few_bytes_never_declare_a_huge_tensor(shape, values):
     import tracemalloc
 
@@ -117,7 +123,8 @@ def test_typed_fields_decode_as_tensorflow_decodes_them(proto):
 
 
 @pytest.mark.parametrize(
-    "array", [np.array([[b"a", b"bc"]], dtype=object), np.array(["x", "yz"]), np.arange(6, dtype=np.uint16).reshape(2, 3)]
+    "array",
+    [np.array([[b"a", b"bc"]], dtype=object), np.array(["x", "yz"]), np.arange(6, dtype=np.uint16).reshape(2, 3)],
 )
 def test_encoded_tensors_are_what_tensorflow_reads(array):
     import tensorflow as tf
@@ -129,11 +136,16 @@ def test_encoded_tensors_are_what_tensorflow_reads(array):
 
 @pytest.mark.parametrize(
     "proto, message",
-    [(tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={"unknown_rank": True}), "unknown rank"),
-     (_proto(types_pb2.DT_FLOAT, (-1, 8)), "negative dimension"),
-     (_proto(types_pb2.DT_BFLOAT16, (1,), half_val=[1]), "dtype DT_BFLOAT16 cannot be decoded"),
-     (_proto(types_pb2.DT_STRING, (1,), string_val=[b"a", b"b"]), "holds 2 values but its shape [1] needs exactly 1")],
-)  # fmt: skip
+    [
+        (tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={"unknown_rank": True}), "unknown rank"),
+        (_proto(types_pb2.DT_FLOAT, (-1, 8)), "negative dimension"),
+        (_proto(types_pb2.DT_BFLOAT16, (1,), half_val=[1]), "dtype DT_BFLOAT16 cannot be decoded"),
+        (
+            _proto(types_pb2.DT_STRING, (1,), string_val=[b"a", b"b"]),
+            "holds 2 values but its shape [1] needs exactly 1",
+        ),
+    ],
+)
 def test_malformed_tensors_are_one_sentence_invalid_argument(proto, message):
     with pytest.raises(RequestError) as raised:
         tensors.tensor_to_array(proto, "images")
@@ -143,13 +155,21 @@ def test_malformed_tensors_are_one_sentence_invalid_argument(proto, message):
 
 @pytest.mark.parametrize(
     "array, field",
-    [(np.array([[0.5, 2.05]], np.float32), "float_val"), (np.array([1.5], np.float64), "double_val"),
-     (np.array([7, -1], np.int32), "int_val"), (np.array([300], np.uint16), "int_val"), (np.array(5, np.int8), "int_val"),
-     (np.array([2**40], np.int64), "int64_val"), (np.array([2**32 - 1], np.uint32), "uint32_val"),
-     (np.array([2**64 - 1], np.uint64), "uint64_val"), (np.array([True, False]), "bool_val"),
-     (np.array([1.0, -2.0], np.float16), "half_val"), (np.array([1 + 2j], np.complex64), "scomplex_val"),
-     (np.array([b"a", b"\xff"], dtype=object), "string_val")],
-)  # fmt: skip
+    [
+        (np.array([[0.5, 2.05]], np.float32), "float_val"),
+        (np.array([1.5], np.float64), "double_val"),
+        (np.array([7, -1], np.int32), "int_val"),
+        (np.array([300], np.uint16), "int_val"),
+        (np.array(5, np.int8), "int_val"),
+        (np.array([2**40], np.int64), "int64_val"),
+        (np.array([2**32 - 1], np.uint32), "uint32_val"),
+        (np.array([2**64 - 1], np.uint64), "uint64_val"),
+        (np.array([True, False]), "bool_val"),
+        (np.array([1.0, -2.0], np.float16), "half_val"),
+        (np.array([1 + 2j], np.complex64), "scomplex_val"),
+        (np.array([b"a", b"\xff"], dtype=object), "string_val"),
+    ],
+)
 def test_typed_fields_are_what_tensorflow_serving_writes_and_what_tensorflow_reads(array, field):
     import tensorflow as tf
 

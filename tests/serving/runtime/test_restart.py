@@ -26,7 +26,13 @@ def _time_wait_ports() -> set[int]:
 
 def _closing_ports() -> set[int]:
     """Local ports of connections a closed server left behind (FIN_WAIT2 while the client holds on, TIME_WAIT after)."""
-    states = (psutil.CONN_TIME_WAIT, psutil.CONN_FIN_WAIT1, psutil.CONN_FIN_WAIT2, psutil.CONN_CLOSING, psutil.CONN_LAST_ACK)
+    states = (
+        psutil.CONN_TIME_WAIT,
+        psutil.CONN_FIN_WAIT1,
+        psutil.CONN_FIN_WAIT2,
+        psutil.CONN_CLOSING,
+        psutil.CONN_LAST_ACK,
+    )
     return {c.laddr.port for c in psutil.net_connections("tcp") if c.status in states and c.laddr}
 
 
@@ -64,8 +70,11 @@ def test_a_port_in_time_wait_is_free_and_a_listened_port_is_not():
 def _hold_connections(ports: Ports) -> list:
     """Keep-alive connections that each made a request, to every REST port, and a gRPC channel to each gRPC port."""
     held: list = []
-    for port, path in ((ports.tf_rest, "/v1/models/digits"), (ports.flask, "/readyz"),
-                       (ports.torchserve_inference, "/ping")):  # fmt: skip
+    for port, path in (
+        (ports.tf_rest, "/v1/models/digits"),
+        (ports.flask, "/readyz"),
+        (ports.torchserve_inference, "/ping"),
+    ):
         for _ in range(HELD_CONNECTIONS):
             connection = http.client.HTTPConnection(HOST, port, timeout=30)
             connection.request("GET", path)

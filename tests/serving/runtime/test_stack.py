@@ -123,8 +123,16 @@ def test_second_start_on_a_running_run_dir_is_refused(tmp_path, make_stub):
 
 
 def test_endpoints_and_client_environment_follow_the_ports(tmp_path):
-    ports = Ports(tf_grpc=1, tf_rest=2, flask=3, torchserve_inference=4, torchserve_management=5,
-                  torchserve_metrics=6, torchserve_grpc_inference=7, torchserve_grpc_management=8)  # fmt: skip
+    ports = Ports(
+        tf_grpc=1,
+        tf_rest=2,
+        flask=3,
+        torchserve_inference=4,
+        torchserve_management=5,
+        torchserve_metrics=6,
+        torchserve_grpc_inference=7,
+        torchserve_grpc_management=8,
+    )
     stack = Stack(ports=ports, run_dir=tmp_path / "run", models_dir=tmp_path / "models")
     endpoints = {endpoint.name: endpoint for endpoint in stack.endpoints()}
     assert {name: endpoint.address for name, endpoint in endpoints.items()} == {
@@ -154,8 +162,13 @@ def test_endpoints_and_client_environment_follow_the_ports(tmp_path):
 
 def test_each_endpoint_gets_the_client_of_its_protocol(tmp_path):
     stack = Stack(ports=Ports.free(), run_dir=tmp_path / "run", models_dir=tmp_path / "models")
-    expected = {"tf-grpc": TFServingGrpcClient, "tf-rest": RestClient, "flask-rest": RestClient,
-                "torchserve-rest": TorchServeClient, "torchserve-grpc": TorchServeGrpcClient}  # fmt: skip
+    expected = {
+        "tf-grpc": TFServingGrpcClient,
+        "tf-rest": RestClient,
+        "flask-rest": RestClient,
+        "torchserve-rest": TorchServeClient,
+        "torchserve-grpc": TorchServeGrpcClient,
+    }
     for endpoint in stack.endpoints():
         client = endpoint.client("other-model", timeout=3.0)
         try:

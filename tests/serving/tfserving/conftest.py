@@ -48,7 +48,9 @@ def served(models_dir, tmp_path_factory):
     if os.environ.get(EXTERNAL_VARIABLE):
         grpc_address, rest_url = os.environ.get("TFSERVING_GRPC"), os.environ.get("TFSERVING_REST")
         if not grpc_address or not rest_url:
-            pytest.fail(f"{EXTERNAL_VARIABLE} is set: set TFSERVING_GRPC and TFSERVING_REST to the server's addresses too")
+            pytest.fail(
+                f"{EXTERNAL_VARIABLE} is set: set TFSERVING_GRPC and TFSERVING_REST to the server's addresses too"
+            )
         yield ServerUnderTest(grpc_address, rest_url.rstrip("/"), models_dir)
         return
     work_dir = tmp_path_factory.mktemp("reference_server")
@@ -68,7 +70,9 @@ def served(models_dir, tmp_path_factory):
     ports = tfserving.TFServingPorts.free()
     spec = tfserving.spec(ports, "default", None, flags)
     with runtime.start(spec, work_dir / "tfserving.log", START_TIMEOUT_S) as process:
-        yield ServerUnderTest(spec.endpoint("tf-grpc").address, spec.endpoint("tf-rest").address, models_dir, process, socket_path)
+        yield ServerUnderTest(
+            spec.endpoint("tf-grpc").address, spec.endpoint("tf-rest").address, models_dir, process, socket_path
+        )
 
 
 @pytest.fixture(scope="session")

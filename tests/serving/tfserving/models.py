@@ -59,7 +59,10 @@ def write_half_plus(export_dir: Path, bias: float, regress_name: str, classify_n
         serialized = v1.placeholder(tf.string, shape=[None], name="tf_example")  # (N,) serialized tf.Examples
         features = v1.io.parse_example(
             serialized,
-            {"x": v1.io.FixedLenFeature([1], tf.float32), "x2": v1.io.FixedLenFeature([1], tf.float32, default_value=[0.0])},
+            {
+                "x": v1.io.FixedLenFeature([1], tf.float32),
+                "x2": v1.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
+            },
         )
         x = tf.identity(features["x"], name="x")  # (N, 1)
         x2 = tf.identity(features["x2"], name="x2")  # (N, 1)
@@ -104,7 +107,21 @@ def write_without_signatures(export_dir: Path) -> None:
 
 
 # The echo signature's inputs: one per dtype a request can carry (DT_HALF and DT_UINT16 only over gRPC).
-ECHO_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool", "string")
+ECHO_DTYPES = (
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "bool",
+    "string",
+)
 
 
 def write_multi_io(export_dir: Path) -> None:
@@ -150,7 +167,11 @@ def write_strings(export_dir: Path) -> None:
     class Strings(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
         def serve(self, text):
-            return {"length": tf.strings.length(text, unit="UTF8_CHAR"), "upper": tf.strings.upper(text), "text_bytes": text}
+            return {
+                "length": tf.strings.length(text, unit="UTF8_CHAR"),
+                "upper": tf.strings.upper(text),
+                "text_bytes": text,
+            }
 
     module = Strings()
     tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
@@ -191,8 +212,12 @@ def write_half_plus_two_tf2(export_dir: Path) -> None:
 
     examples = [tf.TensorSpec([None], tf.string, name="inputs")]
     root.predict = tf.function(lambda x: {"y": root.a * x + root.b}, input_signature=[tf.TensorSpec(None, tf.float32)])
-    root.classify = tf.function(lambda inputs: {"scores": root.a * from_examples(inputs) + root.b}, input_signature=examples)
-    root.regress = tf.function(lambda inputs: {"outputs": root.a * from_examples(inputs) + root.b}, input_signature=examples)
+    root.classify = tf.function(
+        lambda inputs: {"scores": root.a * from_examples(inputs) + root.b}, input_signature=examples
+    )
+    root.regress = tf.function(
+        lambda inputs: {"outputs": root.a * from_examples(inputs) + root.b}, input_signature=examples
+    )
     signatures = {"serving_default": root.predict, "classify_x_to_y": root.classify, "regress_x_to_y": root.regress}
     tf.saved_model.save(root, str(export_dir), signatures=signatures)
 
@@ -218,7 +243,9 @@ def write_models(root: Path) -> Path:
     root = Path(root).resolve()
     writers = {
         "half_plus_two": lambda path: write_half_plus(path, 2.0, "regress_x_to_y", "classify_x_to_y"),
-        "half_plus_three": lambda path: write_half_plus(path, 3.0, "tensorflow/serving/regress", "tensorflow/serving/classify"),
+        "half_plus_three": lambda path: write_half_plus(
+            path, 3.0, "tensorflow/serving/regress", "tensorflow/serving/classify"
+        ),
         "multi_io": write_multi_io,
         "strings": write_strings,
         "tf2_unknown_rank": write_unknown_rank,
@@ -249,13 +276,17 @@ def model_config(root: Path, labels: dict[str, int] | None = None) -> str:
             extra = " model_version_policy { specific { versions: 123 versions: 124 } }" + "".join(
                 f' version_labels {{ key: "{label}" value: {version} }}' for label, version in chosen.items()
             )
-        entries.append(f'  config {{ name: "{name}" base_path: "{root / folder}" model_platform: "tensorflow"{extra} }}')
+        entries.append(
+            f'  config {{ name: "{name}" base_path: "{root / folder}" model_platform: "tensorflow"{extra} }}'
+        )
     return "model_config_list {\n" + "\n".join(entries) + "\n}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the models and their config into a folder, for a real tensorflow_model_server to serve."""
-    parser = argparse.ArgumentParser(prog="python -m tests.serving.tfserving.models", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.serving.tfserving.models", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("folder", type=Path, help="where to write the models and models.config")
     arguments = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -127,9 +127,16 @@ def test_sigterm_under_load_finishes_admitted_requests_and_refuses_new_ones_clea
 
             def send():
                 try:
-                    return ("ok", "") if stub.Predict(x_request(), 10).outputs["y"].float_val == [3.0] else ("lost", "wrong")
+                    return (
+                        ("ok", "")
+                        if stub.Predict(x_request(), 10).outputs["y"].float_val == [3.0]
+                        else ("lost", "wrong")
+                    )
                 except grpc.RpcError as error:  # UNAVAILABLE: refused by the gate, or the port is closed
-                    return ("refused" if error.code() == grpc.StatusCode.UNAVAILABLE else "lost", f"{error.code()} {error.details()}")
+                    return (
+                        "refused" if error.code() == grpc.StatusCode.UNAVAILABLE else "lost",
+                        f"{error.code()} {error.details()}",
+                    )
 
             until_refused_for_a_second(send)
 
@@ -151,7 +158,9 @@ def test_sigterm_under_load_finishes_admitted_requests_and_refuses_new_ones_clea
         until_refused_for_a_second(send)
 
     try:
-        clients = [threading.Thread(target=grpc_client) for _ in range(6)] + [threading.Thread(target=rest_client) for _ in range(6)]
+        clients = [threading.Thread(target=grpc_client) for _ in range(6)] + [
+            threading.Thread(target=rest_client) for _ in range(6)
+        ]
         for client in clients:
             client.start()
         deadline = time.monotonic() + 60

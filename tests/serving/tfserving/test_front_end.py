@@ -36,9 +36,15 @@ class EchoApp:
             self.arrived.set()
             self.release.wait(10)
         body = environ["wsgi.input"].read()
-        seen = {"method": environ["REQUEST_METHOD"], "path": environ["PATH_INFO"], "query": environ["QUERY_STRING"],
-                "length": int(environ["CONTENT_LENGTH"]), "body": body.decode(), "type": environ.get("CONTENT_TYPE"),
-                "custom": environ.get("HTTP_X_CUSTOM")}  # fmt: skip
+        seen = {
+            "method": environ["REQUEST_METHOD"],
+            "path": environ["PATH_INFO"],
+            "query": environ["QUERY_STRING"],
+            "length": int(environ["CONTENT_LENGTH"]),
+            "body": body.decode(),
+            "type": environ.get("CONTENT_TYPE"),
+            "custom": environ.get("HTTP_X_CUSTOM"),
+        }
         start_response("201 Created", [("Content-Type", "application/json"), ("X-Answer", "yes")])
         return [json.dumps(seen).encode()]
 
@@ -75,8 +81,13 @@ def front_end():
 def request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None, chunked=False):
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request(method, path, body=iter([body[:5], body[5:]]) if chunked else body, headers=headers or {},
-                           encode_chunked=chunked)  # fmt: skip
+        connection.request(
+            method,
+            path,
+            body=iter([body[:5], body[5:]]) if chunked else body,
+            headers=headers or {},
+            encode_chunked=chunked,
+        )
         response = connection.getresponse()
         return response.status, dict(response.getheaders()), response.read()
     finally:
@@ -84,11 +95,23 @@ def request(port: int, method: str, path: str, body: bytes | None = None, header
 
 
 def test_a_request_reaches_the_wsgi_app_whole_and_its_answer_comes_back(front_end):
-    status, headers, body = request(front_end.port, "POST", "/v1/models/m:predict?x=1", b'{"a": 1}',
-                                    {"Content-Type": "application/json", "X-Custom": "c"})  # fmt: skip
+    status, headers, body = request(
+        front_end.port,
+        "POST",
+        "/v1/models/m:predict?x=1",
+        b'{"a": 1}',
+        {"Content-Type": "application/json", "X-Custom": "c"},
+    )
     assert status == 201 and headers["x-answer"] == "yes" and headers["content-length"] == str(len(body))
-    assert json.loads(body) == {"method": "POST", "path": "/v1/models/m:predict", "query": "x=1", "length": 8,
-                                "body": '{"a": 1}', "type": "application/json", "custom": "c"}  # fmt: skip
+    assert json.loads(body) == {
+        "method": "POST",
+        "path": "/v1/models/m:predict",
+        "query": "x=1",
+        "length": 8,
+        "body": '{"a": 1}',
+        "type": "application/json",
+        "custom": "c",
+    }
     assert front_end.recorder.records == [("m", "predict", "REST", "UNKNOWN")]  # 201 is no answer TF Serving gives
 
 
@@ -150,9 +173,16 @@ def parse(tmp_path: Path, *flags: str) -> config.ServerOptions:
 def test_new_flags_are_parsed(tmp_path):
     monitoring_file = tmp_path / "monitoring.config"
     monitoring_file.write_text('prometheus_config { enable: true path: "/metrics/here" }')
-    options = parse(tmp_path, "--workers=3", f"--grpc_socket_path={tmp_path / 's.sock'}", f"--monitoring_config_file={monitoring_file}",
-                    "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb",
-                    "--tensorflow_session_parallelism=3", "--tensorflow_inter_op_parallelism=1", "--grpc_max_threads=7")  # fmt: skip
+    options = parse(
+        tmp_path,
+        "--workers=3",
+        f"--grpc_socket_path={tmp_path / 's.sock'}",
+        f"--monitoring_config_file={monitoring_file}",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb",
+        "--tensorflow_session_parallelism=3",
+        "--tensorflow_inter_op_parallelism=1",
+        "--grpc_max_threads=7",
+    )
     assert options.workers == 3 and options.grpc_socket_path == tmp_path / "s.sock"
     assert options.monitoring == monitoring.PrometheusSettings("/metrics/here")
     assert options.grpc_channel_arguments == (("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "grpclb"))
@@ -167,13 +197,16 @@ def test_defaults_follow_the_cores(tmp_path):
     assert options.grpc_threads == options.rest_threads == max(4, 4 * config.available_cores() // options.workers)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--workers=-1"], "--workers must be 0"),
-    (["--grpc_max_threads=-2"], "--grpc_max_threads must be 0"),
-    (["--grpc_channel_arguments=novalue"], "key=value"),
-    (["--tensorflow_intra_op_parallelism=-1"], "--tensorflow_intra_op_parallelism must be 0"),
-    (["--monitoring_config_file=/nonexistent/monitoring.config"], "Cannot read --monitoring_config_file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--workers=-1"], "--workers must be 0"),
+        (["--grpc_max_threads=-2"], "--grpc_max_threads must be 0"),
+        (["--grpc_channel_arguments=novalue"], "key=value"),
+        (["--tensorflow_intra_op_parallelism=-1"], "--tensorflow_intra_op_parallelism must be 0"),
+        (["--monitoring_config_file=/nonexistent/monitoring.config"], "Cannot read --monitoring_config_file"),
+    ],
+)
 def test_bad_flag_values_are_one_sentence(tmp_path, flags, message):
     with pytest.raises(UsageError, match=message):
         parse(tmp_path, *flags)
@@ -185,19 +218,27 @@ def test_unknown_flags_are_still_refused(tmp_path):
     assert exited.value.code == 2
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('prometheus_config { enable: true }', monitoring.PrometheusSettings(monitoring.DEFAULT_PATH)),
-    ('prometheus_config { enable: false path: "/x" }', None),
-    ("", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("prometheus_config { enable: true }", monitoring.PrometheusSettings(monitoring.DEFAULT_PATH)),
+        ('prometheus_config { enable: false path: "/x" }', None),
+        ("", None),
+    ],
+)
 def test_monitoring_config(tmp_path, text, expected):
     path = tmp_path / "monitoring.config"
     path.write_text(text)
     assert monitoring.read_monitoring_config(path) == expected
 
 
-@pytest.mark.parametrize("text, message", [("prometheus_config { enable: maybe }", "not a valid text-format"),
-                                           ('prometheus_config { enable: true path: "metrics" }', "must start with")])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("prometheus_config { enable: maybe }", "not a valid text-format"),
+        ('prometheus_config { enable: true path: "metrics" }', "must start with"),
+    ],
+)
 def test_bad_monitoring_config_is_one_sentence(tmp_path, text, message):
     path = tmp_path / "monitoring.config"
     path.write_text(text)
@@ -224,8 +265,13 @@ if sys.argv[2:] == ["OK"]:
 def test_metrics_add_up_every_process_with_the_real_servers_names(tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     for statuses in (["OK", "OK", "NOT_FOUND"], ["OK"]):  # two server processes; the second one answers the page
-        done = subprocess.run([sys.executable, "-c", RECORDING_PROCESS, str(tmp_path), *statuses],
-                              capture_output=True, text=True, timeout=60, env=environment)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", RECORDING_PROCESS, str(tmp_path), *statuses],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=environment,
+        )
         assert done.returncode == 0, done.stderr
     page = done.stdout
     assert "# TYPE :tensorflow:serving:request_count counter" in page

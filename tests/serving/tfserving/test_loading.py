@@ -52,7 +52,10 @@ def predict_log(**request_fields) -> prediction_log_pb2.PredictionLog:
 def example_logs() -> list[prediction_log_pb2.PredictionLog]:
     """A classify, a regress and a multi-inference record over half_plus_two's tf.Example signatures."""
     classify, regress, multi = (prediction_log_pb2.PredictionLog() for _ in range(3))
-    for request, signature in ((classify.classify_log.request, "classify_x_to_y"), (regress.regress_log.request, "regress_x_to_y")):
+    for request, signature in (
+        (classify.classify_log.request, "classify_x_to_y"),
+        (regress.regress_log.request, "regress_x_to_y"),
+    ):
         request.model_spec.signature_name = signature
         add_examples(request, 1.0, 2.0)
     task = multi.multi_inference_log.request.tasks.add(method_name="tensorflow/serving/regress")
@@ -113,7 +116,10 @@ def test_a_warmup_file_that_is_not_a_tfrecord_fails_the_load_as_data_loss(half_p
 def test_labels_at_startup_need_the_allow_flag(models_dir, tmp_path):
     path = tmp_path / "models.config"
     path.write_text(models.model_config(models_dir))
-    with pytest.raises(UsageError, match="Request to assign label to version 12[34] of model half_plus_two_2_versions, which is not currently available"):
+    with pytest.raises(
+        UsageError,
+        match="Request to assign label to version 12[34] of model half_plus_two_2_versions, which is not currently available",
+    ):
         config.parse_options([f"--model_config_file={path}"])
     options = config.parse_options([f"--model_config_file={path}", "--allow_version_labels_for_unavailable_models"])
     assert {source.name: source.labels for source in options.sources}[models.TWO_VERSIONS] == models.LABELS
@@ -121,7 +127,9 @@ def test_labels_at_startup_need_the_allow_flag(models_dir, tmp_path):
 
 def test_label_rules_on_reload(models_dir):
     """Without the allow flag a label may only name an AVAILABLE version; with it, a new label may name any."""
-    source = config.sources_from_config(text_format.Parse(models.model_config(models_dir, labels={}), model_server_config_pb2.ModelServerConfig()))
+    source = config.sources_from_config(
+        text_format.Parse(models.model_config(models_dir, labels={}), model_server_config_pb2.ModelServerConfig())
+    )
     two = [entry for entry in source if entry.name == models.TWO_VERSIONS]
     strict = manager.ModelManager(two, 0)
     strict.poll_once()
@@ -132,7 +140,9 @@ def test_label_rules_on_reload(models_dir):
     lenient = manager.ModelManager(config.with_server_flags(two, True, True), 0)
     lenient.poll_once()
     lenient.reconfigure([_relabel(two[0], stable=123, future=999)])  # a new label may wait for its version
-    with pytest.raises(RequestError, match=r"Servable not found for request: Specific\(half_plus_two_2_versions, 999\)"):
+    with pytest.raises(
+        RequestError, match=r"Servable not found for request: Specific\(half_plus_two_2_versions, 999\)"
+    ):
         lenient.servable(models.TWO_VERSIONS, label="future")
     with pytest.raises(manager.LabelError):  # but an existing label cannot move to a version that is not there
         lenient.reconfigure([_relabel(two[0], stable=998, future=999)])
@@ -153,7 +163,9 @@ def test_bad_model_config_stops_the_server_with_the_real_servers_words(tmp_path,
 
 def test_predict_with_batching(models_dir):  # testPredictBatching (in this process, with the scheduler)
     loaded = load(models_dir / "half_plus_two", "--enable_batching")
-    scheduler = batching.BatchScheduler(batching.BatchingOptions(max_batch_size=4, batch_timeout_micros=1000, num_batch_threads=1))
+    scheduler = batching.BatchScheduler(
+        batching.BatchingOptions(max_batch_size=4, batch_timeout_micros=1000, num_batch_threads=1)
+    )
     predictor = Predictor(loaded, scheduler)
     try:
         for output_filter in (("y",), ()):
@@ -199,7 +211,9 @@ def test_handle_reload_config_request_moves_labels_by_the_real_servers_rules(ser
 def _config_naming(*base_paths: str) -> model_server_config_pb2.ModelServerConfig:
     model_config = model_server_config_pb2.ModelServerConfig()
     for index, base_path in enumerate(base_paths):
-        model_config.model_config_list.config.add(name=f"model{index}", base_path=base_path, model_platform="tensorflow")
+        model_config.model_config_list.config.add(
+            name=f"model{index}", base_path=base_path, model_platform="tensorflow"
+        )
     return model_config
 
 
@@ -213,8 +227,15 @@ def test_reload_base_paths_must_be_folders_under_the_allowed_roots(tmp_path):
     assert roots == (root.resolve(),)
     config.check_reload_base_paths(_config_naming(str(root / "digits"), str(root)), roots)  # the root and below
     refusals = set()
-    for base_path in ("/etc", str(outside / "secret"), str(outside / "missing"), str(root / "missing"),
-                      str(root / "digits" / ".." / ".." / "outside" / "secret"), str(root / "escape"), str(root / "file")):  # fmt: skip
+    for base_path in (
+        "/etc",
+        str(outside / "secret"),
+        str(outside / "missing"),
+        str(root / "missing"),
+        str(root / "digits" / ".." / ".." / "outside" / "secret"),
+        str(root / "escape"),
+        str(root / "file"),
+    ):
         with pytest.raises(UsageError) as raised:
             config.check_reload_base_paths(_config_naming(str(root / "digits"), base_path), roots)
         refusals.add(str(raised.value))
@@ -239,27 +260,39 @@ def test_reload_outside_the_allowed_roots_is_refused_alike_and_changes_nothing(s
     require_ours(served, "the real server accepts any base path")
     models_dir = served.models_dir
     details = set()
-    for base_path in ("/etc", str(models_dir.parent / "missing"), str(models_dir / "half_plus_two" / ".." / ".."),
-                      str(models_dir / "half_plus_two" / "missing")):  # fmt: skip
+    for base_path in (
+        "/etc",
+        str(models_dir.parent / "missing"),
+        str(models_dir / "half_plus_two" / ".." / ".."),
+        str(models_dir / "half_plus_two" / "missing"),
+    ):
         request = model_management_pb2.ReloadConfigRequest()
-        request.config.model_config_list.config.add(name="half_plus_two", base_path=base_path, model_platform="tensorflow")
+        request.config.model_config_list.config.add(
+            name="half_plus_two", base_path=base_path, model_platform="tensorflow"
+        )
         error = rpc_error(model_service.HandleReloadConfigRequest, request)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         details.add(error.details())
     assert len(details) == 1 and "/" not in details.pop()
     # Nothing was applied: every model of the start-up config still answers.
-    assert prediction.Predict(x_request("half_plus_three", output_filter=()), RPC_TIMEOUT_S).outputs["y"].float_val == [4.0]
+    assert prediction.Predict(x_request("half_plus_three", output_filter=()), RPC_TIMEOUT_S).outputs["y"].float_val == [
+        4.0
+    ]
 
 
 @pytest.mark.slow
-def test_model_config_is_not_reread_with_a_zero_poll_period(served, prediction):  # testModelConfigReloadWithZeroPollPeriod
+def test_model_config_is_not_reread_with_a_zero_poll_period(
+    served, prediction
+):  # testModelConfigReloadWithZeroPollPeriod
     require_ours(served, "it rewrites the config file the server was started with")
     path = served.models_dir / models.CONFIG_FILE
     original = path.read_text()
     try:
         path.write_text(original.replace('name: "half_plus_three"', 'name: "renamed_half_plus_three"'))
         time.sleep(2)
-        assert prediction.Predict(x_request("half_plus_three", output_filter=()), RPC_TIMEOUT_S).outputs["y"].float_val == [4.0]
+        assert prediction.Predict(x_request("half_plus_three", output_filter=()), RPC_TIMEOUT_S).outputs[
+            "y"
+        ].float_val == [4.0]
     finally:
         path.write_text(original)
 
@@ -272,7 +305,10 @@ def test_model_config_file_is_polled(served, models_dir, tmp_path):  # testModel
     path.write_text(entry.format("half_plus_two", models_dir / "half_plus_two"))
     flags = [f"--model_config_file={path}", "--model_config_file_poll_wait_seconds=1", "--workers=1"]
     spec = tfserving.spec(tfserving.TFServingPorts.free(rest=False), "half_plus_two", None, flags)
-    with runtime.start(spec, tmp_path / "tfserving.log", 180), grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel:
+    with (
+        runtime.start(spec, tmp_path / "tfserving.log", 180),
+        grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel,
+    ):
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         assert stub.Predict(x_request("half_plus_two", output_filter=()), RPC_TIMEOUT_S).outputs["y"].float_val == [3.0]
         path.write_text(entry.format("half_plus_three", models_dir / "half_plus_three"))
@@ -295,12 +331,22 @@ def test_a_corrupt_newest_version_at_start_falls_back_to_the_newest_that_loads(s
     (base_path / "124").mkdir()
     (base_path / "124" / "saved_model.pb").write_bytes(b"not a SavedModel")
     spec = tfserving.spec(tfserving.TFServingPorts.free(rest=False), "default", base_path, ["--workers=1"])
-    with runtime.start(spec, tmp_path / "tfserving.log", 180) as server, grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel:
+    with (
+        runtime.start(spec, tmp_path / "tfserving.log", 180) as server,
+        grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel,
+    ):
         answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(x_request(), RPC_TIMEOUT_S)
         assert answer.outputs["y"].float_val == [3.0] and answer.model_spec.version.value == 123
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "default"
-        statuses = {s.version: s for s in model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, RPC_TIMEOUT_S).model_version_status}
-        assert statuses[124].state == get_model_status_pb2.ModelVersionStatus.END and statuses[124].status.error_code != 0
+        statuses = {
+            s.version: s
+            for s in model_service_pb2_grpc.ModelServiceStub(channel)
+            .GetModelStatus(request, RPC_TIMEOUT_S)
+            .model_version_status
+        }
+        assert (
+            statuses[124].state == get_model_status_pb2.ModelVersionStatus.END and statuses[124].status.error_code != 0
+        )
         assert statuses[123].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
         assert "version 124 failed to load; serving version 123" in server.log()

@@ -19,13 +19,27 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from tests.serving.tfserving.support import RPC_TIMEOUT_S, add_examples, model_spec_of, require_ours, rpc_error, x_request
+from tests.serving.tfserving.support import (
+    RPC_TIMEOUT_S,
+    add_examples,
+    model_spec_of,
+    require_ours,
+    rpc_error,
+    x_request,
+)
 
 pytestmark = pytest.mark.slow  # a server with nine models, started once for the session
 
 
-def verify_predict(prediction, expected: float, model_name: str = "default", signature_name: str = "serving_default",
-                   shape=(1,), output_filter=("y",), version: int = 123) -> None:  # fmt: skip
+def verify_predict(
+    prediction,
+    expected: float,
+    model_name: str = "default",
+    signature_name: str = "serving_default",
+    shape=(1,),
+    output_filter=("y",),
+    version: int = 123,
+) -> None:
     """VerifyPredictRequest: y comes back as one DT_FLOAT in float_val, with the model spec that answered."""
     result = prediction.Predict(x_request(model_name, signature_name, shape, output_filter), RPC_TIMEOUT_S)
     assert "y" in result.outputs
@@ -157,12 +171,16 @@ def test_predict_over_a_unix_socket(served):  # testPredictUDS
 
 
 def test_classify_rest(served):  # testClassifyREST
-    status, answer, _ = served.rest("POST", "/v1/models/default:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]})
+    status, answer, _ = served.rest(
+        "POST", "/v1/models/default:classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}
+    )
     assert (status, answer) == (200, {"results": [[["", 3.0]]]})
 
 
 def test_regress_rest(served):  # testRegressREST
-    status, answer, _ = served.rest("POST", "/v1/models/default:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+    status, answer, _ = served.rest(
+        "POST", "/v1/models/default:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}
+    )
     assert (status, answer) == (200, {"results": [3.0]})
 
 
@@ -175,7 +193,11 @@ def test_predict_rest_row_and_columnar(served, key, answer_key):  # testPredictR
 def test_get_status_rest(served):  # testGetStatusREST
     status, answer, _ = served.rest("GET", "/v1/models/default")
     assert status == 200
-    assert answer == {"model_version_status": [{"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert answer == {
+        "model_version_status": [
+            {"version": "123", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
 
 
 def test_get_model_metadata_rest(served):  # testGetModelMetadataREST
@@ -183,7 +205,9 @@ def test_get_model_metadata_rest(served):  # testGetModelMetadataREST
     assert status == 200
     assert answer["model_spec"] == {"name": "default", "signature_name": "", "version": "123"}
     signatures = answer["metadata"]["signature_def"]["signature_def"]
-    assert {"serving_default", "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"} <= set(signatures)
+    assert {"serving_default", "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2", "regress_x2_to_y3"} <= set(
+        signatures
+    )
     serving_default = signatures["serving_default"]
     assert serving_default["method_name"] == "tensorflow/serving/predict"
     assert serving_default["inputs"]["x"]["dtype"] == "DT_FLOAT" and serving_default["inputs"]["x"]["name"] == "x:0"

@@ -59,7 +59,10 @@ def test_output_filters_dont_match_the_signature_outputs(prediction):  # OutputF
     request = request_for("default", x=float_tensor(2.0))
     request.output_filter.append("output_filter")
     error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "output tensor alias not found in signature" in error.details()
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "output tensor alias not found in signature" in error.details()
+    )
     request.ClearField("output_filter")
     request.output_filter.append("y")
     assert prediction.Predict(request, RPC_TIMEOUT_S).outputs["y"].float_val == [3.0]
@@ -82,12 +85,20 @@ def test_model_missing_signatures(prediction):  # ModelMissingSignatures
 
 @pytest.mark.parametrize(
     "signature, input_alias, output_alias, expected",
-    [("", "x", "y", 3.0), ("regress_x2_to_y3", "inputs", "outputs", 4.0), ("classify_x2_to_y3", "inputs", "scores", 4.0)],
+    [
+        ("", "x", "y", 3.0),
+        ("regress_x2_to_y3", "inputs", "outputs", 4.0),
+        ("classify_x2_to_y3", "inputs", "scores", 4.0),
+    ],
     ids=["PredictionSuccess", "PredictionWithNamedRegressionSignature", "PredictionWithNamedClassificationSignature"],
 )
-def test_prediction_success_with_a_scalar_on_predict_regress_and_classify_signatures(prediction, signature, input_alias, output_alias, expected):
+def test_prediction_success_with_a_scalar_on_predict_regress_and_classify_signatures(
+    prediction, signature, input_alias, output_alias, expected
+):
     response = prediction.Predict(request_for("default", signature, **{input_alias: float_tensor(2.0)}), RPC_TIMEOUT_S)
-    assert dict(response.outputs) == {output_alias: tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={}, float_val=[expected])}
+    assert dict(response.outputs) == {
+        output_alias: tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={}, float_val=[expected])
+    }
 
 
 def _echo_value(name: str) -> np.ndarray:
@@ -110,10 +121,15 @@ def test_every_dtype_goes_in_as_typed_fields_and_comes_back_in_the_typed_fields(
 
 def test_several_inputs_and_outputs_of_different_dtypes(prediction):
     inputs = {
-        "x": np.array([[1, 2], [3, 4]], np.float32), "count": np.array([3, 4], np.int64), "flag": np.array([True, False]),
-        "weight": np.array([0.5, 2.0]), "tag": np.array([b"foo", b"barbaz"], dtype=object),
-    }  # fmt: skip
-    response = prediction.Predict(request_for("multi_io", **{k: tf.make_tensor_proto(v) for k, v in inputs.items()}), RPC_TIMEOUT_S)
+        "x": np.array([[1, 2], [3, 4]], np.float32),
+        "count": np.array([3, 4], np.int64),
+        "flag": np.array([True, False]),
+        "weight": np.array([0.5, 2.0]),
+        "tag": np.array([b"foo", b"barbaz"], dtype=object),
+    }
+    response = prediction.Predict(
+        request_for("multi_io", **{k: tf.make_tensor_proto(v) for k, v in inputs.items()}), RPC_TIMEOUT_S
+    )
     assert list(response.outputs["total"].float_val) == [1.5, 14.0]
     assert list(response.outputs["doubled"].int64_val) == [6, 8]
     assert list(response.outputs["negated"].bool_val) == [False, True]
@@ -136,7 +152,9 @@ def test_a_scalar_signature_and_tensor_content_inputs(prediction):
     assert response.outputs["y"].tensor_shape.dim == [] and list(response.outputs["y"].float_val) == [5.0]
     packed = x_request(shape=(2, 1), output_filter=())
     packed.inputs["x"].ClearField("float_val")
-    packed.inputs["x"].tensor_content = np.array([[2.0], [4.0]], np.float32).tobytes()  # how this project's client sends
+    packed.inputs["x"].tensor_content = np.array(
+        [[2.0], [4.0]], np.float32
+    ).tobytes()  # how this project's client sends
     assert list(prediction.Predict(packed, RPC_TIMEOUT_S).outputs["y"].float_val) == [3.0, 4.0]
 
 
@@ -147,10 +165,16 @@ def test_labels_choose_the_version(prediction):
         assert prediction.Predict(request, RPC_TIMEOUT_S).model_spec.version.value == version
     request.model_spec.version_label = "nope"
     error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "Unrecognized servable version label: nope" in error.details()
+    assert (
+        error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "Unrecognized servable version label: nope" in error.details()
+    )
     request.model_spec.version.value = 125
     error = rpc_error(prediction.Predict, request)
-    assert error.code() == grpc.StatusCode.NOT_FOUND and "Servable not found for request: Specific(half_plus_two_2_versions, 125)" in error.details()
+    assert (
+        error.code() == grpc.StatusCode.NOT_FOUND
+        and "Servable not found for request: Specific(half_plus_two_2_versions, 125)" in error.details()
+    )
 
 
 def _memory_mib(pid: int) -> tuple[int, int]:
@@ -161,10 +185,14 @@ def _memory_mib(pid: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     "tensor",
-    [float_tensor(1.0, shape=(1 << 20, 8, 8)), float_tensor(1.0, shape=(1 << 40,)), float_tensor(shape=(1 << 16, 1)),
-     float_tensor(1.0, 2.0, 3.0, shape=(2, 1))],
+    [
+        float_tensor(1.0, shape=(1 << 20, 8, 8)),
+        float_tensor(1.0, shape=(1 << 40,)),
+        float_tensor(shape=(1 << 16, 1)),
+        float_tensor(1.0, 2.0, 3.0, shape=(2, 1)),
+    ],
     ids=["2^26 elements from one value", "2^40 elements", "no values", "more values than the shape"],
-)  # fmt: skip
+)
 def test_value_count_disagreeing_with_the_shape_is_refused_before_allocation(served, prediction, tensor):
     import time
 

@@ -34,7 +34,9 @@ UNSUPPORTED = [  # UnsupportedApiCalls: (method, path, words of the INVALID_ARGU
 ]
 
 
-@pytest.mark.parametrize("method, path, words", UNSUPPORTED, ids=[f"{method} {path}" for method, path, _ in UNSUPPORTED])
+@pytest.mark.parametrize(
+    "method, path, words", UNSUPPORTED, ids=[f"{method} {path}" for method, path, _ in UNSUPPORTED]
+)
 def test_unsupported_api_calls(served, method, path, words):
     status, answer, response = served.rest(method, path)
     assert status == 400 and words in answer["error"]
@@ -57,7 +59,12 @@ PREDICT_ERRORS = [  # PredictRequestErrors: (path, body, HTTP status, words)
     (f"{MODEL}:predict", b"", 400, "JSON Parse error: The document is empty"),
     (f"{MODEL}:predict", b"instances = [1, 2]", 400, "JSON Parse error: Invalid value"),
     (f"{MODEL}:predict", {"instances": ["x", "y"]}, 400, "not of expected type: float"),
-    (f"{MODEL}/labels/Version_Nonexistent:predict", {"instances": ["x", "y"]}, 400, "Unrecognized servable version label"),
+    (
+        f"{MODEL}/labels/Version_Nonexistent:predict",
+        {"instances": ["x", "y"]},
+        400,
+        "Unrecognized servable version label",
+    ),
     (f"{MODEL}:predict", {"signature_name": 100}, 400, "'signature_name' key must be a string value."),
 ]
 
@@ -72,8 +79,16 @@ PREDICTIONS = [  # Predict: (path, body, answer)
     (f"{MODEL}:predict", {"instances": [[1.0, 2.0], [3.0, 4.0]]}, {"predictions": [[2.5, 3.0], [3.5, 4.0]]}),
     (f"{MODEL}/versions/123:predict", {"instances": [1.0, 2.0]}, {"predictions": [2.5, 3.0]}),
     (f"{MODEL}/labels/stable:predict", {"instances": [1.0, 2.0]}, {"predictions": [2.5, 3.0]}),
-    (f"{MODEL}/versions/123:predict", {"signature_name": "serving_default", "instances": [3.0, 4.0]}, {"predictions": [3.5, 4.0]}),
-    (f"{MODEL}/versions/123:predict", {"signature_name": "serving_default", "inputs": [3.0, 4.0]}, {"outputs": [3.5, 4.0]}),
+    (
+        f"{MODEL}/versions/123:predict",
+        {"signature_name": "serving_default", "instances": [3.0, 4.0]},
+        {"predictions": [3.5, 4.0]},
+    ),
+    (
+        f"{MODEL}/versions/123:predict",
+        {"signature_name": "serving_default", "inputs": [3.0, 4.0]},
+        {"outputs": [3.5, 4.0]},
+    ),
 ]
 
 
@@ -101,7 +116,8 @@ def _status(version: int) -> dict:
 
 
 @pytest.mark.parametrize(
-    "where, versions", [("", [124, 123]), ("/versions/123", [123]), ("/labels/stable", [123]), ("/labels/canary", [124])]
+    "where, versions",
+    [("", [124, 123]), ("/versions/123", [123]), ("/labels/stable", [123]), ("/labels/canary", [124])],
 )
 def test_get_status(served, where, versions):
     assert served.rest("GET", f"{MODEL}{where}")[:2] == (200, {"model_version_status": [_status(v) for v in versions]})
@@ -115,8 +131,10 @@ def test_get_model_metadata(served, where, version):
     regress = answer["metadata"]["signature_def"]["signature_def"]["regress_x_to_y"]
     assert regress["method_name"] == "tensorflow/serving/regress"
     assert regress["inputs"]["inputs"] == {
-        "dtype": "DT_STRING", "tensor_shape": {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False}, "name": "tf_example:0",
-    }  # fmt: skip
+        "dtype": "DT_STRING",
+        "tensor_shape": {"dim": [{"size": "-1", "name": ""}], "unknown_rank": False},
+        "name": "tf_example:0",
+    }
 
 
 def test_url_matching_ignores_case_as_the_real_server_does(served):
@@ -131,8 +149,9 @@ def test_url_matching_ignores_case_as_the_real_server_does(served):
 
 def test_documented_predict_regress_and_not_found(served):
     assert served.rest("POST", "/v1/models/half_plus_three:predict", {"instances": [1.0, 2.0, 5.0]})[:2] == (
-        200, {"predictions": [3.5, 4.0, 5.5]},
-    )  # fmt: skip
+        200,
+        {"predictions": [3.5, 4.0, 5.5]},
+    )
     regress = {"signature_name": "tensorflow/serving/regress", "examples": [{"x": 1.0}, {"x": 2.0}]}
     assert served.rest("POST", "/v1/models/half_plus_three:regress", regress)[:2] == (200, {"results": [3.5, 4.0]})
     status, answer, _ = served.rest("POST", "/v1/models/half:predict", {"instances": [1.0, 5.0]})
@@ -141,11 +160,18 @@ def test_documented_predict_regress_and_not_found(served):
 
 def test_documented_named_instances_and_their_columnar_form(served):
     """The doc's row example (tag, signal, sensor) in our multi_io model's inputs, and its columnar twin."""
-    rows = [{"x": [1.0, 2.0], "count": 3, "flag": True, "weight": 0.5, "tag": "foo"},
-            {"x": [3.0, 4.0], "count": 4, "flag": False, "weight": 2.0, "tag": "barbaz"}]  # fmt: skip
-    expected = [{"total": 1.5, "doubled": 6, "negated": False, "weight_squared": 0.25, "tag_length": 3},
-                {"total": 14.0, "doubled": 8, "negated": True, "weight_squared": 4.0, "tag_length": 6}]  # fmt: skip
-    assert served.rest("POST", "/v1/models/multi_io:predict", {"instances": rows})[:2] == (200, {"predictions": expected})
+    rows = [
+        {"x": [1.0, 2.0], "count": 3, "flag": True, "weight": 0.5, "tag": "foo"},
+        {"x": [3.0, 4.0], "count": 4, "flag": False, "weight": 2.0, "tag": "barbaz"},
+    ]
+    expected = [
+        {"total": 1.5, "doubled": 6, "negated": False, "weight_squared": 0.25, "tag_length": 3},
+        {"total": 14.0, "doubled": 8, "negated": True, "weight_squared": 4.0, "tag_length": 6},
+    ]
+    assert served.rest("POST", "/v1/models/multi_io:predict", {"instances": rows})[:2] == (
+        200,
+        {"predictions": expected},
+    )
     columns = {name: [row[name] for row in rows] for name in rows[0]}
     outputs = {name: [row[name] for row in expected] for name in expected[0]}
     assert served.rest("POST", "/v1/models/multi_io:predict", {"inputs": columns})[:2] == (200, {"outputs": outputs})
@@ -156,15 +182,25 @@ def test_documented_binary_values_in_and_out(served):
     body = {"instances": [{"b64": base64.b64encode("ünïcode".encode()).decode()}, "plain"]}
     status, answer, _ = served.rest("POST", "/v1/models/strings:predict", body)
     assert status == 200
-    assert answer["predictions"][0] == {"length": 7, "upper": "üNïCODE", "text_bytes": {"b64": body["instances"][0]["b64"]}}
+    assert answer["predictions"][0] == {
+        "length": 7,
+        "upper": "üNïCODE",
+        "text_bytes": {"b64": body["instances"][0]["b64"]},
+    }
     assert answer["predictions"][1] == {"length": 5, "upper": "PLAIN", "text_bytes": {"b64": "cGxhaW4="}}
 
 
 def test_documented_json_conformance_nan_and_infinity(served):
-    status, answer, response = served.rest("POST", "/v1/models/default:predict", b'{"instances": [NaN, Infinity, -Infinity]}')
-    assert status == 200 and response.text.replace(" ", "").replace("\n", "") == '{"predictions":[NaN,Infinity,-Infinity]}'
+    status, answer, response = served.rest(
+        "POST", "/v1/models/default:predict", b'{"instances": [NaN, Infinity, -Infinity]}'
+    )
+    assert (
+        status == 200 and response.text.replace(" ", "").replace("\n", "") == '{"predictions":[NaN,Infinity,-Infinity]}'
+    )
 
 
 def test_documented_float_precision_and_short_float_output(served):
     status, _, response = served.rest("POST", "/v1/models/default:predict", {"instances": [0.1]})
-    assert status == 200 and "2.05" in response.text and "2.0499" not in response.text  # float32 written in its own digits
+    assert (
+        status == 200 and "2.05" in response.text and "2.0499" not in response.text
+    )  # float32 written in its own digits

@@ -272,9 +272,13 @@ MAX_CONNECTIONS = 8
 @pytest.fixture
 def front_end():
     settings = FrontEndSettings(
-        1000, threads=2, keep_alive_seconds=KEEP_ALIVE_S, read_timeout_seconds=READ_TIMEOUT_S,
-        body_timeout_seconds=BODY_TIMEOUT_S, max_connections=MAX_CONNECTIONS,
-    )  # fmt: skip
+        1000,
+        threads=2,
+        keep_alive_seconds=KEEP_ALIVE_S,
+        read_timeout_seconds=READ_TIMEOUT_S,
+        body_timeout_seconds=BODY_TIMEOUT_S,
+        max_connections=MAX_CONNECTIONS,
+    )
     server = RestFrontEnd(EchoApp(), listening_socket("127.0.0.1", 0, share_port=False), settings)
     server.start()
     yield server

@@ -16,7 +16,6 @@ from serving.tfserving.grpc_service import build_status_response
 from tests.serving.tfserving import models
 
 
-
 def _copy_version(models_dir, base_path, version: int) -> None:
     shutil.copytree(models_dir / "half_plus_two" / models.VERSION_FOLDER, base_path / str(version))
 
@@ -31,7 +30,10 @@ def _states(loaded: manager.ModelManager) -> dict[int, tuple[str, str]]:
     request.model_spec.name = "default"
     response = build_status_response(loaded, request)
     state_name = get_model_status_pb2.ModelVersionStatus.State.Name
-    return {entry.version: (state_name(entry.state), entry.status.error_message[:30]) for entry in response.model_version_status}
+    return {
+        entry.version: (state_name(entry.state), entry.status.error_message[:30])
+        for entry in response.model_version_status
+    }
 
 
 def test_versions_that_left_stay_in_the_status_as_end(models_dir, tmp_path):  # testGetModelStatus over versions
@@ -70,7 +72,9 @@ def test_a_model_that_loads_nothing_is_refused_in_the_real_words(tmp_path):
     with pytest.raises(manager.ServablesUnavailable) as raised:
         loaded.check_started()
     message = str(raised.value)
-    assert message.startswith("UNKNOWN: 1 servable(s) did not become available: {{{name: bad version: 7} due to error: ")
+    assert message.startswith(
+        "UNKNOWN: 1 servable(s) did not become available: {{{name: bad version: 7} due to error: "
+    )
     assert message.endswith("}, }")
     empty = manager.ModelManager([versions.ModelSource("empty", tmp_path / "empty")], 0)
     empty.poll_once()

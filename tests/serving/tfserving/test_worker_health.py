@@ -25,9 +25,14 @@ def test_a_health_check_on_any_worker_sees_the_group_ready_at_once(tmp_path):
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert (
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
+                == health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             workers.WorkerGroup(1, 2, tmp_path).publish_ready(True)  # the other worker, through the shared folder
             # No state-sharing thread runs here: only the check itself can bring the answer up to date.
-            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+            )
     finally:
         server.stop(None)

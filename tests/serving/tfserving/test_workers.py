@@ -29,8 +29,12 @@ def two_workers(tf_trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("two_workers")
     shutil.copytree(tf_trained.export_path, root / "digits" / "1")
     (root / "monitoring.config").write_text(f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}\n')
-    flags = ["--workers=2", f"--monitoring_config_file={root / 'monitoring.config'}", f"--grpc_socket_path={root / 'grpc.sock'}",
-             "--file_system_poll_wait_seconds=0.5"]  # fmt: skip
+    flags = [
+        "--workers=2",
+        f"--monitoring_config_file={root / 'monitoring.config'}",
+        f"--grpc_socket_path={root / 'grpc.sock'}",
+        "--file_system_poll_wait_seconds=0.5",
+    ]
     spec = tfserving.spec(tfserving.TFServingPorts.free(), "digits", root / "digits", flags)
     process = runtime.start(spec, root / "tfserving.log", START_TIMEOUT_S)
     yield spec, process, root
@@ -39,8 +43,12 @@ def two_workers(tf_trained, tmp_path_factory):
 
 def predict_on_new_connections(rest_url: str, images: np.ndarray, count: int, model: str = "digits") -> list[int]:
     """count REST predicts, each on a connection of its own (so the kernel spreads them over the workers)."""
-    return [requests.post(f"{rest_url}/v1/models/{model}:predict", json={"instances": images[:1].tolist()}, timeout=30).status_code
-            for _ in range(count)]  # fmt: skip
+    return [
+        requests.post(
+            f"{rest_url}/v1/models/{model}:predict", json={"instances": images[:1].tolist()}, timeout=30
+        ).status_code
+        for _ in range(count)
+    ]
 
 
 def metric(page: str, line_start: str) -> float:
@@ -60,7 +68,10 @@ def test_both_workers_answer_and_the_metrics_count_every_request(two_workers, di
         over_socket.close()
     page = requests.get(rest_url + METRICS_PATH, timeout=10).text
     assert metric(page, ':tensorflow:serving:request_count{model_name="digits",status="OK"}') >= 41
-    assert metric(page, ':tensorflow:serving:request_latency_count{API="predict",entrypoint="REST",model_name="digits"}') == 40
+    assert (
+        metric(page, ':tensorflow:serving:request_latency_count{API="predict",entrypoint="REST",model_name="digits"}')
+        == 40
+    )
     loaded = re.findall(r'tfserving_model_version_loaded\{model_name="digits",pid="(\d+)"\} 1', page)
     assert len(set(loaded)) == 2  # one series per worker, each serving version 1
     log = process.log()
@@ -72,7 +83,9 @@ def test_a_reload_reaches_every_worker(two_workers, digits):
     spec, _, root = two_workers
     request = model_management_pb2.ReloadConfigRequest()
     for name in ("digits", "copy"):
-        request.config.model_config_list.config.add(name=name, base_path=str(root / "digits"), model_platform="tensorflow")
+        request.config.model_config_list.config.add(
+            name=name, base_path=str(root / "digits"), model_platform="tensorflow"
+        )
     with grpc.insecure_channel(spec.endpoint("tf-grpc").address) as channel:
         model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
     deadline = time.monotonic() + 30
@@ -88,7 +101,11 @@ def test_a_reload_reaches_every_worker(two_workers, digits):
 @pytest.mark.slow
 def test_a_killed_worker_is_started_again_while_the_other_answers(two_workers, digits):
     spec, process, _ = two_workers
-    children = [child for child in psutil.Process(process.leader.pid).children() if "serving.tfserving" in " ".join(child.cmdline())]
+    children = [
+        child
+        for child in psutil.Process(process.leader.pid).children()
+        if "serving.tfserving" in " ".join(child.cmdline())
+    ]
     assert len(children) == 1
     children[0].send_signal(signal.SIGKILL)
     # Connections the kernel had queued for the killed worker die with it (as with any killed server process); the
