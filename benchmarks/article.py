@@ -11,8 +11,9 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def graphs(runs_dir: Path, repeats: int = 50) -> GraphTimings:
     fixed_counts = []
     for size in (1, 64, 7):
         fixed(tf.constant(batch(size)))
-        fixed_counts.append(len(fixed._list_all_concrete_functions()))  # noqa: SLF001 - only way to count traces
+        fixed_counts.append(len(fixed._list_all_concrete_functions()))  # the only way to count traces
 
     def torch_forward(size: int) -> Any:
         with torch.inference_mode():
@@ -263,7 +264,7 @@ def debugging() -> Debugging:
 
         def call(self, inputs: Any) -> Any:
             if self.armed:
-                breakpoint()  # noqa: T100 - the point of the demonstration
+                breakpoint()  # the point of the demonstration
             return keras.ops.matmul(inputs, self.kernel)
 
     inputs = keras.Input(shape=(3,))
@@ -295,7 +296,7 @@ def debugging() -> Debugging:
             self.linear = torch.nn.Linear(3, 4)
 
         def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-            breakpoint()  # noqa: T100 - the point of the demonstration
+            breakpoint()  # the point of the demonstration
             return self.linear(inputs)
 
     transcript = io.StringIO()

@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from benchmarks import inference, load, measure, plots, ratios, training
 from benchmarks.report import html as report_html

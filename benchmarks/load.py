@@ -15,7 +15,8 @@ import dataclasses
 import os
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from benchmarks import stats
 

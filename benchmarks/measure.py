@@ -10,8 +10,9 @@ import dataclasses
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from benchmarks import article, event_files, inference, load, system, training, training_worker
 from benchmarks.deployment_formats import DeploymentFormats

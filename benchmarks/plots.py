@@ -6,8 +6,9 @@ colour-vision deficiencies); every plot has a title, axis units, a legend, and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from benchmarks import inference as inference_module
 from benchmarks.labels import FRAMEWORK_NAMES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # Triton's perf_analyzer calls a measurement stable when consecutive windows agree within 10 %.
 DEFAULT_STABILITY_TOLERANCE = 0.10

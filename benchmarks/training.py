@@ -13,8 +13,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from benchmarks import stats
 from benchmarks.training_worker import FRAMEWORKS, RESULT_MARKER

@@ -13,8 +13,9 @@ import json
 import math
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from experiment import library_logs
 

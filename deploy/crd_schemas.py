@@ -22,8 +22,9 @@ import email.parser
 import json
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from experiment.cli import run_main
 from experiment.errors import UsageError

@@ -16,8 +16,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import yaml
 
@@ -90,9 +91,10 @@ def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
 
 @functools.cache
 def _crd_validator(api_version: str, kind: str) -> Any:
+    from importlib import resources
+
     import jsonschema
     import referencing
-    from importlib import resources
 
     folder = resources.files("kubernetes_validate").joinpath(
         "kubernetes-json-schema", f"v{KUBERNETES_VERSION}.0-local-strict"

@@ -10,8 +10,8 @@ import os
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from experiment.json_types import JSONDict, JSONScalar, JSONValue
 from experiment.spec import NetworkDict
@@ -182,7 +182,7 @@ def build_metadata(
         "test_loss": round(float(test_loss), 6),
         "training_seconds": round(float(training_seconds), 3),
         "run_name": run_name,
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         **(extra or {}),
     }

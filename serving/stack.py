@@ -13,8 +13,8 @@ import contextlib
 import dataclasses
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from experiment import library_logs
 from experiment.errors import UsageError

@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing import data_provider, plugin_event_acc
 from tensorboard.plugins import base_plugin
 from tensorboard.plugins.graph import graphs_plugin
 from tensorboard.plugins.graph import metadata as graph_metadata
-from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 from tensorboard.plugins.histogram import histograms_plugin
+from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups
 from tensorboard.plugins.image import images_plugin
 from tensorboard.plugins.scalar import scalars_plugin
 from tensorboard.util import tensor_util

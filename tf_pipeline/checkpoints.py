@@ -37,7 +37,7 @@ class LoopState:
 class TrainingCheckpoints:
     """Save and restore one run's model, optimizer and loop position in a folder."""
 
-    def __init__(self, directory: Path, model: "keras.Model", optimizer: "keras.optimizers.Optimizer", is_chief: bool):
+    def __init__(self, directory: Path, model: keras.Model, optimizer: keras.optimizers.Optimizer, is_chief: bool):
         self.directory = Path(directory)
         self.is_chief = is_chief
         # Plain variables for the loop's position; Keras variables are saved through their tf.Variable (.value):

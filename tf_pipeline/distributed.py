@@ -10,7 +10,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from experiment import processes, runs
 from experiment.errors import UsageError
@@ -68,7 +69,7 @@ def check_port_free(address: str) -> None:
         )
 
 
-def strategy_for(role: WorkerRole) -> "tf.distribute.Strategy":
+def strategy_for(role: WorkerRole) -> tf.distribute.Strategy:
     """MultiWorkerMirroredStrategy across TF_CONFIG workers, MirroredStrategy over several local GPUs, else the default.
 
     Must run before any other TensorFlow op in the process: the multi-worker strategy configures the runtime.
@@ -91,7 +92,7 @@ def strategy_for(role: WorkerRole) -> "tf.distribute.Strategy":
     return tf.distribute.get_strategy()  # the default strategy: plain single-device execution
 
 
-def strategy_name(strategy: "tf.distribute.Strategy") -> str:
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
     """The public name of a strategy (MultiWorkerMirroredStrategy's class is called CollectiveAllReduceStrategy)."""
     import tensorflow as tf
 

@@ -21,11 +21,10 @@ import subprocess
 import sys
 import time
 import typing
-from typing import Sequence
+from collections.abc import Sequence
 
-from experiment import artifacts
+from experiment import artifacts, library_logs
 from experiment import checkpoints as run_checkpoints
-from experiment import library_logs
 from experiment.cli import run_main
 from experiment.config import parse_config, per_replica_batch_size
 from experiment.data import dataset_name_for

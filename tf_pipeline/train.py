@@ -14,8 +14,9 @@ import dataclasses
 import hashlib
 import math
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class TFTrainConfig(TrainConfig):
             raise UsageError(f"--verbose must be 0, 1 or 2, got {self.verbose}.")
 
 
-def training_dataset(split: Split, batch_size: int, seed: int) -> "tf.data.Dataset":
+def training_dataset(split: Split, batch_size: int, seed: int) -> tf.data.Dataset:
     """Endless (images, labels, weights) global batches, reshuffled each epoch from the seed.
 
     weights (B,) are 1 / B for the batch each example is in, so summing weighted losses over every replica gives the
@@ -93,7 +94,7 @@ def training_dataset(split: Split, batch_size: int, seed: int) -> "tf.data.Datas
 
 
 def evaluate(
-    model: "keras.Model", split: Split, logits_of: Callable[["tf.Tensor"], "tf.Tensor"] | None = None
+    model: keras.Model, split: Split, logits_of: Callable[[tf.Tensor], tf.Tensor] | None = None
 ) -> tuple[float, float, np.ndarray]:
     """Mean loss, accuracy and predicted classes over a split, in inference mode (logits_of: a compiled forward)."""
     import keras
@@ -111,14 +112,14 @@ def evaluate(
     return float(np.concatenate(losses).mean()), float((predicted == split.labels).mean()), predicted
 
 
-def inference_function(model: "keras.Model") -> Callable[["tf.Tensor"], "tf.Tensor"]:
+def inference_function(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
     """model(images, training=False) compiled once: images (N, H, W) → logits (N, C), any N without retracing."""
     import tensorflow as tf
 
     return tf.function(lambda images: model(images, training=False), reduce_retracing=True)
 
 
-def _weights_checksum(model: "keras.Model", strategy: "tf.distribute.Strategy") -> list[str]:
+def _weights_checksum(model: keras.Model, strategy: tf.distribute.Strategy) -> list[str]:
     """A SHA-256 of every weight's bytes, one per replica held by this process (its local copies)."""
     copies = [strategy.experimental_local_results(weight.value) for weight in model.weights]
     replicas = len(copies[0])

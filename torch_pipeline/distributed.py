@@ -7,7 +7,7 @@ import dataclasses
 import datetime
 import os
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import distributed

@@ -16,7 +16,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from experiment import artifacts
 from experiment import checkpoints as run_checkpoints
@@ -35,7 +35,7 @@ class WorkerFailed(Exception):
     """A training process died or exited non-zero; the message is one sentence naming its rank."""
 
 
-def check_rendezvous_port(torchrun_arguments: "object") -> None:
+def check_rendezvous_port(torchrun_arguments: object) -> None:
     """On the node that hosts the static rendezvous (rank 0's), its port must be free; raise UsageError otherwise."""
     arguments = torchrun_arguments
     if arguments.standalone or arguments.rdzv_backend != "static" or arguments.node_rank != 0:
@@ -44,7 +44,7 @@ def check_rendezvous_port(torchrun_arguments: "object") -> None:
         host, _, port_text = arguments.rdzv_endpoint.rpartition(":")
     else:
         host, port_text = arguments.master_addr, str(arguments.master_port or "")
-    if not port_text.isdigit() or host not in LOCAL_HOSTS and host != socket.gethostname():
+    if not port_text.isdigit() or (host not in LOCAL_HOSTS and host != socket.gethostname()):
         return
     port = int(port_text)
     if not port_is_free(port, reuse_address=True):
@@ -94,7 +94,7 @@ def launch(torchrun_argv: list[str], train_argv: list[str]) -> int:
             f"{describe_failure(rank, failure.exitcode, failure.pid)}; torchrun stopped the other ranks, "
             f"nothing was exported."
         ) from None
-    except Exception as error:  # noqa: BLE001 (torchrun's rendezvous errors carry the socket error in their text)
+    except Exception as error:  # torchrun's rendezvous errors carry the socket error in their text
         if "address already in use" in str(error).lower() or "EADDRINUSE" in str(error):
             raise UsageError(
                 "The rendezvous port is already in use on this machine; pass --master-port with a free port."

@@ -23,11 +23,12 @@ if "tensorflow" not in sys.modules:
     # module is TensorBoard's own no-TensorFlow switch: it makes tensorboard use its bundled stub instead.
     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2  # noqa: E402
-from tensorboard.plugins.graph import metadata as graph_metadata  # noqa: E402
-from tensorboard.plugins.histogram import summary_v2 as histogram_summary  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402  (after the switch above)
-from torch.utils.tensorboard._pytorch_graph import graph as traced_graph  # noqa: E402
+# After the switch above: these imports read it.
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, types_pb2
+from tensorboard.plugins.graph import metadata as graph_metadata
+from tensorboard.plugins.histogram import summary_v2 as histogram_summary
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard._pytorch_graph import graph as traced_graph
 
 from experiment import metrics
 

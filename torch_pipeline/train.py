@@ -13,8 +13,9 @@ import dataclasses
 import hashlib
 import math
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 

@@ -9,8 +9,8 @@ from benchmarks.report.markdown import cell, figures_block, number, paragraph, r
 from benchmarks.report.summary import generator_bound_note
 
 if TYPE_CHECKING:
-    from benchmarks.measure import Comparison
     from benchmarks.http_load import ExternalSweep
+    from benchmarks.measure import Comparison
     from benchmarks.serving_tf import TFServingResult
     from benchmarks.serving_torch import TorchServingResult
     from benchmarks.sweep import SweepResult

@@ -8,8 +8,9 @@ Settings (defaults below) can be given as FLASK_<NAME> environment variables, e.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from flask import Flask
 from werkzeug.exceptions import HTTPException

@@ -11,8 +11,9 @@ import dataclasses
 import functools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

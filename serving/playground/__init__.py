@@ -9,7 +9,8 @@ clients. Server addresses and TorchServe's key stay here.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from flask import Flask
 from werkzeug.exceptions import HTTPException

@@ -13,8 +13,8 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from flask import Flask
 from werkzeug.serving import BaseWSGIServer, make_server

@@ -76,7 +76,7 @@ class Playground:
                     )
                 except EndpointError as error:
                     card["error"] = str(error)
-                except Exception as error:  # noqa: BLE001 (one endpoint's fault must not hide the others' answers)
+                except Exception as error:  # one endpoint's fault must not hide the others' answers
                     logger.exception("Asking %s failed unexpectedly", endpoint.label)
                     card["error"] = f"Failed unexpectedly ({type(error).__name__}); see the playground's log."
                 results.append(card)

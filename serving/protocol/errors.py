@@ -8,8 +8,6 @@ short and every transport can write it.
 
 from __future__ import annotations
 
-from typing import Any
-
 # gRPC status names and the HTTP status TensorFlow Serving's REST API answers for each (its http_server.cc), except
 # RESOURCE_EXHAUSTED: the real server says 429 (too many requests); here it only means a body over the size limit, 413.
 HTTP_STATUS = {

@@ -6,8 +6,8 @@ Training runs the pipelines' own entry points as subprocesses: serving never imp
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from experiment.artifacts import MODEL_STORE, ONNX_FILE, list_versions
 from serving.runtime.process import process_environment

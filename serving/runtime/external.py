@@ -12,8 +12,8 @@ them back into the same endpoints, with the same clients, as the servers' specs 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from serving.runtime import flask_app, tfserving, torchserve
 from serving.runtime.spec import DEFAULT_MODEL_NAME, Endpoint

@@ -11,9 +11,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Callable, Sequence
 
 import psutil
 
@@ -54,7 +53,7 @@ class ServerProcess:
     # -- start and find ---------------------------------------------------------------------------------------
 
     @classmethod
-    def launch(cls, spec: ServerSpec, log_path: Path, pid_path: Path | None = None) -> "ServerProcess":
+    def launch(cls, spec: ServerSpec, log_path: Path, pid_path: Path | None = None) -> ServerProcess:
         """Start spec's command in a new session, its output appended to log_path; do not wait for readiness."""
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +80,7 @@ class ServerProcess:
         return cls(spec, psutil.Process(popen.pid), log_path, pid_path, popen)
 
     @classmethod
-    def find(cls, spec: ServerSpec, pid_path: Path, log_path: Path) -> "ServerProcess | None":
+    def find(cls, spec: ServerSpec, pid_path: Path, log_path: Path) -> ServerProcess | None:
         """The server a pid file names, when that process still runs (None for a stale or missing file)."""
         leader = read_pid_file(Path(pid_path))
         return cls(spec, leader, log_path, pid_path) if leader is not None else None
@@ -150,7 +149,7 @@ class ServerProcess:
         stop_all([self], grace, report)
         return self.exit_status()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exception: object) -> None:

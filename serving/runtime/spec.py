@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from experiment.errors import UsageError
 
@@ -51,9 +51,9 @@ class Endpoint:
     protocol: str  # "gRPC" or "REST"
     address: str  # "127.0.0.1:8500" for gRPC, a base URL for REST
     model_name: str
-    connect: Callable[[str, float], "PredictionClient"]  # (model name, seconds per call) → a serving.clients client
+    connect: Callable[[str, float], PredictionClient]  # (model name, seconds per call) → a serving.clients client
 
-    def client(self, model_name: str | None = None, timeout: float = DEFAULT_CLIENT_TIMEOUT_S) -> "PredictionClient":
+    def client(self, model_name: str | None = None, timeout: float = DEFAULT_CLIENT_TIMEOUT_S) -> PredictionClient:
         """A new client for this endpoint (model_name defaults to the served model); the caller closes it."""
         return self.connect(model_name or self.model_name, timeout)
 

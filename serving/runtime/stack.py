@@ -16,8 +16,8 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from experiment import processes
 from serving.runtime import exports, flask_app, tfserving, torchserve
@@ -61,7 +61,7 @@ class Ports:
         return dataclasses.asdict(self)
 
     @classmethod
-    def free(cls) -> "Ports":
+    def free(cls) -> Ports:
         """Ports the operating system reports free right now (for runs beside a real stack)."""
         return cls(*processes.free_ports(len(dataclasses.fields(cls))))
 
@@ -266,7 +266,7 @@ class Stack:
         (self.run_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path | str = DEFAULT_RUN_DIR, python: str = sys.executable) -> "Stack":
+    def from_run_dir(cls, run_dir: Path | str = DEFAULT_RUN_DIR, python: str = sys.executable) -> Stack:
         """The stack a previous `start` left in run_dir (default ports and folders when it left no state)."""
         try:
             state = json.loads((Path(run_dir) / STATE_FILE).read_text())
@@ -353,7 +353,7 @@ class Stack:
                 signal.signal(number, handler)
         return exit_code
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

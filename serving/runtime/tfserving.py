@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from experiment import library_logs, processes
 from serving.runtime.spec import (
@@ -35,7 +35,7 @@ class TFServingPorts:
     rest: int | None = DEFAULT_REST_PORT
 
     @classmethod
-    def free(cls, rest: bool = True) -> "TFServingPorts":
+    def free(cls, rest: bool = True) -> TFServingPorts:
         """Ports the operating system reports free right now."""
         grpc, rest_port = processes.free_ports(2)
         return cls(grpc, rest_port if rest else None)

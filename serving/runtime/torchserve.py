@@ -49,7 +49,7 @@ class TorchServeInstance:
     token_auth: bool = True
 
     @classmethod
-    def on_free_ports(cls, run_dir: Path, token_auth: bool = True) -> "TorchServeInstance":
+    def on_free_ports(cls, run_dir: Path, token_auth: bool = True) -> TorchServeInstance:
         """An instance on five ports the operating system reports free right now."""
         return cls(Path(run_dir), TorchServePorts(*processes.free_ports(5)), token_auth)
 

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from experiment.cli import run_main
 from experiment.errors import UsageError

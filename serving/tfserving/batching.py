@@ -11,8 +11,8 @@ import dataclasses
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
@@ -114,7 +114,7 @@ def read_batching_parameters(path: Path | None) -> BatchingOptions:
 class _Task:
     """One request (or one slice of a split request) waiting in the queue."""
 
-    __slots__ = ("key", "servable", "signature", "inputs", "rows", "done", "outputs", "error", "abandoned", "enqueued")
+    __slots__ = ("abandoned", "done", "enqueued", "error", "inputs", "key", "outputs", "rows", "servable", "signature")
 
     def __init__(
         self, key: tuple, servable: Servable, signature: Signature, inputs: Mapping[str, np.ndarray], rows: int

@@ -113,7 +113,7 @@ class _LingeringTransport:
     """The transport uvicorn writes one request's answer to: its close() waits for the rest of the body (see
     LINGER_SECONDS); everything else is the connection's own transport."""
 
-    def __init__(self, protocol: "GuardedProtocol") -> None:
+    def __init__(self, protocol: GuardedProtocol) -> None:
         self.protocol = protocol
         self.transport = protocol.transport
 

@@ -14,11 +14,11 @@ are refusing.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import grpc
 

@@ -8,8 +8,8 @@ float_val and friends; the model spec of the version that answered); refusals ca
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from google.protobuf.message import Message

@@ -10,7 +10,7 @@ signatures of TF2 SavedModels (all written with the predict method name) serve C
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from google.protobuf import text_format

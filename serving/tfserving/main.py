@@ -49,8 +49,9 @@ def _configure_tensorflow(options: config.ServerOptions, worker_count: int) -> N
 
 
 def _grpc_server(options: config.ServerOptions, group: workers.WorkerGroup, services: Any, interceptors: list) -> Any:
-    import grpc
     from concurrent import futures
+
+    import grpc
 
     arguments = {
         "grpc.max_receive_message_length": options.max_request_bytes,

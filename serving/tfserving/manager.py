@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2

@@ -8,7 +8,8 @@ session) needs inputs with a batch dimension of equal size.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Protocol
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 import numpy as np
 

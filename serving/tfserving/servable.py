@@ -15,8 +15,8 @@ import dataclasses
 import functools
 import logging
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -61,7 +61,7 @@ class Signature:
 
     name: str
     definition: meta_graph_pb2.SignatureDef
-    servable: "Servable" = dataclasses.field(repr=False, compare=False)
+    servable: Servable = dataclasses.field(repr=False, compare=False)
 
     @property
     def method_name(self) -> str:
@@ -114,7 +114,7 @@ class Servable:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model_name: str, version: int, path: Path) -> "Servable":
+    def load(cls, model_name: str, version: int, path: Path) -> Servable:
         """Load the 'serve' MetaGraph of the SavedModel at path into a new session (variables restored, init op run)."""
         session = tf.compat.v1.Session(graph=tf.Graph())
         try:

@@ -54,7 +54,7 @@ class WorkerGroup:
     folder: Path
 
     @classmethod
-    def join(cls, count: int) -> "WorkerGroup":
+    def join(cls, count: int) -> WorkerGroup:
         """Worker 0 makes the shared folder; a worker it started finds its place in the environment."""
         placement = os.environ.get(INDEX_VARIABLE)
         if placement is None:

@@ -37,8 +37,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from experiment.errors import UsageError
 from serving.torchserve.config import archive_problem, archive_version
@@ -115,7 +116,7 @@ class RolloutSettings:
 class Rollout:
     """Rolls the newest versioned archive of one model out into one TorchServe, one poll at a time."""
 
-    def __init__(self, client: "TorchServeClient", model_store: Path, settings: RolloutSettings = RolloutSettings()):
+    def __init__(self, client: TorchServeClient, model_store: Path, settings: RolloutSettings = RolloutSettings()):
         self.client = client
         self.model_name = client.model_name
         self.model_store = Path(model_store)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import article, event_files, inference, load, stats, system, training
-from benchmarks.labels import ENDPOINTS
 from benchmarks.deployment_formats import DeploymentFormats, FormatMeasurement
+from benchmarks.labels import ENDPOINTS
 from benchmarks.measure import Comparison
 from benchmarks.sweep import EndpointSweep, SweepResult
 

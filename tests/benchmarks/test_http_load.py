@@ -62,7 +62,7 @@ class _Answer(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the servers measured
     disable_nagle_algorithm = True  # headers and body go out as two writes: without this, each waits ~40 ms for an ACK
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:  # http.server's naming
         body = self.rfile.read(int(self.headers["Content-Length"]))
         status = 200 if self.headers.get("Authorization") == "Bearer key" and body == b'{"instances": [1]}' else 400
         self.send_response(status)

@@ -19,8 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from experiment.errors import UsageError
 from experiment.processes import port_is_free

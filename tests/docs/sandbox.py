@@ -7,7 +7,6 @@ test_docs_commands.py's docstring), with the default ports replaced by the sandb
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import subprocess

@@ -21,10 +21,9 @@ def test_versions_ignore_non_integer_entries(tmp_path):
 
 
 def test_failed_export_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with artifacts.staging_directory(tmp_path) as staging:
-            (staging / "half-written").write_text("...")
-            raise RuntimeError("export failed")
+    with pytest.raises(RuntimeError), artifacts.staging_directory(tmp_path) as staging:
+        (staging / "half-written").write_text("...")
+        raise RuntimeError("export failed")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -54,7 +54,6 @@ def endpoint_for(stack: StackUnderTest, name: str) -> Endpoint:
 def in_process_predictions(stack, digits) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Probabilities and classes of the test split from each framework's newest export, called in-process."""
     import tensorflow as tf
-    import torch
 
     from experiment.artifacts import latest_version
     from tests import torch_exports

@@ -151,9 +151,8 @@ def test_non_numeric_values_are_refused(endpoint, stack):
                 string_val=[b"a"],
             )
         )
-        with grpc.insecure_channel(endpoint.address) as channel:
-            with pytest.raises(grpc.RpcError) as raised:
-                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+        with grpc.insecure_channel(endpoint.address) as channel, pytest.raises(grpc.RpcError) as raised:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         return
     headers = _torchserve_headers(endpoint) if endpoint.name == "torchserve-rest" else {}

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from tests.robustness import wire
 

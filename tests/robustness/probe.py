@@ -18,8 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from experiment import library_logs
 from experiment.artifacts import latest_version

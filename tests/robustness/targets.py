@@ -37,7 +37,7 @@ class RestTarget:
     key_file: Path | None = None  # TorchServe's key_file.json when token authorization is on
 
     @classmethod
-    def from_endpoint(cls, endpoint: Endpoint, key_file: Path | None = None) -> "RestTarget":
+    def from_endpoint(cls, endpoint: Endpoint, key_file: Path | None = None) -> RestTarget:
         """The target behind a REST endpoint of the runtime (tf-rest, flask-rest or torchserve-rest)."""
         address = urllib.parse.urlsplit(endpoint.address)
         limits = {"tfserving": TF_BODY_LIMIT, "flask": FLASK_BODY_LIMIT}

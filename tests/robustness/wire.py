@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 DEFAULT_ANSWER_TIMEOUT_S = 5.0  # a malformed request is refused at once; this long is a hang
 
@@ -133,7 +133,7 @@ def _read_answer(sock: socket.socket, began: float, timeout: float, send_error: 
     try:
         response.begin()
         body = response.read()
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return Answer(HANG, seconds=time.monotonic() - began, detail="no complete answer in time")
     except (
         http.client.RemoteDisconnected,
@@ -161,7 +161,7 @@ class _DeadlineReader:
     def _fill(self) -> bool:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise socket.timeout("deadline")
+            raise TimeoutError("deadline")
         self.sock.settimeout(remaining)
         chunk = self.sock.recv(65536)
         if not chunk:

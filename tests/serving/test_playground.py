@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.playground import create_app, main as playground_main, preprocess
+from serving.playground import create_app, preprocess
+from serving.playground import main as playground_main
 from serving.playground.endpoints import Answer, Endpoint, EndpointError
 
 SIDE = 256  # the page's canvas

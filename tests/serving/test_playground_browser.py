@@ -255,7 +255,6 @@ def test_a_stopped_server_shows_its_error_while_the_others_answer(browser, playg
 def confidently_classified_test_image(models_dir: Path, digits) -> tuple[int, int]:
     """The first test image both exported models, called in-process, give its label with probability above 0.9."""
     import tensorflow as tf
-    import torch
 
     from tests import torch_exports
 

@@ -20,7 +20,6 @@ from serving.clients import RestClient, ServerUnavailableError, ServingError, TF
 from tests.serving.load_recorder import LoadRecorder
 from tests.serving.test_tfserving import POLL_SECONDS, in_process, new_base_path, publish_version, start_server  # noqa: F401
 
-
 # ---- versions --------------------------------------------------------------------------------------------
 
 

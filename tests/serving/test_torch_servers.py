@@ -14,9 +14,7 @@ import time
 import numpy as np
 import pytest
 import requests
-import torch
 
-from experiment import artifacts
 from experiment.processes import port_accepts
 from serving.clients import ServingError, TorchServeGrpcClient
 from serving.runtime import stop_all

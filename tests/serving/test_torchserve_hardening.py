@@ -28,8 +28,11 @@ from serving.protocol import rest
 from serving.torchserve import config
 from serving.torchserve.config import TorchServePorts
 from serving.torchserve.rollout import Rollout, RolloutSettings
-from tests.serving.test_torchserve_handler import IMAGE, handle
-from tests.serving.test_torchserve_handler import handler_and_context  # noqa: F401  (the fixture, shared)
+from tests.serving.test_torchserve_handler import (
+    IMAGE,
+    handle,
+    handler_and_context,  # noqa: F401  (the fixture, shared)
+)
 
 GOOD = {"instances": [IMAGE]}
 DEEP = b'{"instances": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
@@ -325,7 +328,7 @@ def test_the_largest_batch_fits_the_response_limit_and_more_instances_are_a_400(
 class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
     requested: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's naming
         type(self).requested.append(self.path)
         super().do_GET()
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from experiment import artifacts
-from tests.distributed_runs import port_in_use, run_module, start_module, version_folders
 from tests import pipeline_checks
+from tests.distributed_runs import port_in_use, run_module, start_module, version_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

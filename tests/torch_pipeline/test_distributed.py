@@ -7,8 +7,8 @@ import math
 import pytest
 
 from experiment import artifacts
-from tests.distributed_runs import port_in_use, run_module, start_module, version_folders
 from tests import pipeline_checks, torch_exports
+from tests.distributed_runs import port_in_use, run_module, start_module, version_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
