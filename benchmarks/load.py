@@ -122,7 +122,7 @@ class _Worker(threading.Thread):
             error = None
             try:
                 self.send()
-            except Exception as exception:  # a failed request is counted, never fatal to the measurement
+            except Exception as exception:  # noqa: BLE001 (a failed request is counted, never fatal to the measurement)
                 error = f"{type(exception).__name__}: {exception}"[:200]
             finished = time.perf_counter()
             if error is not None:

@@ -83,7 +83,7 @@ def _section(comparison: Comparison, name: str, measure: Callable[[], Value]) ->
     print(f"[compare] {name} ...", flush=True)
     try:
         return measure()
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (one failed measurement is reported; the others still run)
         comparison.failures[name] = f"{type(error).__name__}: {error}"[:400]
         traceback.print_exc()
         return None

@@ -74,7 +74,7 @@ def learning_curves(training: TrainingResult, path: Path) -> Path:
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(1, 2, figsize=(11, 4.2))
     for framework, repeats in training.curves.items():
-        for panel, metric in zip(axes, ("epoch_loss", "epoch_accuracy")):
+        for panel, metric in zip(axes, ("epoch_loss", "epoch_accuracy"), strict=True):
             for subdir, style in (("train", "-"), ("validation", "--")):
                 series = [dict(curves.get(f"{subdir}/{metric}", [])) for curves in repeats]
                 epochs = sorted(set.intersection(*(set(points) for points in series))) if series else []
@@ -90,7 +90,9 @@ def learning_curves(training: TrainingResult, path: Path) -> Path:
                     panel.fill_between(x, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2, linewidth=0)
     from matplotlib.ticker import MaxNLocator
 
-    for panel, (metric, unit) in zip(axes, (("loss", "cross-entropy, nats"), ("accuracy", "fraction correct"))):
+    for panel, (metric, unit) in zip(
+        axes, (("loss", "cross-entropy, nats"), ("accuracy", "fraction correct")), strict=True
+    ):
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         panel.set_xlabel("epoch")
         panel.set_ylabel(f"{metric} ({unit})")
@@ -129,7 +131,7 @@ def training_throughput(training: TrainingResult, path: Path) -> Path:
                     )
                 )
     figure, axes = pyplot.subplots(figsize=(max(6.5, 1.25 * len(bars)), 4.6))
-    for index, (label, value, framework, spread) in enumerate(bars):
+    for index, (_label, value, framework, spread) in enumerate(bars):
         axes.bar(index, value, color=FRAMEWORK_COLORS[framework], edgecolor="black", linewidth=0.5)
         if spread:
             axes.errorbar(
@@ -154,7 +156,7 @@ def inference_latency(inference: InferenceResult, path: Path) -> Path:
     batch_sizes = sorted({size for batches in inference.latencies.values() for size in batches})
     figure, panels = pyplot.subplots(1, len(batch_sizes), figsize=(5.5 * len(batch_sizes), 4.4), squeeze=False)
     names = list(inference.latencies)
-    for panel, batch_size in zip(panels[0], batch_sizes):
+    for panel, batch_size in zip(panels[0], batch_sizes, strict=True):
         for index, name in enumerate(names):
             summary = inference.latencies[name].get(batch_size)
             if summary is None:
@@ -194,7 +196,7 @@ def latency_distribution(sweep: SweepResult, path: Path) -> Path:
         patch_artist=True,
         medianprops={"color": "black"},
     )
-    for box, (endpoint, _) in zip(boxes["boxes"], measured):
+    for box, (endpoint, _) in zip(boxes["boxes"], measured, strict=True):
         box.set_facecolor(FRAMEWORK_COLORS[endpoint.framework])
     axes.set_xticks(range(1, len(measured) + 1))
     axes.set_xticklabels(
@@ -225,15 +227,15 @@ def throughput_vs_concurrency(sweep: SweepResult, path: Path) -> Path:
         concurrencies.update(x)
         rates = [point.throughput_per_second for point in points]
         spread = [
-            [rate - point.throughput_range[0] for rate, point in zip(rates, points)],
-            [point.throughput_range[1] - rate for rate, point in zip(rates, points)],
+            [rate - point.throughput_range[0] for rate, point in zip(rates, points, strict=True)],
+            [point.throughput_range[1] - rate for rate, point in zip(rates, points, strict=True)],
         ]
         left.errorbar(x, rates, yerr=spread, linestyle=style, color=color, capsize=3, label=item.endpoint.title)
         right.plot(
             x, [point.latency.p99_ms for point in points], linestyle=style, color=color, label=item.endpoint.title
         )
         for panel, values in ((left, rates), (right, [point.latency.p99_ms for point in points])):
-            for point, value in zip(points, values):
+            for point, value in zip(points, values, strict=True):
                 panel.plot(
                     point.concurrency,
                     value,
@@ -277,6 +279,6 @@ def draw_all(comparison: Comparison, output_dir: Path) -> dict[str, str]:
         try:
             draw(output_dir / f"{name}.png")
             files[name] = f"{name}.png"
-        except Exception as error:  # a plot must not cost the report
+        except Exception as error:  # noqa: BLE001 (a plot must not cost the report)
             comparison.failures[f"plot {name}"] = f"{type(error).__name__}: {error}"
     return files

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import tempfile
@@ -181,7 +182,7 @@ def measure(
                 client = server.spec.endpoint("torchserve-rest").client()
                 try:
                     torchserve[label] = stats.summarize_seconds(
-                        _time_calls(lambda: client.predict(image), requests_per_endpoint, warmup)
+                        _time_calls(functools.partial(client.predict, image), requests_per_endpoint, warmup)
                     )
                     if label == "configured":
                         metadata = client.get_metadata()

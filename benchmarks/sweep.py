@@ -76,7 +76,7 @@ def _sweep_endpoint(
         with load.client_per_thread(make_client, lambda client: client.predict(batch)) as sender_factory:
             points = load.sweep_concurrency(None, concurrencies, settings, endpoint.key, sender_factory)
         return EndpointSweep(endpoint, list(points.values()))
-    except Exception as error:  # one endpoint failing must not hide the others
+    except Exception as error:  # noqa: BLE001 (one endpoint failing must not hide the others)
         return EndpointSweep(endpoint, [], f"{type(error).__name__}: {error}"[:300])
 
 

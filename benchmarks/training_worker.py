@@ -179,7 +179,7 @@ def _run_bare_tf(arguments: argparse.Namespace) -> dict[str, Any]:
         with tf.GradientTape() as tape:
             loss = loss_function(batch_labels, model(batch_images, training=True))
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return loss
 
     ends = []

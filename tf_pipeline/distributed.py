@@ -58,7 +58,7 @@ def worker_role() -> WorkerRole:
 
 def check_port_free(address: str) -> None:
     """Raise UsageError when this host cannot listen on address's port (another process holds it)."""
-    host, _, port_text = address.rpartition(":")
+    _host, _, port_text = address.rpartition(":")
     try:
         port = int(port_text)
     except ValueError:

@@ -270,7 +270,7 @@ def _compiled_train_steps(run: _Run) -> Callable[..., tf.Tensor]:
             loss = tf.reduce_sum(per_example_loss * weights)  # this replica's part of the global-batch mean
         gradients = tape.gradient(loss, model.trainable_variables)
         # Under a distribution strategy Keras's optimizer all-reduces (sums) the gradients across replicas.
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, axis=-1), labels), tf.float32))
         totals.assign_add(tf.stack([tf.reduce_sum(per_example_loss), correct, tf.cast(tf.size(labels), tf.float32)]))
 

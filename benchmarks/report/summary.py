@@ -63,7 +63,7 @@ def _row(
     if tf_value is None or torch_value is None:
         verdict = "not measured in this run"
     else:
-        better, worse = ("tf", "torch") if (tf_value > torch_value) == higher_is_better else ("torch", "tf")
+        better, _worse = ("tf", "torch") if (tf_value > torch_value) == higher_is_better else ("torch", "tf")
         high, low = max(tf_value, torch_value), min(tf_value, torch_value)
         margin = f"{number(high - low)} higher" if difference else f"by {ratio(high, low)}"
         verdict = f"{labels.FRAMEWORK_NAMES[better]}, {margin}" if low > 0 else labels.FRAMEWORK_NAMES[better]

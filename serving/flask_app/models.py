@@ -65,7 +65,7 @@ def onnx_runner(path: Path) -> Runner:
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images})))
+        return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: images}), strict=True))
 
     return run
 

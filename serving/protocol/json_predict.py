@@ -137,7 +137,7 @@ def _parse_rows_one_by_one(instances: list[JSONValue], input_dtypes: Mapping[str
             expected = "object" if named else "value/list"
             raise RequestError(f"Expecting {expected} but got {got} at item {index} of input list")
         if not _is_named(item):
-            ((alias, column),) = columns.items()
+            ((_alias, column),) = columns.items()
             _add(column, item, f"Failed to process element: {index} of 'instances' list.")
             continue
         for key, value in item.items():

@@ -496,7 +496,7 @@ def float_tokens(array: FloatTensor) -> list[str]:
     """float32/float64 values as the real server writes them: '%g' if it reads back exactly, else '%.9g' ('%.17g')."""
     values = array.ravel()
     as_python = values.tolist()  # float64 values, exact for float32 too
-    tokens = ["%g" % value for value in as_python]
+    tokens = [f"{value:g}" for value in as_python]
     finite = np.isfinite(values)
     with np.errstate(over="ignore", invalid="ignore"):
         read_back = np.array(tokens, dtype=np.float64).astype(values.dtype)

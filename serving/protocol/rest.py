@@ -103,10 +103,7 @@ def parse_predict_body(
     signature_name = body.get("signature_name")
     if signature_name is not None and not isinstance(signature_name, str):
         raise RequestError('"signature_name" must be a string.')
-    if has_instances:
-        named = _row_values(body["instances"], inputs)
-    else:
-        named = _columnar_values(body["inputs"], inputs)
+    named = _row_values(body["instances"], inputs) if has_instances else _columnar_values(body["inputs"], inputs)
     arrays = {name: to_array(values, inputs[name], allow_non_finite) for name, values in named.items()}
     batch_sizes = {len(array) for array in arrays.values() if array.ndim}
     if len(batch_sizes) > 1:

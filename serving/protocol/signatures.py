@@ -73,7 +73,7 @@ class TensorSpec:
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         """True when shape has this spec's rank and matches every fixed dimension."""
         return len(shape) == len(self.shape) and all(
-            expected is None or actual == expected for actual, expected in zip(shape, self.shape)
+            expected is None or actual == expected for actual, expected in zip(shape, self.shape, strict=True)
         )
 
     def to_json(self) -> JSONDict:

@@ -348,10 +348,10 @@ def port_holder(port: int) -> psutil.Process | None:
     except (psutil.Error, OSError):
         return None
     for connection in connections:
-        if connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port:
-            if connection.pid:
-                with contextlib.suppress(psutil.Error):
-                    return psutil.Process(connection.pid)
+        listening = connection.status == psutil.CONN_LISTEN and connection.laddr and connection.laddr.port == port
+        if listening and connection.pid:
+            with contextlib.suppress(psutil.Error):
+                return psutil.Process(connection.pid)
     return None
 
 

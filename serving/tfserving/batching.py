@@ -262,7 +262,7 @@ class BatchScheduler:
                     for alias, array in outputs.items()
                 }
                 start += task.rows
-        except BaseException as error:  # every waiting request must hear about the failure
+        except BaseException as error:  # noqa: BLE001 (every waiting request must hear about the failure)
             for task in batch:
                 task.error = error
         for task in batch:

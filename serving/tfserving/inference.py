@@ -231,7 +231,7 @@ def multi_inference(servable: Servable, request: inference_pb2.MultiInferenceReq
         plans.append((signature, aliases, task.method_name))
     examples = serialized_examples(request.input)
     fetches = sorted({signature.definition.outputs[alias].name for signature, aliases, _ in plans for alias in aliases})
-    fetched = dict(zip(fetches, servable.run(dict.fromkeys(input_tensors, examples), tuple(fetches))))
+    fetched = dict(zip(fetches, servable.run(dict.fromkeys(input_tensors, examples), tuple(fetches)), strict=True))
     response = inference_pb2.MultiInferenceResponse()
     for signature, aliases, method in plans:
         outputs = {alias: fetched[signature.definition.outputs[alias].name] for alias in aliases}

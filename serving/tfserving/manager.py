@@ -159,7 +159,7 @@ class ServablesUnavailable(Exception):
     def __init__(self, failures: list[VersionStatus], names: list[str]) -> None:
         entries = "".join(
             f"{{{{name: {name} version: {status.version}}} due to error: {status.error_message}}}, "
-            for name, status in zip(names, failures)
+            for name, status in zip(names, failures, strict=True)
         )
         # tensorflow_model_server's words: "Failed to start server. Error: " + this status.
         super().__init__(f"UNKNOWN: {len(failures)} servable(s) did not become available: {{{entries}}}")

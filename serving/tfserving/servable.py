@@ -89,7 +89,7 @@ class Signature:
         aliases = tuple(output_aliases)
         feeds = {self.definition.inputs[alias].name: array for alias, array in arrays.items()}
         fetched = self.servable.run(feeds, tuple(self.definition.outputs[alias].name for alias in aliases), timeout_s)
-        return dict(zip(aliases, fetched))
+        return dict(zip(aliases, fetched, strict=True))
 
 
 class Servable:

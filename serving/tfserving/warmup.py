@@ -63,7 +63,7 @@ def run_warmup(servable: Servable) -> int:
             record = prediction_log_pb2.PredictionLog()
             try:
                 record.ParseFromString(raw)
-            except Exception:  # protobuf's DecodeError, by any of its implementations' names
+            except Exception:  # noqa: BLE001 (protobuf's DecodeError, by any of its implementations' names)
                 raise RequestError(f"Failed to parse warmup record: {raw[:50]!r} from {path}") from None
             replay(servable, record)
             count += 1

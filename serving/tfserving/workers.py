@@ -286,7 +286,7 @@ class StateSharing:
         try:
             self.manager.reconfigure(sources_from_config(parse_model_config(text)))
             logger.info("Following the model config another worker was given.")
-        except Exception as error:  # a config another worker accepted; refusing it here would be a bug, not input
+        except Exception as error:  # noqa: BLE001 (a config another worker accepted; refusing it here is a bug, not input)
             logger.error("Cannot follow the model config another worker was given: %s", error)
 
     def start(self, interval_s: float, poll_wait_seconds: float, stop: threading.Event) -> None:

@@ -130,7 +130,7 @@ class DigitsHandler(BaseHandler):
         if data.shape[0] == 0:
             return None
         names = list(self.signature.outputs)
-        return dict(zip(names, self.model.run(names, {INPUT_NAME: data})))
+        return dict(zip(names, self.model.run(names, {INPUT_NAME: data}), strict=True))
 
     def postprocess(self, data: dict[str, np.ndarray] | None) -> list[str]:
         """Split the batch back per request: row or columnar answer as the request was sent, or {"error": ...}."""

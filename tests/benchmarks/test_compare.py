@@ -97,7 +97,7 @@ def test_every_number_in_the_report_is_finite_and_positive(quick_report):
     checked = 0
     for headers, rows in _tables(report):
         for row in rows:
-            for header, cell in zip(headers, row):
+            for header, cell in zip(headers, row, strict=True):
                 if not NUMBER_CELL.match(cell):
                     continue
                 value = float(re.match(r"[-+]?[\d,]*\.?\d+(?:e[-+]?\d+)?", cell).group().replace(",", ""))

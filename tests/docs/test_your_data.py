@@ -34,7 +34,7 @@ def _write_fashion_style_files(folder, train: int = 300, test: int = 60, seed: i
     for prefix, count in (("train", train), ("t10k", test)):
         labels = np.arange(count, dtype=np.uint8) % 10
         images = generator.integers(0, 60, size=(count, 28, 28), dtype=np.uint8)
-        for image, label in zip(images, labels):
+        for image, label in zip(images, labels, strict=True):
             row, column = divmod(int(label), 5)
             image[2 + 12 * row : 9 + 12 * row, 1 + 5 * column : 8 + 5 * column] = 230
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)

@@ -78,7 +78,7 @@ def _shape_tensors() -> dict:
         tensor([1 << 20, 8, 8], content=b"\x00" * 256),
         tensor([-5, 8, 8], [1.0]),
     ]
-    return dict(zip(GRPC_SHAPE_CASES, tensors))
+    return dict(zip(GRPC_SHAPE_CASES, tensors, strict=True))
 
 
 def grpc_shape_cases(

@@ -44,7 +44,11 @@ def poisoned_batch(target: RestTarget, valid: int = 120, poison: int = 60, threa
     poison_work = [("poison", data) for data in poison_requests]
     # Interleaved so poison arrives throughout, not in one lump at the end.
     paired = min(valid, poison)
-    work = [item for pair in zip(valid_work, poison_work) for item in pair] + valid_work[paired:] + poison_work[paired:]
+    work = (
+        [item for pair in zip(valid_work, poison_work, strict=False) for item in pair]
+        + valid_work[paired:]
+        + poison_work[paired:]
+    )
     report = BatchReport()
     lock = threading.Lock()
 

@@ -99,9 +99,8 @@ def exchange(
             for index, piece in enumerate(pieces):
                 if stop_sending.is_set():
                     return
-                if index and pause_s:
-                    if stop_sending.wait(pause_s):
-                        return
+                if index and pause_s and stop_sending.wait(pause_s):
+                    return
                 sock.sendall(piece)
         except OSError as error:
             send_error.append(type(error).__name__)

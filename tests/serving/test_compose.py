@@ -200,7 +200,7 @@ def flask_defaults() -> dict[str, object]:
     """serving.flask_app.DEFAULTS's literal entries, read without importing torch."""
     node = _literal_assignments(ROOT / "serving" / "flask_app" / "__init__.py", "DEFAULTS")
     defaults = {}
-    for key, value in zip(node.keys, node.values):
+    for key, value in zip(node.keys, node.values, strict=True):
         try:
             defaults[ast.literal_eval(key)] = ast.literal_eval(value)
         except ValueError:

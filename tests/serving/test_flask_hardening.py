@@ -107,14 +107,14 @@ def test_idle_connections_and_slow_senders_do_not_delay_a_valid_request(server_p
         else (PREDICT + b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY)
         for index, _ in enumerate(slow)
     ]
-    for sock, data in zip(slow, pending):
+    for sock, data in zip(slow, pending, strict=True):
         sock.sendall(data[: len(data) - 50])
     stop = threading.Event()
 
     def trickle() -> None:
         offset = len(pending[0]) - 50
         while not stop.wait(1.0):
-            for sock, data in zip(slow, pending):
+            for sock, data in zip(slow, pending, strict=True):
                 try:
                     sock.send(data[offset : offset + 1])
                 except OSError:

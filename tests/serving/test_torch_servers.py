@@ -108,7 +108,7 @@ def test_concurrent_clients_get_no_errors(server, predictors, expected, digits):
             row = (index * REQUESTS_PER_CLIENT + request) % len(images)
             try:
                 _, classes = predictors[server](images[row : row + 1])
-            except Exception as error:  # counted, so that one failure does not hide the others
+            except Exception as error:  # noqa: BLE001 (counted, so that one failure does not hide the others)
                 problems.append(f"{type(error).__name__}: {error}")
                 continue
             if classes[0] != expected[1][row]:
@@ -160,9 +160,11 @@ def test_client_renews_an_expired_inference_key(torchserve_server):
 
 def test_torchserve_grpc_needs_the_inference_key_and_renews_an_expired_one(torchserve_server):
     handle = torchserve_server.instance
-    with TorchServeGrpcClient(handle.grpc_address, management_address=handle.grpc_management_address) as keyless:
-        with pytest.raises(ServingError) as raised:
-            keyless.predict(np.zeros((1, 8, 8), dtype=np.float32))
+    with (
+        TorchServeGrpcClient(handle.grpc_address, management_address=handle.grpc_management_address) as keyless,
+        pytest.raises(ServingError) as raised,
+    ):
+        keyless.predict(np.zeros((1, 8, 8), dtype=np.float32))
     assert raised.value.status == "PERMISSION_DENIED"
     with _grpc_endpoint(torchserve_server).client() as client:
         client.predict(np.zeros((1, 8, 8), dtype=np.float32))
@@ -186,7 +188,7 @@ def test_flask_swaps_in_a_new_version_without_failed_requests(flask_server, torc
             while not stop.is_set():
                 try:
                     flask_predict(session, flask_server.url, image)
-                except Exception as error:
+                except Exception as error:  # noqa: BLE001 (every failure is collected and shown)
                     failures.append(f"{type(error).__name__}: {error}")
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]

@@ -17,6 +17,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -299,8 +300,8 @@ def test_a_poisoned_body_fails_none_of_its_concurrent_neighbours(hardened, bad):
     bodies = [good, good, bad, good, good, good, good] * 10
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda body: _post(url, body, headers), bodies))
-    good_statuses = [status for body, (status, _) in zip(bodies, results) if body is good]
-    bad_results = [result for body, result in zip(bodies, results) if body is bad]
+    good_statuses = [status for body, (status, _) in zip(bodies, results, strict=True) if body is good]
+    bad_results = [result for body, result in zip(bodies, results, strict=True) if body is bad]
     assert good_statuses == [200] * len(good_statuses)
     assert all(status == 400 and set(answer) == {"error"} for status, answer in bad_results)
     # Bodies reach the handler undecoded (decode_input_request=false): no worker traceback per malformed body.
@@ -326,7 +327,7 @@ def test_the_largest_batch_fits_the_response_limit_and_more_instances_are_a_400(
 
 
 class _RecordingHandler(http.server.SimpleHTTPRequestHandler):
-    requested: list[str] = []
+    requested: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:  # http.server's naming
         type(self).requested.append(self.path)
@@ -382,9 +383,11 @@ def test_a_wrong_or_missing_token_is_torchserves_400_and_the_client_says_so(hard
         keys[api]["key"] = "wrong"
     wrong = tmp_path / "key_file.json"
     wrong.write_text(json.dumps(keys))
-    with TorchServeClient(instance.inference_url, "digits", wrong, instance.management_url) as client:
-        with pytest.raises(TorchServeError) as raised:
-            client.predict(np.zeros((1, 8, 8), dtype=np.float32))
+    with (
+        TorchServeClient(instance.inference_url, "digits", wrong, instance.management_url) as client,
+        pytest.raises(TorchServeError) as raised,
+    ):
+        client.predict(np.zeros((1, 8, 8), dtype=np.float32))
     assert raised.value.status == 400
     assert str(raised.value).startswith(f"TorchServe (REST) at {instance.inference_url} refused the key (HTTP 400)")
     assert "Token Authorization failed" in str(raised.value) and "--key-file" in str(raised.value)

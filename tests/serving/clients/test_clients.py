@@ -266,9 +266,11 @@ def test_every_rest_client_words_a_timeout_the_same_way():
 
 
 def test_torchserve_without_its_key_is_refused_with_the_flag_that_passes_it(torchserve):
-    with TorchServeClient(torchserve.server.url, management_url=torchserve.server.url, timeout=5) as client:
-        with pytest.raises(TorchServeError) as raised:
-            client.predict(np.zeros((1, 8, 8), np.float32))
+    with (
+        TorchServeClient(torchserve.server.url, management_url=torchserve.server.url, timeout=5) as client,
+        pytest.raises(TorchServeError) as raised,
+    ):
+        client.predict(np.zeros((1, 8, 8), np.float32))
     assert str(raised.value) == (
         f"TorchServe (REST) at {torchserve.server.url} refused the key (HTTP 400): Token Authorization failed; pass "
         "TorchServe's key file with --key-file (a `make serve` stack keeps it in .run/torchserve/key_file.json, which "

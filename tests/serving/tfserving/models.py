@@ -153,7 +153,7 @@ def write_multi_io(export_dir: Path) -> None:
 
         @tf.function(input_signature=[tf.TensorSpec(None, getattr(tf, name), name=name) for name in ECHO_DTYPES])
         def echo(self, *values):
-            return {f"{name}_out": tf.identity(value) for name, value in zip(ECHO_DTYPES, values)}
+            return {f"{name}_out": tf.identity(value) for name, value in zip(ECHO_DTYPES, values, strict=True)}
 
     module = MultiInputOutput()
     signatures = {"serving_default": module.serve, "scalar": module.scalar, "echo": module.echo}

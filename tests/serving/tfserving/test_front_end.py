@@ -159,7 +159,7 @@ def test_a_port_in_use_is_one_sentence():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        with pytest.raises(UsageError, match="Cannot listen on 127.0.0.1"):
+        with pytest.raises(UsageError, match=r"Cannot listen on 127\.0\.0\.1"):
             workers.check_ports_free("127.0.0.1", [holder.getsockname()[1]])
 
 

@@ -118,7 +118,7 @@ def test_labels_at_startup_need_the_allow_flag(models_dir, tmp_path):
     path.write_text(models.model_config(models_dir))
     with pytest.raises(
         UsageError,
-        match="Request to assign label to version 12[34] of model half_plus_two_2_versions, which is not currently available",
+        match=r"Request to assign label to version 12[34] of model half_plus_two_2_versions, which is not currently available",
     ):
         config.parse_options([f"--model_config_file={path}"])
     options = config.parse_options([f"--model_config_file={path}", "--allow_version_labels_for_unavailable_models"])

@@ -3,6 +3,8 @@ inputs and outputs, answered in the typed fields (float_val, int64_val, ...) as 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -179,7 +181,8 @@ def test_labels_choose_the_version(prediction):
 
 def _memory_mib(pid: int) -> tuple[int, int]:
     """(resident, peak resident) MiB of a process, from /proc."""
-    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
 
 

@@ -191,7 +191,7 @@ def test_documented_binary_values_in_and_out(served):
 
 
 def test_documented_json_conformance_nan_and_infinity(served):
-    status, answer, response = served.rest(
+    status, _answer, response = served.rest(
         "POST", "/v1/models/default:predict", b'{"instances": [NaN, Infinity, -Infinity]}'
     )
     assert (
