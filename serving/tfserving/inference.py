@@ -74,7 +74,7 @@ def _signature(servable: Servable, name: str, method: str) -> Signature:
 
 
 def _check_layout(definition: meta_graph_pb2.SignatureDef, method: str, output_counts: tuple[int, ...]) -> None:
-    """What classify and regress signatures must both be, checked in the real server's order."""
+    """What classify and regress signatures must be, in the real server's order; each refusal INVALID_ARGUMENT."""
     what = _WHAT[method]
     if method_name_check() and definition.method_name != method:
         raise RequestError(f"Expected {what} signature method_name to be {method}. Was: {definition.method_name}")
@@ -88,7 +88,7 @@ def _check_layout(definition: meta_graph_pb2.SignatureDef, method: str, output_c
             else "Expected one output Tensor."
         )
     if INPUTS not in definition.inputs:
-        raise RequestError(f"No {what} inputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION")
+        raise RequestError(f"No {what} inputs found in SignatureDef: {_one_line(definition)}")
 
 
 def classification_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str, ...]:
@@ -98,8 +98,7 @@ def classification_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str
     if not chosen:
         raise RequestError(
             f'Expected classification signature outputs to contain at least one of "{CLASSES}" or "{SCORES}". '
-            f"Signature was: {_one_line(definition)}",
-            "FAILED_PRECONDITION",
+            f"Signature was: {_one_line(definition)}"
         )
     return chosen
 
@@ -108,9 +107,7 @@ def regression_outputs(definition: meta_graph_pb2.SignatureDef) -> tuple[str, ..
     """("outputs",) for a well-formed regress signature; refuses other layouts."""
     _check_layout(definition, REGRESS_METHOD, (1,))
     if OUTPUTS not in definition.outputs:
-        raise RequestError(
-            f"No regression outputs found in SignatureDef: {_one_line(definition)}", "FAILED_PRECONDITION"
-        )
+        raise RequestError(f"No regression outputs found in SignatureDef: {_one_line(definition)}")
     return (OUTPUTS,)
 
 
