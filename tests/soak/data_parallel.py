@@ -7,7 +7,7 @@ Each run trains one tiny epoch (a 16-unit hidden layer) with two processes into 
 a crash when the launcher exits non-zero or any output line names a signal ("SIGABRT", "terminate called", a
 worker "killed by"); its output is kept under the report folder. Prints one line per run and a summary, and exits
 non-zero when a run crashed. Long: minutes per framework; it is not part of `make test` (tests/soak/test_soaks.py
-runs it under the `soak` marker).
+runs it under the `long_soak` marker).
 """
 
 from __future__ import annotations

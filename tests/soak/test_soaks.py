@@ -1,4 +1,7 @@
-"""The soaks under pytest's `soak` marker (excluded from `make test`): `.venv/bin/python -m pytest -m soak tests/soak`."""
+"""The edge soaks under pytest's `long_soak` marker, run by hand: `.venv/bin/python -m pytest -m long_soak tests/soak`.
+
+Neither `make test` nor CI's robustness soak (`-m soak`) selects them: together they take tens of minutes.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import pytest
 
 from tests.soak import data_parallel
 
-pytestmark = pytest.mark.soak
+pytestmark = [pytest.mark.long_soak, pytest.mark.slow]
 
 
 @pytest.mark.timeout(6 * 3600)
