@@ -94,14 +94,7 @@ class DeploymentFormats:
 
 
 def _time_calls(call: Callable[[], Any], count: int, warmup: int) -> stats.LatencySummary:
-    for _ in range(warmup):
-        call()
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - started)
-    return stats.summarize_seconds(latencies)
+    return stats.summarize_seconds(stats.time_calls(call, count, warmup))
 
 
 def _measure_path(

@@ -76,17 +76,6 @@ def create_benchmark_app():
     return app
 
 
-def _time_calls(call: Callable[[], Any], count: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - started)
-    return latencies
-
-
 def _time_interleaved(calls: dict[str, Callable[[], Any]], count: int, warmup: int) -> dict[str, list[float]]:
     for _ in range(warmup):
         for call in calls.values():
@@ -113,7 +102,7 @@ def _in_process(model_path: Path, image: np.ndarray, count: int, warmup: int) ->
             with torch.inference_mode():
                 module(tensor)
 
-        return stats.summarize_seconds(_time_calls(call, count, warmup))
+        return stats.summarize_seconds(stats.time_calls(call, count, warmup))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -182,7 +171,7 @@ def measure(
                 client = server.spec.endpoint("torchserve-rest").client()
                 try:
                     torchserve[label] = stats.summarize_seconds(
-                        _time_calls(functools.partial(client.predict, image), requests_per_endpoint, warmup)
+                        stats.time_calls(functools.partial(client.predict, image), requests_per_endpoint, warmup)
                     )
                     if label == "configured":
                         metadata = client.get_metadata()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 
 # Triton's perf_analyzer calls a measurement stable when consecutive windows agree within 10 %.
 DEFAULT_STABILITY_TOLERANCE = 0.10
@@ -44,6 +45,18 @@ class LatencySummary:
     def to_dict(self) -> dict[str, float]:
         """A JSON-ready dictionary."""
         return dataclasses.asdict(self)
+
+
+def time_calls(call: Callable[[], object], count: int, warmup: int) -> list[float]:
+    """Seconds each of `count` calls took, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - started)
+    return latencies
 
 
 def summarize_seconds(latencies_seconds: Sequence[float]) -> LatencySummary:
