@@ -1,9 +1,9 @@
 """The servers use their HTTP libraries through public settings only: no subclass of a server library's class, no
 private attribute (`obj._name`) in a file that imports one, no private name imported from one, no reading of /proc.
 
-Two files still add deadlines, limits and eviction to their servers by subclassing (docs/performance.md, "The front
-end", says why no candidate's own settings give them): they are listed in KNOWN and must keep needing the listing,
-so that the list shrinks as they go and no other file joins them.
+One file still adds deadlines, limits and eviction to its server by subclassing (docs/performance.md, "The front
+end", says why no candidate's own settings give them): it is listed in KNOWN and must keep needing the listing,
+so that the list shrinks as files go and no other file joins them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ SERVER_LIBRARIES = (
     "h11",
     "werkzeug.serving",
 )
-KNOWN = {"serving/gunicorn_worker.py", "serving/frontend/connections.py"}
+KNOWN = {"serving/frontend/connections.py"}
 
 
 def _from_server_library(module: str) -> bool:
