@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from serving.runtime.spec import (

@@ -46,7 +46,7 @@ def test_main_says_what_was_wrong_and_exits_2(capsys):
 
 
 def test_an_app_that_cannot_be_found_is_one_sentence():
-    with pytest.raises(UsageError, match="cannot find create_nothing in serving.flask_app"):
+    with pytest.raises(UsageError, match=r"cannot find create_nothing in serving\.flask_app"):
         server.load_application("serving.flask_app:create_nothing")
 
 
