@@ -217,9 +217,10 @@ def test_flask_settings_agree_with_compose_dockerfile_and_stack(compose):
     mount_target = service["environment"]["FLASK_MODEL_BASE_PATH"]
     assert volumes(service) == {mount_target: (defaults["MODEL_BASE_PATH"], "ro")}
     # The server's default address is the default port on 127.0.0.1; the container binds 0.0.0.0 on the same one.
-    assert (server.DEFAULT_HOST, server.DEFAULT_PORT) == ("127.0.0.1", Ports().flask)
+    assert server.DEFAULT_HOST == "127.0.0.1"
+    assert Ports().flask == server.DEFAULT_PORT
     dockerfile = (ROOT / "serving" / "flask_app" / "Dockerfile").read_text()
-    command = '"python", "-m", "serving.flask_app", "--host", "0.0.0.0", "--port", "%d"' % Ports().flask
+    command = f'"python", "-m", "serving.flask_app", "--host", "0.0.0.0", "--port", "{Ports().flask}"'
     assert f"CMD [{command}]" in dockerfile
     assert f"FLASK_MODEL_BASE_PATH={mount_target}" in dockerfile
     flask = {spec.name: spec for spec in Stack(models_dir="models").specs()}["flask"]
