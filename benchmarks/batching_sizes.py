@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import statistics
 import sys
@@ -55,7 +56,7 @@ def hidden_sizes(width: int) -> tuple[int, int]:
 def parameter_count(width: int, inputs: int = 64, classes: int = 10) -> int:
     """Weights and biases of the network at this width."""
     sizes = [inputs, *hidden_sizes(width), classes]
-    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in zip(sizes, sizes[1:], strict=False))
+    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in itertools.pairwise(sizes))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +180,8 @@ def model_name(width: int) -> str:
 def model_config(bases: dict[str, Path]) -> str:
     """A --model_config_file naming every model."""
     lines = [
-        f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}' for name, base in bases.items()
+        f'  config {{ name: "{name}" base_path: "{base}" model_platform: "tensorflow" }}'
+        for name, base in bases.items()
     ]
     return "model_config_list {\n" + "\n".join(lines) + "\n}\n"
 
@@ -264,23 +266,29 @@ def measure(
     )
 
 
-def format_table(result: BatchingBySize) -> list[str]:
-    """The markdown table of every width, off against on."""
+def format_table(result: BatchingBySize, server: str = "") -> list[str]:
+    """The markdown table of every width, off against on; `server` names the server in a first column."""
+    first_header, first_rule = ("| server ", "| --- ") if server else ("", "")
     lines = [
-        "| hidden layers | parameters | req/s, off | req/s, on | on / off | p50 off / on (ms) | p99 off / on (ms) |"
-        " errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"{first_header}| hidden layers | parameters | req/s, off | req/s, on | on / off | p50 off / on (ms) | "
+        "p99 off / on (ms) | errors |",
+        f"{first_rule}| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for point in sorted(result.points, key=lambda item: item.width):
         first, second = point.hidden_sizes
-        p50 = f"{statistics.median(point.off_p50_ms):.2f} / {statistics.median(point.on_p50_ms):.2f}"
-        p99 = f"{statistics.median(point.off_p99_ms):.2f} / {statistics.median(point.on_p99_ms):.2f}"
-        if not point.off_p50_ms or not point.on_p50_ms:
-            p50 = ""
-        if not point.off_p99_ms or not point.on_p99_ms:
-            p99 = ""
+        p50 = (
+            f"{statistics.median(point.off_p50_ms):.2f} / {statistics.median(point.on_p50_ms):.2f}"
+            if point.off_p50_ms and point.on_p50_ms
+            else ""
+        )
+        p99 = (
+            f"{statistics.median(point.off_p99_ms):.2f} / {statistics.median(point.on_p99_ms):.2f}"
+            if point.off_p99_ms and point.on_p99_ms
+            else ""
+        )
         lines.append(
-            f"| {first}, {second} | {point.parameters:,} | {point.off:,.0f} | {point.on:,.0f} | {point.ratio:.2f} | "
+            (f"| {server} " if server else "")
+            + f"| {first}, {second} | {point.parameters:,} | {point.off:,.0f} | {point.on:,.0f} | {point.ratio:.2f} | "
             f"{p50} | {p99} | {point.errors} |"
         )
     return lines

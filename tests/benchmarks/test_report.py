@@ -59,8 +59,11 @@ def test_no_dump_no_machine_path_and_every_serving_row_names_its_server(comparis
     assert "/machine/" not in text and "returned:" not in text
     assert not re.search(r"(?<![\w.`])/(?:home|tmp|work|root|usr)/", text)
     serving = _section(text, "## Serving")
-    rows = [
-        line for line in serving.splitlines() if line.startswith("| ") and "clients" not in line and "---" not in line
+    lines = serving.splitlines()
+    rows = [  # every table row but the headers (the line above a "| ---" rule) and the rules
+        line
+        for line, following in zip(lines, [*lines[1:], ""], strict=True)
+        if line.startswith("| ") and not following.startswith("| ---") and "---" not in line
     ]
     assert rows and all(
         any(name in row for name in (labels.TF_SERVER, labels.FLASK_SERVER, labels.TORCHSERVE)) for row in rows
