@@ -10,6 +10,7 @@ from benchmarks.report.summary import generator_bound_note
 
 if TYPE_CHECKING:
     from benchmarks.batching_sizes import BatchingBySize
+    from benchmarks.floors import FloorsResult
     from benchmarks.http_load import ExternalSweep
     from benchmarks.measure import Comparison
     from benchmarks.serving_tf import TFServingResult
@@ -158,6 +159,31 @@ def tf_server_section(measured: TFServingResult) -> list[str]:
     return lines
 
 
+FLOORS_NAMES = {
+    "nginx": "nginx answering a fixed body (the floor)",
+    "flask": f"{labels.FLASK_SERVER}, REST",
+    "tfserving": f"{labels.TF_SERVER}, REST",
+    "torchserve": f"{labels.TORCHSERVE}, REST",
+    "torchserve-noop": f"{labels.TORCHSERVE}, REST, no-op handler",
+}
+
+
+def floors_section(measured: FloorsResult, command: str) -> list[str]:
+    """The machine, the floor (nginx) and the servers measured against it in one run; the targets are in Ratios."""
+    from benchmarks.floors import MEMORY_NOTE, machine_lines, servers_table
+
+    lines = paragraph(
+        "`benchmarks.floors` starts nginx answering a fixed body of the size of a real answer (what HTTP alone costs "
+        "on this machine), the Python REST servers and TorchServe with a no-op handler beside the real one, each on "
+        "free ports as `make serve` starts it, and drives each at 1 and at 16 connections in rounds that take turns."
+    )
+    lines += paragraph(*machine_lines(measured, command))
+    lines += [*servers_table(measured, FLOORS_NAMES), ""]
+    if "nginx" not in measured.servers:
+        lines += paragraph("nginx is not installed here, so the targets against it are not measured.")
+    return lines + paragraph(MEMORY_NOTE, "The targets computed from these figures are in the Ratios section.")
+
+
 def tf_batching_section(measured: BatchingBySize) -> list[str]:
     """The TF server's dynamic batching off against on, at every model size, and the crossover."""
     from benchmarks.batching_sizes import crossover_sentence, format_table
@@ -252,6 +278,12 @@ def serving(comparison: Comparison, figures: dict[str, str]) -> list[str]:
     torch_serving = comparison.torch_serving
     for heading, measured, name, body in (
         ("### Every endpoint under load", comparison.sweep, "sweep", lambda sweep: sweep_section(sweep, figures)),
+        (
+            "### The REST servers against the floor of this machine",
+            comparison.floors,
+            "floors",
+            lambda floors: floors_section(floors, comparison.command),
+        ),
         (f"### {labels.TF_SERVER} against its floor", comparison.tf_serving, "tf serving", tf_server_section),
         (
             f"### Batching on vs off for {labels.TF_SERVER}, by model size",

@@ -284,7 +284,7 @@ def ratio_rows(ratios: list[Ratio]) -> list[tuple]:
             item.name,
             item.target,
             number(item.measured) if item.measured is not None else "not measured",
-            item.status,
+            "MISSED" if item.status == "missed" else item.status,
             item.inputs or "—",
             item.note,
         )
@@ -299,8 +299,8 @@ def ratios_section(ratios: list[Ratio]) -> list[str]:
     lines += paragraph("Each ratio the project checks, computed from numbers measured in this run against its target.")
     lines += [table(RATIO_HEADERS, ratio_rows(ratios)), ""]
     lines += paragraph(
-        f"{len(ratios) - len(missed)} of {len(ratios)} are met or not measured; a missed ratio is a finding, and its "
-        "note says why and what would close it."
+        f"{len(ratios) - len(missed)} of {len(ratios)} are met or not measured; MISSED: {'; '.join(missed)}. A missed "
+        "ratio is a finding, and its note says why and what would close it."
         if missed
         else "Every measured ratio meets its target."
     )

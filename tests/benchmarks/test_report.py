@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from benchmarks import compare, labels, plots, ratios, report
+from benchmarks import compare, floors, labels, plots, ratios, report
 from benchmarks.http_load import ExternalEndpoint, ExternalPoint, ExternalSweep
 from benchmarks.labels import ENDPOINTS
 from benchmarks.report import html as report_html
@@ -202,3 +202,42 @@ def test_best_endpoint_never_mixes_generators(comparison):
     value, where = summary.best_served(comparison, "tf", 16, False, summary.PYTHON_GENERATOR)
     assert value == 3600.0 and "gRPC (Python generator" in where
     assert summary.served_generator(comparison, 16) == "wrk"
+
+
+def test_the_floors_section_names_the_machine_and_every_server_against_nginx(comparison, tmp_path):
+    comparison.floors = floors.FloorsResult(
+        {"date": "2026-01-01 12:00 UTC", "machine": "x86_64, 2 cores", "load": "3.00 2.00 1.00", "answer_bytes": 168},
+        {
+            "nginx": floors.Measured("nginx", [0.05], [100_000.0]),
+            "flask": floors.Measured("flask", [0.3], [9_000.0], model_p50_ms=0.01, memory_at_rest_mb=180.0),
+            "tfserving": floors.Measured("tfserving", [0.4], [7_000.0], model_p50_ms=0.1),
+        },
+        3,
+        4.0,
+    )
+    text = _render(comparison, tmp_path)[0]
+    section = _section(text, "### The REST servers against the floor of this machine")
+    assert (
+        "Measured 2026-01-01 12:00 UTC on x86_64, 2 cores; load average after the last round: 3.00 2.00 1.00."
+        in section
+    )
+    assert "Command: `python -m benchmarks.compare`. Generator: wrk (3 rounds of 4 s per point" in section
+    assert "| nginx answering a fixed body (the floor) | 0.050 | 100,000 |" in section
+    assert f"| {labels.FLASK_SERVER}, REST | 0.300 | 9,000 | 0.010 | 180 |" in section
+    ratios_section = _section(text, "## Ratios")
+    # (0.4 − 0.1) / 0.05 = 6 > 3 for the TF server; Flask's (0.3 − 0.01) / 0.05 = 5.8 > 3 too.
+    assert "| TF server REST: (p50, 1 connection − model p50) / nginx p50 (wrk) | ≤ 3 | 6 | MISSED |" in ratios_section
+    assert "MISSED: Flask: (p50, 1 connection − model p50) / nginx p50 (wrk); TF server REST" in ratios_section
+
+
+def test_compare_prints_a_missed_line_per_missed_target_and_fails_only_when_strict(
+    comparison, monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setattr(compare.measure, "measure_everything", lambda settings, command: comparison)
+    monkeypatch.setattr(compare, "write_report", lambda comparison, checked, output_dir: 0)
+    arguments = ["--quick", "--output-dir", str(tmp_path)]
+    assert compare.main(arguments) == 0  # the fixture's Keras / torch training ratio, 0.333, misses ≥ 0.5
+    error = capsys.readouterr().err
+    assert "MISSED: Keras / torch training samples per second (pipelines, steady state): 0.333 against ≥ 0.5" in error
+    assert "1 of 10 targets missed" in error
+    assert compare.main([*arguments, "--strict"]) == 3
