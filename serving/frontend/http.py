@@ -1,39 +1,36 @@
-"""The REST port's HTTP server: uvicorn (httptools parser, uvloop event loop) in a background thread, handing each
-complete request to the WSGI RestApp on a thread pool.
+"""The Python REST servers' front end: uvicorn, configured through its public Config only, serving a WSGI app.
 
-Why this stack: werkzeug's development server parsed every request in Python on a thread per connection, and
-cost more than the model call (a 1-client predict took 3.7 ms where Flask under gunicorn took 1.5 ms). uvicorn's
-parser and event loop are C (httptools, uvloop): connections, keep-alive and bodies cost little and a slow or
-idle client holds a few kilobytes, never a thread. The body is read in full (up to --max_request_bytes) on the
-event loop before a pool thread runs the route, so threads only ever run model calls; the batch scheduler sees
-REST and gRPC requests alike. The metrics page and its request counts live here too: they belong to the port,
-not to the API's routes.
+uvicorn parses HTTP in C (httptools) on a C event loop (uvloop) in a background thread: a slow or idle connection
+costs a few kilobytes, never a thread. The ASGI bridge below reads each body on the event loop, within its limit and
+deadlines, and hands the complete request to the WSGI app on a thread pool, so pool threads only ever run routes
+(the TF server's batch scheduler sees REST and gRPC requests alike). The metrics page and its request counts live
+here too: they belong to the port, not to the API's routes.
 
-What a client cannot do to the port (serving.frontend.connections guards it; each refusal is {"error": "..."},
-and the connection is closed):
-- send a body over --max_request_bytes: 413, read to its end (for up to connections.LINGER_SECONDS) before the
-  connection closes, so that the client reads the answer instead of a reset; a client waiting for "100 Continue"
-  is refused before it sends anything, and so is a chunked body as soon as a chunk declares more than the limit allows (a
-  chunk size of ffffffffffffffff is answered at once, not after a deadline);
-- send what is not HTTP/1.1 (a bad request line, header or chunked framing): 400, where uvicorn alone answers
-  plain text; headers over connections.MAX_HEADER_BYTES: 431;
-- take more than read_timeout_seconds to finish its headers, pause longer than that inside its body, or take
-  more than body_timeout_seconds over the whole body: 408;
-- stay connected idle: a connection with no request is closed after keep_alive_seconds, from the moment it
-  opens (uvicorn alone starts counting only after a first answer);
-- exhaust the open files: at most max_connections are open (by default three quarters of the open-file limit,
-  which the server raises to its hard maximum); when a new one arrives at the limit, the longest-idle connection
-  is closed to make room, and only when none is idle does the new one get 503.
+What the front end refuses, and how (docs/performance.md, "The front end's own refusals", has the whole list):
+- a body over max_body_bytes: 413, one JSON sentence, and the connection stays open: what the client still sends of
+  that body, uvicorn reads and drops (closing on unread data would make the kernel reset the connection, and the
+  client would see the reset instead of the answer). A body in progress is read (and dropped) up to DRAIN_LIMIT_BYTES
+  past the limit before the answer, for clients that asked to close; a declared length beyond that is answered at
+  once, and a client waiting for "100 Continue" is answered at once and the connection closed;
+- a body that pauses for read_timeout_seconds, or takes body_timeout_seconds in all: 408, one JSON sentence;
+- a request arriving while max_connections are open (by default three quarters of the open-file limit, raised to its
+  hard maximum): uvicorn's limit_concurrency answers 503 (plain text) and closes;
+- malformed HTTP (request line, headers, chunked framing): uvicorn answers 400 "Invalid HTTP request received."
+  (plain text) and closes;
+- a kept-alive connection idle for keep_alive_seconds after an answer is closed (uvicorn's timeout_keep_alive).
+uvicorn has no deadline for headers, no limit on their size, and no timer on a connection idle before its first
+request; a proxy in front (nginx) adds those where the port faces the network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import dataclasses
 import io
 import logging
 import re
+import resource
 import socket
 import sys
 import threading
@@ -42,10 +39,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
-import uvloop
 
-from serving.frontend.connections import ConnectionGuard, FrontEndSettings, GuardedProtocol, connection_limit
-from serving.protocol.errors import HTTP_STATUS, RequestError
+from serving.protocol.errors import HTTP_STATUS
 from serving.protocol.rest import dumps
 
 logger = logging.getLogger("serving.frontend")
@@ -55,6 +50,9 @@ Send = Callable[[dict], Awaitable[None]]
 # instead of a connection reset while it is still sending.
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 LISTEN_BACKLOG = 2048
+# Open files kept for everything but REST connections (models, gRPC, logs) when the cap follows the open-file limit.
+FILE_RESERVE_FRACTION = 4
+MAX_CONNECTIONS_CEILING = 16384
 # The inference paths the real server counts in its metrics: /v1/models/<name>[/versions/<n>|/labels/<l>]:<verb>
 INFERENCE_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/(?:versions|labels)/[^/:]+)?:(?P<verb>predict|classify|regress)$", re.I
@@ -66,6 +64,40 @@ STATUS_CODE_NAMES = {
 }
 JSON_HEADERS = [(b"content-type", b"application/json")]
 INTERNAL_ERROR = {"error": "The request failed inside the server; see the server log."}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontEndSettings:
+    """How the port behaves: body limit, pool size, idle keep-alive, body deadlines, connection cap (None: from the
+    open-file limit), and the metrics page (None: no page)."""
+
+    max_body_bytes: int
+    threads: int
+    keep_alive_seconds: float
+    metrics_path: str | None = None
+    metrics: Any = None  # with exposition() and record(...), e.g. serving.tfserving.monitoring.ServerMetrics
+    read_timeout_seconds: float = 10.0  # the longest pause inside a body
+    body_timeout_seconds: float = 60.0  # the longest a whole body may take
+    max_connections: int | None = None
+
+
+def connection_limit() -> int:
+    """REST connections one process may hold: the open-file limit, raised to its hard maximum, less a reserve.
+
+    Raising the soft limit is what a server facing many clients is expected to do (the common default of 1024 would
+    let 1,000 idle sockets take every file); a quarter is kept for models, gRPC and logs.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_CEILING
+    wanted = max(soft, MAX_CONNECTIONS_CEILING * 2) if hard == resource.RLIM_INFINITY else hard
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # some systems refuse; the soft limit then stays what it was
+            pass
+    return max(16, min(MAX_CONNECTIONS_CEILING, soft - soft // FILE_RESERVE_FRACTION))
 
 
 def listening_socket(host: str, port: int, share_port: bool) -> socket.socket:
@@ -92,30 +124,31 @@ class RestFrontEnd:
         self.app = app
         self.sock = sock
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rest")
-        self.guard = ConnectionGuard(settings, settings.max_connections or connection_limit())
         config = uvicorn.Config(
             _Bridge(app, settings, self.executor),
-            http=functools.partial(GuardedProtocol, guard=self.guard),  # type: ignore[arg-type]
+            http="httptools",
+            loop="uvloop",
             ws="none",
             lifespan="off",
             interface="asgi3",
             log_config=None,  # the server's own logging set-up stays in charge
             access_log=False,  # a line per request would cost more than the request
-            server_header=False,
-            date_header=False,
-            timeout_keep_alive=int(max(settings.keep_alive_seconds, 1)),
+            proxy_headers=False,  # the port is the server itself, not behind a proxy it should trust
+            server_header=False,  # as TensorFlow Serving's evhttp answers: a Date header, no Server header
+            date_header=True,
+            timeout_keep_alive=max(round(settings.keep_alive_seconds), 1),
+            limit_concurrency=settings.max_connections or connection_limit(),
+            backlog=LISTEN_BACKLOG,
         )
+        # uvicorn warns once per malformed request and per refused connection: any client could fill the log.
+        logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._run, name="rest-server", daemon=True)
+        self._thread = threading.Thread(target=self.server.run, args=([sock],), name="rest-server", daemon=True)
 
     @property
     def port(self) -> int:
         """The bound port."""
         return self.sock.getsockname()[1]
-
-    def _run(self) -> None:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(self.server.serve(sockets=[self.sock]))
 
     def start(self) -> None:
         """Serve in the background."""
@@ -153,10 +186,9 @@ class _Bridge:
         body = await self._read_body(scope, receive)
         if body is None:
             return  # the client left before sending its whole body
-        if isinstance(body, RequestError):
-            status, headers, content = body.http_status, [*JSON_HEADERS, (b"connection", b"close")], _json(body.body())
-            if isinstance(body, _TooSlow):
-                status = 408
+        if isinstance(body, _Refusal):
+            status, content = body.status, _json({"error": body.sentence})
+            headers = [*JSON_HEADERS, (b"connection", b"close")] if body.close else JSON_HEADERS
         else:
             try:
                 status, headers, content = await loop.run_in_executor(self.executor, self._call, _environ(scope, body))
@@ -167,20 +199,18 @@ class _Bridge:
         if settings.metrics is not None:
             self._count(scope["path"], status, time.perf_counter() - started)
 
-    async def _read_body(self, scope: dict, receive: Receive) -> bytes | RequestError | None:
-        """The whole body; a RequestError past the limit (413) or the read deadlines (408); None when the client
-        disconnected."""
+    async def _read_body(self, scope: dict, receive: Receive) -> bytes | _Refusal | None:
+        """The whole body; a refusal past the limit (413) or the deadlines (408); None when the client left."""
         settings = self.settings
         limit = settings.max_body_bytes
-        too_large = RequestError(
-            f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED"
-        )
+        too_large = _Refusal(413, f"The request body is larger than this server's limit of {limit} bytes.")
         declared = _header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            # A client waiting for "100 Continue" has sent nothing yet: refuse before it sends (uvicorn says 100
-            # Continue only once the body is read). Others are drained a little, so that they see the answer.
-            waiting = (_header(scope, b"expect") or "").lower() == "100-continue"
-            if waiting or int(declared) > limit + DRAIN_LIMIT_BYTES:
+            if (_header(scope, b"expect") or "").lower() == "100-continue":
+                # It waits for "100 Continue" (uvicorn sends it at the first receive()) and has sent nothing: it
+                # must not send the body now, so the connection closes.
+                return _Refusal(413, too_large.sentence, close=True)
+            if int(declared) > limit + DRAIN_LIMIT_BYTES:
                 return too_large
         chunks: list[bytes] = []
         size = 0
@@ -190,7 +220,11 @@ class _Bridge:
                 async with asyncio.timeout_at(deadline):
                     message = await asyncio.wait_for(receive(), settings.read_timeout_seconds)
             except TimeoutError:
-                return _TooSlow(settings)
+                sentence = (
+                    f"The request body did not arrive in time (a pause over {settings.read_timeout_seconds:g} "
+                    f"seconds, or over {settings.body_timeout_seconds:g} seconds in all)."
+                )
+                return _Refusal(408, sentence, close=True)
             if message["type"] == "http.disconnect":
                 return None
             chunk = message.get("body", b"")
@@ -206,7 +240,7 @@ class _Bridge:
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
             answer[:] = [status, headers]
-            return lambda data: None  # the legacy write() callable; RestApp never uses it
+            return lambda data: None  # the legacy write() callable; the apps served here never use it
 
         result = self.app(environ, start_response)
         try:
@@ -229,15 +263,13 @@ class _Bridge:
             self.settings.metrics.record(match["name"], match["verb"].lower(), "REST", code, seconds)
 
 
-class _TooSlow(RequestError):
-    """A body that missed its deadlines: HTTP 408 (Request Timeout), a client's fault, not the server's 504."""
+@dataclasses.dataclass(frozen=True)
+class _Refusal:
+    """A request the bridge answers itself: its status, its sentence, and whether the connection closes."""
 
-    def __init__(self, settings: FrontEndSettings) -> None:
-        super().__init__(
-            f"The request body did not arrive in time (a pause over {settings.read_timeout_seconds:g} seconds, or "
-            f"over {settings.body_timeout_seconds:g} seconds in all).",
-            "DEADLINE_EXCEEDED",
-        )
+    status: int
+    sentence: str
+    close: bool = False
 
 
 async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], content: bytes) -> None:
