@@ -19,7 +19,7 @@ from pathlib import Path
 from benchmarks import inference, load, measure, plots, ratios, training
 from benchmarks.report import html as report_html
 from benchmarks.report import render
-from benchmarks.report.markdown import table
+from benchmarks.report.markdown import number, table
 from benchmarks.report.summary import RATIO_HEADERS, ratio_rows
 from experiment import library_logs
 
@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="training repeats per framework")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per repeat")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 3 when a measured target is missed (a missed target is always printed as MISSED)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -113,8 +118,17 @@ def write_report(comparison: measure.Comparison, checked: list[ratios.Ratio], ou
     return len(figures)
 
 
+def missed_lines(checked: list[ratios.Ratio]) -> list[str]:
+    """One MISSED line per measured target that was missed: its name, the figure against the target, the inputs."""
+    return [
+        f"MISSED: {item.name}: {number(item.measured)} against {item.target} ({item.inputs or 'no inputs recorded'})"
+        for item in checked
+        if item.status == "missed"
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure, write the report, its page, the JSON and the plots; print the ratio table."""
+    """Measure, write the report, its page, the JSON and the plots; print the ratio table and every missed target."""
     arguments = build_parser().parse_args(argv)
     problem = _usage_error(arguments)
     if problem:
@@ -135,11 +149,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Report: {settings.output_dir / REPORT_FILE} and {HTML_FILE} ({count} plots) in "
         f"{comparison.section_seconds['total']:.0f} s"
     )
+    missed = missed_lines(checked)
+    for line in missed:
+        print(line, file=sys.stderr)
     if comparison.failures:
         print(
             f"{PROG}: {len(comparison.failures)} section(s) failed: {', '.join(comparison.failures)}", file=sys.stderr
         )
         return 1
+    if missed:
+        print(f"{PROG}: {len(missed)} of {len(checked)} targets missed (see MISSED above).", file=sys.stderr)
+        return 3 if arguments.strict else 0
     return 0
 
 

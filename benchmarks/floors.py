@@ -54,6 +54,7 @@ TORCHSERVE_OVER_NOOP = 1.3
 NOOP_HANDLER = Path(__file__).resolve().parent / "torchserve_noop_handler.py"
 MODEL_CONFIG = Path(__file__).resolve().parent.parent / "serving" / "torchserve" / "model-config.yaml"
 RATE_SHARES = {"flask": 0.08, "tfserving": 0.075}
+MEMORY_NOTE = "Memory is PSS where the system reports it (RSS otherwise), summed over each server's processes."
 TITLES = {"flask": "Flask", "tfserving": "TF server REST"}
 NGINX_CONFIG = """daemon off;
 worker_processes 1;
@@ -354,23 +355,28 @@ def targets(floors: FloorsResult | None) -> list[dict]:
     return found
 
 
-def report(result: FloorsResult, command: str) -> str:
-    """The markdown the run prints."""
-    results, machine, rounds, seconds = result.servers, result.machine, result.rounds, result.seconds
-    lines = [
+def machine_lines(result: FloorsResult, command: str) -> list[str]:
+    """When, on what machine, under what load, by which command and generator the floors were measured."""
+    machine = result.machine
+    return [
         f"Measured {machine['date']} on {machine['machine']}; load average after the last round: {machine['load']}.",
         (
-            f"Command: `{command}`. Generator: wrk ({rounds} rounds of {seconds:g} s per point, medians; "
-            f"one-digit body, answer {machine['answer_bytes']} B)."
+            f"Command: `{command}`. Generator: {result.generator} ({result.rounds} rounds of {result.seconds:g} s per "
+            f"point, medians; one-digit body, answer {machine['answer_bytes']} B)."
         ),
-        "",
+    ]
+
+
+def servers_table(result: FloorsResult, names: dict[str, str] | None = None) -> list[str]:
+    """Every measured server's figures; `names` gives the servers' names as the reader knows them."""
+    lines = [
         (
             "| server | p50, 1 connection (ms) | req/s, 16 connections | model p50 in process (ms) | memory at rest (MB) | "
             "memory after load (MB) | errors |"
         ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for measured in results.values():
+    for measured in result.servers.values():
         cells = [
             f"{measured.median_p50_ms:.3f}",
             f"{measured.median_rate:,.0f}",
@@ -379,17 +385,23 @@ def report(result: FloorsResult, command: str) -> str:
             "" if measured.memory_after_load_mb is None else f"{measured.memory_after_load_mb:,.0f}",
             str(measured.errors),
         ]
-        lines.append(f"| {measured.name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {(names or {}).get(measured.name, measured.name)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(result: FloorsResult, command: str) -> str:
+    """The markdown the run prints: the machine, every server's figures, the targets."""
+    lines = [*machine_lines(result, command), "", *servers_table(result)]
     lines += ["", "| target | rule | measured | status | from |", "| --- | --- | ---: | --- | --- |"]
     for target in targets(result):
         shown, passed = target["measured"], target["passed"]
-        status = "not measured" if shown is None else ("met" if passed else "missed")
+        status = "not measured" if shown is None else ("met" if passed else "MISSED")
         shown = "" if shown is None else f"{shown:.3g}"
         lines.append(
             f"| {target['name']} | {target['target']} | {shown} | {status} | {target['inputs'] or target['note']} |"
         )
     lines.append("")
-    lines.append("Memory is PSS where the system reports it (RSS otherwise), summed over each server's processes.")
+    lines.append(MEMORY_NOTE)
     return "\n".join(lines)
 
 

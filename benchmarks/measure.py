@@ -23,6 +23,8 @@ from benchmarks.sweep import SweepResult
 
 ROOT = Path(__file__).resolve().parent.parent
 Value = TypeVar("Value")
+# The serving sections, the endpoint sweep first: the others need servers this run starts itself.
+SERVING_SECTIONS = ("sweep", "floors", "tf serving", "tf batching", "torch serving")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Comparison:
     torch_serving: TorchServingResult | None = None
     sweep: SweepResult | None = None
     floors: Any = None  # benchmarks.floors.FloorsResult
+    tf_batching: Any = None  # benchmarks.batching_sizes.BatchingBySize
     deployment_formats: DeploymentFormats | None = None
     distributed: DistributedResult | None = None
     failures: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -178,7 +181,7 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
     from benchmarks import sweep
 
     given = sweep.given_endpoints() is not None
-    if not _skip(comparison, settings.serving or given, trained, ("sweep", "tf serving", "torch serving"), "serving"):
+    if not _skip(comparison, settings.serving or given, trained, SERVING_SECTIONS, "serving"):
         return
     models = settings.work_dir / "models"
     comparison.sweep = _section(
@@ -189,9 +192,9 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
     if given:
         # The floors need servers this run configures itself (an identity model, a no-op route).
         reason = "the stack under test was given by environment; this part needs servers the comparison starts"
-        comparison.skipped.update({"tf serving": reason, "torch serving": reason})
+        comparison.skipped.update(dict.fromkeys(SERVING_SECTIONS[1:], reason))
         return
-    from benchmarks import floors, serving_tf, serving_torch
+    from benchmarks import batching_sizes, floors, http_load, serving_tf, serving_torch
 
     if shutil.which("wrk") is None:
         comparison.skipped["floors"] = "wrk is not installed (apt-get install wrk nginx-light)"
@@ -209,10 +212,20 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
         )
     count = 300 if settings.quick else 2000
     comparison.tf_serving = _section(
-        comparison,
-        "tf serving",
-        lambda: serving_tf.run_benchmark(models / "tf" / "digits", "digits", count, 1.5 if settings.quick else 6.0),
+        comparison, "tf serving", lambda: serving_tf.run_benchmark(models / "tf" / "digits", "digits", count)
     )
+    if http_load.find_generator() is None:
+        comparison.skipped["tf batching"] = "neither hey nor wrk is installed (apt-get install wrk)"
+    else:
+        comparison.tf_batching = _section(
+            comparison,
+            "tf batching",
+            lambda: batching_sizes.measure(
+                batching_sizes.QUICK_WIDTHS if settings.quick else batching_sizes.WIDTHS,
+                1 if settings.quick else 2,
+                1.0 if settings.quick else 2.0,
+            ),
+        )
     comparison.torch_serving = _section(
         comparison,
         "torch serving",

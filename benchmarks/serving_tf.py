@@ -2,9 +2,8 @@
 
 Prints, in one run: batch-1 Predict p50/p99 over gRPC on loopback; the p50 of calling the same SavedModel
 signature in-process; the p50 of Predict on a trivial SavedModel whose signature returns its input (the cost of
-gRPC and the server's plumbing alone); the ratio against the target digits p50 ≤ 1.3 × (trivial + in-process);
-and the throughput and p99 of 16 concurrent clients with dynamic batching off and on (target: on ≥ 1.3 × off, with
-p99 growing by no more than the batch timeout + 1 ms).
+gRPC and the server's plumbing alone); and the ratio against the target digits p50 ≤ 1.3 × (trivial + in-process).
+Dynamic batching, off against on across model sizes, is `benchmarks.batching_sizes`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import argparse
 import dataclasses
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,58 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_SECONDS = 180.0
 IDENTITY_MODEL = "identity"
 LATENCY_TARGET = 1.3
-THROUGHPUT_TARGET = 1.3
-# Batching tuned for many small requests: wait up to 2 ms to gather up to 32 of them into one model call.
-MAX_BATCH_SIZE = 32
-BATCH_TIMEOUT_MICROS = 2000
-BATCHING_PARAMETERS = (
-    f"max_batch_size {{ value: {MAX_BATCH_SIZE} }}\nbatch_timeout_micros {{ value: {BATCH_TIMEOUT_MICROS} }}\n"
-    "num_batch_threads { value: 1 }\n"
-)
-# Batching may make the slowest requests wait at most one batch timeout longer, plus 1 ms of slack.
-P99_GROWTH_SLACK_MS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class TFServingResult:
-    """The compatible server's batch-1 latency against its floor, and dynamic batching off against on."""
+    """The compatible server's batch-1 latency against its floor."""
 
     version: int
     cpu_count: int
-    clients: int
     grpc: LatencySummary  # digits model, batch 1, one client
     trivial_grpc: LatencySummary  # identity model: gRPC and the server's plumbing alone
     in_process: LatencySummary  # the same SavedModel signature called in-process
-    throughput_batching_off_rps: float
-    throughput_batching_on_rps: float
-    throughput_batching_off_range: tuple[float, float]  # lowest and highest of the alternating runs
-    throughput_batching_on_range: tuple[float, float]
-    p50_batching_off_ms: float
-    p50_batching_on_ms: float
-    p99_batching_off_ms: float
-    p99_batching_on_ms: float
-    batch_timeout_ms: float = BATCH_TIMEOUT_MICROS / 1000.0
-    max_batch_size: int = MAX_BATCH_SIZE
 
     @property
     def latency_ratio(self) -> float:
         """Digits p50 over the floor (identity-model p50 + in-process p50)."""
         return self.grpc.p50_ms / (self.trivial_grpc.p50_ms + self.in_process.p50_ms)
-
-    @property
-    def throughput_ratio(self) -> float:
-        """Throughput with batching on over off."""
-        return self.throughput_batching_on_rps / self.throughput_batching_off_rps
-
-    @property
-    def p99_growth_ms(self) -> float:
-        """How much batching moved the p99."""
-        return self.p99_batching_on_ms - self.p99_batching_off_ms
-
-    @property
-    def p99_growth_limit_ms(self) -> float:
-        """One batch timeout plus the slack."""
-        return self.batch_timeout_ms + P99_GROWTH_SLACK_MS
 
 
 def write_identity_model(base_path: Path) -> Path:
@@ -164,58 +126,12 @@ def measure_in_process(export_path: Path, image: np.ndarray, count: int = 2000, 
     return summarize_seconds(latencies)
 
 
-def measure_throughput(
-    address: str, model_name: str, image: np.ndarray, clients: int = 16, seconds: float = 5.0
-) -> dict[str, Any]:
-    """Requests per second answered to `clients` threads looping batch-1 Predict, with every request's latency."""
-    import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-    request = _predict_request(model_name, image[np.newaxis])
-    # One list per thread, so the threads never contend for a shared list while they are being timed.
-    latencies_per_client: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[str] = []
-    start_barrier = threading.Barrier(clients + 1)
-    stop = threading.Event()
-
-    def work(index: int) -> None:
-        latencies = latencies_per_client[index]
-        with grpc.insecure_channel(address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            stub.Predict(request, timeout=30)  # connect before the clock starts
-            start_barrier.wait()
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    stub.Predict(request, timeout=30)
-                    latencies.append(time.perf_counter() - started)
-                except grpc.RpcError as error:
-                    errors.append(error.code().name)
-
-    threads = [threading.Thread(target=work, args=(index,), daemon=True) for index in range(clients)]
-    for thread in threads:
-        thread.start()
-    start_barrier.wait()
-    started = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise RuntimeError(f"{len(errors)} requests failed during the throughput run, e.g. {errors[0]}.")
-    latencies_seconds = [latency for latencies in latencies_per_client for latency in latencies]
-    return {"throughput_rps": len(latencies_seconds) / elapsed, "latencies_seconds": latencies_seconds}
-
-
 def run_benchmark(
     model_base_path: Path = ROOT / "models" / "tf" / "digits",
     model_name: str = "digits",
     count: int = 2000,
-    throughput_seconds: float = 6.0,
-    clients: int = 16,
 ) -> TFServingResult:
-    """Start the servers it needs, measure everything, stop them."""
+    """Start the server over the model and the identity model, measure everything, stop it."""
     model_base_path = Path(model_base_path).resolve()
     version = latest_version(model_base_path)
     if version is None:
@@ -234,51 +150,20 @@ def run_benchmark(
             f'  config {{ name: "{IDENTITY_MODEL}" base_path: "{identity_base}" model_platform: "tensorflow" }}\n'
             "}\n"
         )
-        parameters_path = scratch_path / "batching.config"
-        parameters_path.write_text(BATCHING_PARAMETERS)
         server = _start_server(model_name, None, [f"--model_config_file={config_path}"], scratch_path / "plain.log")
-        batched = None
         try:
-            batching_flags = ["--enable_batching", f"--batching_parameters_file={parameters_path}"]
-            batched = _start_server(model_name, model_base_path, batching_flags, scratch_path / "batching.log")
-            plain_address, batched_address = _grpc_address(server), _grpc_address(batched)
-            grpc_latency = measure_grpc_latency(plain_address, model_name, image, count)
-            trivial = measure_grpc_latency(plain_address, IDENTITY_MODEL, image, count)
-            # Off and on alternate in short runs, so a change in the machine's other load hits both alike.
-            runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-            for _ in range(3):
-                runs["off"].append(
-                    measure_throughput(plain_address, model_name, image, clients, throughput_seconds / 3)
-                )
-                runs["on"].append(
-                    measure_throughput(batched_address, model_name, image, clients, throughput_seconds / 3)
-                )
+            address = _grpc_address(server)
+            grpc_latency = measure_grpc_latency(address, model_name, image, count)
+            trivial = measure_grpc_latency(address, IDENTITY_MODEL, image, count)
         finally:
             server.stop()
-            if batched is not None:
-                batched.stop()
         in_process = measure_in_process(model_base_path / str(version), image, count)
-    rates = {setting: [run["throughput_rps"] for run in setting_runs] for setting, setting_runs in runs.items()}
-    # Percentiles over every request of the three runs: a 2-second run holds too few for a stable p99.
-    pooled = {
-        setting: summarize_seconds([value for run in setting_runs for value in run["latencies_seconds"]])
-        for setting, setting_runs in runs.items()
-    }
     return TFServingResult(
         version=version,
         cpu_count=os.cpu_count() or 1,
-        clients=clients,
         grpc=grpc_latency,
         trivial_grpc=trivial,
         in_process=in_process,
-        throughput_batching_off_rps=float(np.median(rates["off"])),
-        throughput_batching_on_rps=float(np.median(rates["on"])),
-        throughput_batching_off_range=(min(rates["off"]), max(rates["off"])),
-        throughput_batching_on_range=(min(rates["on"]), max(rates["on"])),
-        p50_batching_off_ms=pooled["off"].p50_ms,
-        p50_batching_on_ms=pooled["on"].p50_ms,
-        p99_batching_off_ms=pooled["off"].p99_ms,
-        p99_batching_on_ms=pooled["on"].p99_ms,
     )
 
 
@@ -293,20 +178,11 @@ def format_report(result: TFServingResult) -> str:
         ("trivial identity model over gRPC:   ", result.trivial_grpc),
     ):
         lines.append(f"  {label} p50 {summary.p50_ms:.3f} ms   p99 {summary.p99_ms:.3f} ms")
-    return "\n".join(
-        lines
-        + [
-            f"  ratio digits p50 / (trivial p50 + in-process p50) = {result.grpc.p50_ms:.3f} / {floor:.3f} = "
-            f"{result.latency_ratio:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[result.latency_ratio <= LATENCY_TARGET]})",
-            f"  throughput, {result.clients} concurrent clients: batching off {result.throughput_batching_off_rps:.0f} req/s, "
-            f"on {result.throughput_batching_on_rps:.0f} req/s, ratio {result.throughput_ratio:.2f} "
-            f"(target ≥ {THROUGHPUT_TARGET}: {verdict[result.throughput_ratio >= THROUGHPUT_TARGET]})",
-            f"  p99 at {result.clients} clients: batching off {result.p99_batching_off_ms:.3f} ms, "
-            f"on {result.p99_batching_on_ms:.3f} ms, growth {result.p99_growth_ms:.3f} ms "
-            f"(target ≤ batch timeout {result.batch_timeout_ms:g} ms + {P99_GROWTH_SLACK_MS:g} ms: "
-            f"{verdict[result.p99_growth_ms <= result.p99_growth_limit_ms]})",
-        ]
+    lines.append(
+        f"  ratio digits p50 / (trivial p50 + in-process p50) = {result.grpc.p50_ms:.3f} / {floor:.3f} = "
+        f"{result.latency_ratio:.2f}  (target ≤ {LATENCY_TARGET}: {verdict[result.latency_ratio <= LATENCY_TARGET]})"
     )
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,24 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model-base-path", type=Path, default=ROOT / "models" / "tf" / "digits")
     parser.add_argument("--model-name", default="digits")
     parser.add_argument("--count", type=int, default=2000, help="latency calls per measurement")
-    parser.add_argument(
-        "--seconds", type=float, default=6.0, help="throughput seconds per setting (split into 3 alternating runs)"
-    )
-    parser.add_argument("--clients", type=int, default=16)
     arguments = parser.parse_args(argv)
     library_logs.quiet()
 
     def body() -> int:
-        if arguments.count < 10 or arguments.seconds <= 0 or arguments.clients < 1:
-            raise UsageError("--count must be at least 10, --seconds positive and --clients at least 1.")
+        if arguments.count < 10:
+            raise UsageError("--count must be at least 10.")
         print(
             format_report(
                 run_benchmark(
                     arguments.model_base_path,
                     arguments.model_name,
                     arguments.count,
-                    arguments.seconds,
-                    arguments.clients,
                 )
             )
         )

@@ -104,7 +104,7 @@ SPAWNERS = ("Popen", "run", "call", "check_call", "check_output", "spawnv", "spa
 # Modules of serving/ outside the runtime that start a process that is not a server of its own, and why.
 OTHER_PROCESSES = {
     "serving/demo.py": "runs the two training entry points",
-    "serving/tfserving/workers.py": "the server's own worker processes, as gunicorn's master starts its workers",
+    "serving/frontend/workers.py": "a server's own worker processes, as gunicorn's master starts its workers",
 }
 
 

@@ -9,6 +9,8 @@ from benchmarks.report.markdown import cell, figures_block, number, paragraph, r
 from benchmarks.report.summary import generator_bound_note
 
 if TYPE_CHECKING:
+    from benchmarks.batching_sizes import BatchingBySize
+    from benchmarks.floors import FloorsResult
     from benchmarks.http_load import ExternalSweep
     from benchmarks.measure import Comparison
     from benchmarks.serving_tf import TFServingResult
@@ -135,9 +137,9 @@ def external_section(external: ExternalSweep | None) -> list[str]:
 
 
 def tf_server_section(measured: TFServingResult) -> list[str]:
-    """The TF server against its floor, and its dynamic batching off and on."""
+    """The TF server against its floor."""
     lines = paragraph(
-        f"`benchmarks.serving_tf` starts two instances of {labels.TF_SERVER} and times batch-1 `Predict` calls over "
+        f"`benchmarks.serving_tf` starts {labels.TF_SERVER} and times batch-1 `Predict` calls over "
         "gRPC from one client: the digits model, an identity model whose signature returns its input (gRPC and the "
         "server's plumbing alone), and the same SavedModel signature called in-process."
     )
@@ -154,35 +156,50 @@ def tf_server_section(measured: TFServingResult) -> list[str]:
         f"The digits call costs {number(measured.latency_ratio)}× the floor (identity call + in-process call): what the "
         "server adds beyond plumbing and the model itself."
     )
-    lines += paragraph(
-        f"Dynamic batching, {measured.clients} clients looping batch-1 requests, off and on alternating in three runs "
-        f"each (max batch size {measured.max_batch_size}, batch timeout {number(measured.batch_timeout_ms, 'ms')}):"
-    )
-    rows = [
-        (setting, f"{number(rate, '/s')} ({number(low)}–{number(high)})", number(p50, "ms"), number(p99, "ms"))
-        for setting, rate, (low, high), p50, p99 in (
-            (
-                "batching off",
-                measured.throughput_batching_off_rps,
-                measured.throughput_batching_off_range,
-                measured.p50_batching_off_ms,
-                measured.p99_batching_off_ms,
-            ),
-            (
-                "batching on",
-                measured.throughput_batching_on_rps,
-                measured.throughput_batching_on_range,
-                measured.p50_batching_on_ms,
-                measured.p99_batching_on_ms,
-            ),
-        )
-    ]
-    lines += [table(("setting", "throughput, median of runs (range)", "p50", "p99"), rows), ""]
-    lines += paragraph(
-        f"Batching changed throughput by {number(measured.throughput_ratio)}× and the p99 by "
-        f"{measured.p99_growth_ms:+.2f} ms (the limit is one batch timeout + 1 ms)."
-    )
     return lines
+
+
+FLOORS_NAMES = {
+    "nginx": "nginx answering a fixed body (the floor)",
+    "flask": f"{labels.FLASK_SERVER}, REST",
+    "tfserving": f"{labels.TF_SERVER}, REST",
+    "torchserve": f"{labels.TORCHSERVE}, REST",
+    "torchserve-noop": f"{labels.TORCHSERVE}, REST, no-op handler",
+}
+
+
+def floors_section(measured: FloorsResult, command: str) -> list[str]:
+    """The machine, the floor (nginx) and the servers measured against it in one run; the targets are in Ratios."""
+    from benchmarks.floors import MEMORY_NOTE, machine_lines, servers_table
+
+    lines = paragraph(
+        "`benchmarks.floors` starts nginx answering a fixed body of the size of a real answer (what HTTP alone costs "
+        "on this machine), the Python REST servers and TorchServe with a no-op handler beside the real one, each on "
+        "free ports as `make serve` starts it, and drives each at 1 and at 16 connections in rounds that take turns."
+    )
+    lines += paragraph(*machine_lines(measured, command))
+    lines += [*servers_table(measured, FLOORS_NAMES), ""]
+    if "nginx" not in measured.servers:
+        lines += paragraph("nginx is not installed here, so the targets against it are not measured.")
+    return lines + paragraph(MEMORY_NOTE, "The targets computed from these figures are in the Ratios section.")
+
+
+def tf_batching_section(measured: BatchingBySize) -> list[str]:
+    """The TF server's dynamic batching off against on, at every model size, and the crossover."""
+    from benchmarks.batching_sizes import crossover_sentence, format_table
+
+    lines = paragraph(
+        f"`benchmarks.batching_sizes` builds the digits network (dense, dense of half the width, logits) at each "
+        f"first hidden width, exports it with the TF pipeline's export code, and starts two instances of "
+        f"{labels.TF_SERVER} serving all of them, one with `--enable_batching` (max batch size "
+        f"{measured.max_batch_size}, batch timeout {number(measured.batch_timeout_ms, 'ms')}, "
+        f"{measured.num_batch_threads} batch thread per worker; {measured.workers} workers). `{measured.generator}` "
+        f"sends the one-digit predict body over REST on {measured.clients} connections, "
+        f"{number(measured.seconds, 's')} per run, batching off and on in turn in {measured.rounds} round(s); figures "
+        f"are medians over the rounds (load average after the last: {measured.load_average or 'not read'})."
+    )
+    lines += [*format_table(measured, labels.TF_SERVER), ""]
+    return lines + paragraph(crossover_sentence(measured))
 
 
 def torch_servers_section(measured: TorchServingResult) -> list[str]:
@@ -261,7 +278,19 @@ def serving(comparison: Comparison, figures: dict[str, str]) -> list[str]:
     torch_serving = comparison.torch_serving
     for heading, measured, name, body in (
         ("### Every endpoint under load", comparison.sweep, "sweep", lambda sweep: sweep_section(sweep, figures)),
+        (
+            "### The REST servers against the floor of this machine",
+            comparison.floors,
+            "floors",
+            lambda floors: floors_section(floors, comparison.command),
+        ),
         (f"### {labels.TF_SERVER} against its floor", comparison.tf_serving, "tf serving", tf_server_section),
+        (
+            f"### Batching on vs off for {labels.TF_SERVER}, by model size",
+            comparison.tf_batching,
+            "tf batching",
+            tf_batching_section,
+        ),
         (
             f"### {labels.FLASK_SERVER} and {labels.TORCHSERVE} against their floor",
             torch_serving,

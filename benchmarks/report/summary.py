@@ -30,17 +30,51 @@ def header(comparison: Comparison) -> list[str]:
     return lines
 
 
-def _best_served(comparison: Comparison, framework: str, concurrency: int, fastest: bool) -> tuple[float, str] | None:
-    """The best endpoint of one framework at a concurrency: lowest p50 (fastest) or highest throughput."""
-    if comparison.sweep is None:
+PYTHON_GENERATOR = "Python generator"
+PYTHON_GENERATOR_NAMED = "the Python generator (`benchmarks.load`)"
+
+
+def served_generator(comparison: Comparison, concurrency: int) -> str | None:
+    """Which generator's figures the served rows compare at a concurrency: the compiled one (hey or wrk) when it
+    measured every REST endpoint of the sweep there, both frameworks among them; else the Python one. None: no sweep.
+    """
+    sweep = comparison.sweep
+    if sweep is None:
+        return None
+    external = sweep.external
+    if external is not None and external.endpoints:
+        points = [item.at(concurrency) for item in external.endpoints]
+        frameworks = {item.endpoint.framework for item in external.endpoints}
+        if all(point is not None and point.requests > 0 for point in points) and frameworks >= {"tf", "torch"}:
+            return external.generator
+    return PYTHON_GENERATOR
+
+
+def best_served(
+    comparison: Comparison, framework: str, concurrency: int, fastest: bool, generator: str
+) -> tuple[float, str] | None:
+    """One framework's best endpoint at a concurrency among `generator`'s figures alone: lowest p50 (fastest) or
+    highest throughput, and where it was measured."""
+    sweep = comparison.sweep
+    if sweep is None:
         return None
     candidates = []
-    for sweep in comparison.sweep.endpoints:
-        point = sweep.at(concurrency)
-        if sweep.endpoint.framework == framework and point is not None and point.latencies_seconds:
-            value = point.latency.p50_ms if fastest else point.throughput_per_second
-            bound = " (generator-bound)" if point.generator_bound else ""
-            candidates.append((value, f"{sweep.endpoint.server} over {sweep.endpoint.protocol}{bound}"))
+    if generator == PYTHON_GENERATOR:
+        for item in sweep.endpoints:
+            point = item.at(concurrency)
+            if item.endpoint.framework == framework and point is not None and point.latencies_seconds:
+                value = point.latency.p50_ms if fastest else point.throughput_per_second
+                bound = ", generator-bound" if point.generator_bound else ""
+                candidates.append((value, f"{item.endpoint.server} over {item.endpoint.protocol} ({generator}{bound})"))
+    elif sweep.external is not None and sweep.external.generator == generator:
+        for external_item in sweep.external.endpoints:
+            found = external_item.at(concurrency)
+            if external_item.endpoint.framework != framework or found is None or found.requests == 0:
+                continue
+            value = found.p50_ms if fastest else found.throughput_per_second
+            if value is not None:
+                where = f"{external_item.endpoint.server} over {external_item.endpoint.protocol} ({generator})"
+                candidates.append((value, where))
     if not candidates:
         return None
     return min(candidates) if fastest else max(candidates)
@@ -104,11 +138,14 @@ def summary(comparison: Comparison) -> list[str]:
             {},
         ),
     ]
+    used = {}
     for question, concurrency, fastest, unit in (
         ("One request at a time, served (fastest endpoint), p50", 1, True, "ms"),
         ("Throughput served to 16 clients (best endpoint)", 16, False, "/s"),
     ):
-        best = {name: _best_served(comparison, name, concurrency, fastest) for name in ("tf", "torch")}
+        generator = served_generator(comparison, concurrency) or PYTHON_GENERATOR
+        used[concurrency] = generator
+        best = {name: best_served(comparison, name, concurrency, fastest, generator) for name in ("tf", "torch")}
         values = {name: found[0] if found else None for name, found in best.items()}
         where = {name: f", via {found[1]}" for name, found in best.items() if found}
         rows.append(_row(question, values, unit, not fastest, where))
@@ -126,7 +163,38 @@ def summary(comparison: Comparison) -> list[str]:
         "shared cores favours whichever stack has the least fixed cost per call, which is not what a large model "
         "on a GPU would show."
     )
-    return lines
+    return lines + paragraph(generator_sentence(comparison, used))
+
+
+def generator_sentence(comparison: Comparison, used: dict[int, str]) -> str:
+    """Which load generator produced the two served rows, and what that leaves out."""
+    if comparison.sweep is None:
+        return ""
+    if all(generator == PYTHON_GENERATOR for generator in used.values()):
+        return (
+            f"Both served rows compare figures of {PYTHON_GENERATOR_NAMED} only, over every endpoint: no compiled generator "
+            "(hey, wrk) measured every REST endpoint. That generator is Python too, so at 16 clients it may measure "
+            "itself as much as the server; the sweep below marks such points generator-bound."
+        )
+    generators = set(used.values())
+    if len(generators) == 1:
+        (generator,) = generators
+        return (
+            f"Both served rows compare `{generator}`'s figures alone, over the REST endpoints: it speaks HTTP only, so "
+            "the gRPC endpoints' figures (the Python generator's) are in the sweep below and not in those rows."
+        )
+    parts = []
+    for concurrency, generator in used.items():
+        if generator == PYTHON_GENERATOR:
+            parts.append(f"at {concurrency} client(s), {PYTHON_GENERATOR_NAMED} over every endpoint")
+        else:
+            parts.append(f"at {concurrency} client(s), `{generator}` over the REST endpoints")
+    return (
+        "Each served row compares the figures of one load generator: "
+        + "; ".join(parts)
+        + ". The compiled generator speaks HTTP only, so the gRPC endpoints' figures (the Python generator's) are in "
+        "the sweep below and not in those rows."
+    )
 
 
 def servers(comparison: Comparison) -> list[str]:
@@ -216,7 +284,7 @@ def ratio_rows(ratios: list[Ratio]) -> list[tuple]:
             item.name,
             item.target,
             number(item.measured) if item.measured is not None else "not measured",
-            item.status,
+            "MISSED" if item.status == "missed" else item.status,
             item.inputs or "—",
             item.note,
         )
@@ -231,8 +299,8 @@ def ratios_section(ratios: list[Ratio]) -> list[str]:
     lines += paragraph("Each ratio the project checks, computed from numbers measured in this run against its target.")
     lines += [table(RATIO_HEADERS, ratio_rows(ratios)), ""]
     lines += paragraph(
-        f"{len(ratios) - len(missed)} of {len(ratios)} are met or not measured; a missed ratio is a finding, and its "
-        "note says why and what would close it."
+        f"{len(ratios) - len(missed)} of {len(ratios)} are met or not measured; MISSED: {'; '.join(missed)}. A missed "
+        "ratio is a finding, and its note says why and what would close it."
         if missed
         else "Every measured ratio meets its target."
     )

@@ -14,6 +14,7 @@ from typing import Any
 from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
+from serving.frontend.workers import Siblings, WorkerGroup, check_ports_free
 from serving.tfserving import config, workers
 
 PROG = "python -m serving.tfserving"
@@ -32,7 +33,7 @@ SHARE_INTERVAL_SECONDS = 0.25
 KEEP_ALIVE_SECONDS = 30.0
 
 
-def _configure_logging(group: workers.WorkerGroup) -> None:
+def _configure_logging(group: WorkerGroup) -> None:
     name = "tfserving" if group.count == 1 else f"tfserving[{group.index}]"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"%(asctime)s %(levelname)s {name}: %(message)s")
     for library in ("uvicorn", "uvicorn.error", "werkzeug"):
@@ -48,7 +49,7 @@ def _configure_tensorflow(options: config.ServerOptions, worker_count: int) -> N
     tf.config.threading.set_inter_op_parallelism_threads(options.inter_op_threads or intra_op)
 
 
-def _grpc_server(options: config.ServerOptions, group: workers.WorkerGroup, services: Any, interceptors: list) -> Any:
+def _grpc_server(options: config.ServerOptions, group: WorkerGroup, services: Any, interceptors: list) -> Any:
     from concurrent import futures
 
     import grpc
@@ -80,10 +81,10 @@ def _grpc_server(options: config.ServerOptions, group: workers.WorkerGroup, serv
 
 
 def _rest_front_end(
-    options: config.ServerOptions, group: workers.WorkerGroup, predictor: Any, metrics: Any, drain_gate: Any
+    options: config.ServerOptions, group: WorkerGroup, predictor: Any, metrics: Any, drain_gate: Any
 ) -> Any:
-    from serving.tfserving.draining import DrainingWsgiApp
-    from serving.tfserving.http_server import FrontEndSettings, RestFrontEnd, listening_socket
+    from serving.frontend.draining import DrainingWsgiApp
+    from serving.frontend.http import FrontEndSettings, RestFrontEnd, listening_socket
     from serving.tfserving.rest import RestApp
 
     # REST requests pass the same gate as gRPC calls: one drain, one quiet period for both ports.
@@ -105,9 +106,22 @@ def _rest_front_end(
     return RestFrontEnd(app, sock, settings)
 
 
+def _forget_metrics(options: config.ServerOptions, group: WorkerGroup) -> Any:
+    """What worker 0 does with a dead worker's pid: drop its live gauges from the shared metrics."""
+    if options.monitoring is None:
+        return None
+
+    def forget(pid: int) -> None:
+        from serving.tfserving.monitoring import forget_process
+
+        forget_process(group.metrics_folder, pid)
+
+    return forget
+
+
 def serve(options: config.ServerOptions, argv: list[str]) -> int:
     """Run until SIGTERM or SIGINT; return 0 after a clean shutdown (of every worker)."""
-    group = workers.WorkerGroup.join(options.workers)
+    group = WorkerGroup.join(options.workers, "tfserving")
     _configure_logging(group)
     # The handler only flips a flag: calling an Event's set() inside it could deadlock, because the handler
     # runs on the main thread, possibly while that thread holds the Event's own (non-reentrant) lock.
@@ -116,10 +130,8 @@ def serve(options: config.ServerOptions, argv: list[str]) -> int:
         signal.signal(signal_number, lambda number, frame: signal_received.append(number))
     siblings = None
     if group.is_first and group.count > 1:
-        workers.check_ports_free(
-            options.bind_address, [port for port in (options.grpc_port, options.rest_port) if port]
-        )
-        siblings = workers.Siblings(group, argv)
+        check_ports_free(options.bind_address, [port for port in (options.grpc_port, options.rest_port) if port])
+        siblings = Siblings(group, "serving.tfserving", argv, on_exit=_forget_metrics(options, group))
         siblings.start()  # before loading: every worker loads its models at the same time
     if options.monitoring is not None:
         # Before prometheus_client is imported: every worker keeps its series in files there.
@@ -145,13 +157,14 @@ def serve(options: config.ServerOptions, argv: list[str]) -> int:
 
 
 def _serve_worker(
-    options: config.ServerOptions, group: workers.WorkerGroup, siblings: workers.Siblings | None, signal_received: list
+    options: config.ServerOptions, group: WorkerGroup, siblings: Siblings | None, signal_received: list
 ) -> int:
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+    from serving.frontend.draining import DrainGate
     from serving.tfserving.batching import BatchScheduler
-    from serving.tfserving.draining import DrainGate, DrainingInterceptor
+    from serving.tfserving.draining import DrainingInterceptor
     from serving.tfserving.grpc_service import ModelServicer, PredictionServicer
     from serving.tfserving.manager import ModelManager
     from serving.tfserving.predictor import Predictor
@@ -167,7 +180,7 @@ def _serve_worker(
     health_servicer = health.HealthServicer()
     for service in HEALTH_SERVICES:
         health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-    published = group.published_config()  # a worker restarted after a reload follows the reloaded config
+    published = workers.published_config(group)  # a worker restarted after a reload follows the reloaded config
     sources = config.sources_from_config(workers.parse_model_config(published)) if published else options.sources
     sharing = workers.StateSharing(group, health_servicer, HEALTH_SERVICES, metrics)
     manager = ModelManager(sources, options.poll_wait_seconds, on_change=lambda: sharing.refresh(manager))

@@ -1,4 +1,4 @@
-"""TensorFlow Serving's REST API (/v1/models/...) as a WSGI app; serving.tfserving.http_server serves it.
+"""TensorFlow Serving's REST API (/v1/models/...) as a WSGI app; serving.frontend.http serves it.
 
 The app sees complete requests (the front end reads each body, up to the size limit, before calling it) and runs
 on the front end's thread pool; model calls release the GIL, so those threads overlap with the HTTP work.

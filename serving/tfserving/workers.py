@@ -1,9 +1,7 @@
-"""Several server processes on one pair of ports: the first starts the others, they share state, it restarts them.
+"""The TF server's workers (serving.frontend.workers starts them): what they share beyond readiness.
 
-Python runs one thread at a time per process, so one process serves about one core. The process the user started
-(worker 0) starts `--workers` - 1 more with the same flags. Every worker loads the models itself, polls for new
-versions and listens on the same gRPC and REST ports with SO_REUSEPORT; the kernel spreads new connections
-across them. They share a folder holding:
+The process the user started (worker 0) starts `--workers` - 1 more with the same flags. Every worker loads the
+models itself, polls for new versions and listens on the same gRPC and REST ports. They share a folder holding:
 
 - each worker's readiness: the health service answers SERVING only once every worker has every model, so a
   client that waits for SERVING never meets a worker that is still loading;
@@ -16,203 +14,28 @@ Worker 0 forwards SIGTERM and SIGINT to the others, restarts a worker that dies,
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import dataclasses
 import logging
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from experiment.errors import UsageError
+from serving.frontend.workers import WorkerGroup, write_atomically
 
 logger = logging.getLogger("serving.tfserving")
-INDEX_VARIABLE = "SERVING_TFSERVING_WORKER"  # "<index>/<count>/<pid of worker 0>", set for workers 1 and up
-FOLDER_VARIABLE = "SERVING_TFSERVING_SHARED_FOLDER"
 CONFIG_FILE = "model-config.pbtxt"
-# A worker that keeps dying is not restarted forever: more than this many restarts within the window stop the server.
-RESTART_LIMIT = 3
-RESTART_WINDOW_SECONDS = 60.0
-USAGE_ERROR_STATUS = 2  # experiment.cli's exit status for a UsageError: the same flags will fail again
-PR_SET_PDEATHSIG = 1
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerGroup:
-    """This process's place among the workers, and the folder they share."""
-
-    index: int
-    count: int
-    folder: Path
-
-    @classmethod
-    def join(cls, count: int) -> WorkerGroup:
-        """Worker 0 makes the shared folder; a worker it started finds its place in the environment."""
-        placement = os.environ.get(INDEX_VARIABLE)
-        if placement is None:
-            return cls(0, count, Path(tempfile.mkdtemp(prefix="tfserving-workers-")))
-        index, count_text, parent = (int(part) for part in placement.split("/"))
-        _die_with(parent)
-        return cls(index, int(count_text), Path(os.environ[FOLDER_VARIABLE]))
-
-    @property
-    def is_first(self) -> bool:
-        """Worker 0: the process the user started."""
-        return self.index == 0
-
-    @property
-    def metrics_folder(self) -> Path:
-        """prometheus_client's multiprocess folder."""
-        return self.folder / "metrics"
-
-    def publish_ready(self, ready: bool) -> None:
-        """Record whether this worker serves every model."""
-        _write_atomically(self.folder / f"worker-{self.index}.ready", "1" if ready else "0")
-
-    def all_ready(self) -> bool:
-        """Whether every worker has said it serves every model (a restarting worker keeps its last word)."""
-        for index in range(self.count):
-            with contextlib.suppress(OSError):
-                if (self.folder / f"worker-{index}.ready").read_text() == "1":
-                    continue
-            return False
-        return True
-
-    def publish_config(self, text: str) -> None:
-        """Share a model config installed by HandleReloadConfigRequest with the other workers."""
-        _write_atomically(self.folder / CONFIG_FILE, text)
-
-    def published_config(self) -> str | None:
-        """The last model config any worker published, if any."""
-        try:
-            return (self.folder / CONFIG_FILE).read_text()
-        except OSError:
-            return None
-
-    def remove_folder(self) -> None:
-        """Worker 0, at exit: the folder goes (every other worker has exited by then)."""
-        if self.is_first:
-            shutil.rmtree(self.folder, ignore_errors=True)
+def publish_config(group: WorkerGroup, text: str) -> None:
+    """Share a model config installed by HandleReloadConfigRequest with the other workers."""
+    write_atomically(group.folder / CONFIG_FILE, text)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(text)
-    os.replace(staging, path)  # readers see the old text or the new one, never half of it
-
-
-def _die_with(parent: int) -> None:
-    """Ask Linux to send this worker SIGTERM when worker 0 dies, so that no worker outlives a killed server."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # worker 0 died before the request above took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def check_ports_free(host: str, ports: list[int]) -> None:
-    """UsageError when another program listens on one of the ports.
-
-    The probe sets SO_REUSEADDR as the servers' own sockets do, so connections a stopped server left in TIME_WAIT
-    do not block a restart; it leaves SO_REUSEPORT off, so a second server started on the same ports is refused
-    instead of silently sharing them.
-    """
-    for port in ports:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as error:
-                raise UsageError(f"Cannot listen on {host}:{port}: {error.strerror or error}.") from None
-
-
-@dataclasses.dataclass
-class _Worker:
-    index: int
-    process: subprocess.Popen
-    started_at: float
-    restarts: list[float] = dataclasses.field(default_factory=list)
-
-
-class Siblings:
-    """Worker 0's view of workers 1 .. count-1: starts them, restarts one that dies, stops them."""
-
-    def __init__(self, group: WorkerGroup, argv: list[str]) -> None:
-        self.group = group
-        self.argv = list(argv)
-        self.workers: dict[int, _Worker] = {}
-        self.stopping = False
-
-    def _launch(self, index: int) -> subprocess.Popen:
-        environment = {
-            **os.environ,
-            INDEX_VARIABLE: f"{index}/{self.group.count}/{os.getpid()}",
-            FOLDER_VARIABLE: str(self.group.folder),
-        }
-        # Same interpreter, flags, working directory and output (the server's log) as worker 0.
-        return subprocess.Popen([sys.executable, "-m", "serving.tfserving", *self.argv], env=environment)
-
-    def start(self) -> None:
-        """Start every other worker."""
-        for index in range(1, self.group.count):
-            self.workers[index] = _Worker(index, self._launch(index), time.monotonic())
-
-    def check(self) -> str | None:
-        """Restart workers that died; a sentence when one cannot be kept running (the server should stop)."""
-        if self.stopping:
-            return None
-        for worker in self.workers.values():
-            status = worker.process.poll()
-            if status is None:
-                continue
-            self._forget_metrics(worker.process.pid)
-            now = time.monotonic()
-            worker.restarts = [at for at in worker.restarts if now - at < RESTART_WINDOW_SECONDS] + [now]
-            if status == USAGE_ERROR_STATUS or len(worker.restarts) > RESTART_LIMIT:
-                return f"Worker {worker.index} exited with status {status} and cannot be kept running; stopping."
-            logger.warning("Worker %d exited with status %s; starting it again.", worker.index, status)
-            worker.process = self._launch(worker.index)
-            worker.started_at = now
+def published_config(group: WorkerGroup) -> str | None:
+    """The last model config any worker published, if any."""
+    try:
+        return (group.folder / CONFIG_FILE).read_text()
+    except OSError:
         return None
-
-    def _forget_metrics(self, pid: int) -> None:
-        from serving.tfserving.monitoring import forget_process
-
-        forget_process(self.group.metrics_folder, pid)
-
-    def signal_all(self, number: int) -> None:
-        """Send a signal, once, to every worker still running (SIGTERM: each drains as worker 0 does)."""
-        if self.stopping:
-            return
-        self.stopping = True
-        for worker in self.workers.values():
-            if worker.process.poll() is None:
-                with contextlib.suppress(OSError):
-                    worker.process.send_signal(number)
-
-    def wait(self, timeout_s: float) -> bool:
-        """Wait for every worker to exit (SIGKILL after timeout_s); True when all exited with status 0."""
-        deadline = time.monotonic() + max(timeout_s, 0.0)
-        clean = True
-        for worker in self.workers.values():
-            try:
-                status = worker.process.wait(max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                logger.warning("Worker %d did not stop within the grace period; killing it.", worker.index)
-                worker.process.kill()
-                status = worker.process.wait()
-            if status != 0:
-                logger.warning("Worker %d exited with status %s.", worker.index, status)
-            clean = clean and status == 0
-        return clean
 
 
 def parse_model_config(text: str) -> Any:
@@ -236,7 +59,7 @@ class StateSharing:
         self._lock = threading.Lock()
         self._ready: bool | None = None
         self._serving: bool | None = None
-        self._config_text = group.published_config()
+        self._config_text = published_config(group)
         self._threads: list[threading.Thread] = []
 
     def refresh(self, manager: Any) -> None:
@@ -272,13 +95,13 @@ class StateSharing:
         text = text_format.MessageToString(model_config)
         with self._lock:
             self._config_text = text
-        self.group.publish_config(text)
+        publish_config(self.group, text)
         return sources
 
     def _follow_published_config(self) -> None:
         from serving.tfserving.config import sources_from_config
 
-        text = self.group.published_config()
+        text = published_config(self.group)
         with self._lock:
             if text is None or text == self._config_text:
                 return

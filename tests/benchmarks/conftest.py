@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import article, event_files, inference, load, stats, system, training
+from benchmarks.batching_sizes import BatchingBySize, SizePoint
 from benchmarks.deployment_formats import DeploymentFormats, FormatMeasurement
 from benchmarks.labels import ENDPOINTS
 from benchmarks.measure import Comparison
@@ -28,6 +29,16 @@ def load_point(concurrency: int, throughput: float, p50_ms: float, generator_cor
     return load.LoadResult(
         f"point-{concurrency}", concurrency, latencies, 0, throughput, windows, True, 2.0, generator_cores * 2.0
     )
+
+
+def batching_by_size() -> BatchingBySize:
+    """Batching off and on at four widths: on loses at 64 and 256 and wins from 1024 up (the crossover)."""
+    rates = {64: (3000.0, 2400.0), 256: (2000.0, 1900.0), 1024: (1700.0, 2720.0), 4096: (400.0, 1400.0)}
+    points = [
+        SizePoint(width, (off * 0.97, off, off * 1.03), (on * 0.97, on, on * 1.03), (4.0,), (5.0,), (20.0,), (15.0,))
+        for width, (off, on) in rates.items()
+    ]
+    return BatchingBySize("wrk", 16, 3, 2.0, points, workers=2, load_average="1.00 1.00 1.00", date="2026-01-01")
 
 
 def _training() -> training.TrainingResult:
@@ -139,6 +150,7 @@ def comparison() -> Comparison:
         data_parallelism=article.DataParallelism(2, ["/device:CPU:0"], 1, True, 0, True, False, True),
         sweep=_sweep(),
         deployment_formats=_deployment_formats(),
+        tf_batching=batching_by_size(),
         skipped={
             "tf serving": "left out for this test",
             "torch serving": "left out for this test",

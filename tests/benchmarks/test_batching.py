@@ -2,41 +2,83 @@
 
 from __future__ import annotations
 
-from benchmarks import labels, ratios
+import dataclasses
+
+import pytest
+
+from benchmarks import batching_sizes, labels, ratios
+from benchmarks.batching_sizes import SizePoint, crossover
 from benchmarks.report import serving
-from benchmarks.serving_tf import TFServingResult
 from benchmarks.torchserve_batching import BatchingSetting, TorchServeBatching
-from tests.benchmarks.conftest import latency, load_point
+from tests.benchmarks.conftest import batching_by_size, load_point
 
 
-def _tf_result(p99_on: float, p99_off: float) -> TFServingResult:
-    return TFServingResult(
-        version=1,
-        cpu_count=2,
-        clients=16,
-        grpc=latency(1.0),
-        trivial_grpc=latency(0.5),
-        in_process=latency(0.3),
-        throughput_batching_off_rps=1000.0,
-        throughput_batching_on_rps=1400.0,
-        throughput_batching_off_range=(950.0, 1050.0),
-        throughput_batching_on_range=(1300.0, 1500.0),
-        p50_batching_off_ms=5.0,
-        p50_batching_on_ms=6.0,
-        p99_batching_off_ms=p99_off,
-        p99_batching_on_ms=p99_on,
-        batch_timeout_ms=2.0,
-    )
+def _point(width: int, off: float, on: float, p99_off: float = 10.0, p99_on: float = 10.0) -> SizePoint:
+    return SizePoint(width, (off * 0.98, off, off * 1.02), (on * 0.98, on, on * 1.02), (), (), (p99_off,), (p99_on,))
 
 
-def test_tf_batching_needs_both_throughput_and_p99_growth(comparison):
-    within = ratios.tf_batching(_tf_result(p99_on=12.5, p99_off=10.0))
-    assert within.status == "met" and "+2.500 ms" in within.inputs and "3 ms (met)" in within.inputs
-    grown = ratios.tf_batching(_tf_result(p99_on=14.0, p99_off=10.0))
-    assert grown.status == "missed" and abs(grown.measured - 1.4) < 1e-9 and "(missed)" in grown.inputs
-    assert "tail grew" in grown.note
+@pytest.mark.parametrize(
+    ("ratios_by_width", "expected"),
+    [
+        ({64: 0.8, 256: 0.95, 1024: 1.6, 4096: 3.5}, 1024),
+        ({64: 1.2, 256: 1.3, 1024: 1.6, 4096: 3.5}, 64),  # wins everywhere: the smallest width measured
+        ({64: 0.8, 256: 1.2, 1024: 0.9, 4096: 2.0}, 4096),  # a win below a loss does not count
+        ({64: 0.8, 256: 0.9, 1024: 1.0, 4096: 1.04}, None),  # within the noise margin at every width
+        ({4096: 2.0, 64: 0.5, 1024: 1.5, 256: 0.7}, 1024),  # the order measured does not matter
+    ],
+)
+def test_crossover_is_the_smallest_width_from_which_batching_wins_at_every_larger_one(ratios_by_width, expected):
+    points = [_point(width, 1000.0, 1000.0 * ratio) for width, ratio in ratios_by_width.items()]
+    assert crossover(points) == expected
+
+
+def test_a_width_wins_only_by_more_than_the_margin():
+    assert crossover([_point(64, 1000.0, 1000.0 * batching_sizes.BEATS)]) == 64
+    assert crossover([_point(64, 1000.0, 1000.0 * batching_sizes.BEATS * 0.999)]) is None
+    assert crossover([_point(64, 1000.0, 1010.0)], beats=1.0) == 64
+
+
+def test_model_sizes_keep_the_digits_shape():
+    assert batching_sizes.hidden_sizes(64) == (64, 32)  # the digits model's own layers
+    assert batching_sizes.parameter_count(64) == 64 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+    assert batching_sizes.hidden_sizes(4096) == (4096, 2048)
+
+
+def test_tf_batching_ratio_reads_the_largest_width_and_names_the_crossover():
+    met = ratios.tf_batching(batching_by_size())
+    assert met.status == "met" and abs(met.measured - 3.5) < 1e-9
+    assert "64: 0.80, 256: 0.95, 1024: 1.60, 4096: 3.50" in met.inputs and "crossover: 1024" in met.inputs
+    assert "wrk, 16 connections" in met.inputs and "from a first hidden layer of 1024 units up" in met.note
+
+
+def test_tf_batching_ratio_is_missed_without_a_crossover_a_large_enough_gain_or_with_a_grown_tail():
+    measured = batching_by_size()
+    no_gain = dataclasses.replace(measured, points=[_point(64, 1000.0, 800.0), _point(4096, 400.0, 480.0)])
+    assert ratios.tf_batching(no_gain).status == "missed"  # 1.2 at the largest width: crossover, but below 1.3
+    lost = dataclasses.replace(measured, points=[_point(64, 1000.0, 800.0), _point(4096, 400.0, 410.0)])
+    missed = ratios.tf_batching(lost)
+    assert missed.status == "missed" and "crossover: none" in missed.inputs and "did not pay" in missed.note
+    # The tail may grow by one batch timeout (1 ms) + 1 ms where batching pays, not more.
+    within = [_point(64, 1000.0, 800.0), _point(4096, 400.0, 1400.0, p99_off=10.0, p99_on=11.9)]
+    assert ratios.tf_batching(dataclasses.replace(measured, points=within)).status == "met"
+    grown = [_point(64, 1000.0, 800.0, p99_on=50.0), _point(4096, 400.0, 1400.0, p99_off=10.0, p99_on=12.5)]
+    tail = ratios.tf_batching(dataclasses.replace(measured, points=grown))
+    assert tail.status == "missed" and "At width 4096 the p99 grew" in tail.note  # 64 is below the crossover
+
+
+def test_tf_batching_not_measured_says_why(comparison):
+    comparison.tf_batching = None
+    comparison.skipped["tf batching"] = "left out for this test"
     unknown = {ratio.name: ratio for ratio in ratios.compute_ratios(comparison)}[ratios.TF_BATCHING[0]]
     assert unknown.status == "not measured" and "left out for this test" in unknown.note
+
+
+def test_report_shows_every_width_and_names_the_crossover():
+    text = "\n".join(serving.tf_batching_section(batching_by_size()))
+    assert f"| {labels.TF_SERVER} | 64, 32 | 6,570 | 3,000 | 2,400 | 0.80 |" in text
+    assert f"| {labels.TF_SERVER} | 4096, 2048 | 8,677,386 | 400 | 1,400 | 3.50 |" in text
+    assert "Crossover: hidden layers of 1024 and 512 units" in text
+    assert "`wrk` sends the one-digit predict body over REST on 16 connections" in text
 
 
 def test_report_shows_torchserve_batching_table_or_why_not():

@@ -124,4 +124,4 @@ def test_json_results_match_the_report(quick_report):
         assert 0 < summary["test_accuracy"] <= 1
         assert summary["peak_rss_mib"] > 50
         assert len(results["training"]["curves"][framework][0]["validation/epoch_loss"]) == summary["epochs"]
-    assert set(results["skipped"]) == {"sweep", "tf serving", "torch serving", "distributed"}
+    assert set(results["skipped"]) == {"sweep", "floors", "tf serving", "tf batching", "torch serving", "distributed"}

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from benchmarks import compare, labels, plots, ratios, report
+from benchmarks import compare, floors, labels, plots, ratios, report
+from benchmarks.http_load import ExternalEndpoint, ExternalPoint, ExternalSweep
+from benchmarks.labels import ENDPOINTS
 from benchmarks.report import html as report_html
+from benchmarks.report import summary
 from benchmarks.sweep import SweepResult
 from tests.benchmarks.conftest import check_page
 
@@ -59,8 +62,11 @@ def test_no_dump_no_machine_path_and_every_serving_row_names_its_server(comparis
     assert "/machine/" not in text and "returned:" not in text
     assert not re.search(r"(?<![\w.`])/(?:home|tmp|work|root|usr)/", text)
     serving = _section(text, "## Serving")
-    rows = [
-        line for line in serving.splitlines() if line.startswith("| ") and "clients" not in line and "---" not in line
+    lines = serving.splitlines()
+    rows = [  # every table row but the headers (the line above a "| ---" rule) and the rules
+        line
+        for line, following in zip(lines, [*lines[1:], ""], strict=True)
+        if line.startswith("| ") and not following.startswith("| ---") and "---" not in line
     ]
     assert rows and all(
         any(name in row for name in (labels.TF_SERVER, labels.FLASK_SERVER, labels.TORCHSERVE)) for row in rows
@@ -134,3 +140,104 @@ def test_a_missing_deployment_formats_section_says_why(comparison, tmp_path):
     )
     text, _ = _render(comparison, tmp_path)
     assert "RuntimeError: no compiler" in _section(text, "## Deployment formats")
+
+
+def _wrk_sweep(rates: dict[str, float | None]) -> ExternalSweep:
+    """wrk's figures for the three REST endpoints (None: wrk failed on that endpoint): p50 at 1, rate at 16."""
+    endpoints = []
+    for key, rate in rates.items():
+        if rate is None:
+            endpoints.append(ExternalEndpoint(ENDPOINTS[key], f"http://{key}", [], "RuntimeError: wrk failed"))
+            continue
+        points = [
+            ExternalPoint(1, int(rate), 0, 1.0, 1000.0 / rate * 2, 3.0, 4.0, 0.1),
+            ExternalPoint(16, int(rate * 2), 0, 2.0, 5.0, 8.0, 9.0, 0.4),
+        ]
+        endpoints.append(ExternalEndpoint(ENDPOINTS[key], f"http://{key}", points))
+    return ExternalSweep("wrk", 2.0, endpoints)
+
+
+def _summary_rows(comparison, folder) -> list[str]:
+    summary = _section(_render(comparison, folder)[0], "## Summary")
+    return [line for line in summary.splitlines() if line.startswith("| ") and not line.startswith("| ---")][1:]
+
+
+def test_summary_compares_the_compiled_generators_figures_alone_when_it_measured_every_rest_endpoint(
+    comparison, tmp_path
+):
+    # The Python generator's best at 16 clients is TF gRPC at 3,600/s; wrk puts Flask REST ahead of TF REST.
+    comparison.sweep = dataclasses.replace(
+        comparison.sweep, external=_wrk_sweep({"tf-rest": 3000.0, "flask-rest": 3260.0, "torchserve-rest": 2500.0})
+    )
+    rows = _summary_rows(comparison, tmp_path)
+    served = rows[4]
+    assert f"3,000 /s, via {labels.TF_SERVER} over REST (wrk)" in served
+    assert f"3,260 /s, via {labels.FLASK_SERVER} over REST (wrk)" in served
+    assert "PyTorch, by 1.1×" in served and "Python generator" not in served and "gRPC" not in served
+    assert rows[3].count("(wrk)") == 2 and "Python generator" not in rows[3]
+    summary = _section(_render(comparison, tmp_path)[0], "## Summary")
+    assert "Both served rows compare `wrk`'s figures alone, over the REST endpoints" in summary
+
+
+def test_summary_falls_back_to_the_python_generator_alone_and_says_so(comparison, tmp_path):
+    # wrk failed on TorchServe: its REST figures cover too few endpoints, so neither framework's row uses them.
+    comparison.sweep = dataclasses.replace(
+        comparison.sweep, external=_wrk_sweep({"tf-rest": 3000.0, "flask-rest": 3260.0, "torchserve-rest": None})
+    )
+    rows = _summary_rows(comparison, tmp_path)
+    for served in rows[3:]:
+        assert served.count("(Python generator") == 2 and "(wrk)" not in served
+    assert f"3,600 /s, via {labels.TF_SERVER} over gRPC (Python generator, generator-bound)" in rows[4]
+    summary = _section(_render(comparison, tmp_path)[0], "## Summary")
+    assert "Both served rows compare figures of the Python generator (`benchmarks.load`) only" in summary
+
+
+def test_best_endpoint_never_mixes_generators(comparison):
+    comparison.sweep = dataclasses.replace(
+        comparison.sweep, external=_wrk_sweep({"tf-rest": 3000.0, "flask-rest": 500.0, "torchserve-rest": 2500.0})
+    )
+    # Under wrk alone TorchServe REST is PyTorch's best (2,500/s); the Python generator's gRPC figure is not a candidate.
+    value, where = summary.best_served(comparison, "torch", 16, False, "wrk")
+    assert value == 2500.0 and where == f"{labels.TORCHSERVE} over REST (wrk)"
+    value, where = summary.best_served(comparison, "tf", 16, False, summary.PYTHON_GENERATOR)
+    assert value == 3600.0 and "gRPC (Python generator" in where
+    assert summary.served_generator(comparison, 16) == "wrk"
+
+
+def test_the_floors_section_names_the_machine_and_every_server_against_nginx(comparison, tmp_path):
+    comparison.floors = floors.FloorsResult(
+        {"date": "2026-01-01 12:00 UTC", "machine": "x86_64, 2 cores", "load": "3.00 2.00 1.00", "answer_bytes": 168},
+        {
+            "nginx": floors.Measured("nginx", [0.05], [100_000.0]),
+            "flask": floors.Measured("flask", [0.3], [9_000.0], model_p50_ms=0.01, memory_at_rest_mb=180.0),
+            "tfserving": floors.Measured("tfserving", [0.4], [7_000.0], model_p50_ms=0.1),
+        },
+        3,
+        4.0,
+    )
+    text = _render(comparison, tmp_path)[0]
+    section = _section(text, "### The REST servers against the floor of this machine")
+    assert (
+        "Measured 2026-01-01 12:00 UTC on x86_64, 2 cores; load average after the last round: 3.00 2.00 1.00."
+        in section
+    )
+    assert "Command: `python -m benchmarks.compare`. Generator: wrk (3 rounds of 4 s per point" in section
+    assert "| nginx answering a fixed body (the floor) | 0.050 | 100,000 |" in section
+    assert f"| {labels.FLASK_SERVER}, REST | 0.300 | 9,000 | 0.010 | 180 |" in section
+    ratios_section = _section(text, "## Ratios")
+    # (0.4 − 0.1) / 0.05 = 6 > 3 for the TF server; Flask's (0.3 − 0.01) / 0.05 = 5.8 > 3 too.
+    assert "| TF server REST: (p50, 1 connection − model p50) / nginx p50 (wrk) | ≤ 3 | 6 | MISSED |" in ratios_section
+    assert "MISSED: Flask: (p50, 1 connection − model p50) / nginx p50 (wrk); TF server REST" in ratios_section
+
+
+def test_compare_prints_a_missed_line_per_missed_target_and_fails_only_when_strict(
+    comparison, monkeypatch, capsys, tmp_path
+):
+    monkeypatch.setattr(compare.measure, "measure_everything", lambda settings, command: comparison)
+    monkeypatch.setattr(compare, "write_report", lambda comparison, checked, output_dir: 0)
+    arguments = ["--quick", "--output-dir", str(tmp_path)]
+    assert compare.main(arguments) == 0  # the fixture's Keras / torch training ratio, 0.333, misses ≥ 0.5
+    error = capsys.readouterr().err
+    assert "MISSED: Keras / torch training samples per second (pipelines, steady state): 0.333 against ≥ 0.5" in error
+    assert "1 of 10 targets missed" in error
+    assert compare.main([*arguments, "--strict"]) == 3

@@ -13,8 +13,8 @@ import pytest
 
 from experiment.errors import UsageError
 from experiment.processes import port_is_free
+from serving.frontend.workers import check_ports_free
 from serving.runtime import Ports, ServerError, Stack
-from serving.tfserving import workers
 
 HOST = "127.0.0.1"
 HELD_CONNECTIONS = 20
@@ -56,7 +56,7 @@ def test_a_port_in_time_wait_is_free_and_a_listened_port_is_not():
     with socket.socket() as plain, pytest.raises(OSError):
         plain.bind((HOST, port))  # what the probes did without SO_REUSEADDR: the restart failed for a minute
     assert port_is_free(port, HOST)
-    workers.check_ports_free(HOST, [port])  # the TF server's own check before it starts its workers
+    check_ports_free(HOST, [port])  # the TF server's own check before it starts its workers
 
     with socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -64,7 +64,7 @@ def test_a_port_in_time_wait_is_free_and_a_listened_port_is_not():
         listener.listen()
         assert not port_is_free(port, HOST)
         with pytest.raises(UsageError, match=rf"^Cannot listen on {HOST}:{port}: Address already in use\.$"):
-            workers.check_ports_free(HOST, [port])
+            check_ports_free(HOST, [port])
 
 
 def _hold_connections(ports: Ports) -> list:

@@ -15,8 +15,8 @@ import requests
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import runtime
+from serving.frontend.draining import SHUTTING_DOWN_MESSAGE, DrainGate, DrainingWsgiApp
 from serving.runtime import tfserving
-from serving.tfserving.draining import SHUTTING_DOWN_MESSAGE, DrainGate, DrainingWsgiApp
 from tests.serving.tfserving.support import require_ours, x_request
 
 GRACE_SECONDS = 10

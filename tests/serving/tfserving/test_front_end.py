@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from experiment.errors import UsageError
+from serving.frontend.http import FrontEndSettings, RestFrontEnd, listening_socket
+from serving.frontend.workers import WorkerGroup, check_ports_free
 from serving.tfserving import config, monitoring, workers
-from serving.tfserving.http_server import FrontEndSettings, RestFrontEnd, listening_socket
 
 LIMIT = 1000
 
@@ -160,7 +161,7 @@ def test_a_port_in_use_is_one_sentence():
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         with pytest.raises(UsageError, match=r"Cannot listen on 127\.0\.0\.1"):
-            workers.check_ports_free("127.0.0.1", [holder.getsockname()[1]])
+            check_ports_free("127.0.0.1", [holder.getsockname()[1]])
 
 
 # ---- flags --------------------------------------------------------------------------------------------------
@@ -289,7 +290,7 @@ def test_metrics_add_up_every_process_with_the_real_servers_names(tmp_path):
 
 
 def test_the_group_is_ready_only_when_every_worker_is(tmp_path):
-    first, second = workers.WorkerGroup(0, 2, tmp_path), workers.WorkerGroup(1, 2, tmp_path)
+    first, second = WorkerGroup(0, 2, tmp_path), WorkerGroup(1, 2, tmp_path)
     assert not first.all_ready()
     first.publish_ready(True)
     assert not second.all_ready()
@@ -297,9 +298,9 @@ def test_the_group_is_ready_only_when_every_worker_is(tmp_path):
     assert first.all_ready() and second.all_ready()
     second.publish_ready(False)
     assert not first.all_ready()
-    assert first.published_config() is None
-    second.publish_config("model_config_list {}")
-    assert first.published_config() == "model_config_list {}"
+    assert workers.published_config(first) is None
+    workers.publish_config(second, "model_config_list {}")
+    assert workers.published_config(first) == "model_config_list {}"
     second.remove_folder()  # only worker 0 removes it
     assert tmp_path.is_dir()
     first.remove_folder()

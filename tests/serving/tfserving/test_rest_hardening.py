@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from serving.frontend.http import FrontEndSettings, RestFrontEnd, listening_socket
 from serving.protocol.errors import QUOTED_LIMIT
 from serving.protocol.limits import MAX_JSON_DEPTH
-from serving.tfserving.http_server import FrontEndSettings, RestFrontEnd, listening_socket
 from tests.serving.tfserving.support import require_ours
 
 PREDICT = "/v1/models/default:predict"

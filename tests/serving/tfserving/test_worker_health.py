@@ -9,11 +9,12 @@ from types import SimpleNamespace
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from serving.frontend.workers import WorkerGroup
 from serving.tfserving import workers
 
 
 def test_a_health_check_on_any_worker_sees_the_group_ready_at_once(tmp_path):
-    group = workers.WorkerGroup(0, 2, tmp_path)
+    group = WorkerGroup(0, 2, tmp_path)
     servicer = health.HealthServicer()
     sharing = workers.StateSharing(group, servicer, ("",), None)
     sharing.manager = SimpleNamespace(all_models_available=lambda: True)  # this worker has loaded its models
@@ -29,7 +30,7 @@ def test_a_health_check_on_any_worker_sees_the_group_ready_at_once(tmp_path):
                 stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status
                 == health_pb2.HealthCheckResponse.NOT_SERVING
             )
-            workers.WorkerGroup(1, 2, tmp_path).publish_ready(True)  # the other worker, through the shared folder
+            WorkerGroup(1, 2, tmp_path).publish_ready(True)  # the other worker, through the shared folder
             # No state-sharing thread runs here: only the check itself can bring the answer up to date.
             assert (
                 stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING

@@ -3,7 +3,7 @@
 uvicorn's httptools protocol, extended (GuardedProtocol) with read deadlines for headers and bodies, a limit on
 header bytes, an idle timer from the moment a connection opens, a chunk-size check against the body limit, a cap on
 open connections that closes the longest-idle one first, and JSON answers ({"error": "..."}) for every refusal
-uvicorn alone would answer in plain text. serving.tfserving.http_server runs it; the module docstring there lists
+uvicorn alone would answer in plain text. serving.frontend.http runs it; the module docstring there lists
 what each refusal is.
 """
 
@@ -45,7 +45,7 @@ class FrontEndSettings:
     threads: int
     keep_alive_seconds: float
     metrics_path: str | None = None
-    metrics: Any = None  # serving.tfserving.monitoring.ServerMetrics when metrics_path is set
+    metrics: Any = None  # with exposition() and record(...), e.g. serving.tfserving.monitoring.ServerMetrics
     read_timeout_seconds: float = READ_TIMEOUT_SECONDS
     body_timeout_seconds: float = BODY_TIMEOUT_SECONDS
     max_connections: int | None = None

@@ -9,7 +9,7 @@ event loop before a pool thread runs the route, so threads only ever run model c
 REST and gRPC requests alike. The metrics page and its request counts live here too: they belong to the port,
 not to the API's routes.
 
-What a client cannot do to the port (serving.tfserving.connections guards it; each refusal is {"error": "..."},
+What a client cannot do to the port (serving.frontend.connections guards it; each refusal is {"error": "..."},
 and the connection is closed):
 - send a body over --max_request_bytes: 413, read to its end (for up to connections.LINGER_SECONDS) before the
   connection closes, so that the client reads the answer instead of a reset; a client waiting for "100 Continue"
@@ -44,11 +44,11 @@ from typing import Any
 import uvicorn
 import uvloop
 
+from serving.frontend.connections import ConnectionGuard, FrontEndSettings, GuardedProtocol, connection_limit
 from serving.protocol.errors import HTTP_STATUS, RequestError
 from serving.protocol.rest import dumps
-from serving.tfserving.connections import ConnectionGuard, FrontEndSettings, GuardedProtocol, connection_limit
 
-logger = logging.getLogger("serving.tfserving")
+logger = logging.getLogger("serving.frontend")
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 # Bodies up to this much beyond the limit are read and dropped before the 413, so the client sees the answer
