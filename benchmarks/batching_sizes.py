@@ -27,7 +27,7 @@ from pathlib import Path
 from benchmarks import http_load
 from benchmarks.labels import EndpointLabel
 
-WIDTHS = (64, 256, 1024, 4096)
+WIDTHS = (64, 256, 1024, 2048, 4096)
 QUICK_WIDTHS = (64, 1024, 4096)
 CLIENTS = 16
 # Batching on must answer at least this many times off's rate to count as beating it: runs a few seconds long on a
@@ -188,8 +188,8 @@ def model_config(bases: dict[str, Path]) -> str:
 
 def measure(
     widths: Sequence[int] = WIDTHS,
-    rounds: int = 2,
-    seconds: float = 2.0,
+    rounds: int = 3,
+    seconds: float = 1.0,
     clients: int = CLIENTS,
     generator: str | None = None,
 ) -> BatchingBySize:
@@ -338,10 +338,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the table and the crossover."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batching_sizes", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--widths", type=_widths, default=WIDTHS, help="first hidden layer widths, e.g. 64,256,1024,4096"
+        "--widths", type=_widths, default=WIDTHS, help="first hidden layer widths, e.g. 64,256,1024,2048,4096"
     )
-    parser.add_argument("--rounds", type=int, default=2, help="rounds taking turns; figures are their medians")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per run (after a 1 s warm-up)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds taking turns; figures are their medians")
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="seconds per run (after a 1 s warm-up; whole seconds for wrk)"
+    )
     parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent connections")
     arguments = parser.parse_args(argv)
     if arguments.rounds < 1 or arguments.seconds <= 0 or arguments.clients < 1:

@@ -208,7 +208,8 @@ def run_wrk(target: Target, body_path: Path, concurrency: int, seconds: float) -
     base = ["wrk", "-t", threads, "-c", str(concurrency), "-s", str(script)]
     timeout = seconds + RUN_TIMEOUT_EXTRA_SECONDS
     _run([*base, "-d", "1s", target.url], timeout)
-    output, _, cpu = _run([*base, "-d", f"{max(seconds, 1.0):g}s", "--latency", target.url], timeout)
+    # wrk takes whole seconds only.
+    output, _, cpu = _run([*base, "-d", f"{max(1, round(seconds))}s", "--latency", target.url], timeout)
     found = parse_wrk(output)
     answered = int(found["requests"] - found["errors"])
     return ExternalPoint(

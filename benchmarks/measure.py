@@ -222,8 +222,8 @@ def _measure_serving(comparison: Comparison, settings: CompareSettings, trained:
             "tf batching",
             lambda: batching_sizes.measure(
                 batching_sizes.QUICK_WIDTHS if settings.quick else batching_sizes.WIDTHS,
-                1 if settings.quick else 2,
-                1.0 if settings.quick else 2.0,
+                1 if settings.quick else 3,
+                1.0,
             ),
         )
     comparison.torch_serving = _section(

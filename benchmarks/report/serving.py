@@ -243,7 +243,10 @@ def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
     lines = paragraph(
         f"Two {labels.TORCHSERVE} instances, identical but for the model's batch size (1, against config.properties' "
         f"batch size and delay, as TorchServe registered them), each driven over REST by {batching.clients} "
-        f"closed-loop clients; off and on alternate in {batching.rounds} rounds and each setting's rounds are pooled."
+        f"closed-loop clients; off and on alternate in {batching.rounds} rounds and each setting's rounds are pooled.",
+        "This is the digits model alone: across model sizes, as for the TF server above, TorchServe would need a "
+        "TorchScript export and an archive per width and its own Python workers for every model registered (about "
+        "240 MB each), a dozen or more workers beside the JVM on this machine, so it is not measured by size.",
     )
     rows = [
         (
