@@ -45,7 +45,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     # Imported here, not at the top: prometheus_client chooses its multiprocess mode when first imported, and
     # `python -m serving.flask_app` imports this package before it points PROMETHEUS_MULTIPROC_DIR at its folder.
-    from serving.flask_app.metrics import AppMetrics
+    from serving.flask_app.metrics import AppMetrics, CountingMiddleware
 
     metrics = AppMetrics()
     model_name = str(app.config["MODEL_NAME"])
@@ -69,8 +69,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.url_map.converters["model_name"] = routes.ModelNameConverter
     app.register_blueprint(routes.api)
-    app.before_request(routes.start_timer)
-    app.after_request(routes.record_request)
+    app.wsgi_app = CountingMiddleware(app.wsgi_app, metrics)
     app.register_error_handler(RequestError, routes.handle_request_error)
     app.register_error_handler(HTTPException, routes.handle_http_exception)
     app.register_error_handler(Exception, routes.handle_unexpected_error)
