@@ -312,7 +312,7 @@ def report(result: BatchingBySize, command: str) -> str:
     """The markdown the command prints."""
     lines = [
         f"Measured {result.date}; load average after the last round: {result.load_average}.",
-        f"Command: `{command}`. Generator: {result.generator}, {result.clients} connections, {result.rounds} rounds of "
+        f"Command: `{command}`. Generator: {result.generator}, {result.clients} connections, {result.rounds} round(s) of "
         f"{result.seconds:g} s per point (medians), one-digit body over REST; {result.workers} server workers; "
         f"batching: max batch size {result.max_batch_size}, timeout {result.batch_timeout_ms:g} ms, "
         f"{result.num_batch_threads} batch thread per worker.",
