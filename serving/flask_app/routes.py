@@ -13,9 +13,11 @@ from experiment.spec import INPUT_NAME
 from serving.flask_app.models import LoadedModel, ModelManager
 from serving.protocol import rest
 from serving.protocol.errors import RequestError
+from serving.protocol.json_predict import format_predict
 from serving.protocol.signatures import require_signature
 
 api = Blueprint("api", __name__)
+JSON_CONTENT_TYPE = "application/json"
 
 
 class ModelNameConverter(BaseConverter):
@@ -54,13 +56,18 @@ def _served_model(name: str, version: int | None) -> LoadedModel:
 @api.post("/v1/models/<model_name:name>:predict")
 @api.post("/v1/models/<model_name:name>/versions/<int:version>:predict")
 def predict(name: str, version: int | None = None) -> Response:
-    """TensorFlow Serving's predict: row ("instances") or columnar ("inputs") body, answered in the same format."""
+    """TensorFlow Serving's predict: row ("instances") or columnar ("inputs") body, answered in the same format.
+
+    The answer is written once, as JSON text, the way the real server writes it (serving.protocol.json_predict).
+    """
     model = _served_model(name, version)
     data = request.get_data(cache=False)  # 413 here if over MAX_CONTENT_LENGTH
     try:
-        body = rest.load_json(data)
         parsed = rest.parse_predict_body(
-            body, model.signature.inputs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
+            rest.load_json(data),
+            model.signature.inputs,
+            allow_non_finite=False,
+            max_batch_size=current_app.config["MAX_BATCH_SIZE"],
         )
     except RequestError:
         raise
@@ -70,7 +77,7 @@ def predict(name: str, version: int | None = None) -> Response:
         raise RequestError(rest.UNREADABLE_BODY) from None
     require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
-    return json_response(rest.format_predict_response(outputs, parsed.row_format))
+    return Response(format_predict(outputs, parsed.row_format), content_type=JSON_CONTENT_TYPE)
 
 
 # Status and metadata --------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
-from werkzeug.wrappers import Request, Response
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wrappers import Request
 from werkzeug.wsgi import ClosingIterator
 
 from serving.protocol.errors import RequestError
@@ -27,15 +28,27 @@ logger = logging.getLogger("serving.tfserving")
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 
 
-def _json(status: int, document: Any, close: bool = False) -> Response:
-    response = Response(dumps(document), status=status, mimetype="application/json")
-    if close:
-        response.headers["Connection"] = "close"
-    return response
+# One answer: HTTP status, JSON text, and whether to close the connection after it.
+Answer = tuple[int, str, bool]
 
 
-def _error(error: RequestError, close: bool = False) -> Response:
+def _json(status: int, document: Any, close: bool = False) -> Answer:
+    return status, dumps(document), close
+
+
+def _error(error: RequestError, close: bool = False) -> Answer:
     return _json(error.http_status, error.body(), close)
+
+
+def _start(start_response: Callable, answer: Answer) -> list[bytes]:
+    """Send an answer through WSGI directly (no Response object: the headers are always these)."""
+    status, text, close = answer
+    content = text.encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(content)))]
+    if close:
+        headers.append(("Connection", "close"))
+    start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN')}", headers)
+    return [content]
 
 
 class RestApp:
@@ -54,20 +67,19 @@ class RestApp:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         with self._condition:
             if self._draining:
-                response = _error(RequestError("The server is shutting down.", "UNAVAILABLE"), close=True)
-                return response(environ, start_response)
+                return _start(start_response, _error(RequestError("The server is shutting down.", "UNAVAILABLE"), True))
             self._in_flight += 1
         try:
             request = Request(environ)
             if not self._slots.acquire(timeout=self.timeout_s):
-                response = _error(RequestError("The server is busy; try again.", "UNAVAILABLE"))
+                answer = _error(RequestError("The server is busy; try again.", "UNAVAILABLE"))
             else:
                 try:
-                    response = self.dispatch(request)
+                    answer = self.dispatch(request)
                 finally:
                     self._slots.release()
             # The count drops only once the server has written the body (close() runs after the last byte).
-            return ClosingIterator(response(environ, start_response), [self._finished])
+            return ClosingIterator(_start(start_response, answer), [self._finished])
         except BaseException:
             self._finished()
             raise
@@ -83,7 +95,7 @@ class RestApp:
             self._draining = True
             return self._condition.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
 
-    def dispatch(self, request: Request) -> Response:
+    def dispatch(self, request: Request) -> Answer:
         """Route one request; every refusal becomes {"error": ...} with TensorFlow Serving's status."""
         try:
             return self._route(request)
@@ -93,14 +105,11 @@ class RestApp:
             logger.exception("REST %s %s failed unexpectedly.", request.method, request.path[:200])
             return _json(500, {"error": "The request failed inside the server; see the server log."})
 
-    def _route(self, request: Request) -> Response:
+    def _route(self, request: Request) -> Answer:
         # What to answer is serving.tfserving.rest_handlers' business; this class only reads and writes HTTP.
         body = self._read_body(request) if request.method == "POST" else b""
         answer = self.handler.handle(request.method, request.path, body)
-        response = Response(answer.body, status=answer.status, mimetype=answer.content_type)
-        if answer.status == 413:
-            response.headers["Connection"] = "close"
-        return response
+        return answer.status, answer.body, answer.status == 413
 
     def _read_body(self, request: Request) -> bytes:
         limit = self.max_request_bytes

@@ -54,6 +54,9 @@ class Case:
     description: str
     build: Callable[[Target], bytes | None]  # None: the case does not apply to that server
     expected_status: int | None = None  # a specific 4xx required (413 for a body over the limit); None: any 4xx
+    # The body stops before its framing says it ends, in a way only a reader of chunk sizes can tell at once: uvicorn
+    # gives the app the data alone, so the TF server answers it at its body deadline (a pause of 10 s), with a 408.
+    body_stops: bool = False
 
     def request(self, target: Target) -> bytes | None:
         """The request's bytes for this target, or None when the case does not apply to it."""
@@ -289,7 +292,7 @@ def bad_chunking(rng: random.Random) -> Case:
         "NUL in size": b"1\x00\r\n{\r\n0\r\n\r\n",
     }
     kind = rng.choice(sorted(choices))
-    return Case("bad chunked framing", kind, _raw_chunked(choices[kind]))
+    return Case("bad chunked framing", kind, _raw_chunked(choices[kind]), body_stops=kind == "size ffffffffffffffff")
 
 
 def absurd_version(rng: random.Random) -> Case:

@@ -13,6 +13,14 @@ from tests.robustness import bodies, wire
 from tests.robustness.targets import MEBIBYTE, RestTarget
 
 VALID_ANSWER_TIMEOUT_S = 1.0  # what "a valid request is still answered" means under slow and idle clients
+# How long a case whose body stops arriving may wait for its answer: the front ends' longest pause inside a body
+# (10 s), and a margin.
+BODY_STOPS_TIMEOUT_S = 15.0
+# uvicorn's own answer to a request it cannot parse, given before any code of the servers runs (docs/performance.md,
+# "The front end's own refusals"); the real TF Serving's evhttp answers such requests in its own words too.
+FRONT_END_400_BODY = b"Invalid HTTP request received."
+# The categories whose requests are malformed HTTP rather than malformed bodies (a length over 64 bits among them).
+FRAMING_CATEGORIES = ("bad chunked framing", "declared too large")
 
 
 def valid_request(target: RestTarget, images: int = 1) -> bytes:
@@ -70,6 +78,9 @@ class BodyReport:
     # empty body (a declared length over max_request_size) or a closed connection (a negative chunk size). No
     # setting changes either (docs/torchserve.md); they are counted apart, as refusals, not as failures.
     netty_refusals: int = 0
+    # The Python servers' front end (uvicorn) answers malformed HTTP framing with its own plain-text 400; no setting
+    # changes it. Counted apart too.
+    front_end_refusals: int = 0
     valid_after: str | None = None  # what went wrong with a valid request afterwards (None: it was answered)
     failures: list[str] = dataclasses.field(default_factory=list)
 
@@ -79,8 +90,8 @@ class BodyReport:
 
     @property
     def failed(self) -> int:
-        """Malformed requests that did not get a proper 4xx (or, on TorchServe, Netty's own refusal)."""
-        return self.sent - self.answered_4xx - self.netty_refusals
+        """Malformed requests that did not get a proper 4xx (or their front end's own refusal of bad framing)."""
+        return self.sent - self.answered_4xx - self.netty_refusals - self.front_end_refusals
 
     def add(self, case: bodies.Case, answer: wire.Answer, torchserve_format: bool) -> None:
         """Count one answer."""
@@ -88,6 +99,8 @@ class BodyReport:
         label = f"[{case.category}] {case.description}"
         if torchserve_format and netty_refusal(answer, case.category):
             self.netty_refusals += 1
+        elif not torchserve_format and front_end_refusal(answer, case.category):
+            self.front_end_refusals += 1
         elif answer.outcome == wire.HANG:
             self.hangs += 1
             self.failures.append(f"{label}: hang ({answer.seconds:.1f} s)")
@@ -118,6 +131,16 @@ def netty_refusal(answer: wire.Answer, category: str) -> bool:
     return answer.outcome == wire.NO_ANSWER and category == "bad chunked framing"
 
 
+def front_end_refusal(answer: wire.Answer, category: str) -> bool:
+    """Whether an answer to malformed HTTP framing is uvicorn's own plain-text 400 (no code of the server runs)."""
+    return (
+        category in FRAMING_CATEGORIES
+        and answer.outcome == wire.ANSWERED
+        and answer.status == 400
+        and answer.body == FRONT_END_400_BODY
+    )
+
+
 def send_malformed(
     target: RestTarget, cases: list[bodies.Case], timeout: float = wire.DEFAULT_ANSWER_TIMEOUT_S
 ) -> BodyReport:
@@ -127,7 +150,8 @@ def send_malformed(
         data = case.request(target)
         if data is None:
             continue
-        report.add(case, wire.exchange(target.host, target.port, data, timeout), target.torchserve)
+        wait = max(timeout, BODY_STOPS_TIMEOUT_S) if case.body_stops else timeout
+        report.add(case, wire.exchange(target.host, target.port, data, wait), target.torchserve)
     report.valid_after = ask_valid(target)
     return report
 

@@ -38,6 +38,7 @@ ROWS = (
     ("bad error bodies", "a 4xx that is not one JSON sentence"),
     ("wrong 4xx", "a 4xx other than the 413 required"),
     ("refused by Netty", "TorchServe's front end's own refusal: empty 4xx or closed connection (not a failure)"),
+    ("refused by uvicorn", "the Python servers' front end's own plain 400 to malformed framing (not a failure)"),
     ("poisoned-batch failures", "valid requests failed beside malformed ones"),
     ("stalled by slow clients", "valid requests not answered within 1 s"),
     ("gRPC shape failures", "shape cases not INVALID_ARGUMENT within 1 s"),
@@ -45,7 +46,7 @@ ROWS = (
     ("lost on SIGTERM", "accepted requests reset or left unanswered"),
     ("refused on SIGTERM", "requests refused cleanly after SIGTERM (not a failure)"),
 )
-NOT_FAILURES = ("malformed sent", "refused on SIGTERM", "refused by Netty")
+NOT_FAILURES = ("malformed sent", "refused on SIGTERM", "refused by Netty", "refused by uvicorn")
 
 
 @dataclasses.dataclass
@@ -100,6 +101,7 @@ def probe_stack(arguments: argparse.Namespace, work_dir: Path, results: dict[str
                     "no answer": report.no_answer + int(over_limit.outcome == "no answer"),
                     "bad error bodies": report.bad_error_bodies,
                     "refused by Netty": report.netty_refusals,
+                    "refused by uvicorn": report.front_end_refusals,
                     "wrong 4xx": report.wrong_status
                     + int(
                         over_limit.status is not None and 400 <= over_limit.status < 500 and over_limit.status != 413

@@ -1,5 +1,6 @@
 """Malformed REST requests (a seeded generator's, and a chunked body over the limit) on every server: each gets a 4xx
-with one JSON sentence, never a 5xx, a hang, a silent cut or a dropped connection, and the server keeps answering."""
+with one JSON sentence (or, for malformed HTTP framing, the front end's own refusal), never a 5xx, a hang, a silent
+cut or a dropped connection, and the server keeps answering."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def assert_all_refused_cleanly(report: checks.BodyReport) -> None:
         f"{report.failed} of {report.sent} malformed requests not answered with a 4xx JSON sentence: "
         f"{report.server_errors} 5xx, {report.hangs} hangs, {report.silent_cuts} silent cuts, "
         f"{report.no_answer} without an answer, {report.bad_error_bodies} bad error bodies, "
-        f"{report.wrong_status} wrong 4xx ({report.netty_refusals} refused by TorchServe's Netty itself, not counted)"
+        f"{report.wrong_status} wrong 4xx ({report.netty_refusals} refused by TorchServe's Netty itself and "
+        f"{report.front_end_refusals} by uvicorn itself, not counted)"
     )
     assert report.failed == 0, summary + "\n" + "\n".join(report.summary(FAILURES_SHOWN))
     assert report.valid_after is None, f"a valid request afterwards failed: {report.valid_after}"

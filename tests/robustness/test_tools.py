@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from experiment.processes import free_port
-from tests.robustness import bodies, wire
+from tests.robustness import bodies, checks, wire
 from tests.robustness.targets import RestTarget
 
 
@@ -120,3 +120,15 @@ def test_exchange_tells_answer_hang_and_dropped_connection_apart():
 def test_error_bodies_must_be_one_json_sentence(body, torchserve, acceptable):
     answer = wire.Answer(wire.ANSWERED, 400, {}, body)
     assert (wire.error_problem(answer, torchserve) is None) == acceptable
+
+
+def test_only_malformed_framing_may_get_the_front_ends_own_plain_400():
+    plain = wire.Answer(wire.ANSWERED, 400, {}, checks.FRONT_END_400_BODY)
+    assert checks.front_end_refusal(plain, "bad chunked framing")
+    assert not checks.front_end_refusal(plain, "wrong type")  # a body the server reads: its answer is JSON
+    assert not checks.front_end_refusal(wire.Answer(wire.ANSWERED, 400, {}, b"Bad Request"), "bad chunked framing")
+
+
+def test_only_a_chunk_declaring_more_than_it_sends_waits_for_the_body_deadline():
+    stopping = {case.description for case in bodies.malformed_cases(17, 600) if case.body_stops}
+    assert stopping == {"size ffffffffffffffff"}

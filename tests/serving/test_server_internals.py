@@ -23,7 +23,7 @@ SERVER_LIBRARIES = (
     "h11",
     "werkzeug.serving",
 )
-KNOWN = {"serving/gunicorn_worker.py", "serving/frontend/connections.py"}
+KNOWN = {"serving/gunicorn_worker.py"}
 
 
 def _from_server_library(module: str) -> bool:

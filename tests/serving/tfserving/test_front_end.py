@@ -122,11 +122,21 @@ def test_a_chunked_body_arrives_de_chunked(front_end):
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_a_body_over_the_limit_is_413_with_one_sentence(front_end, chunked):
-    status, headers, body = request(front_end.port, "POST", "/v1/models/m:predict", b" " * (LIMIT + 1), chunked=chunked)
-    assert status == 413 and headers["connection"] == "close"
-    assert json.loads(body) == {"error": f"The request body is larger than this server's limit of {LIMIT} bytes."}
-    assert front_end.recorder.records == [("m", "predict", "REST", "RESOURCE_EXHAUSTED")]
+def test_a_body_over_the_limit_is_413_with_one_sentence_and_the_connection_goes_on(front_end, chunked):
+    connection = http.client.HTTPConnection("127.0.0.1", front_end.port, timeout=10)
+    try:
+        body = b" " * (LIMIT + 1)
+        connection.request("POST", "/v1/models/m:predict", iter([body[:5], body[5:]]) if chunked else body)
+        response = connection.getresponse()
+        assert response.status == 413 and response.getheader("connection") is None
+        assert json.loads(response.read()) == {
+            "error": f"The request body is larger than this server's limit of {LIMIT} bytes."
+        }
+        connection.request("POST", "/x", b"{}")  # the same connection: the refused body was read to its end
+        assert connection.getresponse().status == 201
+    finally:
+        connection.close()
+    assert front_end.recorder.records[0] == ("m", "predict", "REST", "RESOURCE_EXHAUSTED")
 
 
 def test_a_failing_app_is_a_500_sentence_and_the_server_goes_on(front_end):

@@ -1,6 +1,8 @@
-"""What a hostile or broken REST client gets from the TF server: a 4xx with one JSON sentence, never a 500 or a hang.
+"""What a hostile or broken REST client gets from the TF server: a 4xx, never a 500 or a hang. The server's answers
+are one JSON sentence; what uvicorn refuses before any code of ours runs (malformed HTTP, the connection limit) gets
+uvicorn's own plain answer, as the real server's evhttp gives its own.
 
-Bodies and URLs go to the reference server (started once for the session); the read deadlines, idle timer and
+Bodies and URLs go to the reference server (started once for the session); the body deadlines, keep-alive and
 connection limit are checked on the bare front end with short settings, so that no test waits long.
 """
 
@@ -182,34 +184,42 @@ def test_absurd_versions_are_4xx(served, rest_port, path, status, words):
 CHUNKED = f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
 
 
+# uvicorn's own answer to what it cannot parse, as the real server's evhttp answers its own (docs/performance.md).
+FRONT_END_400 = (400, "close", "text/plain; charset=utf-8", b"Invalid HTTP request received.")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "data, words",
+    "data",
     [
-        (CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n", "chunk size"),
-        (CHUNKED + b"1ffffffffffffffff\r\n{}\r\n0\r\n\r\n", "overflow"),
-        (b"GARBAGE\r\n\r\n", "method"),
-        (b"GET /v1/models/default HTTP/1.1\r\nHo st: x\r\n\r\n", "header"),
-        (
-            f"POST {PREDICT} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(),
-            "Content-Length",
-        ),
+        CHUNKED + b"zz\r\n{}\r\n0\r\n\r\n",
+        CHUNKED + b"1ffffffffffffffff\r\n{}\r\n0\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"GET /v1/models/default HTTP/1.1\r\nHo st: x\r\n\r\n",
+        f"POST {PREDICT} HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".encode(),
+        b"POST /v1/models/default:predict HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n{}",
     ],
-    ids=["bad chunk size", "chunk size over 64 bits", "bad request line", "bad header name", "length and chunked"],
+    ids=[
+        "bad chunk size",
+        "chunk size over 64 bits",
+        "bad request line",
+        "bad header name",
+        "length and chunked",
+        "length over 64 bits",
+    ],
 )
-def test_what_is_not_http_is_a_json_400(served, rest_port, data, words):
-    require_ours(served, "the words of the HTTP parser")
-    answer = exchange(rest_port, data)
-    assert answer[0] == 400 and answer[1]["connection"] == "close"
-    message = one_sentence(answer)
-    assert message.startswith("The request is not valid HTTP/1.1") and words in message
+def test_what_is_not_http_is_the_front_ends_own_plain_400(served, rest_port, data):
+    require_ours(served, "uvicorn's own answer")
+    status, headers, body = exchange(rest_port, data)
+    assert (status, headers["connection"], headers["content-type"], body) == FRONT_END_400
 
 
 @pytest.mark.slow
-def test_headers_over_the_limit_are_431(served, rest_port):
-    require_ours(served, "this server's header limit")
-    answer = exchange(rest_port, b"GET /v1/models/default HTTP/1.1\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
-    assert answer[0] == 431 and "headers are larger" in one_sentence(answer)
+def test_headers_have_no_size_limit_of_the_front_ends_own(served, rest_port):
+    """uvicorn over httptools limits neither header size nor header time (docs/performance.md: a proxy does)."""
+    require_ours(served, "uvicorn's behaviour")
+    status, _, body = exchange(rest_port, b"GET /v1/models/default HTTP/1.1\r\nX-Pad: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert status == 200 and json.loads(body)["model_version_status"]
 
 
 @pytest.mark.slow
@@ -291,48 +301,30 @@ def timed_exchange(port: int, data: bytes) -> tuple[float, tuple[int, dict[str, 
     return time.monotonic() - started, answer
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n100\r\n{}",
-        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}",
-    ],
-    ids=["chunk shorter than its size", "body shorter than its Content-Length"],
-)
-def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(front_end, data):
-    seconds, answer = timed_exchange(front_end.port, data)
-    assert answer[0] == 408 and answer[1]["connection"] == "close" and "did not arrive in time" in one_sentence(answer)
-    assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
-
-
 CHUNKED_HEAD = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 @pytest.mark.parametrize(
-    "pieces, declared",
+    "data",
     [
-        ([b"ffffffffffffffff\r\n{}"], 2**64 - 1),
-        ([b"3e9\r\n{}"], 1001),  # one byte over the limit of 1000
-        ([b"258\r\n" + b" " * 600 + b"\r\n1f4\r\n{}"], 500),  # 600 + 500 over the limit
-        ([b"258\r\n" + b" " * 600, b"\r\n1f4\r", b"\n{}"], 500),  # the same, its second size line split
-        ([b"fff", b"fffff;name=value\r\n"], 0xFFFFFFFF),  # a size line split between reads, with an extension
-        ([b"ffffffff\r", b"\n"], 0xFFFFFFFF),  # only the LF in the second read
+        CHUNKED_HEAD + b"100\r\n{}",
+        CHUNKED_HEAD + b"ffffffffffffffff\r\n{}",
+        CHUNKED_HEAD + b"3e9\r\n{}",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{}",
     ],
-    ids=["ffffffffffffffff", "one byte over", "running total", "running total split", "line split", "LF alone"],
+    ids=[
+        "chunk shorter than its size",
+        "chunk declaring 2^64-1 bytes",
+        "chunk declaring one byte over the limit",
+        "body shorter than its Content-Length",
+    ],
 )
-def test_a_chunk_declaring_more_than_the_limit_is_413_at_once(front_end, pieces, declared):
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
-        connection.sendall(CHUNKED_HEAD)
-        for piece in pieces:
-            time.sleep(0.05)  # a read of its own for each piece
-            connection.sendall(piece)
-        answer = read_answer(connection)
-    assert time.monotonic() - started < READ_TIMEOUT_S  # answered before any deadline, not after it
-    assert answer[0] == 413 and answer[1]["connection"] == "close"
-    assert one_sentence(answer) == (
-        f"The request body is larger than this server's limit of 1000 bytes (a chunk declares {declared})."
-    )
+def test_a_body_that_stops_arriving_is_408_after_the_read_timeout(front_end, data):
+    """uvicorn hands the app de-chunked data only: a chunk declaring more than the limit is refused once its data
+    passes the limit (413) or stops arriving (408)."""
+    seconds, answer = timed_exchange(front_end.port, data)
+    assert answer[0] == 408 and answer[1]["connection"] == "close" and "did not arrive in time" in one_sentence(answer)
+    assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
 
 
 def test_chunks_within_the_limit_arrive_whole_however_they_are_split(front_end):
@@ -355,7 +347,8 @@ def test_a_client_expecting_100_continue_gets_413_before_it_sends_a_body_too_lar
     with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
         connection.sendall(head)
         answer = read_answer(connection)
-    assert answer[0] == 413 and "larger than this server's limit of 1000 bytes" in one_sentence(answer)
+    assert answer[0] == 413 and answer[1]["connection"] == "close"  # it must not send its body now
+    assert "larger than this server's limit of 1000 bytes" in one_sentence(answer)
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -371,13 +364,9 @@ def test_a_body_far_over_the_limit_still_lets_the_client_read_its_413(front_end,
         for piece in pieces:  # as http.client sends: the whole body first, then it reads the answer
             connection.sendall(piece)
         answer = read_answer(connection)
-    assert answer[0] == 413 and "larger than this server's limit" in one_sentence(answer)
-
-
-def test_headers_that_do_not_finish_are_408_after_the_read_timeout(front_end):
-    seconds, answer = timed_exchange(front_end.port, b"POST /x HTTP/1.1\r\nHost: x\r\n")
-    assert answer[0] == 408 and "headers did not arrive" in one_sentence(answer)
-    assert READ_TIMEOUT_S * 0.9 <= seconds < READ_TIMEOUT_S + 2
+        assert answer[0] == 413 and "larger than this server's limit" in one_sentence(answer)
+        connection.sendall(post("/x", b"{}"))  # uvicorn read the rest of the refused body and dropped it
+        assert read_answer(connection)[0] == 200
 
 
 def test_a_body_trickling_in_is_408_after_the_body_timeout(front_end):
@@ -396,33 +385,37 @@ def test_a_body_trickling_in_is_408_after_the_body_timeout(front_end):
     assert BODY_TIMEOUT_S * 0.9 <= time.monotonic() - started < BODY_TIMEOUT_S + 2
 
 
-def test_an_idle_connection_is_closed_after_the_keep_alive_even_before_its_first_request(front_end):
-    with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as connection:
-        started = time.monotonic()
-        assert connection.recv(100) == b""  # closed by the server, with nothing said
-        assert KEEP_ALIVE_S * 0.9 <= time.monotonic() - started < KEEP_ALIVE_S + 2
-
-
-def test_at_the_connection_limit_the_longest_idle_connection_makes_room(front_end):
-    idle = [socket.create_connection(("127.0.0.1", front_end.port), timeout=10) for _ in range(MAX_CONNECTIONS * 3)]
+def test_the_keep_alive_closes_an_idle_connection_after_an_answer_but_none_before_the_first_request(front_end):
+    """uvicorn's keep-alive timer starts with an answer: a connection idle before its first request, or stuck in its
+    headers, has no timer (docs/performance.md: a proxy in front closes those)."""
+    idle = socket.create_connection(("127.0.0.1", front_end.port), timeout=10)
+    stuck = socket.create_connection(("127.0.0.1", front_end.port), timeout=10)
     try:
-        status, _, body = exchange(front_end.port, post("/x", b"{}"))
-        assert status == 200 and json.loads(body) == {"length": 2}
-        assert idle[0].recv(100) == b""  # the oldest were closed to make room
-        assert front_end.guard.evicted >= MAX_CONNECTIONS * 2
+        stuck.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\n")
+        with socket.create_connection(("127.0.0.1", front_end.port), timeout=10) as kept:
+            kept.sendall(post("/x", b"{}"))
+            assert read_answer(kept)[0] == 200
+            started = time.monotonic()
+            assert kept.recv(100) == b""  # closed by the server, with nothing said
+            assert KEEP_ALIVE_S * 0.9 <= time.monotonic() - started < KEEP_ALIVE_S + 2
+        for connection in (idle, stuck):  # idle longer than the one just closed, and still open
+            connection.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                connection.recv(100)
     finally:
-        for connection in idle:
-            connection.close()
+        idle.close()
+        stuck.close()
 
 
-def test_at_the_connection_limit_with_no_idle_connection_a_new_one_gets_503(front_end):
-    busy = [socket.create_connection(("127.0.0.1", front_end.port), timeout=10) for _ in range(MAX_CONNECTIONS)]
+def test_at_the_connection_limit_a_request_gets_uvicorns_plain_503_until_connections_close(front_end):
+    held = [socket.create_connection(("127.0.0.1", front_end.port), timeout=10) for _ in range(MAX_CONNECTIONS - 1)]
     try:
-        for connection in busy:
-            connection.sendall(b"POST /x HTTP/1.1\r\n")  # a request begun: not idle
-        time.sleep(0.1)
-        answer = exchange(front_end.port, post("/x", b"{}"))
-        assert answer[0] == 503 and "too many open connections" in one_sentence(answer)
+        status, headers, body = exchange(front_end.port, post("/x", b"{}"))
+        assert (status, headers["connection"], body) == (503, "close", b"Service Unavailable")
     finally:
-        for connection in busy:
+        for connection in held:
             connection.close()
+    deadline = time.monotonic() + 10  # the server notices each close on its own time
+    while (status := exchange(front_end.port, post("/x", b"{}"))[0]) != 200 and time.monotonic() < deadline:
+        pass
+    assert status == 200
