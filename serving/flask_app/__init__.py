@@ -16,7 +16,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from serving.flask_app import routes
-from serving.flask_app.metrics import AppMetrics
+from serving.flask_app.metrics import AppMetrics, CountingMiddleware
 from serving.flask_app.models import FORMATS, ModelManager
 from serving.protocol import rest
 from serving.protocol.errors import RequestError
@@ -66,8 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     app.url_map.converters["model_name"] = routes.ModelNameConverter
     app.register_blueprint(routes.api)
-    app.before_request(routes.start_timer)
-    app.after_request(routes.record_request)
+    app.wsgi_app = CountingMiddleware(app.wsgi_app, metrics)
     app.register_error_handler(RequestError, routes.handle_request_error)
     app.register_error_handler(HTTPException, routes.handle_http_exception)
     app.register_error_handler(Exception, routes.handle_unexpected_error)

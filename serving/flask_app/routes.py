@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
@@ -150,22 +149,7 @@ def metrics() -> Response:
     return current_app.response_class(payload, mimetype=None, content_type=content_type)
 
 
-# Hooks and error handlers (registered on the app, so they also cover paths no route matches) --------------------
-
-
-def start_timer() -> None:
-    """Remember when the request reached Flask, for the latency histogram."""
-    g.request_started = time.perf_counter()
-
-
-def record_request(response: Response) -> Response:
-    """Count the answered request by endpoint, method and status, and observe its latency."""
-    started = g.get("request_started")
-    if started is not None:
-        current_app.extensions["app_metrics"].observe(
-            request.endpoint or "unmatched", request.method, response.status_code, time.perf_counter() - started
-        )
-    return response
+# Error handlers (registered on the app, so they also cover paths no route matches) -----------------------------
 
 
 def handle_request_error(error: RequestError) -> Response:
