@@ -458,10 +458,12 @@ def fast_tensor(value: object, dtype_name: str, may_hold_booleans: bool = True) 
         return None
     if kind == "float":
         if array.dtype.kind == "f":
-            finite = array[np.isfinite(array)]
             # whole numbers beyond the exact range may have been integers in the JSON: let the walk judge them
-            if finite.size and np.abs(finite).max() > EXACT_INTEGER_LIMIT["float"]:
-                return None
+            limit = EXACT_INTEGER_LIMIT["float"]
+            if not np.maximum.reduce(np.abs(array), axis=None) <= limit:  # one pass when all are finite and small
+                finite = array[np.isfinite(array)]
+                if finite.size and np.abs(finite).max() > limit:
+                    return None
         elif (
             array.min() < -EXACT_INTEGER_LIMIT[type_name(dtype_name)]
             or array.max() > EXACT_INTEGER_LIMIT[type_name(dtype_name)]
