@@ -1,17 +1,24 @@
-"""`python -m serving.flask_app`: its flags, and the one sentence it ends with when it cannot start."""
+"""`python -m serving.flask_app`: its flags, the one sentence it ends with when it cannot start, worker restarts."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
 import socket
+import urllib.request
 
 import pytest
 
 from experiment.errors import UsageError
 from serving import runtime
+from serving.clients.base import poll_until
 from serving.flask_app import server
 from serving.runtime import flask_app
 
 EXIT_TIMEOUT_S = 60
+START_TIMEOUT_S = 180
 
 
 @pytest.mark.parametrize(
@@ -80,3 +87,33 @@ def test_a_bad_app_setting_stops_every_worker_with_one_sentence(tmp_path):
     assert status == 2
     assert "error: FLASK_MODEL_VERSION must be a positive integer, got 0." in log
     assert "Traceback" not in log
+
+
+def version_gauge_pids(port: int) -> set[int]:
+    """The pids of the flask_model_version_loaded samples /metrics shows (one per live worker)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        int(re.search(r'pid="(\d+)"', line)[1]) for line in text.splitlines() if line.startswith("flask_model_version_")
+    }
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_is_restarted_and_its_gauge_leaves_the_metrics(torch_smoke_run, tmp_path):
+    shutil.copytree(torch_smoke_run.export_path, tmp_path / "digits" / "1")
+    port = runtime.free_port()
+    spec = flask_app.spec(port, base_path=tmp_path / "digits", flags=["--workers", "2"])
+    with runtime.start(spec, tmp_path / "flask.log", START_TIMEOUT_S) as process:
+        [sibling] = process.leader.children()
+        assert version_gauge_pids(port) == {process.leader.pid, sibling.pid}
+        os.kill(sibling.pid, signal.SIGKILL)
+
+        def restarted() -> str | None:
+            workers = {process.leader.pid, *(child.pid for child in process.leader.children())}
+            if sibling.pid in workers or len(workers) != 2:
+                return f"workers {sorted(workers)}"
+            shown = version_gauge_pids(port)
+            return None if shown == workers else f"gauges of {sorted(shown)}, workers {sorted(workers)}"
+
+        poll_until(restarted, START_TIMEOUT_S, lambda problem: f"no clean restart: {problem}")
+        assert "Worker 1 exited with status -9; starting it again." in process.log()
