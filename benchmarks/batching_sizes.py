@@ -225,9 +225,13 @@ def measure(
         }
         servers = {}
         try:
+            # Both start at once: their start-ups (TensorFlow's import in every worker) overlap.
             for setting in SETTINGS:
                 spec = tfserving_runtime.spec(tfserving_runtime.TFServingPorts.free(), flags=flags[setting])
-                servers[setting] = runtime_process.start(spec, work / f"{setting}.log", START_TIMEOUT_S)
+                if spec.prepare is not None:
+                    spec.prepare()
+                servers[setting] = runtime_process.ServerProcess.launch(spec, work / f"{setting}.log")
+            runtime_process.wait_until_ready(list(servers.values()), START_TIMEOUT_S)
             urls = {setting: server.spec.endpoint("tf-rest").address for setting, server in servers.items()}
             for _ in range(rounds):
                 for width in widths:
@@ -312,7 +316,7 @@ def report(result: BatchingBySize, command: str) -> str:
     """The markdown the command prints."""
     lines = [
         f"Measured {result.date}; load average after the last round: {result.load_average}.",
-        f"Command: `{command}`. Generator: {result.generator}, {result.clients} connections, {result.rounds} rounds of "
+        f"Command: `{command}`. Generator: {result.generator}, {result.clients} connections, {result.rounds} round(s) of "
         f"{result.seconds:g} s per point (medians), one-digit body over REST; {result.workers} server workers; "
         f"batching: max batch size {result.max_batch_size}, timeout {result.batch_timeout_ms:g} ms, "
         f"{result.num_batch_threads} batch thread per worker.",

@@ -361,7 +361,7 @@ def machine_lines(result: FloorsResult, command: str) -> list[str]:
     return [
         f"Measured {machine['date']} on {machine['machine']}; load average after the last round: {machine['load']}.",
         (
-            f"Command: `{command}`. Generator: {result.generator} ({result.rounds} rounds of {result.seconds:g} s per "
+            f"Command: `{command}`. Generator: {result.generator} ({result.rounds} round(s) of {result.seconds:g} s per "
             f"point, medians; one-digit body, answer {machine['answer_bytes']} B)."
         ),
     ]

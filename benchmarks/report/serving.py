@@ -259,6 +259,12 @@ def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
         for name, setting in (("batching_off", batching.batching_off), ("batching_on", batching.batching_on))
     ]
     lines += [table(("setting", "batch size", "max batch delay", "workers", *LOAD_HEADERS), rows), ""]
+    if batching.batching_off.batch_size != 1:
+        lines += paragraph(
+            f"**The batching-off instance registered batch size {batching.batching_off.batch_size}, not 1**: the "
+            "override did not reach TorchServe (the archive's own model-config.yaml wins), so this table does not "
+            "compare batching off with on."
+        )
     growth = batching.p99_growth_ms
     lines += paragraph(
         f"Throughput on / off: {number(batching.throughput_ratio)}; the p99 {'grew' if growth >= 0 else 'shrank'} by "

@@ -1,13 +1,17 @@
 """Prometheus metrics of the Flask app: requests by endpoint and status, latency, the model version loaded.
 
-Under gunicorn each worker is a process with its own counters. gunicorn_conf.py sets PROMETHEUS_MULTIPROC_DIR
-before any worker starts, prometheus_client then keeps the values in files there, and /metrics adds up every
-worker's (prometheus_client's multiprocess mode). Without that variable (flask run, tests) values live in memory.
+Under `python -m serving.flask_app` each worker is a process with its own counters. The server sets
+PROMETHEUS_MULTIPROC_DIR to a folder of its own before the app is built, prometheus_client then keeps the values in
+files there, and /metrics adds up every worker's (prometheus_client's multiprocess mode). Without that variable
+(flask run, tests) values live in memory.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -68,3 +72,35 @@ class AppMetrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class CountingMiddleware:
+    """WSGI middleware around the Flask app (app.wsgi_app): counts every answer by endpoint, method and status, and
+    observes its latency from the request reaching Flask to its response leaving it.
+
+    The endpoint is the one Flask matched, read when Flask starts the response from the request object werkzeug
+    files in the environ ("werkzeug.request"); "unmatched" when no route matched. Around the app rather than in before/after-request
+    hooks: no hook dispatch and no context-local lookups per request.
+    """
+
+    def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], metrics: AppMetrics) -> None:
+        self.wsgi_app = wsgi_app
+        self.metrics = metrics
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        answered: list[tuple[str, str]] = []
+
+        def recording_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            # Flask answers while its request is still filed in the environ (it clears it when the context ends).
+            request = environ.get("werkzeug.request")
+            answered.append((status, getattr(request, "endpoint", None) or "unmatched"))
+            return start_response(status, headers, exc_info)
+
+        result = self.wsgi_app(environ, recording_start_response)
+        if answered:
+            status, endpoint = answered[-1]
+            self.metrics.observe(
+                endpoint, environ.get("REQUEST_METHOD", ""), int(status[:3]), time.perf_counter() - started
+            )
+        return result

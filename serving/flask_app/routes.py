@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
@@ -13,9 +12,11 @@ from experiment.spec import INPUT_NAME
 from serving.flask_app.models import LoadedModel, ModelManager
 from serving.protocol import rest
 from serving.protocol.errors import RequestError
+from serving.protocol.json_predict import format_predict
 from serving.protocol.signatures import require_signature
 
 api = Blueprint("api", __name__)
+JSON_CONTENT_TYPE = "application/json"
 
 
 class ModelNameConverter(BaseConverter):
@@ -54,13 +55,18 @@ def _served_model(name: str, version: int | None) -> LoadedModel:
 @api.post("/v1/models/<model_name:name>:predict")
 @api.post("/v1/models/<model_name:name>/versions/<int:version>:predict")
 def predict(name: str, version: int | None = None) -> Response:
-    """TensorFlow Serving's predict: row ("instances") or columnar ("inputs") body, answered in the same format."""
+    """TensorFlow Serving's predict: row ("instances") or columnar ("inputs") body, answered in the same format.
+
+    The answer is written once, as JSON text, the way the real server writes it (serving.protocol.json_predict).
+    """
     model = _served_model(name, version)
     data = request.get_data(cache=False)  # 413 here if over MAX_CONTENT_LENGTH
     try:
-        body = rest.load_json(data)
         parsed = rest.parse_predict_body(
-            body, model.signature.inputs, allow_non_finite=False, max_batch_size=current_app.config["MAX_BATCH_SIZE"]
+            rest.load_json(data),
+            model.signature.inputs,
+            allow_non_finite=False,
+            max_batch_size=current_app.config["MAX_BATCH_SIZE"],
         )
     except RequestError:
         raise
@@ -70,7 +76,7 @@ def predict(name: str, version: int | None = None) -> Response:
         raise RequestError(rest.UNREADABLE_BODY) from None
     require_signature(parsed.signature_name, model.signature.name)
     outputs = model.predict(parsed.inputs[INPUT_NAME])  # images float32 (N, H, W)
-    return json_response(rest.format_predict_response(outputs, parsed.row_format))
+    return Response(format_predict(outputs, parsed.row_format), content_type=JSON_CONTENT_TYPE)
 
 
 # Status and metadata --------------------------------------------------------------------------------------------
@@ -143,22 +149,7 @@ def metrics() -> Response:
     return current_app.response_class(payload, mimetype=None, content_type=content_type)
 
 
-# Hooks and error handlers (registered on the app, so they also cover paths no route matches) --------------------
-
-
-def start_timer() -> None:
-    """Remember when the request reached Flask, for the latency histogram."""
-    g.request_started = time.perf_counter()
-
-
-def record_request(response: Response) -> Response:
-    """Count the answered request by endpoint, method and status, and observe its latency."""
-    started = g.get("request_started")
-    if started is not None:
-        current_app.extensions["app_metrics"].observe(
-            request.endpoint or "unmatched", request.method, response.status_code, time.perf_counter() - started
-        )
-    return response
+# Error handlers (registered on the app, so they also cover paths no route matches) -----------------------------
 
 
 def handle_request_error(error: RequestError) -> Response:

@@ -200,5 +200,14 @@ def _tokens(name: str, array: Tensor) -> list[str]:
     return tensor_tokens(array, as_bytes=array.dtype.kind in "OSU" and name.endswith(BYTES_SUFFIX))
 
 
+_KEYS: dict[str, str] = {}  # output names as JSON keys: a model's few names, quoted once
+_KEYS_KEPT = 1024
+
+
 def _key(name: str) -> str:
-    return json.dumps(name, ensure_ascii=False)
+    key = _KEYS.get(name)
+    if key is None:
+        key = json.dumps(name, ensure_ascii=False)
+        if len(_KEYS) < _KEYS_KEPT:
+            _KEYS[name] = key
+    return key

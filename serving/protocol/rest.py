@@ -82,9 +82,16 @@ def to_array(values: JSONValue, spec: TensorSpec, allow_non_finite: bool = True)
         raise RequestError(f"Input '{spec.name}' is an empty batch; send at least one instance.")
     with np.errstate(over="ignore"):  # values beyond float32's range become inf and are judged below
         converted = array.astype(expected_dtype, copy=False)
-    if not allow_non_finite and converted.dtype.kind == "f" and not np.isfinite(converted).all():
+    if not allow_non_finite and converted.dtype.kind == "f" and not _all_finite(converted):
         raise RequestError(f"Input '{spec.name}' contains NaN or infinity.")
     return converted
+
+
+def _all_finite(array: Tensor) -> bool:
+    """Whether every value is finite; for float32 and narrower one sum in float64 tells (it cannot overflow)."""
+    if array.dtype.itemsize <= 4:
+        return math.isfinite(np.add.reduce(array, axis=None, dtype=np.float64))
+    return bool(np.isfinite(array).all())
 
 
 def _kind_name(dtype: DType) -> str:

@@ -48,7 +48,7 @@ def check_predict(
             f"Was: {definition.method_name}",
             "INTERNAL",
         )
-    expected, sent = sorted(definition.inputs), sorted(inputs)
+    expected, sent = signature.inputs, sorted(inputs)
     if len(sent) != len(expected):
         extra, missing = sorted(set(sent) - set(expected)), sorted(set(expected) - set(sent))
         raise RequestError(
@@ -57,7 +57,7 @@ def check_predict(
             f"Missing but required: {{{','.join(missing)}}}."
         )
     for alias in sent:
-        if alias not in definition.inputs:
+        if alias not in expected:
             raise RequestError(
                 f"input tensor alias not found in signature: {quoted(alias)}. "
                 f"Inputs expected to be in the set {{{','.join(expected)}}}."

@@ -7,13 +7,14 @@ on the front end's thread pool; model calls release the GIL, so those threads ov
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
-from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import ClosingIterator
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.wsgi import ClosingIterator, get_content_length, get_input_stream, get_path_info
 
 from serving.protocol.errors import RequestError
 from serving.protocol.rest import dumps
@@ -27,15 +28,27 @@ logger = logging.getLogger("serving.tfserving")
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 
 
-def _json(status: int, document: Any, close: bool = False) -> Response:
-    response = Response(dumps(document), status=status, mimetype="application/json")
-    if close:
-        response.headers["Connection"] = "close"
-    return response
+# One answer: HTTP status, JSON text, and whether to close the connection after it.
+Answer = tuple[int, str, bool]
 
 
-def _error(error: RequestError, close: bool = False) -> Response:
+def _json(status: int, document: Any, close: bool = False) -> Answer:
+    return status, dumps(document), close
+
+
+def _error(error: RequestError, close: bool = False) -> Answer:
     return _json(error.http_status, error.body(), close)
+
+
+def _start(start_response: Callable, answer: Answer) -> list[bytes]:
+    """Send an answer through WSGI directly (no Response object: the headers are always these)."""
+    status, text, close = answer
+    content = text.encode()
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(content)))]
+    if close:
+        headers.append(("Connection", "close"))
+    start_response(f"{status} {HTTP_STATUS_CODES.get(status, 'UNKNOWN')}", headers)
+    return [content]
 
 
 class RestApp:
@@ -46,7 +59,10 @@ class RestApp:
         self.handler = RestHandler(predictor, timeout_s)
         self.max_request_bytes = max_request_bytes
         self.timeout_s = timeout_s
-        self._slots = threading.BoundedSemaphore(max_concurrent)
+        # One token per request allowed to run at once: a C queue, cheaper per request than a Python semaphore.
+        self._slots: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(max_concurrent):
+            self._slots.put(None)
         self._condition = threading.Condition()
         self._in_flight = 0
         self._draining = False
@@ -54,20 +70,20 @@ class RestApp:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         with self._condition:
             if self._draining:
-                response = _error(RequestError("The server is shutting down.", "UNAVAILABLE"), close=True)
-                return response(environ, start_response)
+                return _start(start_response, _error(RequestError("The server is shutting down.", "UNAVAILABLE"), True))
             self._in_flight += 1
         try:
-            request = Request(environ)
-            if not self._slots.acquire(timeout=self.timeout_s):
-                response = _error(RequestError("The server is busy; try again.", "UNAVAILABLE"))
+            try:
+                self._slots.get(timeout=self.timeout_s)
+            except queue.Empty:
+                answer = _error(RequestError("The server is busy; try again.", "UNAVAILABLE"))
             else:
                 try:
-                    response = self.dispatch(request)
+                    answer = self.dispatch(environ)
                 finally:
-                    self._slots.release()
+                    self._slots.put(None)
             # The count drops only once the server has written the body (close() runs after the last byte).
-            return ClosingIterator(response(environ, start_response), [self._finished])
+            return ClosingIterator(_start(start_response, answer), [self._finished])
         except BaseException:
             self._finished()
             raise
@@ -75,7 +91,8 @@ class RestApp:
     def _finished(self) -> None:
         with self._condition:
             self._in_flight -= 1
-            self._condition.notify_all()
+            if self._draining:
+                self._condition.notify_all()
 
     def drain(self, timeout_s: float) -> bool:
         """Refuse new requests (503) and wait for those in flight; False if some were still running at timeout."""
@@ -83,39 +100,38 @@ class RestApp:
             self._draining = True
             return self._condition.wait_for(lambda: self._in_flight == 0, timeout=timeout_s)
 
-    def dispatch(self, request: Request) -> Response:
+    def dispatch(self, environ: dict) -> Answer:
         """Route one request; every refusal becomes {"error": ...} with TensorFlow Serving's status."""
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        path = "/" + get_path_info(environ).lstrip("/")  # as werkzeug's Request reads it
         try:
-            return self._route(request)
+            return self._route(environ, method, path)
         except RequestError as error:
             return _error(error, close=error.http_status == 413)
         except Exception:  # unexpected: logged with traceback, answered 500, server keeps running
-            logger.exception("REST %s %s failed unexpectedly.", request.method, request.path[:200])
+            logger.exception("REST %s %s failed unexpectedly.", method, path[:200])
             return _json(500, {"error": "The request failed inside the server; see the server log."})
 
-    def _route(self, request: Request) -> Response:
+    def _route(self, environ: dict, method: str, path: str) -> Answer:
         # What to answer is serving.tfserving.rest_handlers' business; this class only reads and writes HTTP.
-        body = self._read_body(request) if request.method == "POST" else b""
-        answer = self.handler.handle(request.method, request.path, body)
-        response = Response(answer.body, status=answer.status, mimetype=answer.content_type)
-        if answer.status == 413:
-            response.headers["Connection"] = "close"
-        return response
+        body = self._read_body(environ) if method == "POST" else b""
+        answer = self.handler.handle(method, path, body)
+        return answer.status, answer.body, answer.status == 413
 
-    def _read_body(self, request: Request) -> bytes:
+    def _read_body(self, environ: dict) -> bytes:
         limit = self.max_request_bytes
         too_large = RequestError(
             f"The request body is larger than this server's limit of {limit} bytes.", "RESOURCE_EXHAUSTED"
         )
-        length = request.content_length
+        length = get_content_length(environ)
         if length is not None and length > limit:
             if length <= limit + DRAIN_LIMIT_BYTES:
-                while request.stream.read(1024 * 1024):
+                stream = get_input_stream(environ)
+                while stream.read(1024 * 1024):
                     pass
             raise too_large
-        request.max_content_length = limit  # also bounds chunked bodies, which have no Content-Length
-        try:
-            return request.get_data(cache=False)
+        try:  # the limit also bounds chunked bodies, which have no Content-Length
+            return get_input_stream(environ, max_content_length=limit).read()
         except RequestEntityTooLarge:
             raise too_large from None
         except ClientDisconnected:

@@ -68,10 +68,24 @@ class Signature:
         """tensorflow/serving/predict, .../classify or .../regress (anything else cannot be called)."""
         return self.definition.method_name
 
-    @property
+    @functools.cached_property
     def outputs(self) -> tuple[str, ...]:
         """The output aliases, sorted."""
         return tuple(sorted(self.definition.outputs))
+
+    @functools.cached_property
+    def inputs(self) -> tuple[str, ...]:
+        """The input aliases, sorted."""
+        return tuple(sorted(self.definition.inputs))
+
+    @functools.cached_property
+    def _tensor_names(self) -> tuple[dict[str, str], dict[str, str]]:
+        # The graph's tensor name of every input and output alias, read from the SignatureDef once per version.
+        definition = self.definition
+        return (
+            {alias: info.name for alias, info in definition.inputs.items()},
+            {alias: info.name for alias, info in definition.outputs.items()},
+        )
 
     @functools.cached_property
     def _input_dtypes(self) -> dict[str, str]:
@@ -87,8 +101,9 @@ class Signature:
     ) -> dict[str, np.ndarray]:
         """Feed arrays (by input alias) and fetch the chosen outputs (by alias), cut off after timeout_s if given."""
         aliases = tuple(output_aliases)
-        feeds = {self.definition.inputs[alias].name: array for alias, array in arrays.items()}
-        fetched = self.servable.run(feeds, tuple(self.definition.outputs[alias].name for alias in aliases), timeout_s)
+        input_names, output_names = self._tensor_names
+        feeds = {input_names[alias]: array for alias, array in arrays.items()}
+        fetched = self.servable.run(feeds, tuple(output_names[alias] for alias in aliases), timeout_s)
         return dict(zip(aliases, fetched, strict=True))
 
 

@@ -94,6 +94,10 @@ def test_report_shows_torchserve_batching_table_or_why_not():
     assert "| batching off | 1 | 2 ms | 2 | 16 | 10.0 ms |" in text
     assert "| batching on | 8 | 2 ms | 2 | 16 | 25.0 ms |" in text
     assert "300 /s (285–315)" in text and "Throughput on / off: 0.5;" in text and "Batching lost here" in text
+    assert "did not reach TorchServe" not in text
+    off_as_on = dataclasses.replace(batching, batching_off=dataclasses.replace(batching.batching_off, batch_size=8))
+    shown = "\n".join(serving.torchserve_batching_section(off_as_on))
+    assert "**The batching-off instance registered batch size 8, not 1**" in shown
 
 
 def test_a_section_left_out_says_why(comparison):

@@ -165,7 +165,7 @@ def test_the_floors_report_names_the_machine_the_floor_and_every_missed_target()
     result.machine.update(date="2026-01-01 12:00 UTC", machine="x86_64, 2 cores, 24 GiB, Linux 6", answer_bytes=168)
     text = floors.report(result, "python -m benchmarks.floors --rounds 2")
     assert "Measured 2026-01-01 12:00 UTC on x86_64, 2 cores, 24 GiB, Linux 6; load average" in text
-    assert "Command: `python -m benchmarks.floors --rounds 2`. Generator: wrk (2 rounds of 4 s" in text
+    assert "Command: `python -m benchmarks.floors --rounds 2`. Generator: wrk (2 round(s) of 4 s" in text
     assert "| nginx | 0.050 | 105,000 |" in text  # the floor: medians of its rounds
     rows = [line for line in text.splitlines() if line.startswith("| Flask") or line.startswith("| TF server REST")]
     assert [row.split(" | ")[3] for row in rows] == ["MISSED", "met", "met", "MISSED"]

@@ -221,7 +221,7 @@ def test_the_floors_section_names_the_machine_and_every_server_against_nginx(com
         "Measured 2026-01-01 12:00 UTC on x86_64, 2 cores; load average after the last round: 3.00 2.00 1.00."
         in section
     )
-    assert "Command: `python -m benchmarks.compare`. Generator: wrk (3 rounds of 4 s per point" in section
+    assert "Command: `python -m benchmarks.compare`. Generator: wrk (3 round(s) of 4 s per point" in section
     assert "| nginx answering a fixed body (the floor) | 0.050 | 100,000 |" in section
     assert f"| {labels.FLASK_SERVER}, REST | 0.300 | 9,000 | 0.010 | 180 |" in section
     ratios_section = _section(text, "## Ratios")

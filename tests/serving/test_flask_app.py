@@ -223,6 +223,14 @@ def test_metrics_count_requests_by_endpoint_and_status(client):
     assert 'flask_model_version_loaded{model="digits"} 1.0' in text
 
 
+def test_metrics_count_requests_no_route_matched(client):
+    assert client.get("/v1/nowhere").status_code == 404
+    assert client.delete("/v1/models/digits:predict").status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'flask_http_requests_total{endpoint="unmatched",method="GET",status="404"} 1.0' in text
+    assert 'flask_http_requests_total{endpoint="unmatched",method="DELETE",status="405"} 1.0' in text
+
+
 # --- versions ---------------------------------------------------------------------------------------------------
 
 

@@ -82,6 +82,12 @@ def test_non_finite_values_are_refused_only_when_asked():
     too_large_for_float32 = {"instances": [[[1e39] * 3] * 2]}
     with pytest.raises(RequestError, match="NaN or infinity"):
         rest.parse_predict_body(too_large_for_float32, IMAGES, allow_non_finite=False)
+    for value in (math.nan, -math.inf):
+        one_bad = {"instances": [[[1.0, 2.0, 3.0], [4.0, 5.0, value]]]}
+        with pytest.raises(RequestError, match="NaN or infinity"):
+            rest.parse_predict_body(one_bad, IMAGES, allow_non_finite=False)
+    largest = float(np.finfo(np.float32).max)
+    assert rest.parse_predict_body({"instances": [[[largest] * 3] * 2]}, IMAGES, allow_non_finite=False)
 
 
 def test_batch_size_limit():
