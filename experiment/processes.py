@@ -24,7 +24,7 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def port_is_free(port: int, host: str = "", reuse_address: bool = True) -> bool:
     """Whether a TCP server could listen on host:port right now.
 
-    The probe binds with SO_REUSEADDR, as every server the project starts does (uvicorn's socket, gunicorn, gRPC,
+    The probe binds with SO_REUSEADDR, as every server the project starts does (uvicorn's sockets, gRPC,
     torch's TCPStore, TorchServe's JVM): connections a stopped server left in TIME_WAIT are then no conflict, while
     a socket that listens on the port still is. reuse_address=False probes as a server without that option binds.
     """

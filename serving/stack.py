@@ -1,7 +1,7 @@
 """Start, stop and watch the three model servers natively: `python -m serving.stack start|stop|status|logs`.
 
 `make serve` runs `start`: it trains a model first when none is exported, starts the TensorFlow Serving-compatible
-server, Flask under gunicorn and TorchServe on 127.0.0.1, waits until each one reports its model ready and prints
+server, the Flask app and TorchServe on 127.0.0.1, waits until each one reports its model ready and prints
 the endpoints. `make stop` runs `stop`. Everything a run leaves lives under the run directory (`.run/`); the stack
 itself, its layout and its use from Python are in `serving.runtime.stack`.
 """

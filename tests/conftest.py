@@ -27,7 +27,7 @@ SERVER_FIXTURES = frozenset(
 
 
 # A real server's command line: a module run with -m, or TorchServe's executable (a stub server is a script).
-SERVER_MODULES = ("serving.tfserving", "gunicorn")
+SERVER_MODULES = ("serving.tfserving", "serving.flask_app")
 SERVER_EXECUTABLES = ("torchserve",)
 
 

@@ -99,7 +99,7 @@ def test_protocol_rest_loads_no_framework_so_the_torchserve_archive_can_carry_it
 
 # Only serving/runtime starts server processes; everything else (the stack's and the TorchServe launcher's command
 # lines, the demo, the tests, the benchmarks) asks it. A call starts a server when it names one of these commands.
-SERVER_COMMANDS = ("serving.tfserving", "gunicorn", "torchserve")
+SERVER_COMMANDS = ("serving.tfserving", "serving.flask_app", "torchserve")
 SPAWNERS = ("Popen", "run", "call", "check_call", "check_output", "spawnv", "spawnl", "execv", "execl", "fork")
 # Modules of serving/ outside the runtime that start a process that is not a server of its own, and why.
 OTHER_PROCESSES = {

@@ -1,7 +1,7 @@
 """The Flask REST app serving the torch export (ONNX Runtime by default) with TensorFlow Serving's REST API (application factory).
 
 Development:  FLASK_MODEL_BASE_PATH=models/torch/digits flask --app serving.flask_app run --port 5000
-Production:   gunicorn -c serving/gunicorn_conf.py 'serving.flask_app:create_app()'
+Production:   FLASK_MODEL_BASE_PATH=models/torch/digits python -m serving.flask_app (uvicorn, several workers)
 
 Settings (defaults below) can be given as FLASK_<NAME> environment variables, e.g. FLASK_MODEL_VERSION=2.
 """
@@ -16,7 +16,6 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from serving.flask_app import routes
-from serving.flask_app.metrics import AppMetrics, CountingMiddleware
 from serving.flask_app.models import FORMATS, ModelManager
 from serving.protocol import rest
 from serving.protocol.errors import RequestError
@@ -30,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "MODEL_POLL_SECONDS": 1.0,  # TF Serving's --file_system_poll_wait_seconds; 0 turns polling off
     "MAX_BATCH_SIZE": rest.MAX_BATCH_SIZE,  # instances per request; more is a 400
     "MAX_CONTENT_LENGTH": 8 * 1024 * 1024,  # bytes per request body, chunked or not; more is a 413
-    # Seconds a request body may take to arrive under gunicorn (serving/gunicorn_worker.py); then 408.
+    # Seconds a request body may take to arrive (python -m serving.flask_app reads it before the app runs); then 408.
     "BODY_TIMEOUT_SECONDS": 10.0,
 }
 
@@ -43,6 +42,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     _check_config(app.config)
+
+    # Imported here, not at the top: prometheus_client chooses its multiprocess mode when first imported, and
+    # `python -m serving.flask_app` imports this package before it points PROMETHEUS_MULTIPROC_DIR at its folder.
+    from serving.flask_app.metrics import AppMetrics, CountingMiddleware
 
     metrics = AppMetrics()
     model_name = str(app.config["MODEL_NAME"])

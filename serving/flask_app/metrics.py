@@ -1,8 +1,9 @@
 """Prometheus metrics of the Flask app: requests by endpoint and status, latency, the model version loaded.
 
-Under gunicorn each worker is a process with its own counters. gunicorn_conf.py sets PROMETHEUS_MULTIPROC_DIR
-before any worker starts, prometheus_client then keeps the values in files there, and /metrics adds up every
-worker's (prometheus_client's multiprocess mode). Without that variable (flask run, tests) values live in memory.
+Under `python -m serving.flask_app` each worker is a process with its own counters. The server sets
+PROMETHEUS_MULTIPROC_DIR to a folder of its own before the app is built, prometheus_client then keeps the values in
+files there, and /metrics adds up every worker's (prometheus_client's multiprocess mode). Without that variable
+(flask run, tests) values live in memory.
 """
 
 from __future__ import annotations

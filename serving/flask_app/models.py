@@ -56,7 +56,7 @@ class LoadedModel:
 
 
 def onnx_runner(path: Path) -> Runner:
-    """An ONNX Runtime session on model.onnx, one intra-op thread (gunicorn runs one worker per core)."""
+    """An ONNX Runtime session on model.onnx, one intra-op thread (the server runs one worker per core)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

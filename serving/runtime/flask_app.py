@@ -1,16 +1,16 @@
-"""The spec of the Flask app under gunicorn (`serving.flask_app:create_app()`): REST on 5000."""
+"""The spec of the Flask app on uvicorn (`python -m serving.flask_app`): REST on 5000."""
 
 from __future__ import annotations
 
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from serving.runtime.spec import (
     DEFAULT_MODEL_NAME,
     HOST,
-    PROJECT_ROOT,
     Endpoint,
     Example,
     ServerSpec,
@@ -19,8 +19,7 @@ from serving.runtime.spec import (
 
 NAME = "flask"
 DEFAULT_PORT = 5000
-GUNICORN_CONFIG = PROJECT_ROOT / "serving" / "gunicorn_conf.py"
-APPLICATION = "serving.flask_app:create_app()"
+APPLICATION = "serving.flask_app:create_app"
 
 
 def endpoints(url: str | None, model_name: str = DEFAULT_MODEL_NAME) -> list[Endpoint]:
@@ -33,7 +32,7 @@ def endpoints(url: str | None, model_name: str = DEFAULT_MODEL_NAME) -> list[End
         Endpoint(
             "flask-rest",
             NAME,
-            "Flask + gunicorn",
+            "Flask + uvicorn",
             "torch",
             "REST",
             url,
@@ -61,8 +60,11 @@ def spec(
     application: str = APPLICATION,
     python: str = sys.executable,
     model_format: str | None = None,
+    flags: Sequence[str] = (),
 ) -> ServerSpec:
-    """gunicorn on 127.0.0.1:port serving base_path's torch versions (ONNX Runtime by default); environment adds FLASK_* settings."""
+    """`python -m serving.flask_app` on 127.0.0.1:port serving base_path's torch versions (ONNX Runtime by default);
+    environment adds FLASK_* settings (and WEB_CONCURRENCY); application is the module:function building the app;
+    flags are more of the server's flags (--workers, --max-body-bytes, --keep-alive-seconds, ...)."""
     url = f"http://{HOST}:{port}"
     predict_url = f"{url}/v1/models/{model_name}:predict"
     settings: dict[str, str | None] = {"FLASK_MODEL_NAME": model_name}
@@ -70,13 +72,16 @@ def spec(
         settings["FLASK_MODEL_BASE_PATH"] = str(base_path)
     if model_format is not None:  # onnx (the app's default), pt2 or torchscript
         settings["FLASK_MODEL_FORMAT"] = model_format
-    # gunicorn_conf.py makes a fresh metrics folder per server; one inherited from the caller would be shared.
+    # The server makes a fresh metrics folder of its own; a folder inherited from the caller would be shared.
     settings["PROMETHEUS_MULTIPROC_DIR"] = None
+    command = [python, "-m", "serving.flask_app", "--host", HOST, "--port", str(port)]
+    if application != APPLICATION:
+        command += ["--app", application]
+    command += list(flags)
     return ServerSpec(
         name=NAME,
-        title="Flask app under gunicorn (serving.flask_app)",
-        # `python -m gunicorn` uses this interpreter, so no PATH set-up is needed.
-        command=[python, "-m", "gunicorn", "-c", str(GUNICORN_CONFIG), "-b", f"{HOST}:{port}", application],
+        title="Flask app on uvicorn (serving.flask_app)",
+        command=command,
         ports={"REST": port},
         is_ready=lambda: is_ready(url),
         endpoints=endpoints(url, model_name),

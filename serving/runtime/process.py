@@ -18,7 +18,7 @@ import psutil
 
 from serving.runtime.spec import PROJECT_ROOT, ServerError, ServerSpec, display_path
 
-# gunicorn's graceful timeout is 20 s; an idle server exits in well under a second.
+# The Flask server's --graceful-seconds is 20 s; an idle server exits in well under a second.
 STOP_GRACE_SECONDS = 20.0
 LOG_TAIL_LINES = 20
 POLL_INTERVAL_SECONDS = 0.25

@@ -46,7 +46,7 @@ class Endpoint:
 
     name: str  # "tf-grpc", "tf-rest", "flask-rest", "torchserve-rest"
     server: str  # the spec's name: "tfserving", "flask", "torchserve"
-    title: str  # the server as a reader knows it: "TF Serving (compatible)", "Flask + gunicorn", "TorchServe"
+    title: str  # the server as a reader knows it: "TF Serving (compatible)", "Flask + uvicorn", "TorchServe"
     framework: str  # whose export it serves: "tf" or "torch"
     protocol: str  # "gRPC" or "REST"
     address: str  # "127.0.0.1:8500" for gRPC, a base URL for REST

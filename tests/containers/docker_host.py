@@ -43,7 +43,7 @@ BASE_LABEL = "tf-vs-torch.mmdebstrap"
 # A fixed wheelhouse port keeps the builds' pip command line, and so Docker's layer cache, the same from run to run.
 PREFERRED_WHEELHOUSE_PORT = 18411
 REQUIREMENT_FILES = (
-    ROOT / "serving" / "requirements-flask.txt",
+    ROOT / "serving" / "flask_app" / "requirements.txt",
     IMAGES_DIR / "requirements-tfserving.txt",
     IMAGES_DIR / "requirements-torchserve.txt",
 )

@@ -4,7 +4,7 @@
 
 Steps: install the host packages that are missing and start dockerd if none runs; build the Debian base with
 mmdebstrap (cached); fill a wheelhouse with pip download; train version 1 of both models; build the Flask image
-from serving/Dockerfile and the two stand-ins (tests/containers/images/); `up` on free host ports and wait for every
+from serving/flask_app/Dockerfile and the two stand-ins (tests/containers/images/); `up` on free host ports and wait for every
 healthcheck; run tests/integration against the containers; train version 2 and check that each server serves it;
 `stop` under load and count the requests; `down` and check that nothing is left. docs/docker.md explains what
 this proves and what it cannot.

@@ -114,7 +114,7 @@ def test_models_are_mounted_where_compose_mounts_them_read_only(server):
     compose_mounts = {entry.split(":")[1]: entry.split(":")[0] for entry in _compose()[service]["volumes"]}
     assert compose_mounts[mount_path] == f"./models/{sub_path}"
     image = _compose()[service].get("image")
-    if server != "flask":  # Flask's image is built from serving/Dockerfile and pushed by the user
+    if server != "flask":  # Flask's image is built from serving/flask_app/Dockerfile and pushed by the user
         assert container["image"] == image
 
 
@@ -123,7 +123,7 @@ def test_flask_settings_are_the_compose_and_dockerfile_ones():
     environment = {variable["name"]: variable["value"] for variable in container["env"]}
     compose = _compose()["flask"]["environment"]
     assert {name: environment[name] for name in compose} == compose
-    dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "serving" / "flask_app" / "Dockerfile").read_text()
     assert f"FLASK_MODEL_BASE_PATH={environment['FLASK_MODEL_BASE_PATH']}" in dockerfile
 
 

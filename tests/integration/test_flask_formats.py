@@ -1,4 +1,4 @@
-"""Every format Flask serves (onnx, pt2, torchscript), through `python -m serving.client` against a real gunicorn."""
+"""Every format Flask serves (onnx, pt2, torchscript), through `python -m serving.client` against the real server."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_the_client_gets_the_in_process_classes_from_each_format(export_format, 
         pytest.skip("no C++ compiler on this machine, so the run wrote no model.pt2")
     base_path = tmp_path / "digits"
     shutil.copytree(export_path, base_path / "1")
-    environment = {"FLASK_MODEL_POLL_SECONDS": "0", "WEB_CONCURRENCY": "1"}
+    environment = {"FLASK_MODEL_POLL_SECONDS": "0", "WEB_CONCURRENCY": "2"}
     spec = flask_app.spec(runtime.free_port(), base_path=base_path, environment=environment, model_format=export_format)
     with runtime.start(spec, tmp_path / "flask.log", timeout=180) as server:
         url = server.spec.endpoint("flask-rest").address
@@ -35,7 +35,7 @@ def test_the_client_gets_the_in_process_classes_from_each_format(export_format, 
             text=True,
             timeout=120,
         )
-        workers = server.leader.children(recursive=True)
+        workers = [server.leader, *server.leader.children(recursive=True)]  # worker 0 serves too
         torch_loaded = [any("libtorch" in Path(mapped.path).name for mapped in w.memory_maps()) for w in workers]
     assert completed.returncode == 0, completed.stderr
     # A worker serving ONNX Runtime never loads torch (the Flask image has none); the other two formats need it.

@@ -56,7 +56,7 @@ def test_flask_workers_restarted_after_a_corrupt_version_appeared_serve_the_last
     # The running workers poll the folder: wait until one answers that version 2 failed and version 1 serves.
     poll_until(lambda: fallback_problem(running), SETTLE_SECONDS, lambda problem: f"version 2 never seen: {problem}")
     workers = running.process.leader.children()
-    assert workers, "gunicorn has no workers"
+    assert workers, "worker 0 started no other worker"
     for worker in workers:
         os.kill(worker.pid, signal.SIGKILL)
     problem = fallback.wait_for_predictions(running.target, running.process, 60.0, SETTLE_SECONDS)

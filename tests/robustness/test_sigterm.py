@@ -9,7 +9,7 @@ from tests.robustness import servers, sigterm
 from tests.robustness.conftest import SOAK_SECONDS
 
 pytestmark = pytest.mark.slow
-GRACE_SECONDS = 40.0  # the longest grace the servers are given (gunicorn's graceful_timeout is 20 s)
+GRACE_SECONDS = 40.0  # the longest grace the servers are given (the Flask server's --graceful-seconds is 20)
 
 
 def assert_drained(report: sigterm.SigtermReport) -> None:

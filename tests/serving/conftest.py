@@ -35,12 +35,12 @@ def make_stub(stub_script: Path):
     return build
 
 
-# --- torch serving (Flask under gunicorn, TorchServe) ------------------------------------------------------------
+# --- torch serving (the Flask app on uvicorn, TorchServe) ---------------------------------------------------------
 
 
 @dataclasses.dataclass
 class FlaskUnderTest:
-    """gunicorn + the Flask app, and the folder of versions it polls."""
+    """The Flask server (python -m serving.flask_app), and the folder of versions it polls."""
 
     server: ServerProcess
     url: str
@@ -59,7 +59,7 @@ class TorchServeUnderTest:
 
 @pytest.fixture(scope="module")
 def flask_server(torch_trained, tmp_path_factory):
-    """gunicorn with two workers on a free port, serving a copy of torch_trained's export as version 1 of base_path
+    """The Flask server with two workers on a free port, serving a copy of torch_trained's export as version 1 of base_path
     (so tests may add versions); stopped after the module."""
     work_dir = tmp_path_factory.mktemp("flask_server")
     base_path = work_dir / "digits"
@@ -68,7 +68,7 @@ def flask_server(torch_trained, tmp_path_factory):
     spec = flask_app.spec(
         port, base_path=base_path, environment={"FLASK_MODEL_POLL_SECONDS": "0.5", "WEB_CONCURRENCY": "2"}
     )
-    with runtime.start(spec, work_dir / "gunicorn.log", START_TIMEOUT_S) as server:
+    with runtime.start(spec, work_dir / "flask.log", START_TIMEOUT_S) as server:
         yield FlaskUnderTest(server, f"http://127.0.0.1:{port}", base_path)
 
 

@@ -1,5 +1,5 @@
 """The container side: docker-compose.yml is valid, and it, the Makefile, TorchServe's config.properties, the Flask
-settings, serving/Dockerfile and serving.stack agree on ports, model names and paths (docs/architecture.md).
+settings, serving/flask_app/Dockerfile and serving.stack agree on ports, model names and paths (docs/architecture.md).
 
 No image is pulled or built here (`make test-containers` builds and runs the stack: tests/containers/).
 `docker-compose config` validates the file against the Compose schema (.ci/run installs Debian's docker-compose);
@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serving.flask_app import server
 from serving.runtime import Ports, Stack
 from serving.torchserve import config
 
@@ -85,8 +86,8 @@ def test_images_are_official_and_pinned(compose):
     assert re.search(r"^ARG TORCHSERVE_IMAGE=pytorch/torchserve:0\.12\.0-cpu$", torchserve_dockerfile, re.MULTILINE)
     assert re.search(r"^FROM \$\{TORCHSERVE_IMAGE\}$", torchserve_dockerfile, re.MULTILINE)
     assert "onnxruntime==" in (ROOT / "serving" / "torchserve" / "requirements-image.txt").read_text()
-    assert services["flask"]["build"] == {"context": ".", "dockerfile": "serving/Dockerfile"}
-    assert (ROOT / "serving" / "Dockerfile").is_file()
+    assert services["flask"]["build"] == {"context": ".", "dockerfile": "serving/flask_app/Dockerfile"}
+    assert (ROOT / "serving" / "flask_app" / "Dockerfile").is_file()
     for name in SERVERS:
         assert ":latest" not in services[name].get("image", "") or "build" in services[name]
 
@@ -215,15 +216,16 @@ def test_flask_settings_agree_with_compose_dockerfile_and_stack(compose):
     assert defaults["MODEL_BASE_PATH"] == f"models/torch/{MODEL_NAME}"
     mount_target = service["environment"]["FLASK_MODEL_BASE_PATH"]
     assert volumes(service) == {mount_target: (defaults["MODEL_BASE_PATH"], "ro")}
-    # gunicorn's configured bind is the default port; the container binds 0.0.0.0 on the same one.
-    bind = ast.literal_eval(_literal_assignments(ROOT / "serving" / "gunicorn_conf.py", "bind"))
-    assert bind == [f"127.0.0.1:{Ports().flask}"]
-    dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
-    assert '"-b", "0.0.0.0:5000"' in dockerfile and "serving/gunicorn_conf.py" in dockerfile
+    # The server's default address is the default port on 127.0.0.1; the container binds 0.0.0.0 on the same one.
+    assert server.DEFAULT_HOST == "127.0.0.1"
+    assert Ports().flask == server.DEFAULT_PORT
+    dockerfile = (ROOT / "serving" / "flask_app" / "Dockerfile").read_text()
+    command = f'"python", "-m", "serving.flask_app", "--host", "0.0.0.0", "--port", "{Ports().flask}"'
+    assert f"CMD [{command}]" in dockerfile
     assert f"FLASK_MODEL_BASE_PATH={mount_target}" in dockerfile
     flask = {spec.name: spec for spec in Stack(models_dir="models").specs()}["flask"]
     assert flask.environment["FLASK_MODEL_BASE_PATH"] == str(ROOT / defaults["MODEL_BASE_PATH"])
-    assert "serving/gunicorn_conf.py" in " ".join(flask.command)
+    assert flask.command[1:3] == ["-m", "serving.flask_app"]
 
 
 def test_stack_defaults_are_design_md_ports():
@@ -241,7 +243,7 @@ def test_makefile_serves_stops_and_shows_logs_through_the_stack():
 
 
 def test_flask_image_installs_only_what_serving_needs_at_the_locked_versions():
-    dockerfile = (ROOT / "serving" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "serving" / "flask_app" / "Dockerfile").read_text()
     # python:3.11-slim unless the build names another base (make test-containers builds on a local Debian one).
     assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim", dockerfile, re.MULTILINE)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.MULTILINE)
@@ -261,9 +263,9 @@ def test_flask_image_installs_only_what_serving_needs_at_the_locked_versions():
                 result[name.lower().replace("_", "-")] = version
         return result
 
-    wanted = pins(ROOT / "serving" / "requirements-flask.txt")
+    wanted = pins(ROOT / "serving" / "flask_app" / "requirements.txt")
     locked = pins(ROOT / "requirements.lock")
-    for package in ("flask", "gunicorn", "prometheus-client", "numpy", "onnxruntime"):
+    for package in ("flask", "uvicorn", "httptools", "uvloop", "prometheus-client", "numpy", "onnxruntime"):
         assert package in wanted
     # The image serves model.onnx: no framework at all.
     assert not {"tensorflow", "keras", "tensorflow-serving-api", "torchserve", "torch"} & set(wanted)

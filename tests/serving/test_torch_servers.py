@@ -1,4 +1,4 @@
-"""Integration: gunicorn + Flask and TorchServe on free ports, serving a freshly exported model, queried for real."""
+"""Integration: the Flask app on uvicorn and TorchServe on free ports, serving a freshly exported model, queried for real."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ def test_flask_swaps_in_a_new_version_without_failed_requests(flask_server, torc
             text = requests.get(f"{flask_server.url}/metrics", timeout=10).text
             versions = [line for line in text.splitlines() if line.startswith("flask_model_version_loaded{")]
             if len(versions) == 2 and all(line.endswith(" 2.0") for line in versions):
-                break  # both gunicorn workers serve version 2
+                break  # both workers serve version 2
             time.sleep(0.2)
         else:
             pytest.fail(f"the workers did not all load version 2: {versions}")
@@ -250,9 +250,9 @@ def test_flask_shuts_down_cleanly(flask_server):
         returncode = server.wait(60)
     except subprocess.TimeoutExpired:
         server.stop(grace=0)
-        pytest.fail("gunicorn did not stop within 60 s of SIGTERM")
+        pytest.fail("the Flask server did not stop within 60 s of SIGTERM")
     assert returncode == 0
-    assert "Shutting down: Master" in server.log()
+    assert "flask[0]: Stopped." in server.log()
     assert _port_closed(flask_server.url)
 
 

@@ -32,10 +32,11 @@ def test_tfserving_is_not_ready_where_nothing_listens():
 
 
 def test_flask_environment_and_application_can_be_changed():
-    spec = flask_app.spec(5001, "fashion", environment={"WEB_CONCURRENCY": "2"}, application="bench:create_app()")
-    assert spec.command[-3:] == ["-b", "127.0.0.1:5001", "bench:create_app()"]
+    assert flask_app.spec(5001).command[1:] == ["-m", "serving.flask_app", "--host", "127.0.0.1", "--port", "5001"]
+    spec = flask_app.spec(5001, "fashion", environment={"WEB_CONCURRENCY": "2"}, application="bench:create_app")
+    assert spec.command[-4:] == ["--port", "5001", "--app", "bench:create_app"]
     assert spec.environment["WEB_CONCURRENCY"] == "2" and spec.environment["FLASK_MODEL_NAME"] == "fashion"
-    assert spec.environment["PROMETHEUS_MULTIPROC_DIR"] is None  # each gunicorn gets a fresh metrics folder
+    assert spec.environment["PROMETHEUS_MULTIPROC_DIR"] is None  # each server makes a fresh metrics folder
     assert "FLASK_MODEL_BASE_PATH" not in spec.environment  # the app's own default then applies
     [endpoint] = spec.endpoints
     assert (endpoint.name, endpoint.framework, endpoint.protocol) == ("flask-rest", "torch", "REST")

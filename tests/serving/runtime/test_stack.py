@@ -197,7 +197,7 @@ def test_server_commands_follow_design_md(tmp_path):
     assert "--port=8500" in tf_command and "--rest_api_port=8501" in tf_command and "--model_name=digits" in tf_command
     assert f"--model_base_path={tmp_path / 'models' / 'tf' / 'digits'}" in tf_command
     flask = specs["flask"]
-    assert "127.0.0.1:5000" in flask.command and "serving.flask_app:create_app()" in flask.command
+    assert flask.command[1:] == ["-m", "serving.flask_app", "--host", "127.0.0.1", "--port", "5000"]
     assert flask.environment["FLASK_MODEL_BASE_PATH"] == str(tmp_path / "models" / "torch" / "digits")
     torchserve = specs["torchserve"]
     assert "--foreground" in torchserve.command and torchserve.stop_command[-1] == "--stop"
