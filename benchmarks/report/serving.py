@@ -206,8 +206,8 @@ def torch_servers_section(measured: TorchServingResult) -> list[str]:
     """Flask and TorchServe against in-process TorchScript."""
     lines = paragraph(
         "`benchmarks.serving_torch` times batch-1 requests from one client over a kept-alive connection: Flask's "
-        "predict route and a no-op route on the same gunicorn server (alternating request by request), TorchServe "
-        "as configured and with batching off, and TorchScript in-process with one thread, as each gunicorn worker "
+        "predict route and a no-op route on the same Flask server (uvicorn) (alternating request by request), TorchServe "
+        "as configured and with batching off, and TorchScript in-process with one thread, as each Flask worker "
         "runs it."
     )
     settings = measured.torchserve_settings

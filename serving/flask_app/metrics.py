@@ -79,8 +79,8 @@ class CountingMiddleware:
     observes its latency from the request reaching Flask to its response leaving it.
 
     The endpoint is the one Flask matched, read when Flask starts the response from the request object werkzeug
-    files in the environ ("werkzeug.request"); "unmatched" when no route matched. Around the app rather than in before/after-request
-    hooks: no hook dispatch and no context-local lookups per request.
+    files in the environ ("werkzeug.request"); "unmatched" when no route matched. Around the app rather than in
+    before/after-request hooks: no hook dispatch and no context-local lookups per request.
     """
 
     def __init__(self, wsgi_app: Callable[..., Iterable[bytes]], metrics: AppMetrics) -> None:

@@ -129,7 +129,9 @@ def _row_values(instances: JSONValue, inputs: Mapping[str, TensorSpec]) -> dict[
         raise RequestError('"instances" must be a list with one entry per example.')
     if not instances:
         raise RequestError('"instances" is an empty batch; send at least one instance.')
-    if all(isinstance(instance, dict) for instance in instances):
+    types = set(map(type, instances))  # one pass in C over the batch
+    objects = [kind for kind in types if issubclass(kind, dict)]
+    if len(objects) == len(types):
         names = set(instances[0])
         if any(set(instance) != names for instance in instances):
             raise RequestError("Every instance must name the same inputs.")
@@ -138,7 +140,7 @@ def _row_values(instances: JSONValue, inputs: Mapping[str, TensorSpec]) -> dict[
     single = _single_input_name(inputs)
     if single is None:
         raise RequestError(f"This signature has inputs {sorted(inputs)}: each instance must be an object naming them.")
-    if any(isinstance(instance, dict) for instance in instances):
+    if objects:
         raise RequestError("Instances must all be objects or all be values, not a mix.")
     return {single: instances}
 

@@ -101,11 +101,11 @@ class ModelManager(VersionWatcher[Servable]):
             if label not in labels:
                 raise RequestError(f"Unrecognized servable version label: {quoted(label)}")
             version = labels[label]
-        request = f"Latest({quoted(model_name)})" if version is None else f"Specific({quoted(model_name)}, {version})"
-        if model is None:
-            raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
-        servable = model.latest() if version is None else model.loaded.get(version)
+        servable = None if model is None else model.latest() if version is None else model.loaded.get(version)
         if servable is None:
+            request = (
+                f"Latest({quoted(model_name)})" if version is None else f"Specific({quoted(model_name)}, {version})"
+            )
             raise RequestError(f"Servable not found for request: {request}", "NOT_FOUND")
         return servable
 
