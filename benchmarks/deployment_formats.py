@@ -3,7 +3,7 @@
     python -m benchmarks.deployment_formats --tf-export models/tf/digits/1 --torch-export models/torch/digits/1
 
 For each format, in one process: export time (the torch formats are exported afresh from the trained weights), file
-size, load to first answer, and call latency p50/p99 at batch 1 and 64 with one intra-op thread (as a gunicorn
+size, load to first answer, and call latency p50/p99 at batch 1 and 64 with one intra-op thread (as a Flask
 worker runs it); then the Flask app's REST p50 at batch 1 with each format it can serve, one request at a time over a
 kept-alive connection, all in the same run. `measure()` returns the numbers for `make compare`.
 """
@@ -120,7 +120,7 @@ def _measure_path(
 def _flask_rest(
     base_path: Path, export_format: str, image: np.ndarray, requests_count: int, log_dir: Path
 ) -> stats.LatencySummary:
-    """Batch-1 REST latency of one gunicorn worker serving base_path in export_format."""
+    """Batch-1 REST latency of one Flask worker serving base_path in export_format."""
     import requests
 
     from serving import runtime
@@ -227,7 +227,7 @@ def measure(
         )
 
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one intra-op thread, as each gunicorn worker and TorchServe worker runs
+    torch.set_num_threads(1)  # one intra-op thread, as each Flask worker and TorchServe worker runs
     try:
         measured = [_measure_path(name, load, images, calls, size, seconds) for name, load, size, seconds in loaders]
     finally:

@@ -7,7 +7,7 @@ import dataclasses
 FRAMEWORK_NAMES = {"tf": "TensorFlow/Keras", "torch": "PyTorch"}
 # The TF server measured natively is this project's, not TensorFlow Serving's C++ binary: the name says so.
 TF_SERVER = "TF-Serving-compatible server (this project)"
-FLASK_SERVER = "Flask app (gunicorn)"
+FLASK_SERVER = "Flask app (uvicorn)"
 TORCHSERVE = "TorchServe"
 # The runtime's server names (its specs' `name`, the keys of a stack's cold starts) as a reader knows the servers.
 SERVER_NAMES = {"tfserving": TF_SERVER, "flask": FLASK_SERVER, "torchserve": TORCHSERVE}

@@ -1,11 +1,11 @@
-"""Batch-1 latency of the torch servers: Flask under gunicorn and TorchServe, next to in-process TorchScript.
+"""Batch-1 latency of the torch servers: Flask on uvicorn and TorchServe, next to in-process TorchScript.
 
     python -m benchmarks.serving_torch [--requests 2000] [--model-base-path models/torch/digits]
 
 One run measures, one request at a time over a kept-alive connection: Flask's predict route and a Flask route that
 does nothing (same server, same body, so it prices HTTP + WSGI + Flask; the two alternate request by request so both
 see the same machine load), TorchServe's predict, and the TorchScript call in-process with one thread (as each
-gunicorn worker runs it). The target is
+Flask worker runs it). The target is
 Flask predict p50 ≤ 1.5 × (no-op p50 + in-process p50). With batching on, it also runs
 `benchmarks.torchserve_batching` (16 concurrent clients, TorchServe's server-side batching off against on).
 `measure()` returns the numbers for `make compare`.
@@ -44,7 +44,7 @@ class TorchServingResult:
     """Batch-1 latency of Flask (predict and a no-op route) and TorchServe, next to in-process TorchScript."""
 
     model_version: int
-    in_process: stats.LatencySummary  # TorchScript, one thread, as each gunicorn worker runs it
+    in_process: stats.LatencySummary  # TorchScript, one thread, as each Flask worker runs it
     flask_noop: stats.LatencySummary
     flask_predict: stats.LatencySummary
     torchserve_predict: stats.LatencySummary | None  # as configured (server-side batching on)
@@ -93,7 +93,7 @@ def _in_process(model_path: Path, image: np.ndarray, count: int, warmup: int) ->
     import torch
 
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what gunicorn_conf.py gives each worker
+    torch.set_num_threads(1)  # what each Flask worker sets (serving/flask_app/models.py)
     try:
         module = torch.jit.load(str(model_path)).eval()
         tensor = torch.from_numpy(image)
@@ -107,8 +107,8 @@ def _in_process(model_path: Path, image: np.ndarray, count: int, warmup: int) ->
         torch.set_num_threads(previous_threads)
 
 
-def _start_gunicorn(base_path: Path, log_path: Path) -> Any:
-    """The benchmark app (production app + no-op route) under gunicorn on a free port, through serving.runtime."""
+def _start_flask(base_path: Path, log_path: Path) -> Any:
+    """The benchmark app (production app + no-op route) on a free port, through serving.runtime."""
     from serving import runtime
     from serving.runtime import flask_app
 
@@ -141,7 +141,7 @@ def measure(
     in_process = _in_process(model_base_path / str(version) / artifacts.TORCHSCRIPT_FILE, image, 5000, 500)
 
     work_dir = Path(tempfile.mkdtemp(prefix="serving-torch-benchmark-"))
-    with _start_gunicorn(Path(model_base_path), work_dir / "gunicorn.log") as server:
+    with _start_flask(Path(model_base_path), work_dir / "flask.log") as server:
         url = server.spec.endpoint("flask-rest").address
         with requests.Session() as session:
 
@@ -199,8 +199,8 @@ def format_report(result: TorchServingResult) -> str:
     """The numbers as a small table and the verdict on the target."""
     rows = [
         ("in-process TorchScript (1 thread)", result.in_process),
-        ("Flask no-op route (gunicorn)", result.flask_noop),
-        ("Flask predict (gunicorn)", result.flask_predict),
+        ("Flask no-op route (uvicorn)", result.flask_noop),
+        ("Flask predict (uvicorn)", result.flask_predict),
         ("TorchServe predict (as configured)", result.torchserve_predict),
         ("TorchServe predict (batching off)", result.torchserve_unbatched_predict),
     ]

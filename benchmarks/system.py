@@ -19,7 +19,7 @@ LIBRARIES = (
     "grpcio",
     "tensorflow-serving-api",
     "flask",
-    "gunicorn",
+    "uvicorn",
     "torchserve",
     "torch-model-archiver",
 )

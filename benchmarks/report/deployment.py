@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 
 HEADING = "## Deployment formats"
 METHOD = (
-    "One process, one intra-op thread (as each gunicorn or TorchServe worker runs), NumPy input as a client sends it. "
+    "One process, one intra-op thread (as each Flask or TorchServe worker runs), NumPy input as a client sends it. "
     "The torch formats are exported afresh from the trained weights in this run, so their export time is measured "
-    "here; `load` is from opening the file to the first batch-1 answer. Flask REST is one gunicorn worker serving that "
+    "here; `load` is from opening the file to the first batch-1 answer. Flask REST is one Flask worker serving that "
     "format (`FLASK_MODEL_FORMAT`), batch 1, one request at a time over a kept-alive connection, in the same run."
 )
 

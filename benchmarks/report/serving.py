@@ -206,8 +206,8 @@ def torch_servers_section(measured: TorchServingResult) -> list[str]:
     """Flask and TorchServe against in-process TorchScript."""
     lines = paragraph(
         "`benchmarks.serving_torch` times batch-1 requests from one client over a kept-alive connection: Flask's "
-        "predict route and a no-op route on the same gunicorn server (alternating request by request), TorchServe "
-        "as configured and with batching off, and TorchScript in-process with one thread, as each gunicorn worker "
+        "predict route and a no-op route on the same Flask server (uvicorn) (alternating request by request), TorchServe "
+        "as configured and with batching off, and TorchScript in-process with one thread, as each Flask worker "
         "runs it."
     )
     settings = measured.torchserve_settings
@@ -241,7 +241,7 @@ def torch_servers_section(measured: TorchServingResult) -> list[str]:
 def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
     """TorchServe's server-side batching off against on, at 16 clients."""
     lines = paragraph(
-        f"Two {labels.TORCHSERVE} instances, identical but for the model's batch size (1, against config.properties' "
+        f"Two {labels.TORCHSERVE} instances, identical but for the model's batch size (1, against the archive's own "
         f"batch size and delay, as TorchServe registered them), each driven over REST by {batching.clients} "
         f"closed-loop clients; off and on alternate in {batching.rounds} rounds and each setting's rounds are pooled.",
         "This is the digits model alone: across model sizes, as for the TF server above, TorchServe would need a "

@@ -221,7 +221,12 @@ def servers(comparison: Comparison) -> list[str]:
             "`python -m serving.tfserving`: this project's server with TensorFlow Serving's gRPC and REST API and flags",
             "**yes**: stands in for TensorFlow Serving's C++ `tensorflow_model_server`, which cannot be installed here",
         ),
-        (labels.FLASK_SERVER, labels.FRAMEWORK_NAMES["torch"], "the project's Flask app under gunicorn", "no"),
+        (
+            labels.FLASK_SERVER,
+            labels.FRAMEWORK_NAMES["torch"],
+            "the project's Flask app on uvicorn (`python -m serving.flask_app`)",
+            "no",
+        ),
         (
             labels.TORCHSERVE,
             labels.FRAMEWORK_NAMES["torch"],

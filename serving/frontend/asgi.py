@@ -112,11 +112,12 @@ class WsgiBridge:
                 return too_large
         chunks: list[bytes] = []
         size = 0
-        deadline = asyncio.get_running_loop().time() + settings.body_timeout_seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.body_timeout_seconds
         while True:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await asyncio.wait_for(receive(), settings.read_timeout_seconds)
+            try:  # the next piece within the pause allowed, the whole body within its deadline
+                async with asyncio.timeout_at(min(deadline, loop.time() + settings.read_timeout_seconds)):
+                    message = await receive()
             except TimeoutError:
                 sentence = (
                     f"The request body did not arrive in time (a pause over {settings.read_timeout_seconds:g} "
