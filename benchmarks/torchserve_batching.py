@@ -1,15 +1,23 @@
 """TorchServe's server-side batching off against on: throughput and latency at 16 concurrent REST clients.
 
-Two TorchServe instances, identical but for the model's batch size (1, against config.properties' batch size and
-delay), run for the whole comparison; 16 closed-loop clients drive them alternately, round by round, and each
+Two TorchServe instances, identical but for the model's batch size (1, against the batch size and delay the archive
+carries in its model-config.yaml), run for the whole comparison; 16 closed-loop clients drive them alternately, round by round, and each
 setting's rounds are pooled.
+
+    python -m benchmarks.torchserve_batching [--model-store models/torch/model-store] [--clients 16] [--rounds 2]
+
+The batch size each instance reports registering (its management API's description of the model) is printed
+beside its figures, so a setting that did not take effect shows.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +47,7 @@ class BatchingSetting:
 
 @dataclasses.dataclass(frozen=True)
 class TorchServeBatching:
-    """Batching off (batch size 1) against on (config.properties' batch size and delay)."""
+    """Batching off (batch size 1) against on (the archive's own batch size and delay)."""
 
     clients: int
     rounds: int
@@ -59,7 +67,7 @@ class TorchServeBatching:
 
 
 def start_torchserve(model_store: Path, run_dir: Path, batch_size: int | None = None) -> Any:
-    """TorchServe on free ports through serving.runtime, ready; batch_size None keeps config.properties' batching."""
+    """TorchServe on free ports through serving.runtime, ready; batch_size None keeps the archive's own batching."""
     from serving import runtime
     from serving.runtime import torchserve
 
@@ -81,8 +89,8 @@ def measure_torchserve_batching(
         raise UsageError("clients and rounds must be at least 1.")
     work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="torchserve-batching-"))
     image = np.random.default_rng(0).integers(0, 17, size=(1, 8, 8)).astype(np.float32)  # (1, H, W)
-    # Off is batch size 1; on keeps config.properties' batch size and delay (None = the template's values), the
-    # setting the project serves with. Workers stay the template's in both, so batching is the only difference.
+    # Off is batch size 1; on keeps the archive's batch size and delay (None: its model-config.yaml), the setting
+    # the project serves with. Workers stay the template's in both, so batching is the only difference.
     batch_sizes = {"batching_off": 1, "batching_on": None}
     started = time.perf_counter()
     servers: dict[str, Any] = {}
@@ -137,3 +145,45 @@ def format_batching(batching: TorchServeBatching) -> str:
         f"({batching.seconds:.0f} s including both starts)"
     )
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure batching off against on and print the table, with the machine, its load and the command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.torchserve_batching", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--model-store", type=Path, default=Path("models/torch/model-store"), help="folder holding digits.mar"
+    )
+    parser.add_argument("--work-dir", type=Path, help="where both instances run (default: a new temporary folder)")
+    parser.add_argument("--clients", type=int, default=BATCHING_CLIENTS, help="concurrent closed-loop clients")
+    parser.add_argument("--rounds", type=int, default=BATCHING_ROUNDS, help="alternating rounds per setting")
+    arguments = parser.parse_args(argv)
+    from benchmarks import system
+    from experiment import library_logs
+    from experiment.cli import run_main
+    from serving.runtime import ServerError
+
+    def body() -> int:
+        library_logs.quiet()
+        machine = system.machine()
+        started_at = system.now()
+        try:
+            result = measure_torchserve_batching(
+                arguments.model_store, arguments.work_dir, arguments.clients, arguments.rounds
+            )
+        except ServerError as error:
+            raise UsageError(str(error)) from None
+        command = "python -m benchmarks.torchserve_batching " + " ".join(sys.argv[1:] if argv is None else list(argv))
+        print(
+            f"{started_at}, {machine.cpu_model}, {machine.usable_cores} usable cores, "
+            f"load average {machine.load_average_1min:.2f} at start; `{command.strip()}`"
+        )
+        print(format_batching(result))
+        return 0
+
+    return run_main("python -m benchmarks.torchserve_batching", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

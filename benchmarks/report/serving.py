@@ -241,7 +241,7 @@ def torch_servers_section(measured: TorchServingResult) -> list[str]:
 def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
     """TorchServe's server-side batching off against on, at 16 clients."""
     lines = paragraph(
-        f"Two {labels.TORCHSERVE} instances, identical but for the model's batch size (1, against config.properties' "
+        f"Two {labels.TORCHSERVE} instances, identical but for the model's batch size (1, against the archive's own "
         f"batch size and delay, as TorchServe registered them), each driven over REST by {batching.clients} "
         f"closed-loop clients; off and on alternate in {batching.rounds} rounds and each setting's rounds are pooled.",
         "This is the digits model alone: across model sizes, as for the TF server above, TorchServe would need a "

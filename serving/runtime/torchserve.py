@@ -189,8 +189,9 @@ def spec(
 
     rollout: also roll out each newer <model>-<version>.mar of the store while TorchServe runs (polling every
     poll_seconds); only with token authorization, which guards the model API the roll-out needs. batch_size,
-    max_batch_delay_ms and workers override the archives' own settings, for the version
-    loaded at start and for every version rolled out.
+    max_batch_delay_ms and workers override the archives' own settings, for the version loaded at start (a
+    model_snapshot in its config.properties: config.write_config) and for every version rolled out (the
+    registration's query parameters and a scale request).
     """
     model_store = Path(model_store).resolve()
     run_dir = Path(instance.run_dir).resolve()

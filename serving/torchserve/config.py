@@ -3,15 +3,25 @@
 The template, `config.properties` beside this file, holds the default ports; `write_config` copies it with other
 ports and the model store as an absolute path. Workers and batching are not in it: they travel inside each archive
 (`model-config.yaml`, packed by torch_pipeline.export), so they hold for every version, however TorchServe starts.
+
+An instance may override them (a benchmark's batching off, a test's single worker). TorchServe 0.12 gives an
+archive's model-config.yaml precedence over config.properties' `models` settings for the models it loads at start,
+so an override there is ignored; `write_config` writes it as a `model_snapshot` instead, the form TorchServe restores
+its models from (docs/snapshot.md: a snapshot passed with --ts-config), which sets each setting as written. Versions
+registered later through the management API take batch_size and max_batch_delay from the request (they win over the
+archive's) and their workers from a scale request (serving.torchserve.rollout).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import zipfile
 from pathlib import Path
+
+import yaml
 
 from experiment.errors import UsageError
 from serving.protocol.rest import MAX_BATCH_SIZE
@@ -30,6 +40,10 @@ MAX_RESPONSE_SIZE = 2 * MAX_BATCH_SIZE * MAX_ANSWER_BYTES_PER_INSTANCE
 _PLAIN_PATH_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/_")
 _CLASS_PATH_CHARACTERS = set(".-+~@ ")
 NO_URL_ALLOWED = "file:///no-url-is-allowed/"  # matches no URL a client can give for an archive
+# TorchServe's own values for a model whose archive sets none (docs/management_api.md's registration defaults; on
+# CPU, one worker per core).
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_MAX_BATCH_DELAY_MS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +65,30 @@ def archive_version(archive: Path) -> str:
     except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError):
         raise UsageError(f"{archive} is not a model archive made by torch-model-archiver.") from None
     return str(manifest["model"]["modelVersion"])
+
+
+def archive_settings(archive: Path) -> dict[str, int]:
+    """The workers and batching a .mar carries: minWorkers, maxWorkers, batchSize and maxBatchDelay.
+
+    They come from the model-config.yaml its manifest names (torch-model-archiver --config-file); a setting the
+    archive lacks gets TorchServe's own default (DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_DELAY_MS, a worker per core).
+    """
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            manifest = json.loads(bundle.read("MAR-INF/MANIFEST.json"))["model"]
+            name = manifest.get("configFile")
+            carried = yaml.safe_load(bundle.read(name)) if name else {}
+    except (OSError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError, yaml.YAMLError):
+        raise UsageError(f"{archive} is not a model archive made by torch-model-archiver.") from None
+    carried = carried if isinstance(carried, dict) else {}
+    workers = os.cpu_count() or 1
+    defaults = {
+        "minWorkers": workers,
+        "maxWorkers": workers,
+        "batchSize": DEFAULT_BATCH_SIZE,
+        "maxBatchDelay": DEFAULT_MAX_BATCH_DELAY_MS,
+    }
+    return {key: int(carried.get(key, default)) for key, default in defaults.items()}
 
 
 def archive_problem(archive: Path) -> str | None:
@@ -170,8 +208,9 @@ def write_config(
     store's own archives, and workflows come from an empty folder beside the config. max_response_size agrees with
     the handler's batch limit (MAX_RESPONSE_SIZE).
     archive is the store's archive loaded at start (default <model>.mar; see choose_archive). Batch size, delay and
-    workers, when given, override the archive's own settings for the version loaded at start
-    (TorchServe matches config.properties' per-model settings by exact version, hence the archive's version as key).
+    workers, when given, override the archive's own settings for the version loaded at start: they go into a
+    model_snapshot naming that archive and its version, with the archive's own values for the settings not
+    overridden (the module's docstring says why config.properties' `models` would not do).
     """
     properties = read_properties(TEMPLATE)
     properties.update(
@@ -203,9 +242,12 @@ def write_config(
         overrides["minWorkers"] = overrides["maxWorkers"] = workers
     if overrides:
         mar_name = archive or f"{model_name}.mar"
-        version = archive_version(Path(model_store) / mar_name)
-        settings = {"marName": mar_name, **overrides}
-        properties["models"] = json.dumps({model_name: {version: settings}}, separators=(",", ":"))
+        mar_path = Path(model_store) / mar_name
+        version = archive_version(mar_path)
+        settings = {"defaultVersion": True, "marName": mar_name, **archive_settings(mar_path), **overrides}
+        snapshot = {"name": "startup.cfg", "modelCount": 1, "models": {model_name: {version: settings}}}
+        # TorchServe restores the snapshot's models instead of load_models, each setting as written.
+        properties["model_snapshot"] = json.dumps(snapshot, separators=(",", ":"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / WORKFLOW_STORE).mkdir(exist_ok=True)

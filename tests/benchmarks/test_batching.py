@@ -104,3 +104,14 @@ def test_a_section_left_out_says_why(comparison):
     comparison.skipped["torch serving"] = "skipped in this mode"
     text = "\n".join(serving.serving(comparison, {}))
     assert f"### Batching on vs off for {labels.TORCHSERVE}\n\nNot measured: skipped in this mode." in text
+
+
+def test_torchserve_batching_command_refuses_a_store_without_the_archive_in_one_sentence(tmp_path, capsys):
+    from benchmarks import torchserve_batching
+
+    assert torchserve_batching.main(["--model-store", str(tmp_path), "--work-dir", str(tmp_path / "work")]) == 2
+    error = capsys.readouterr().err
+    assert error == (
+        f"python -m benchmarks.torchserve_batching: error: No digits.mar in {tmp_path}; run `make train-torch` first.\n"
+    )
+    assert not (tmp_path / "work").exists()  # nothing was started

@@ -111,7 +111,8 @@ def test_torchserve_prepare_writes_its_config_and_removes_a_stale_key_file(tmp_p
     properties = read_properties(tmp_path / "ts" / "config.properties")
     assert properties["inference_address"] == instance.inference_url
     assert int(properties["grpc_management_port"]) == instance.ports.grpc_management
-    assert json.loads(properties["models"])["digits"]["7"]["batchSize"] == 16
+    snapshot = json.loads(properties["model_snapshot"])  # not models=: the archive's own settings would win
+    assert snapshot["models"]["digits"]["7"]["batchSize"] == 16
     assert properties["enable_model_api"] == "true"  # the roll-out registers versions
     assert not instance.key_file.exists()
     assert instance.temp_dir.is_dir() and instance.log_dir.is_dir()
