@@ -4,18 +4,27 @@ status says which version serves and that the newest failed."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
+import psutil
 import pytest
 
 from serving.clients.base import poll_until
-from tests.robustness import checks, fallback, grpc_cases
+from tests.robustness import checks, fallback, grpc_cases, wire
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT_S = 180.0
 # Once a server answers at all, how long it may take to fall back to the good version before the test gives up.
 SETTLE_SECONDS = 30.0
 TORCHSERVE_SETTLE_SECONDS = 60.0  # its workers load after the inference port opens
+
+
+def flask_version_gauges(target) -> dict[int, float]:
+    """The Flask server's flask_model_version_loaded samples by worker pid (every worker's, from /metrics)."""
+    answer = wire.exchange(target.host, target.port, wire.request_bytes("GET", "/metrics", target.host), 10.0)
+    samples = re.findall(rb'^flask_model_version_loaded\{[^}]*pid="(\d+)"[^}]*\} (\S+)$', answer.body, re.MULTILINE)
+    return {int(pid): float(value) for pid, value in samples}
 
 
 def fallback_problem(running) -> str | None:
@@ -59,6 +68,19 @@ def test_flask_workers_restarted_after_a_corrupt_version_appeared_serve_the_last
     assert workers, "worker 0 started no other worker"
     for worker in workers:
         os.kill(worker.pid, signal.SIGKILL)
+    # Each worker has its own listening socket (SO_REUSEPORT): one killed takes the connections waiting in its own
+    # queue with it. Once they are gone, worker 0 restarts them; wait until every restarted one serves a version.
+    psutil.wait_procs(workers, timeout=10)
+    killed = {worker.pid for worker in workers}
+
+    def restarted_workers_serve() -> str | None:
+        serving = set(flask_version_gauges(running.target))
+        expected = {running.process.pid, *(child.pid for child in running.process.leader.children())}
+        if killed & expected or len(expected) != len(workers) + 1:
+            return f"workers {sorted(expected)} (killed {sorted(killed)})"
+        return None if expected <= serving else f"version gauges of {sorted(serving)}, workers {sorted(expected)}"
+
+    poll_until(restarted_workers_serve, 60.0, lambda problem: f"the workers were not restarted: {problem}")
     problem = fallback.wait_for_predictions(running.target, running.process, 60.0, SETTLE_SECONDS)
     assert problem is None, f"restarted workers do not serve version 1: {problem}"
     failures = [problem for problem in (checks.ask_valid(running.target) for _ in range(40)) if problem is not None]
