@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,52 @@ def test_dockerignore_sends_only_the_code_the_image_copies():
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
     assert {"!experiment/", "!serving/"} <= set(lines)
+
+
+# The child interpreter below refuses to import any top-level module whose distribution the Flask image does not
+# install (the standard library and the project's own packages aside), then imports the modules the image runs:
+# the Dockerfile's CMD and the compose roll-out service's command. A module-level import of a package missing from
+# the image's requirements (PyYAML once) fails here instead of in a container that restarts forever.
+IMAGE_IMPORT_CHECK = """
+import importlib, importlib.metadata as metadata, re, sys
+allowed = set(sys.argv[1].split(","))
+owners = metadata.packages_distributions()
+
+def name(distribution):
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+class Refuse:
+    def find_spec(self, fullname, path=None, target=None):
+        top = fullname.partition(".")[0]
+        if top in sys.stdlib_module_names or top in ("serving", "experiment") or top not in owners:
+            return None
+        if not any(name(owner) in allowed for owner in owners[top]):
+            raise ImportError(f"{fullname} is imported, but the image installs no distribution of it")
+        return None
+
+sys.meta_path.insert(0, Refuse())
+for module in sys.argv[2:]:
+    importlib.import_module(module)
+"""
+
+
+def test_the_modules_the_flask_image_runs_import_only_what_it_installs(compose):
+    requirements = (ROOT / "serving" / "flask_app" / "requirements.txt").read_text().splitlines()
+    installed = {
+        re.sub(r"[-_.]+", "-", line.split("==")[0]).lower()
+        for line in requirements
+        if line.strip() and not line.startswith("#")
+    }
+    dockerfile = (ROOT / "serving" / "flask_app" / "Dockerfile").read_text()
+    command = re.search(r'^CMD \["python", "-m", "([\w.]+)"', dockerfile, re.MULTILINE)
+    assert command, "the Flask image's CMD must run a module with python -m"
+    rollout = compose["services"]["torchserve-rollout"]["command"]
+    modules = [command.group(1), rollout[rollout.index("-m") + 1]]
+    result = subprocess.run(
+        [sys.executable, "-c", IMAGE_IMPORT_CHECK, ",".join(sorted(installed)), *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
