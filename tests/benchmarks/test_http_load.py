@@ -133,6 +133,8 @@ def test_the_floor_ratios_subtract_the_model_and_compare_with_nginx_of_the_same_
     assert [ratio.status for ratio in checked] == statuses
     assert checked[0].measured == pytest.approx((flask_p50 - 0.01) / 0.05)  # nginx's median of three rounds
     assert checked[1].measured == pytest.approx(9_000 / 105_000) and "(wrk)" in checked[1].inputs
+    # A missed target says what it means; a met one needs no note.
+    assert [bool(ratio.note) for ratio in checked[:4]] == [status == "missed" for status in statuses[:4]]
 
 
 def test_without_nginx_or_a_run_the_floor_ratios_say_why():
