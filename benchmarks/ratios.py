@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 Measured = TypeVar("Measured")
 TF_GRPC = ("TF gRPC p50 / (identity-model gRPC p50 + in-process signature p50)", "≤ 1.3")
-FLASK = ("Flask p50 / (no-op route p50 + in-process TorchScript p50)", "≤ 1.5")
+FLASK = ("Flask p50 / (no-op route p50 + in-process model p50)", "≤ 1.5")
 # What a met and a missed overhead ratio mean.
 TF_GRPC_NOTES = (
     "The server adds little beyond gRPC plumbing and the model.",
@@ -84,7 +84,7 @@ def cell_text(values: dict[str, Any]) -> str:
 
 
 def flask_overhead(measured: TorchServingResult) -> Ratio:
-    """Flask p50 ≤ 1.5 × (no-op Flask route p50 + in-process TorchScript p50)."""
+    """Flask p50 ≤ 1.5 × (no-op Flask route p50 + the app's model call in process, ONNX Runtime)."""
     floor = (measured.flask_noop.p50_ms, measured.in_process.p50_ms)
     return _over_floor(FLASK, 1.5, measured.flask_predict.p50_ms, floor, FLASK_NOTES)
 

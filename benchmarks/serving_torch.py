@@ -1,12 +1,12 @@
-"""Batch-1 latency of the torch servers: Flask on uvicorn and TorchServe, next to in-process TorchScript.
+"""Batch-1 latency of the torch servers: Flask on uvicorn and TorchServe, next to the model called in process.
 
     python -m benchmarks.serving_torch [--requests 2000] [--model-base-path models/torch/digits]
 
 One run measures, one request at a time over a kept-alive connection: Flask's predict route and a Flask route that
 does nothing (same server, same body, so it prices HTTP + WSGI + Flask; the two alternate request by request so both
-see the same machine load), TorchServe's predict, and the TorchScript call in-process with one thread (as each
-Flask worker runs it). The target is
-Flask predict p50 ≤ 1.5 × (no-op p50 + in-process p50). With batching on, it also runs
+see the same machine load), TorchServe's predict, and the model called in process through the app's own loader
+(ONNX Runtime, one thread, as each Flask worker runs it). The target is Flask predict p50 ≤ 1.5 × (no-op p50 +
+in-process p50). With batching on, it also runs
 `benchmarks.torchserve_batching` (16 concurrent clients, TorchServe's server-side batching off against on).
 `measure()` returns the numbers for `make compare`.
 """
@@ -41,10 +41,10 @@ START_TIMEOUT_SECONDS = 180.0
 
 @dataclasses.dataclass(frozen=True)
 class TorchServingResult:
-    """Batch-1 latency of Flask (predict and a no-op route) and TorchServe, next to in-process TorchScript."""
+    """Batch-1 latency of Flask (predict and a no-op route) and TorchServe, next to the model called in process."""
 
     model_version: int
-    in_process: stats.LatencySummary  # TorchScript, one thread, as each Flask worker runs it
+    in_process: stats.LatencySummary  # the model as each Flask worker runs it (ONNX Runtime, one thread)
     flask_noop: stats.LatencySummary
     flask_predict: stats.LatencySummary
     torchserve_predict: stats.LatencySummary | None  # as configured (server-side batching on)
@@ -89,22 +89,12 @@ def _time_interleaved(calls: dict[str, Callable[[], Any]], count: int, warmup: i
     return latencies
 
 
-def _in_process(model_path: Path, image: np.ndarray, count: int, warmup: int) -> stats.LatencySummary:
-    import torch
+def _in_process(version_dir: Path, image: np.ndarray, count: int, warmup: int) -> stats.LatencySummary:
+    """The model call each Flask worker makes, in this process: the app's own loader (ONNX Runtime, one thread)."""
+    from serving.flask_app.models import load_version
 
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # what each Flask worker sets (serving/flask_app/models.py)
-    try:
-        module = torch.jit.load(str(model_path)).eval()
-        tensor = torch.from_numpy(image)
-
-        def call() -> None:
-            with torch.inference_mode():
-                module(tensor)
-
-        return stats.summarize_seconds(stats.time_calls(call, count, warmup))
-    finally:
-        torch.set_num_threads(previous_threads)
+    model = load_version("digits", version_dir)
+    return stats.summarize_seconds(stats.time_calls(lambda: model.predict(image), count, warmup))
 
 
 def _start_flask(base_path: Path, log_path: Path) -> Any:
@@ -132,13 +122,13 @@ def measure(
     """Run the whole benchmark and return its numbers."""
     version = artifacts.latest_version(model_base_path)
     if version is None:
-        raise UsageError(f"No TorchScript export in {model_base_path}; run `make train-torch` first.")
+        raise UsageError(f"No torch export in {model_base_path}; run `make train-torch` first.")
     if include_torchserve and not (Path(model_store) / "digits.mar").is_file():
         raise UsageError(f"No digits.mar in {model_store}; run `make train-torch` first.")
     image = np.random.default_rng(0).integers(0, 17, size=(1, 8, 8)).astype(np.float32)  # (1, H, W)
     body = json.dumps({"instances": image.tolist()})
     headers = {"Content-Type": "application/json"}
-    in_process = _in_process(model_base_path / str(version) / artifacts.TORCHSCRIPT_FILE, image, 5000, 500)
+    in_process = _in_process(model_base_path / str(version), image, 5000, 500)
 
     work_dir = Path(tempfile.mkdtemp(prefix="serving-torch-benchmark-"))
     with _start_flask(Path(model_base_path), work_dir / "flask.log") as server:
@@ -198,7 +188,7 @@ def measure(
 def format_report(result: TorchServingResult) -> str:
     """The numbers as a small table and the verdict on the target."""
     rows = [
-        ("in-process TorchScript (1 thread)", result.in_process),
+        ("in process, ONNX Runtime, 1 thread", result.in_process),
         ("Flask no-op route (uvicorn)", result.flask_noop),
         ("Flask predict (uvicorn)", result.flask_predict),
         ("TorchServe predict (as configured)", result.torchserve_predict),

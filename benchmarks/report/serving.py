@@ -203,12 +203,12 @@ def tf_batching_section(measured: BatchingBySize) -> list[str]:
 
 
 def torch_servers_section(measured: TorchServingResult) -> list[str]:
-    """Flask and TorchServe against in-process TorchScript."""
+    """Flask and TorchServe against the model called in process."""
     lines = paragraph(
         "`benchmarks.serving_torch` times batch-1 requests from one client over a kept-alive connection: Flask's "
         "predict route and a no-op route on the same Flask server (uvicorn) (alternating request by request), TorchServe "
-        "as configured and with batching off, and TorchScript in-process with one thread, as each Flask worker "
-        "runs it."
+        "as configured and with batching off, and the model called in process (ONNX Runtime, one thread), as each "
+        "Flask worker runs it."
     )
     settings = measured.torchserve_settings
     configured = (
@@ -219,7 +219,7 @@ def torch_servers_section(measured: TorchServingResult) -> list[str]:
     rows = [
         (name, number(summary.p50_ms, "ms"), number(summary.p99_ms, "ms"), number(summary.count))
         for name, summary in (
-            ("TorchScript in-process, 1 thread", measured.in_process),
+            ("the model in process (ONNX Runtime, 1 thread)", measured.in_process),
             (f"{labels.FLASK_SERVER}, no-op route", measured.flask_noop),
             (f"{labels.FLASK_SERVER}, predict", measured.flask_predict),
             (f"{labels.TORCHSERVE}, as configured{configured}", measured.torchserve_predict),
@@ -244,8 +244,8 @@ def torchserve_batching_section(batching: TorchServeBatching) -> list[str]:
         f"Two {labels.TORCHSERVE} instances, identical but for the model's batch size (1, against the archive's own "
         f"batch size and delay, as TorchServe registered them), each driven over REST by {batching.clients} "
         f"closed-loop clients; off and on alternate in {batching.rounds} rounds and each setting's rounds are pooled.",
-        "This is the digits model alone: across model sizes, as for the TF server above, TorchServe would need a "
-        "TorchScript export and an archive per width and its own Python workers for every model registered (about "
+        "This is the digits model alone: across model sizes, as for the TF server above, TorchServe would need an "
+        "ONNX export and an archive per width and its own Python workers for every model registered (about "
         "240 MB each), a dozen or more workers beside the JVM on this machine, so it is not measured by size.",
     )
     rows = [
