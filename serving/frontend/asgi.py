@@ -24,7 +24,9 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from types import TracebackType
+from typing import Protocol
+from wsgiref.types import WSGIApplication, WSGIEnvironment
 
 from serving.protocol.errors import HTTP_STATUS
 from serving.protocol.rest import dumps
@@ -46,6 +48,15 @@ STATUS_CODE_NAMES = {
 }
 JSON_HEADERS = [(b"content-type", b"application/json")]
 INTERNAL_ERROR = {"error": "The request failed inside the server; see the server log."}
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+
+
+class PortMetrics(Protocol):
+    """What the metrics page needs, e.g. serving.tfserving.monitoring.ServerMetrics."""
+
+    def exposition(self) -> bytes: ...
+
+    def record(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +68,7 @@ class FrontEndSettings:
     threads: int
     keep_alive_seconds: float
     metrics_path: str | None = None
-    metrics: Any = None  # with exposition() and record(...), e.g. serving.tfserving.monitoring.ServerMetrics
+    metrics: PortMetrics | None = None  # set together with metrics_path
     read_timeout_seconds: float = 10.0  # the longest pause inside a body
     body_timeout_seconds: float = 60.0  # the longest a whole body may take
     max_connections: int | None = None
@@ -66,7 +77,7 @@ class FrontEndSettings:
 class WsgiBridge:
     """The ASGI application uvicorn calls: reads the body, runs the WSGI app on the pool, writes its answer."""
 
-    def __init__(self, app: Any, settings: FrontEndSettings, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, app: WSGIApplication, settings: FrontEndSettings, executor: concurrent.futures.Executor) -> None:
         self.app = app
         self.settings = settings
         self.executor = executor
@@ -77,8 +88,9 @@ class WsgiBridge:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         settings = self.settings
-        if settings.metrics_path is not None and scope["path"] == settings.metrics_path:
-            page = await loop.run_in_executor(self.executor, settings.metrics.exposition)
+        metrics = settings.metrics
+        if metrics is not None and scope["path"] == settings.metrics_path:
+            page = await loop.run_in_executor(self.executor, metrics.exposition)
             await _respond(send, 200, [(b"content-type", b"text/plain; version=0.0.4")], page)
             return
         body = await self._read_body(scope, receive)
@@ -94,8 +106,8 @@ class WsgiBridge:
                 logger.exception("REST %s %s failed unexpectedly.", scope["method"], scope["path"][:200])
                 status, headers, content = 500, JSON_HEADERS, _json(INTERNAL_ERROR)
         await _respond(send, status, headers, content)
-        if settings.metrics is not None:
-            self._count(scope["path"], status, time.perf_counter() - started)
+        if metrics is not None:
+            self._count(metrics, scope["path"], status, time.perf_counter() - started)
 
     async def _read_body(self, scope: dict, receive: Receive) -> bytes | _Refusal | None:
         """The whole body; a refusal past the limit (413) or the deadlines (408); None when the client left."""
@@ -133,12 +145,14 @@ class WsgiBridge:
             if not message.get("more_body", False) or size > limit + DRAIN_LIMIT_BYTES:
                 return b"".join(chunks) if size <= limit else too_large
 
-    def _call(self, environ: dict) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    def _call(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Run the WSGI app (on a pool thread): status, headers and the whole body."""
-        answer: list[Any] = []
+        answer: list[tuple[str, list[tuple[str, str]]]] = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
-            answer[:] = [status, headers]
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            answer[:] = [(status, headers)]
             return lambda data: None  # the legacy write() callable; the apps served here never use it
 
         result = self.app(environ, start_response)
@@ -148,18 +162,19 @@ class WsgiBridge:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        status, headers = answer
+        ((status, headers),) = answer
         return (
             int(status[:3]),
             [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
             content,
         )
 
-    def _count(self, path: str, status: int, seconds: float) -> None:
+    @staticmethod
+    def _count(metrics: PortMetrics, path: str, status: int, seconds: float) -> None:
         match = INFERENCE_PATH.match(path)
         if match is not None:
             code = STATUS_CODE_NAMES.get(status, "UNKNOWN")
-            self.settings.metrics.record(match["name"], match["verb"].lower(), "REST", code, seconds)
+            metrics.record(match["name"], match["verb"].lower(), "REST", code, seconds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,14 +193,14 @@ async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], 
     await send({"type": "http.response.body", "body": content})
 
 
-def _json(document: Any) -> bytes:
+def _json(document: dict[str, str]) -> bytes:
     return dumps(document).encode()
 
 
 def _header(scope: dict, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 

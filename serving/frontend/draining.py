@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 SHUTTING_DOWN_MESSAGE = "The server is shutting down; retry on another server."
 # A worker marks its refusals in the group's shared file at most this often (a file-system call per refusal would
@@ -56,6 +56,8 @@ class DrainGate:
         return False
 
     def _mark_shared(self) -> None:
+        if self._shared_marker is None:
+            return
         try:
             self._shared_marker.touch()  # its modification time is the group's latest refusal
         except OSError:
@@ -111,11 +113,11 @@ class DrainGate:
 class DrainingWsgiApp:
     """The REST side of a DrainGate: a WSGI app whose requests are counted, refused (503) once draining."""
 
-    def __init__(self, app: Any, gate: DrainGate) -> None:
+    def __init__(self, app: WSGIApplication, gate: DrainGate) -> None:
         self.app = app
         self.gate = gate
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self.gate.enter():
             body = json.dumps({"error": SHUTTING_DOWN_MESSAGE}).encode()
             # Connection: close, so that a kept-alive client opens a new connection, to a server still running.
@@ -145,7 +147,7 @@ class _LeavingIterable:
         self.result = result
         self.leave = leave
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self.result)
 
     def close(self) -> None:

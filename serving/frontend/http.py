@@ -20,7 +20,9 @@ import resource
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Protocol
+from wsgiref.types import StartResponse, WSGIEnvironment
 
 import uvicorn
 
@@ -69,10 +71,18 @@ def listening_socket(host: str, port: int, share_port: bool) -> socket.socket:
     return sock
 
 
+class DrainableApp(Protocol):
+    """A WSGI app that can refuse new requests and wait for those it admitted (serving.frontend.draining)."""
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse, /) -> Iterable[bytes]: ...
+
+    def drain(self, timeout_s: float) -> bool: ...
+
+
 class RestFrontEnd:
     """uvicorn serving a WSGI app (with a drain(timeout) method) on an already bound socket, in its own thread."""
 
-    def __init__(self, app: Any, sock: socket.socket, settings: FrontEndSettings) -> None:
+    def __init__(self, app: DrainableApp, sock: socket.socket, settings: FrontEndSettings) -> None:
         self.app = app
         self.sock = sock
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rest")
@@ -100,7 +110,7 @@ class RestFrontEnd:
     @property
     def port(self) -> int:
         """The bound port."""
-        return self.sock.getsockname()[1]
+        return int(self.sock.getsockname()[1])
 
     def start(self) -> None:
         """Serve in the background."""
