@@ -232,6 +232,8 @@ def _train_epochs(run: _Run, position: runs.Position) -> None:
     """Every epoch the checkpoint does not hold yet, each followed by its logged evaluation, then a last checkpoint."""
     import tensorflow as tf
 
+    from tf_pipeline import distributed
+
     # The seeded stream is the same in every run: skipping the steps a checkpoint holds puts a resumed run on the
     # batch an uninterrupted one would train on next.
     batches = training_dataset(run.dataset.train, run.config.batch_size, run.config.seed).skip(position.step)
@@ -241,7 +243,9 @@ def _train_epochs(run: _Run, position: runs.Position) -> None:
     steps_per_epoch = math.ceil(len(run.dataset.train) / run.config.batch_size)
     first_epoch, skipped = divmod(position.step, steps_per_epoch)
     for epoch in range(first_epoch, run.config.epochs):
-        run.totals.assign(tf.zeros([3]))
+        # Assigning a sync-on-read variable across replicas is a collective too (a CollectiveReduce in TensorFlow).
+        with distributed.collective_failures(run.role):
+            run.totals.assign(tf.zeros([3]))
         step, earlier_totals = 0, np.zeros(3)
         if epoch == first_epoch and position.resumed:
             step, earlier_totals = skipped, np.asarray(position.resumed.epoch_totals)  # the epoch's restored share
