@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.frontend.asgi import call_wsgi
+
 PATH = "/v1/models/digits:predict"
 
 
@@ -55,16 +57,9 @@ def _environ(body: bytes) -> dict[str, Any]:
 
 
 def call_once(app: Callable, body: bytes) -> tuple[str, bytes]:
-    """One request through the WSGI app: its status line and body."""
-    answer: list[str] = []
-    result = app(_environ(body), lambda status, headers, exc_info=None: answer.append(status))
-    try:
-        content = b"".join(result)
-    finally:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-    return answer[0], content
+    """One request through the WSGI app, as the front end calls it: its status line and body."""
+    status, _, content = call_wsgi(app, _environ(body))
+    return status, content
 
 
 def flask_app(base_path: Path) -> tuple[Callable, Callable[[], None]]:

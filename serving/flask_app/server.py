@@ -201,6 +201,7 @@ def _forget_metrics(group: Any) -> Any:
 def _serve_worker(options: argparse.Namespace, group: Any, siblings: Any, signal_received: list[int]) -> int:
     from serving.frontend.draining import DrainGate, DrainingWsgiApp
     from serving.frontend.http import FrontEndSettings, RestFrontEnd, listening_socket
+    from serving.frontend.workers import serve_until_stopped
 
     app = load_application(options.app)
     manager = app.extensions.get("model_manager")
@@ -239,14 +240,7 @@ def _serve_worker(options: argparse.Namespace, group: Any, siblings: Any, signal
         os.getpid(),
         f", worker {group.index + 1} of {group.count}" if group.count > 1 else "",
     )
-    status = 0
-    while not signal_received:
-        time.sleep(0.2)
-        failure = siblings.check() if siblings is not None else None
-        if failure is not None:
-            logger.error(failure)
-            status = 1
-            break
+    status = serve_until_stopped(signal_received, siblings, logger)
     if siblings is not None:
         siblings.signal_all(signal.SIGTERM)  # every worker drains at the same time
     logger.info("Shutting down: no new requests; finishing those in flight (up to %.0f s).", options.graceful_seconds)

@@ -147,22 +147,7 @@ class WsgiBridge:
 
     def _call(self, environ: WSGIEnvironment) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Run the WSGI app (on a pool thread): status, headers and the whole body."""
-        answer: list[tuple[str, list[tuple[str, str]]]] = []
-
-        def start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
-        ) -> Callable[[bytes], object]:
-            answer[:] = [(status, headers)]
-            return lambda data: None  # the legacy write() callable; the apps served here never use it
-
-        result = self.app(environ, start_response)
-        try:
-            content = b"".join(result)
-        finally:
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()
-        ((status, headers),) = answer
+        status, headers, content = call_wsgi(self.app, environ)
         return (
             int(status[:3]),
             [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers],
@@ -175,6 +160,27 @@ class WsgiBridge:
         if match is not None:
             code = STATUS_CODE_NAMES.get(status, "UNKNOWN")
             metrics.record(match["name"], match["verb"].lower(), "REST", code, seconds)
+
+
+def call_wsgi(app: WSGIApplication, environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]], bytes]:
+    """One request through a WSGI app: its status line, headers and whole body (its result closed, as PEP 3333 asks)."""
+    answer: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        answer[:] = [(status, headers)]
+        return lambda data: None  # the legacy write() callable; the apps served here never use it
+
+    result = app(environ, start_response)
+    try:
+        content = b"".join(result)
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    ((status, headers),) = answer
+    return status, headers, content
 
 
 @dataclasses.dataclass(frozen=True)

@@ -197,3 +197,14 @@ class Siblings:
                 logger.warning("Worker %d exited with status %s.", worker.index, status)
             clean = clean and status == 0
         return clean
+
+
+def serve_until_stopped(signal_received: list[int], siblings: Siblings | None, log: logging.Logger) -> int:
+    """Wait until a signal arrives (0), or until a sibling worker fails beyond its restarts (1, logged)."""
+    while not signal_received:
+        time.sleep(0.2)
+        failure = siblings.check() if siblings is not None else None
+        if failure is not None:
+            log.error(failure)
+            return 1
+    return 0

@@ -14,7 +14,7 @@ from typing import Any
 from experiment import library_logs
 from experiment.cli import run_main
 from experiment.errors import UsageError
-from serving.frontend.workers import Siblings, WorkerGroup, check_ports_free
+from serving.frontend.workers import Siblings, WorkerGroup, check_ports_free, serve_until_stopped
 from serving.tfserving import config, workers
 
 PROG = "python -m serving.tfserving"
@@ -228,14 +228,7 @@ def _serve_worker(
         f", worker {group.index + 1} of {group.count}" if group.count > 1 else "",
     )
 
-    status = 0
-    while not signal_received:
-        time.sleep(0.2)
-        failure = siblings.check() if siblings is not None else None
-        if failure is not None:
-            logger.error(failure)
-            status = 1
-            break
+    status = serve_until_stopped(signal_received, siblings, logger)
     stop_requested.set()
     if siblings is not None:
         siblings.signal_all(signal.SIGTERM)  # every worker drains at the same time
