@@ -46,9 +46,11 @@ class Ratio:
 
     @property
     def status(self) -> str:
-        """'met', 'missed' or 'not measured'."""
+        """'met', 'missed', 'not measured', or 'reported' for a figure with no target."""
         if self.measured is None:
             return "not measured"
+        if self.passed is None:
+            return "reported"
         return "met" if self.passed else "missed"
 
 

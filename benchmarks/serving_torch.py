@@ -35,6 +35,9 @@ from experiment.errors import UsageError
 PROG = "python -m benchmarks.serving_torch"
 TARGET_FACTOR = 1.5
 NOOP_PATH = "/v1/noop"
+# Answered before Flask sees the request (benchmarks.floors' front-end floor): the port, its bridge and the drain
+# gate, and no framework.
+FIXED_ANSWER_PATH = "/v1/fixed-answer"
 BENCHMARK_APPLICATION = "benchmarks.serving_torch:create_benchmark_app()"
 START_TIMEOUT_SECONDS = 180.0
 
@@ -64,7 +67,8 @@ class TorchServingResult:
 
 
 def create_benchmark_app():
-    """The production app plus POST /v1/noop, which answers {} without reading the model: for this benchmark only."""
+    """The production app plus two paths for the benchmarks only: POST /v1/noop, a Flask route that answers {}
+    without reading the model, and /v1/fixed-answer, answered {} by a WSGI layer in front of Flask."""
     from serving.flask_app import create_app
 
     app = create_app()
@@ -73,7 +77,22 @@ def create_benchmark_app():
     def noop():
         return app.response_class("{}", mimetype="application/json")
 
+    app.wsgi_app = _FixedAnswer(app.wsgi_app)  # the outermost layer of the app's WSGI stack: Flask never runs
     return app
+
+
+class _FixedAnswer:
+    """WSGI: {} for FIXED_ANSWER_PATH (the body read and dropped), everything else to the app."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != FIXED_ANSWER_PATH:
+            return self.app(environ, start_response)
+        environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", "2")])
+        return [b"{}"]
 
 
 def _time_interleaved(calls: dict[str, Callable[[], Any]], count: int, warmup: int) -> dict[str, list[float]]:

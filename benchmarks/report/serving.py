@@ -161,6 +161,8 @@ def tf_server_section(measured: TFServingResult) -> list[str]:
 
 FLOORS_NAMES = {
     "nginx": "nginx answering a fixed body (the floor)",
+    "front-end": f"{labels.FLASK_SERVER}: the front end's fixed answer, before any framework (floor)",
+    "flask-noop": f"{labels.FLASK_SERVER}: a Flask route that does no work (floor)",
     "flask": f"{labels.FLASK_SERVER}, REST",
     "tfserving": f"{labels.TF_SERVER}, REST",
     "torchserve": f"{labels.TORCHSERVE}, REST",
@@ -175,12 +177,17 @@ def floors_section(measured: FloorsResult, command: str) -> list[str]:
     lines = paragraph(
         "`benchmarks.floors` starts nginx answering a fixed body of the size of a real answer (what HTTP alone costs "
         "on this machine), the Python REST servers and TorchServe with a no-op handler beside the real one, each on "
-        "free ports as `make serve` starts it, and drives each at 1 and at 16 connections in rounds that take turns."
+        "free ports as `make serve` starts it, and drives each at 1 and at 16 connections in rounds that take turns. "
+        "On the Flask server it also drives two paths that do no work: one answered by the front end before Flask "
+        "runs, and a Flask route; a missed target is shown beside the same figure for them."
     )
     lines += paragraph(*machine_lines(measured, command))
     lines += [*servers_table(measured, FLOORS_NAMES), ""]
     if "nginx" not in measured.servers:
-        lines += paragraph("nginx is not installed here, so the targets against it are not measured.")
+        lines += paragraph(
+            "nginx is not installed here, so the servers' figures are reported against the front end's fixed answer, "
+            "with no target."
+        )
     return lines + paragraph(MEMORY_NOTE, "The targets computed from these figures are in the Ratios section.")
 
 

@@ -137,6 +137,41 @@ def test_the_floor_ratios_subtract_the_model_and_compare_with_nginx_of_the_same_
     assert [bool(ratio.note) for ratio in checked[:4]] == [status == "missed" for status in statuses[:4]]
 
 
+@pytest.mark.parametrize("floor_p50, sentence", [(0.16, "Out of reach on this machine"), (0.1, "For comparison")])
+def test_a_missed_target_shows_the_same_figure_for_its_floor_that_does_no_work(floor_p50, sentence):
+    result = floors_result(0.5, 7_000.0)
+    result.servers["flask-noop"] = floors.Measured("flask-noop", [floor_p50] * 2, [20_000.0] * 2)
+    flask_p50, flask_rate = ratios.floor_ratios(result)[:2]
+    assert flask_p50.status == "missed" and sentence in flask_p50.note
+    assert f"a Flask route that does no work measures {floor_p50 / 0.05:.3g} ({floor_p50:.3f} ms)" in flask_p50.note
+    assert flask_rate.status == "met" and not flask_rate.note
+    # The TF server's floor (the front end's fixed answer) was not measured: its notes name no floor.
+    assert "does no work" not in ratios.floor_ratios(result)[3].note
+
+
+@pytest.mark.parametrize("path_ms, verdict", [(0.2, "Out of reach on this machine"), (0.1, "Within reach")])
+def test_a_missed_rate_shows_the_cpu_time_per_request_it_allows(path_ms, verdict):
+    result = floors_result(0.16, 7_000.0)  # the TF server's rate misses 7.5% of nginx's 105,000/s
+    result.machine["cores"] = 2
+    result.servers["front-end"] = floors.Measured("front-end", [0.1] * 2, [20_000.0] * 2)
+    result.servers["tfserving"].path_p50_ms = path_ms
+    note = ratios.floor_ratios(result)[3].note
+    # 2 cores / 7,875 per second = 254 µs allowed; the front end takes 2 / 20,000 = 100 µs, the path the rest.
+    assert f"{verdict}: the target allows 254 µs of CPU per request on 2 cores" in note
+    assert "the front end's fixed answer takes 100 µs of it and the app's request path in process" in note
+    assert f"{path_ms * 1000:.0f} µs ({100 + path_ms * 1000:.0f} µs)" in note
+
+
+def test_without_nginx_the_figures_are_reported_against_the_front_ends_fixed_answer():
+    result = floors_result(0.5, 7_000.0, nginx=False)
+    result.servers["front-end"] = floors.Measured("front-end", [0.1] * 2, [28_000.0] * 2)
+    result.machine.update(date="2026-01-01 12:00 UTC", machine="x86_64, 2 cores", answer_bytes=168)
+    checked = ratios.floor_ratios(result)
+    assert [ratio.status for ratio in checked[:4]] == ["reported"] * 4
+    assert checked[0].measured == pytest.approx((0.5 - 0.01) / 0.1) and checked[3].measured == pytest.approx(0.25)
+    assert "reported" in floors.report(result, "python -m benchmarks.floors")
+
+
 def test_without_nginx_or_a_run_the_floor_ratios_say_why():
     checked = ratios.floor_ratios(floors_result(0.1, 1, nginx=False))
     assert all("nginx is not installed" in ratio.note for ratio in checked[:4])
@@ -171,3 +206,4 @@ def test_the_floors_report_names_the_machine_the_floor_and_every_missed_target()
     assert "| nginx | 0.050 | 105,000 |" in text  # the floor: medians of its rounds
     rows = [line for line in text.splitlines() if line.startswith("| Flask") or line.startswith("| TF server REST")]
     assert [row.split(" | ")[3] for row in rows] == ["MISSED", "met", "met", "MISSED"]
+    assert "Missed targets:\n- Flask: (p50, 1 connection − model p50) / nginx p50 (wrk): Python per request" in text

@@ -347,3 +347,26 @@ def test_a_format_the_version_lacks_is_a_load_failure_that_says_so(base_path):
         assert "model.pt2 is missing" in not_ready.get_json()["error"]
     finally:
         app.extensions["model_manager"].stop()
+
+
+# --- the benchmark's app ----------------------------------------------------------------------------------------
+
+
+def test_the_benchmark_app_answers_its_floors_and_still_predicts(monkeypatch, base_path):
+    """benchmarks.floors' two floors on the Flask server: the fixed answer never reaches Flask, the no-op route does."""
+    from benchmarks import serving_torch
+
+    monkeypatch.setenv("FLASK_MODEL_BASE_PATH", str(base_path))
+    monkeypatch.setenv("FLASK_MODEL_POLL_SECONDS", "0")
+    app = serving_torch.create_benchmark_app()
+    seen: list[str] = []
+    app.before_request(lambda: seen.append(app.name) and None)
+    try:
+        client = app.test_client()
+        fixed = client.post(serving_torch.FIXED_ANSWER_PATH, data=b'{"instances": [1]}')
+        assert (fixed.status_code, fixed.data, seen) == (200, b"{}", [])
+        noop = client.post(serving_torch.NOOP_PATH, data=b"{}")
+        assert (noop.status_code, noop.data, len(seen)) == (200, b"{}", 1)
+        assert len(predict(client, {"instances": [IMAGE]}).get_json()["predictions"]) == 1
+    finally:
+        app.extensions["model_manager"].stop()
