@@ -138,6 +138,7 @@ class Siblings:
         self.on_exit = on_exit
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
+        self.sent_signal: int | None = None
 
     def _launch(self, index: int) -> subprocess.Popen:
         environment = {
@@ -177,13 +178,17 @@ class Siblings:
         if self.stopping:
             return
         self.stopping = True
+        self.sent_signal = number
         for worker in self.workers.values():
             if worker.process.poll() is None:
                 with contextlib.suppress(OSError):
                     worker.process.send_signal(number)
 
     def wait(self, timeout_s: float) -> bool:
-        """Wait for every worker to exit (SIGKILL after timeout_s); True when all exited with status 0."""
+        """Wait for every worker to exit (SIGKILL after timeout_s); True when all stopped cleanly.
+
+        Clean is status 0, or death by the signal signal_all sent: a worker dies of it only before it has set its own
+        handler, early in its start, when it has no port open and no request to lose."""
         deadline = time.monotonic() + max(timeout_s, 0.0)
         clean = True
         for worker in self.workers.values():
@@ -193,9 +198,10 @@ class Siblings:
                 logger.warning("Worker %d did not stop within the grace period; killing it.", worker.index)
                 worker.process.kill()
                 status = worker.process.wait()
-            if status != 0:
+            stopped_while_starting = self.sent_signal is not None and status == -self.sent_signal
+            if status != 0 and not stopped_while_starting:
                 logger.warning("Worker %d exited with status %s.", worker.index, status)
-            clean = clean and status == 0
+            clean = clean and (status == 0 or stopped_while_starting)
         return clean
 
 
