@@ -209,7 +209,9 @@ def test_the_floors_section_names_the_machine_and_every_server_against_nginx(com
         {"date": "2026-01-01 12:00 UTC", "machine": "x86_64, 2 cores", "load": "3.00 2.00 1.00", "answer_bytes": 168},
         {
             "nginx": floors.Measured("nginx", [0.05], [100_000.0]),
-            "flask": floors.Measured("flask", [0.3], [9_000.0], model_p50_ms=0.01, memory_at_rest_mb=180.0),
+            "flask": floors.Measured(
+                "flask", [0.3], [9_000.0], model_p50_ms=0.01, path_p50_ms=0.15, memory_at_rest_mb=180.0
+            ),
             "tfserving": floors.Measured("tfserving", [0.4], [7_000.0], model_p50_ms=0.1),
         },
         3,
@@ -223,7 +225,7 @@ def test_the_floors_section_names_the_machine_and_every_server_against_nginx(com
     )
     assert "Command: `python -m benchmarks.compare`. Generator: wrk (3 round(s) of 4 s per point" in section
     assert "| nginx answering a fixed body (the floor) | 0.050 | 100,000 |" in section
-    assert f"| {labels.FLASK_SERVER}, REST | 0.300 | 9,000 | 0.010 | 180 |" in section
+    assert f"| {labels.FLASK_SERVER}, REST | 0.300 | 9,000 | 0.010 | 0.150 | 180 |" in section
     ratios_section = _section(text, "## Ratios")
     # (0.4 − 0.1) / 0.05 = 6 > 3 for the TF server; Flask's (0.3 − 0.01) / 0.05 = 5.8 > 3 too.
     assert "| TF server REST: (p50, 1 connection − model p50) / nginx p50 (wrk) | ≤ 3 | 6 | MISSED |" in ratios_section
