@@ -23,7 +23,8 @@ def _config(root, checkpoints, **overrides):
 def _weights(result):
     import torch
 
-    return {name: torch.from_numpy(array) for name, array in torch_exports.onnx_weights(result.export_path).items()}
+    # torch.tensor copies: the arrays read from model.onnx are read-only, which torch.from_numpy warns about.
+    return {name: torch.tensor(array) for name, array in torch_exports.onnx_weights(result.export_path).items()}
 
 
 @pytest.fixture(scope="module")
