@@ -193,7 +193,7 @@ def predict_vs_direct(comparison: Comparison) -> Ratio:
 
 def floor_ratios(floors: Any, reason: str = "not run") -> list[Ratio]:
     """The targets of benchmarks.floors (the Python REST servers against nginx, in one wrk run) as Ratios."""
-    from benchmarks.floors import targets
+    from benchmarks.floor_targets import targets
 
     return [
         Ratio(**target)

@@ -137,8 +137,7 @@ class Siblings:
         self.argv = list(argv)
         self.on_exit = on_exit
         self.workers: dict[int, _Worker] = {}
-        self.stopping = False
-        self.sent_signal: int | None = None
+        self.sent_signal: int | None = None  # set once signal_all has told the workers to stop
 
     def _launch(self, index: int) -> subprocess.Popen:
         environment = {
@@ -156,7 +155,7 @@ class Siblings:
 
     def check(self) -> str | None:
         """Restart workers that died; a sentence when one cannot be kept running (the server should stop)."""
-        if self.stopping:
+        if self.sent_signal is not None:
             return None
         for worker in self.workers.values():
             status = worker.process.poll()
@@ -175,9 +174,8 @@ class Siblings:
 
     def signal_all(self, number: int) -> None:
         """Send a signal, once, to every worker still running (SIGTERM: each drains as worker 0 does)."""
-        if self.stopping:
+        if self.sent_signal is not None:
             return
-        self.stopping = True
         self.sent_signal = number
         for worker in self.workers.values():
             if worker.process.poll() is None:

@@ -2,8 +2,8 @@
 
 errors         the one request error: a sentence, its gRPC status code and the HTTP status TF Serving maps it to
 rest           the REST body as the Flask app and the TorchServe handler take it: checked against a fixed signature
-json_values    the real server's JSON ⇄ tensor values, typed by a signature's input dtypes
-json_floats    the real server's float writing: six significant digits where they read back, else nine or seventeen
+json_values    JSON to tensors as the real server reads them, typed by a signature's input dtypes
+json_writing   tensors to JSON as the real server writes them (floats: six significant digits, else nine or 17)
 json_predict   :predict bodies in row and columnar format, and their answers, as the real server parses and writes them
 json_examples  :classify and :regress bodies (tf.Example features as JSON), and their answers
 limits         bounds on one request (JSON depth, elements decoded) checked before any allocation

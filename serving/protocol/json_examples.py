@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import RequestError, quoted
-from .json_floats import float_tokens
 from .json_values import FLOAT32_MAX, decode_base64, is_base64_object, json_type, value_text
+from .json_writing import float_tokens
 
 if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
     from experiment.json_types import JSONValue

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, TypeGuard
 import numpy as np
 
 from .errors import RequestError, quoted
-from .json_values import fast_tensor, is_base64_object, nest, tensor_tokens, to_tensor, value_text
+from .json_values import fast_tensor, is_base64_object, to_tensor, value_text
+from .json_writing import nest, tensor_tokens
 from .signatures import Tensor
 
 if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking

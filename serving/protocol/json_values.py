@@ -1,11 +1,9 @@
-"""TensorFlow Serving's JSON ⇄ tensor values, typed by the signature's input dtypes as the real server does.
+"""JSON values to tensors as TensorFlow Serving reads them, typed by the signature's input dtypes.
 
 A JSON value becomes a tensor of the dtype its signature input declares (DT_FLOAT takes any number that float32
 holds without loss, DT_INT32 only integers, DT_STRING strings or {"b64": ...}), shaped by its nesting. Nothing is
 checked against the signature's shapes: the real server hands the tensor to the graph. Refusals carry the real
-server's words (its util/json_tensor.cc). Outputs are written as it writes them: floats (serving.protocol.json_floats) with six significant digits
-when those read back to the same value (else nine, or seventeen for doubles), whole floats with ".0", NaN and
-Infinity as tokens, DT_STRING outputs whose name ends in "_bytes" as {"b64": ...}.
+server's words (its util/json_tensor.cc). Writing tensors back as JSON is serving.protocol.json_writing's.
 
 Bodies are decoded by orjson (C) when it reads them: it takes the same numbers as rapidjson (integers while they
 fit 64 bits, doubles beyond) and refuses what rapidjson refuses; whatever it refuses (NaN and Infinity, which the
@@ -32,9 +30,8 @@ from typing import TYPE_CHECKING, TypeGuard
 import numpy as np
 
 from .errors import QUOTED_LIMIT, RequestError, quoted
-from .json_floats import float_tokens, is_float_tensor
 from .limits import MAX_JSON_DEPTH, MAX_REQUEST_ELEMENTS
-from .signatures import DATA_TYPE_NAMES, DType, Tensor, string_bytes
+from .signatures import DATA_TYPE_NAMES, DType, Tensor
 
 if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking
     from experiment.json_types import JSONDict, JSONValue
@@ -481,37 +478,3 @@ def to_tensor(value: object, dtype_name: str, may_hold_booleans: bool = True) ->
     check_element_count(dense_shape(value))
     fast = fast_tensor(value, dtype_name, may_hold_booleans) if dtype_name in JSON_DTYPES else None
     return fast if fast is not None else _exact_array(value, dtype_name)
-
-
-# ---- writing ----------------------------------------------------------------------------------------------------
-
-
-def tensor_tokens(array: Tensor, as_bytes: bool = False) -> list[str]:
-    """Every value of array (flattened) as a JSON token; DT_STRING as text, or {"b64": ...} when as_bytes."""
-    if is_float_tensor(array):
-        return float_tokens(array)
-    if array.dtype.kind in "iu":
-        return [str(value) for value in array.ravel().tolist()]
-    if array.dtype.kind == "b":
-        return ["true" if value else "false" for value in array.ravel().tolist()]
-    if array.dtype.kind in "OSU":
-        values = [string_bytes(value) for value in array.ravel().tolist()]
-        if as_bytes:
-            return ['{"b64":"' + base64.b64encode(value).decode() + '"}' for value in values]
-        return [json.dumps(value.decode("utf-8", errors="replace"), ensure_ascii=False) for value in values]
-    raise RequestError(f"Failed to write JSON value for tensor type: {_numpy_type_name(array.dtype)}")
-
-
-def _numpy_type_name(dtype: DType) -> str:
-    return {"float16": "half"}.get(dtype.name, dtype.name)
-
-
-def nest(tokens: list[str], shape: tuple[int, ...], keep: int = 0) -> list[str]:
-    """Join flat tokens into nested JSON lists of shape; one text per index of the first `keep` dimensions."""
-    for depth in range(len(shape) - 1, keep - 1, -1):
-        size, groups = shape[depth], math.prod(shape[:depth])
-        if size == 0:
-            tokens = ["[]"] * groups
-        else:
-            tokens = ["[" + ",".join(tokens[start : start + size]) + "]" for start in range(0, groups * size, size)]
-    return tokens

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import RequestError, quoted
-from .json_floats import float_tokens, is_float_tensor
 from .json_values import JsonSyntaxError, check_element_count, dense_shape, parse_json
+from .json_writing import float_tokens, is_float_tensor
 from .signatures import DType, Tensor, TensorSpec
 
 if TYPE_CHECKING:  # the TorchServe archive carries this package alone: types from the project only when checking

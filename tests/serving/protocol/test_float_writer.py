@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.protocol import json_floats
-from serving.protocol.json_floats import _float32_tokens, _float_tokens_one_by_one, float_tokens
+from serving.protocol import json_writing
 from serving.protocol.json_predict import format_predict
+from serving.protocol.json_writing import _float32_tokens, _float_tokens_one_by_one, float_tokens
 
-pytestmark = pytest.mark.skipif(json_floats.orjson is None, reason="the vectorized writer needs orjson")
+pytestmark = pytest.mark.skipif(json_writing.orjson is None, reason="the vectorized writer needs orjson")
 
 SPECIAL = [
     0.0,
@@ -108,7 +108,7 @@ def test_only_rare_values_are_left_to_the_per_value_rule(monkeypatch):
         left.append(values.size)
         return _float_tokens_one_by_one(values)
 
-    monkeypatch.setattr(json_floats, "_float_tokens_one_by_one", counted)
+    monkeypatch.setattr(json_writing, "_float_tokens_one_by_one", counted)
     probabilities = softmax_outputs(1024)
     float_tokens(probabilities)
     assert sum(left) <= probabilities.size // 1000

@@ -1,8 +1,10 @@
-"""Floats written as TensorFlow Serving writes them: six significant digits when they read back to the same value,
-else nine (float32) or seventeen (float64); whole floats with ".0"; NaN and Infinity as tokens.
+"""Tensors written as JSON the way TensorFlow Serving writes them: floats with six significant digits when those read
+back to the same value, else nine (float32) or seventeen (float64); whole floats with ".0"; NaN and Infinity as
+tokens; DT_STRING as text, or {"b64": ...} for outputs whose name ends in "_bytes"; nested lists by shape.
 
-One rule, two ways that tests hold equal: value by value for small arrays and float64 (each formatting pass one C
-call), and for large float32 arrays NumPy arithmetic with orjson writing the digits, with no Python step per value.
+Floats follow one rule, two ways that tests hold equal: value by value for small arrays and float64 (each formatting
+pass one C call), and for large float32 arrays NumPy arithmetic with orjson writing the digits, with no Python step
+per value.
 
 NumPy and orjson only (the TorchServe archive carries this package); without orjson every array is written value by
 value.
@@ -10,13 +12,17 @@ value.
 
 from __future__ import annotations
 
+import base64
+import json
+import math
 from types import ModuleType
 from typing import TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 
-from .signatures import DType, FloatTensor, Tensor
+from .errors import RequestError
+from .signatures import DType, FloatTensor, Tensor, string_bytes
 
 orjson: ModuleType | None
 try:
@@ -164,3 +170,37 @@ def _float32_tokens_unchecked(values: npt.NDArray[np.float32], orjson: ModuleTyp
         tokens[where] = np.array(_float_tokens_one_by_one(values[where]), dtype=object)
     listed: list[str] = tokens.tolist()
     return listed
+
+
+# ---- every dtype -------------------------------------------------------------------------------------------------
+
+
+def tensor_tokens(array: Tensor, as_bytes: bool = False) -> list[str]:
+    """Every value of array (flattened) as a JSON token; DT_STRING as text, or {"b64": ...} when as_bytes."""
+    if is_float_tensor(array):
+        return float_tokens(array)
+    if array.dtype.kind in "iu":
+        return [str(value) for value in array.ravel().tolist()]
+    if array.dtype.kind == "b":
+        return ["true" if value else "false" for value in array.ravel().tolist()]
+    if array.dtype.kind in "OSU":
+        values = [string_bytes(value) for value in array.ravel().tolist()]
+        if as_bytes:
+            return ['{"b64":"' + base64.b64encode(value).decode() + '"}' for value in values]
+        return [json.dumps(value.decode("utf-8", errors="replace"), ensure_ascii=False) for value in values]
+    raise RequestError(f"Failed to write JSON value for tensor type: {_numpy_type_name(array.dtype)}")
+
+
+def _numpy_type_name(dtype: DType) -> str:
+    return {"float16": "half"}.get(dtype.name, dtype.name)
+
+
+def nest(tokens: list[str], shape: tuple[int, ...], keep: int = 0) -> list[str]:
+    """Join flat tokens into nested JSON lists of shape; one text per index of the first `keep` dimensions."""
+    for depth in range(len(shape) - 1, keep - 1, -1):
+        size, groups = shape[depth], math.prod(shape[:depth])
+        if size == 0:
+            tokens = ["[]"] * groups
+        else:
+            tokens = ["[" + ",".join(tokens[start : start + size]) + "]" for start in range(0, groups * size, size)]
+    return tokens
